@@ -1,0 +1,431 @@
+"""Typed run configuration: YAML plus dotted overrides, validated before anything runs.
+
+Every section is a small dataclass; a field's comment is its documentation. Loading rejects
+unknown keys (naming the valid ones at that level), wrong types and impossible values with one
+sentence that names the file and the key, as a ConfigError (exit code 2 at the CLI).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+PACKAGE_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+STAGE_NAMES = ("eval_base", "generate", "verify", "merge", "train", "eval_trained", "report")
+VERIFY_STAGES = ("cycle", "factuality", "correctness")
+
+
+class ConfigError(ValueError):
+    """A user-fixable problem with the configuration (reported in one sentence, exit code 2)."""
+
+
+# ----------------------------------------------------------------------------- cluster
+
+
+@dataclass
+class ClusterProfile:
+    """What a site looks like: defaults for every job, overridden per stage in `resources`."""
+
+    name: str = "local"
+    partition: Optional[str] = None  # GPU partition for generate/verify/train/eval
+    cpu_partition: Optional[str] = None  # partition for merge and report (CPU-only stages)
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    exclude: Optional[str] = None  # nodes never to use, e.g. "node[01-03]"
+    gpus_per_node: int = 0  # 0 on CPU clusters
+    cpus_per_task: int = 1
+    mem: Optional[str] = None  # e.g. "64G"; None leaves the site default
+    time: str = "01:00:00"
+    setup: list[str] = field(default_factory=list)  # lines run before each task: module load, conda activate
+    command_prefix: Optional[str] = None  # e.g. "apptainer exec --nv image.sif"
+    mail_user: Optional[str] = None
+    mail_type: Optional[str] = None  # e.g. "END,FAIL"
+    max_array_size: Optional[int] = None  # None: read MaxArraySize from `scontrol show config`
+    requeue_cap: int = 3  # a preempted task is requeued at most this many times
+    signal_seconds: int = 120  # warning signal (USR2) this many seconds before the time limit
+
+
+@dataclass
+class StageResources:
+    """Per-stage overrides of the cluster profile; None keeps the profile's value."""
+
+    partition: Optional[str] = None
+    gpus: Optional[int] = None  # GPUs per task (tensor parallel size for vLLM stages)
+    cpus: Optional[int] = None
+    mem: Optional[str] = None
+    time: Optional[str] = None
+    nodes: int = 1  # train only: number of nodes
+    tasks_per_node: Optional[int] = None  # train: processes per node (default: GPUs per node, else 1)
+    array_parallelism: Optional[int] = None  # at most this many array tasks at once
+    preemptible: bool = False  # adds --requeue and the warning signal
+
+
+# ----------------------------------------------------------------------------- method
+
+
+@dataclass
+class ModelConfig:
+    """The base model: a hub id, a local directory, or `builtin:tiny-qwen3` / `builtin:smollm2`."""
+
+    path: str = "builtin:tiny-qwen3"
+    revision: Optional[str] = None
+    thinking: Literal["auto", "on", "off"] = "auto"  # chat template enable_thinking; auto = on when the template knows it
+    dtype: str = "auto"  # "auto" = bfloat16 on GPU, float32 on CPU
+    tensor_parallel_size: int = 1
+    max_model_len: int = 4096
+    gpu_memory_utilization: float = 0.9
+    seed: int = 0
+    enable_prefix_caching: bool = True
+    block_size: Optional[int] = None  # KV block size; 32 shares more judge prefix on CPU
+    cpu_kvcache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE on CPU machines
+
+
+@dataclass
+class SeedsConfig:
+    """Unlabeled seed questions, split into `shards` slices at launch."""
+
+    path: str = "data/demo_seeds.jsonl"  # JSONL, parquet, a local HF dataset dir, or a hub id
+    format: Literal["auto", "jsonl", "parquet", "hf"] = "auto"
+    hf_config: Optional[str] = None
+    split: str = "train"
+    question_field: str = "question"
+    id_field: Optional[str] = None
+    domain_field: Optional[str] = None
+    domain: Literal["math", "science", "code"] = "math"  # used when no domain_field
+    limit: Optional[int] = None  # keep the first `limit` questions
+    shards: int = 1
+
+
+@dataclass
+class GenerateConfig:
+    n: int = 8
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_tokens: int = 32768
+    stop: list[str] = field(default_factory=list)
+    require_think: Literal["auto", "on", "off"] = "auto"  # demand a closed think block; auto follows the model
+    chunk_size: int = 64  # questions per checkpointed chunk within a shard
+
+
+@dataclass
+class VerifyConfig:
+    stages: list[str] = field(default_factory=lambda: list(VERIFY_STAGES))
+    votes: int = 5
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = 32768
+    cycle_inferences: int = 1
+    aggregation: Literal["unanimous", "majority", "k_of_v"] = "unanimous"
+    k: Optional[int] = None  # for k_of_v
+    keep_judge_text: bool = False
+
+
+@dataclass
+class MergeConfig:
+    selection: Literal["first-valid", "all-valid"] = "first-valid"
+    max_per_question: Optional[int] = None
+    aggregation: Literal["unanimous", "majority", "k_of_v"] = "unanimous"
+    k: Optional[int] = None
+    disabled_stages: list[str] = field(default_factory=list)  # ablations: stages whose votes are ignored
+    validation_fraction: float = 0.0
+    allow_missing: bool = False  # proceed without missing verify shards (recorded in stats.json)
+
+
+@dataclass
+class TrainConfig:
+    enabled: bool = True
+    model: Optional[str] = None  # default: the run's base model
+    steps: int = 2000
+    global_batch: int = 64  # sequences per optimiser step
+    micro_batch: int = 1  # packed sequences per process per forward
+    lr: float = 3e-5
+    warmup_ratio: float = 0.05
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    max_seq_len: int = 32768
+    overlong: Literal["truncate", "drop"] = "drop"
+    seed: int = 42
+    checkpoint_every: int = 200
+    activation_checkpointing: bool = False
+    procs_per_node: int = 1  # local scheduler / CPU: torchrun --nproc_per_node
+
+
+@dataclass
+class BenchmarkSpec:
+    name: str = ""
+    preset: Optional[str] = None  # aime26, hmmt_feb_2025, gpqa_diamond, hle_mc, lcb_v5, lcb_v6
+    path: Optional[str] = None  # local JSONL/parquet, local HF dir, or hub id
+    hf_config: Optional[str] = None
+    split: str = "test"
+    question_field: str = "question"
+    answer_field: str = "answer"
+    id_field: Optional[str] = None
+    domain: Literal["math", "science", "code"] = "math"
+    grader: Literal["math", "choice", "code"] = "math"
+    limit: Optional[int] = None
+
+
+@dataclass
+class EvalConfig:
+    benchmarks: list[BenchmarkSpec] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 32768
+    uq_ttc: bool = False  # also evaluate the test-time baseline on the base model
+    uq_ttc_candidates: int = 8
+    code_timeout_s: float = 6.0
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    run_root: str = "runs"
+    cluster: str = "local"  # "local" or a profile name in configs/clusters/ or a YAML path
+    model: ModelConfig = field(default_factory=ModelConfig)
+    seeds: SeedsConfig = field(default_factory=SeedsConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    resources: dict[str, StageResources] = field(default_factory=dict)
+    # Stage bodies ("module:function") replacing the built-in ones: for tests and experiments.
+    stage_bodies: dict[str, str] = field(default_factory=dict)
+    # Filled in at load time from `cluster`; not a user key in the run config itself.
+    profile: ClusterProfile = field(default_factory=ClusterProfile)
+
+    @property
+    def is_local(self) -> bool:
+        return self.cluster == "local"
+
+    def stage_resources(self, stage: str) -> StageResources:
+        return self.resources.get(stage, StageResources())
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
+    """Check `value` against the annotation `tp`, building nested dataclasses."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where, source)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: {where} is {value!r}; choose one of {', '.join(map(str, args))}.")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {where} must be a mapping, got {type(value).__name__}.")
+        return build(tp, value, source, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {where} must be a list, got {type(value).__name__}.")
+        return [_coerce(v, args[0], f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {where} must be a mapping, got {type(value).__name__}.")
+        return {str(k): _coerce(v, args[1], f"{where}.{k}", source) for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool) and where.endswith(("time", "mem")):
+        return str(value)
+    if tp in (int, float, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise ConfigError(
+                f"{source}: {where} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})."
+            )
+        return value
+    return value
+
+
+def build(cls: type, data: dict, source: str = "<config>", where: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and listing the valid ones."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if not (cls is RunConfig and f.name == "profile")]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(
+                f"{source}: unknown key '{path}'; valid keys{' under ' + repr(where) if where else ''}: {', '.join(names)}."
+            )
+        kwargs[key] = _coerce(value, hints[key], path, source)
+    return cls(**kwargs)
+
+
+def apply_override(data: dict, override: str) -> None:
+    """Apply one `a.b.c=value` override (value parsed as YAML) to a nested mapping."""
+    if "=" not in override:
+        raise ConfigError(f"override '{override}' must look like key.sub=value.")
+    key, raw = override.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{override}': '{part}' is not a section.")
+    node[parts[-1]] = value
+
+
+def _read_yaml(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{what} file {path} does not exist; check the path.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{line}; fix the syntax.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys.")
+    return data
+
+
+def find_profile(name: str, config_dir: Path) -> Path:
+    """A cluster profile by path, or by name in configs/clusters/ next to the config or in the package."""
+    candidates = [Path(name), config_dir / "clusters" / f"{name}.yaml", PACKAGE_CONFIGS / "clusters" / f"{name}.yaml"]
+    for candidate in candidates:
+        if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in (PACKAGE_CONFIGS / "clusters").glob("*.yaml"))
+    raise ConfigError(f"cluster profile '{name}' not found; use 'local', a YAML path, or one of: {', '.join(known)}.")
+
+
+def _check_time(value: str, where: str, source: str) -> None:
+    import re
+
+    if not re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){0,2}|\d+", value):
+        raise ConfigError(f"{source}: {where} '{value}' is not a SLURM time (use D-HH:MM:SS, HH:MM:SS or minutes).")
+
+
+def validate(cfg: RunConfig, source: str) -> None:
+    """Cross-field checks that types alone cannot express."""
+    for stage in list(cfg.resources) + list(cfg.stage_bodies):
+        if stage not in STAGE_NAMES:
+            raise ConfigError(f"{source}: unknown stage 'resources.{stage}'; stages are: {', '.join(STAGE_NAMES)}.")
+    positive = {
+        "seeds.shards": cfg.seeds.shards,
+        "generate.n": cfg.generate.n,
+        "generate.max_tokens": cfg.generate.max_tokens,
+        "generate.chunk_size": cfg.generate.chunk_size,
+        "verify.votes": cfg.verify.votes,
+        "verify.cycle_inferences": cfg.verify.cycle_inferences,
+        "train.steps": cfg.train.steps,
+        "train.global_batch": cfg.train.global_batch,
+        "train.micro_batch": cfg.train.micro_batch,
+        "train.max_seq_len": cfg.train.max_seq_len,
+        "train.procs_per_node": cfg.train.procs_per_node,
+        "model.tensor_parallel_size": cfg.model.tensor_parallel_size,
+        "model.max_model_len": cfg.model.max_model_len,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{source}: {key} must be at least 1, got {value}.")
+    for stage in cfg.verify.stages:
+        if stage not in VERIFY_STAGES:
+            raise ConfigError(f"{source}: verify.stages has '{stage}'; valid stages: {', '.join(VERIFY_STAGES)}.")
+    for section in (cfg.verify, cfg.merge):
+        name = "verify" if section is cfg.verify else "merge"
+        if section.aggregation == "k_of_v":
+            if section.k is None or not 1 <= section.k <= cfg.verify.votes:
+                raise ConfigError(f"{source}: {name}.k must be between 1 and verify.votes ({cfg.verify.votes}) for k_of_v.")
+    for stage in cfg.merge.disabled_stages:
+        if stage not in VERIFY_STAGES:
+            raise ConfigError(f"{source}: merge.disabled_stages has '{stage}'; valid stages: {', '.join(VERIFY_STAGES)}.")
+    if not 0.0 <= cfg.merge.validation_fraction < 1.0:
+        raise ConfigError(f"{source}: merge.validation_fraction must be in [0, 1).")
+    if not 0.0 < cfg.model.gpu_memory_utilization <= 1.0:
+        raise ConfigError(f"{source}: model.gpu_memory_utilization must be in (0, 1].")
+    if not 0.0 <= cfg.train.warmup_ratio < 1.0 or not 0.0 <= cfg.train.min_lr_ratio <= 1.0:
+        raise ConfigError(f"{source}: train.warmup_ratio must be in [0, 1) and train.min_lr_ratio in [0, 1].")
+    if len(cfg.train.betas) != 2:
+        raise ConfigError(f"{source}: train.betas must be two numbers, e.g. [0.9, 0.999].")
+    names = [b.name for b in cfg.eval.benchmarks]
+    if any(not n for n in names) or len(set(names)) != len(names):
+        raise ConfigError(f"{source}: every eval.benchmarks entry needs a unique 'name'.")
+    if not cfg.eval.seeds:
+        raise ConfigError(f"{source}: eval.seeds must list at least one seed.")
+    for stage, res in cfg.resources.items():
+        if res.time:
+            _check_time(res.time, f"resources.{stage}.time", source)
+        if res.nodes < 1 or (res.nodes > 1 and stage != "train"):
+            raise ConfigError(f"{source}: resources.{stage}.nodes must be 1 (only train runs on several nodes).")
+        if res.array_parallelism is not None and res.array_parallelism < 1:
+            raise ConfigError(f"{source}: resources.{stage}.array_parallelism must be at least 1.")
+    _check_time(cfg.profile.time, "time", f"cluster profile '{cfg.profile.name}'")
+    if not cfg.is_local:
+        for stage in ("generate", "verify", "eval_base", "eval_trained"):
+            gpus = cfg.stage_resources(stage).gpus
+            gpus = cfg.profile.gpus_per_node if gpus is None else gpus
+            if gpus and cfg.model.tensor_parallel_size > gpus:
+                raise ConfigError(
+                    f"{source}: model.tensor_parallel_size={cfg.model.tensor_parallel_size} needs that many GPUs, "
+                    f"but resources.{stage} gets {gpus}; raise resources.{stage}.gpus or lower the tensor parallel size."
+                )
+            if cfg.profile.gpus_per_node and gpus and gpus > cfg.profile.gpus_per_node:
+                raise ConfigError(
+                    f"{source}: resources.{stage}.gpus={gpus} exceeds the {cfg.profile.gpus_per_node} GPUs per node "
+                    f"of cluster profile '{cfg.profile.name}'."
+                )
+    total = cfg.stage_resources("train").nodes * train_procs_per_node(cfg)
+    if cfg.train.global_batch % (total * cfg.train.micro_batch):
+        raise ConfigError(
+            f"{source}: train.global_batch={cfg.train.global_batch} is not divisible by world size {total} × "
+            f"train.micro_batch {cfg.train.micro_batch}; choose a multiple of {total * cfg.train.micro_batch}."
+        )
+
+
+def train_procs_per_node(cfg: RunConfig) -> int:
+    """Training processes per node: one per GPU on GPU clusters, else train.procs_per_node."""
+    res = cfg.stage_resources("train")
+    if res.tasks_per_node:
+        return res.tasks_per_node
+    gpus = res.gpus if res.gpus is not None else cfg.profile.gpus_per_node
+    return gpus if gpus else cfg.train.procs_per_node
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read, override and validate a run config; relative paths in it resolve against its folder."""
+    path = Path(path)
+    data = _read_yaml(path, "config")
+    for override in overrides:
+        apply_override(data, override)
+    cfg = build(RunConfig, data, str(path))
+    if cfg.cluster != "local":
+        profile_path = find_profile(cfg.cluster, path.resolve().parent)
+        cfg.profile = build(ClusterProfile, _read_yaml(profile_path, "cluster profile"), str(profile_path))
+    validate(cfg, str(path))
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict) -> RunConfig:
+    """Rebuild a resolved config (as saved in a run directory), profile included."""
+    data = dict(data)
+    profile = data.pop("profile", {})
+    cfg = build(RunConfig, data, "config.yaml")
+    cfg.profile = build(ClusterProfile, profile, "config.yaml (profile)")
+    return cfg

@@ -1,0 +1,172 @@
+"""Config -> plan: the stages of a run, their array sizes, resources and SLURM dependencies.
+
+The plan is data (plan.json in the run directory). Both schedulers read it: SLURM submits every
+stage at once with its dependencies; the local scheduler runs the stages here in order.
+
+    eval_base ───────────────────────────────────────────────────────────────┐
+    generate[S] ─aftercorr─> verify[S] ─afterok─> merge ─afterok─> train ─afterok─> eval_trained[B×K] ─afterok─> report
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .config import RunConfig, train_procs_per_node
+
+# Where each stage's body lives: a function (run_dir, task_index) -> None.
+BODIES = {
+    "eval_base": "svd_hpc.evaluate:run_task",
+    "generate": "svd_hpc.generate:run_task",
+    "verify": "svd_hpc.verify:run_task",
+    "merge": "svd_hpc.merge:run_task",
+    "train": "svd_hpc.train:run_task",
+    "eval_trained": "svd_hpc.evaluate:run_task",
+    "report": "svd_hpc.report:run_task",
+}
+CPU_STAGES = ("merge", "report")
+PREEMPTIBLE_DEFAULT = ("generate", "verify", "train", "eval_base", "eval_trained")
+
+
+class StageNotBuilt(RuntimeError):
+    """The plan names a stage whose body does not exist yet in this version of svd_hpc."""
+
+
+@dataclass
+class Dependency:
+    stage: str
+    kind: str  # afterok | aftercorr | afterany
+
+
+@dataclass
+class Stage:
+    name: str
+    body: str  # "module:function"
+    array_size: int  # number of tasks; 1 for single jobs
+    kind: str  # array | single | distributed
+    depends_on: list[Dependency] = field(default_factory=list)
+    resources: dict = field(default_factory=dict)  # resolved SLURM resources (see resolve_resources)
+
+    @property
+    def is_array(self) -> bool:
+        return self.kind == "array"
+
+
+@dataclass
+class EvalTask:
+    """One eval array task: a (benchmark, seed, mode) of one model."""
+
+    benchmark: str
+    seed: int
+    mode: str  # direct | uq_ttc
+
+
+def eval_tasks(cfg: RunConfig, model: str) -> list[EvalTask]:
+    """The eval array of `model` (base | trained), in task-index order."""
+    modes = ["direct"] + (["uq_ttc"] if model == "base" and cfg.eval.uq_ttc else [])
+    return [
+        EvalTask(bench.name, seed, mode) for mode in modes for bench in cfg.eval.benchmarks for seed in cfg.eval.seeds
+    ]
+
+
+def resolve_resources(cfg: RunConfig, stage: str) -> dict:
+    """Profile defaults, then the stage's own overrides: what its sbatch header asks for."""
+    prof, res = cfg.profile, cfg.stage_resources(stage)
+    cpu_stage = stage in CPU_STAGES
+    gpus = 0 if cpu_stage else (res.gpus if res.gpus is not None else prof.gpus_per_node)
+    if stage != "train" and not cpu_stage and res.gpus is None and prof.gpus_per_node:
+        gpus = cfg.model.tensor_parallel_size  # a vLLM task needs exactly its tensor-parallel GPUs
+    partition = res.partition or ((prof.cpu_partition or prof.partition) if cpu_stage else prof.partition)
+    tasks_per_node = train_procs_per_node(cfg) if stage == "train" else 1
+    return {
+        "partition": partition,
+        "account": prof.account,
+        "qos": prof.qos,
+        "constraint": None if cpu_stage else prof.constraint,
+        "exclude": prof.exclude,
+        "gpus_per_node": gpus or None,
+        "cpus_per_task": res.cpus or prof.cpus_per_task,
+        "mem": res.mem or prof.mem,
+        "time": res.time or prof.time,
+        "nodes": res.nodes if stage == "train" else 1,
+        "ntasks_per_node": tasks_per_node,
+        "array_parallelism": res.array_parallelism,
+        "preemptible": res.preemptible,
+        "requeue_cap": prof.requeue_cap,
+        "signal_seconds": prof.signal_seconds,
+        "mail_user": prof.mail_user,
+        "mail_type": prof.mail_type,
+    }
+
+
+def build_plan(cfg: RunConfig) -> list[Stage]:
+    """The stages of `cfg`, in an order where every stage comes after its dependencies."""
+    bodies = {**BODIES, **cfg.stage_bodies}
+    has_eval = bool(cfg.eval.benchmarks)
+    stages: list[Stage] = []
+
+    def add(name: str, size: int, kind: str, deps: list[tuple[str, str]]) -> None:
+        known = {s.name for s in stages}
+        stages.append(
+            Stage(
+                name=name,
+                body=bodies[name],
+                array_size=size,
+                kind=kind,
+                depends_on=[Dependency(s, k) for s, k in deps if s in known],
+                resources=resolve_resources(cfg, name),
+            )
+        )
+
+    if has_eval:
+        add("eval_base", len(eval_tasks(cfg, "base")), "array", [])
+    add("generate", cfg.seeds.shards, "array", [])
+    add("verify", cfg.seeds.shards, "array", [("generate", "aftercorr")])
+    add("merge", 1, "single", [("verify", "afterok")])
+    if cfg.train.enabled:
+        add("train", 1, "distributed", [("merge", "afterok")])
+        if has_eval:
+            add("eval_trained", len(eval_tasks(cfg, "trained")), "array", [("train", "afterok")])
+    add("report", 1, "single", [(s.name, "afterok") for s in stages if s.name in ("eval_base", "eval_trained", "merge")])
+    return stages
+
+
+def downstream(plan: list[Stage], roots: set[str]) -> set[str]:
+    """`roots` and every stage that depends on them, transitively."""
+    out = set(roots)
+    for stage in plan:  # plan order is topological
+        if any(d.stage in out for d in stage.depends_on):
+            out.add(stage.name)
+    return out
+
+
+def plan_to_json(plan: list[Stage]) -> list[dict]:
+    return [dataclasses.asdict(s) for s in plan]
+
+
+def plan_from_json(data: list[dict]) -> list[Stage]:
+    stages = []
+    for item in data:
+        item = dict(item)
+        item["depends_on"] = [Dependency(**d) for d in item["depends_on"]]
+        stages.append(Stage(**item))
+    return stages
+
+
+def load_body(spec: str, stage: str) -> Callable[[str, int], None]:
+    """Import a stage body from "module:function"; a missing one says the stage is not built yet."""
+    module_name, _, func_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name == module_name:
+            raise StageNotBuilt(
+                f"stage '{stage}' is not built yet in this version of svd_hpc ({module_name} is missing)."
+            ) from None
+        raise
+    try:
+        return getattr(module, func_name)
+    except AttributeError:
+        raise StageNotBuilt(f"stage '{stage}': {module_name} has no function {func_name}.") from None

@@ -1,0 +1,103 @@
+"""The data each stage hands the next: one Arrow schema per hand-off, defined here only.
+
+seeds/shard-NNNNN.parquet     SEED        (launch -> generate)
+generate/shard-NNNNN.parquet  CANDIDATE   (generate -> verify)
+verify/shard-NNNNN.parquet    VERDICT     (verify -> merge): CANDIDATE columns + the judges' votes
+merge/sft/{train,validation}.parquet  SFT (merge -> train), loadable by datasets.load_dataset("parquet")
+eval/<model>/<benchmark>/seed-K[-uq_ttc].parquet  EVAL (eval -> report)
+
+Votes are int8: 1 = yes ([[Y]]), 0 = no, -1 = no verdict found (counts as a rejection). A stage's
+vote list is null when the candidate never reached that stage (early exit or static filter).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from .config import VERIFY_STAGES
+
+VOTE_YES, VOTE_NO, VOTE_NONE = 1, 0, -1
+
+SEED = pa.schema(
+    [
+        ("question_id", pa.string()),  # stable id: the dataset's id field, else a hash of the question
+        ("question", pa.string()),
+        ("domain", pa.string()),  # math | science | code
+        ("source_index", pa.int64()),  # row number in the seed file, for tracing back
+    ]
+)
+
+CANDIDATE = pa.schema(
+    [
+        ("question_id", pa.string()),
+        ("question", pa.string()),
+        ("domain", pa.string()),
+        ("candidate_index", pa.int32()),  # sampling order within the question, 0..N-1
+        ("prompt", pa.string()),  # the user turn as sent: question + domain instruction
+        ("text", pa.string()),  # full completion, think block included
+        ("answer", pa.string()),  # final answer part: text after the last </think> (all text if none)
+        ("prompt_tokens", pa.int32()),
+        ("completion_tokens", pa.int32()),
+        ("finish_reason", pa.string()),  # stop | length | abort
+        ("passed_filter", pa.bool_()),
+        ("filter_reason", pa.string()),  # null when passed; e.g. "no_boxed", "unclosed_think", "no_code_block"
+    ]
+)
+
+VOTES = pa.list_(pa.int8())
+
+VERDICT = pa.schema(
+    list(CANDIDATE)
+    + [pa.field(f"{stage}_votes", VOTES) for stage in VERIFY_STAGES]
+    + [
+        ("inferred_questions", pa.list_(pa.string())),  # cycle stage: questions inferred from the answer
+        ("status", pa.string()),  # passed | rejected | filtered
+        ("failed_stage", pa.string()),  # null unless rejected: cycle | factuality | correctness
+        ("judge_prompt_tokens", pa.int64()),
+        ("judge_completion_tokens", pa.int64()),
+        ("judge_samples", pa.int32()),  # judge completions drawn for this candidate (inferences + votes)
+        ("judge_texts", pa.string()),  # JSON of raw judge outputs when verify.keep_judge_text, else null
+    ]
+)
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+
+SFT = pa.schema(
+    [
+        ("messages", pa.list_(MESSAGE)),  # [user: question + instruction, assistant: full candidate]
+        ("question_id", pa.string()),
+        ("candidate_index", pa.int32()),
+        ("domain", pa.string()),
+        ("votes_yes", pa.int32()),  # yes votes over all stages
+        ("votes_total", pa.int32()),
+    ]
+)
+
+EVAL = pa.schema(
+    [
+        ("benchmark", pa.string()),
+        ("model", pa.string()),  # base | trained
+        ("mode", pa.string()),  # direct | uq_ttc
+        ("seed", pa.int64()),
+        ("question_id", pa.string()),
+        ("question", pa.string()),
+        ("reference", pa.string()),
+        ("response", pa.string()),  # the answer graded (for uq_ttc: the chosen candidate)
+        ("extracted", pa.string()),  # what the grader read from the response
+        ("correct", pa.bool_()),
+        ("grade_reason", pa.string()),
+        ("completion_tokens", pa.int64()),
+        ("samples", pa.int32()),  # samples drawn for this question (1 direct; N + judges for uq_ttc)
+        ("chosen_candidate", pa.int32()),  # uq_ttc: index of the answer used; direct: 0
+    ]
+)
+
+
+def check_schema(table: pa.Table, expected: pa.Schema, where: str) -> None:
+    """Raise ValueError naming `where` and the first missing or mistyped field."""
+    for field in expected:
+        if field.name not in table.schema.names:
+            raise ValueError(f"{where}: field '{field.name}' is missing; re-run the stage that wrote it.")
+        actual = table.schema.field(field.name).type
+        if actual != field.type and not (pa.types.is_null(actual)):
+            raise ValueError(f"{where}: field '{field.name}' has type {actual}, expected {field.type}.")

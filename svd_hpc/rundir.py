@@ -1,0 +1,128 @@
+"""The run directory: the one place a run's state lives, and the atomic writes that keep it true.
+
+A task writes its output under a temporary name, renames it into place, then writes its done
+marker. A marker therefore always means "the output is complete"; a task whose marker exists
+exits at once, so re-running a finished task is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+
+from . import config as config_mod
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        if tmp.is_dir() and path.exists():
+            # os.replace cannot put a directory over a non-empty one; a re-run replaces it whole
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_json(path: Path, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.parquet"
+
+
+class RunDir:
+    """Paths and markers of one run: runs/<name>/ (see README for the layout)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+
+    # files of the whole run
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def plan_path(self) -> Path:
+        return self.root / "plan.json"
+
+    @property
+    def jobs_path(self) -> Path:
+        return self.root / "jobs.json"
+
+    def sbatch_path(self, stage: str, part: int | None = None) -> Path:
+        suffix = "" if part is None else f"-part{part}"
+        return self.root / "sbatch" / f"{stage}{suffix}.sh"
+
+    def log_dir(self, stage: str) -> Path:
+        return self.root / "logs" / stage
+
+    # per-stage outputs and markers
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def shard_path(self, stage: str, index: int) -> Path:
+        return self.stage_dir(stage) / shard_name(index)
+
+    def done_marker(self, stage: str, index: int) -> Path:
+        return self.stage_dir(stage) / "done" / f"{index:05d}"
+
+    def is_done(self, stage: str, index: int) -> bool:
+        return self.done_marker(stage, index).exists()
+
+    def mark_done(self, stage: str, index: int, **info) -> None:
+        """Write the done marker: only after the task's output is in place."""
+        info.update(
+            finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            host=socket.gethostname(),
+            slurm_job=os.environ.get("SLURM_JOB_ID"),
+        )
+        atomic_write_json(self.done_marker(stage, index), info)
+
+    def incomplete(self, stage: str, size: int) -> list[int]:
+        """Task indices of `stage` (array of `size`) that have no done marker."""
+        done_dir = self.stage_dir(stage) / "done"
+        done = {p.name for p in done_dir.iterdir()} if done_dir.is_dir() else set()
+        return [i for i in range(size) if f"{i:05d}" not in done]
+
+    # the run's config and plan
+    def write_config(self, cfg: config_mod.RunConfig, meta: dict) -> None:
+        data = {"svd_hpc": meta, **config_mod.to_dict(cfg)}
+        atomic_write_text(self.config_path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+    def load_config(self) -> config_mod.RunConfig:
+        if not self.config_path.is_file():
+            raise config_mod.ConfigError(f"{self.root} is not a run directory (no config.yaml); check the path.")
+        data = yaml.safe_load(self.config_path.read_text())
+        data.pop("svd_hpc", None)
+        return config_mod.from_dict(data)
+
+    def load_json(self, path: Path, default=None):
+        if not path.is_file():
+            return default
+        return json.loads(path.read_text())
+
+    def exists(self) -> bool:
+        return self.config_path.is_file()
