@@ -45,6 +45,7 @@ class ClusterProfile:
     time: str = "01:00:00"
     setup: list[str] = field(default_factory=list)  # lines run before each task: module load, conda activate
     command_prefix: Optional[str] = None  # e.g. "apptainer exec --nv image.sif"
+    python: Optional[str] = None  # interpreter on the compute nodes; default: the launcher's own
     mail_user: Optional[str] = None
     mail_type: Optional[str] = None  # e.g. "END,FAIL"
     max_array_size: Optional[int] = None  # None: read MaxArraySize from `scontrol show config`

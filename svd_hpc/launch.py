@@ -1,0 +1,240 @@
+"""Turn a config into a run: validate, write the run directory, submit the chain (or run it here).
+
+Run as:
+    python -m svd_hpc.launch --config configs/demo.yaml [key.sub=value ...] [--dry-run] [--wait]
+    python -m svd_hpc.launch status RUN_DIR
+    python -m svd_hpc.launch resume RUN_DIR [--dry-run] [--wait]
+    python -m svd_hpc.launch cancel RUN_DIR
+    python -m svd_hpc.launch report RUN_DIR
+
+Every user error (config, seeds, cluster refusal) is one sentence on stderr and exit code 2,
+with nothing submitted. On SLURM the launcher returns as soon as the chain is queued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from . import config as config_mod
+from . import local, slurm, status
+from .config import ConfigError, RunConfig
+from .plan import Stage, build_plan, downstream, plan_to_json
+from .rundir import RunDir, atomic_write_json
+
+log = logging.getLogger("svd_hpc")
+console = Console(stderr=False)
+EXIT_USER_ERROR = 2
+COMMANDS = ("run", "status", "resume", "cancel", "report")
+
+
+def _git_commit() -> str | None:
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+def _resolve_paths(cfg: RunConfig) -> None:
+    """Relative input paths resolve against the launch directory; jobs may run elsewhere."""
+    for holder, key in ((cfg.seeds, "path"), (cfg.model, "path"), (cfg.train, "model")):
+        value = getattr(holder, key)
+        if value and not value.startswith("builtin:") and Path(value).expanduser().exists():
+            setattr(holder, key, str(Path(value).expanduser().resolve()))
+    for bench in cfg.eval.benchmarks:
+        if bench.path and Path(bench.path).expanduser().exists():
+            bench.path = str(Path(bench.path).expanduser().resolve())
+
+
+def _todo(run: RunDir, plan: list[Stage], live: dict[str, tuple[list[int], list[str]]]) -> dict[str, list[int]]:
+    """Tasks without a done marker that are not queued or running, and everything downstream."""
+    todo = {}
+    for stage in plan:
+        queued = set(live.get(stage.name, ([], []))[0])
+        todo[stage.name] = [i for i in run.incomplete(stage.name, stage.array_size) if i not in queued]
+    # A stage downstream of re-run work must run again only if it is not done; markers decide.
+    stale = downstream(plan, {name for name, idx in todo.items() if idx})
+    return {name: idx for name, idx in todo.items() if idx and name in stale}
+
+
+def _print_submissions(run: RunDir, subs: list[slurm.Submission], dry_run: bool) -> None:
+    table = Table(title=("dry run: nothing submitted" if dry_run else "submitted") + f" — {run.root}")
+    for column in ("stage", "job id", "array", "tasks", "depends on", "logs"):
+        table.add_column(column)
+    for sub in subs:
+        table.add_row(
+            sub.stage,
+            "-" if dry_run else str(sub.job_id),
+            sub.array_spec if len(sub.indices) > 1 or sub.offset else "-",
+            str(len(sub.indices)),
+            sub.dependency or "",
+            str(run.log_dir(sub.stage)),
+        )
+    console.print(table)
+
+
+def _record_submissions(run: RunDir, plan: list[Stage], subs: list[slurm.Submission]) -> None:
+    data = run.load_json(run.jobs_path, default={"submissions": []})
+    kinds = {s.name: s.is_array for s in plan}
+    now = time.strftime("%Y-%m-%dT%H:%M:%S")
+    for sub in subs:
+        data["submissions"].append(
+            {
+                "stage": sub.stage,
+                "job_id": sub.job_id,
+                "array": kinds[sub.stage],
+                "part": sub.part,
+                "offset": sub.offset,
+                "indices": sub.indices,
+                "dependency": sub.dependency,
+                "submitted": now,
+            }
+        )
+    atomic_write_json(run.jobs_path, data)
+
+
+def _prepare_seeds(cfg: RunConfig, run: RunDir, dry_run: bool) -> None:
+    from . import seeds
+
+    if dry_run or all(run.shard_path("seeds", i).exists() for i in range(cfg.seeds.shards)):
+        table = seeds.load(cfg.seeds)  # validates; the shard plan is printed, nothing written
+        per_shard = -(-table.num_rows // cfg.seeds.shards)
+        console.print(f"seeds: {table.num_rows} questions from {cfg.seeds.path} -> {cfg.seeds.shards} shards of ≤{per_shard}")
+        return
+    stats = seeds.prepare(cfg, run)
+    console.print(f"seeds: {stats}")
+
+
+def launch(cfg: RunConfig, run: RunDir, dry_run: bool = False, wait: bool = False) -> int:
+    """Write the run directory and submit (SLURM) or run (local) every incomplete task."""
+    plan = build_plan(cfg)
+    if not cfg.is_local and not slurm.available() and not dry_run:
+        raise ConfigError(
+            f"cluster profile '{cfg.cluster}' needs SLURM, but sbatch is not on PATH; use cluster=local or a login node."
+        )
+    if run.exists():
+        stored = run.load_config()
+        if config_mod.to_dict(stored) != config_mod.to_dict(cfg):
+            raise ConfigError(
+                f"run directory {run.root} holds a different config; resume it with "
+                f"`python -m svd_hpc.launch resume {run.root}` or choose another name=..."
+            )
+    from . import seeds
+
+    seeds.load(cfg.seeds)  # bad seeds stop us before anything is written or submitted
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.write_config(cfg, {"version": __version__, "git_commit": _git_commit()})
+    atomic_write_json(run.plan_path, plan_to_json(plan))
+    _prepare_seeds(cfg, run, dry_run)
+
+    if cfg.is_local:
+        if dry_run:
+            for stage in plan:
+                console.print(f"{stage.name}: {stage.array_size} task(s) -> {' '.join(local.task_command(cfg, run, stage, 0))}")
+            return 0
+        timings = local.run_plan(cfg, run, plan)
+        console.print(f"run complete: {run.root} ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
+        return 0
+
+    live = status.live_tasks(run) if run.jobs_path.exists() and not dry_run else {}
+    todo = _todo(run, plan, live)
+    if not todo:
+        console.print(f"nothing to submit: every task of {run.root} is done or queued.")
+        return 0
+    max_array = cfg.profile.max_array_size or (slurm.site_max_array_size() if slurm.available() else slurm.DEFAULT_MAX_ARRAY_SIZE)
+    subs = slurm.plan_submissions(cfg, run, plan, todo, max_array)
+    live_ids = {stage: ids for stage, (_, ids) in live.items()}
+    if not dry_run:
+        for stage in {s.stage: s for s in subs}.values():  # one check per stage, nothing submitted
+            slurm.test_only(slurm.render(cfg, run, _stage(plan, stage.stage), stage, Path.cwd()), stage.stage)
+    subs = slurm.submit(cfg, run, plan, subs, Path.cwd(), dry_run=dry_run, live=live_ids)
+    if dry_run:
+        for sub in subs:
+            console.rule(str(run.sbatch_path(sub.stage)))
+            console.print(sub.script, markup=False, highlight=False)
+    else:
+        _record_submissions(run, plan, subs)
+    _print_submissions(run, subs, dry_run)
+    if wait and not dry_run:
+        slurm.wait([s.job_id for s in subs], timeout_s=float(os.environ.get("SVD_WAIT_TIMEOUT", "86400")))
+        statuses = status.collect(run)
+        status.render(run, statuses, console)
+        return 0 if all(len(s.done) == s.size for s in statuses) else 1
+    return 0
+
+
+def _stage(plan: list[Stage], name: str) -> Stage:
+    return next(s for s in plan if s.name == name)
+
+
+def _open_run(path: str) -> tuple[RunConfig, RunDir]:
+    run = RunDir(path)
+    return run.load_config(), run
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        argv.insert(0, "run")
+    parser = argparse.ArgumentParser(prog="python -m svd_hpc.launch", description="Launch and follow svd_hpc runs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="validate a config and launch its run (default command)")
+    p_run.add_argument("--config", required=True)
+    p_run.add_argument("overrides", nargs="*", help="key.sub=value")
+    for p in (p_run, sub.add_parser("resume", help="re-submit what is missing")):
+        p.add_argument("--dry-run", action="store_true", help="write and print the sbatch scripts; submit nothing")
+        p.add_argument("--wait", action="store_true", help="block until the submitted jobs end")
+    sub.choices["resume"].add_argument("run_dir")
+    for name in ("status", "cancel", "report"):
+        sub.add_parser(name).add_argument("run_dir")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+    try:
+        if args.command == "run":
+            cfg = config_mod.load(args.config, args.overrides)
+            _resolve_paths(cfg)
+            return launch(cfg, RunDir(Path(cfg.run_root) / cfg.name), dry_run=args.dry_run, wait=args.wait)
+        if args.command == "resume":
+            cfg, run = _open_run(args.run_dir)
+            return launch(cfg, run, dry_run=args.dry_run, wait=args.wait)
+        if args.command == "status":
+            _, run = _open_run(args.run_dir)
+            status.render(run, status.collect(run), console)
+            return 0
+        if args.command == "cancel":
+            _, run = _open_run(args.run_dir)
+            ids = sorted({str(s["job_id"]) for s in status.submissions(run)})
+            slurm.cancel(ids)
+            console.print(f"cancelled {len(ids)} job(s) of {run.root}: {' '.join(ids) or 'none'}")
+            return 0
+        if args.command == "report":
+            from . import report
+
+            _, run = _open_run(args.run_dir)
+            report.build(run, console=console)
+            return 0
+    except (ConfigError, slurm.ClusterError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except local.TaskFailed as err:
+        print(f"error: {err}\n{err.tail()}", file=sys.stderr)
+        print(f"fix the cause, then resume with: python -m svd_hpc.launch resume {err.log_path.parents[2]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

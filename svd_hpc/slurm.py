@@ -1,0 +1,300 @@
+"""SLURM: render each stage of the plan to an sbatch script, submit the chain, read live state.
+
+submitit renders the scripts (its `_make_sbatch_string`, one pure function of the SLURM options)
+and parses sbatch's reply; svd_hpc calls `sbatch` once per array. Every task runs the same
+command, `python -m svd_hpc.task STAGE --run-dir DIR`, which reads its index from
+SLURM_ARRAY_TASK_ID (+ SVD_ARRAY_OFFSET): no per-task pickle, folder or sleep, so a plan with
+thousands of tasks costs a handful of files on a shared filesystem.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from submitit.slurm.slurm import SlurmExecutor, _make_sbatch_string
+
+from .config import RunConfig
+from .plan import Stage
+from .rundir import RunDir, atomic_write_text
+
+log = logging.getLogger("svd_hpc")
+
+DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize: indices 0..1000
+
+
+class ClusterError(RuntimeError):
+    """SLURM refused something (missing commands, a rejected script, an unreachable controller)."""
+
+
+def available() -> bool:
+    return shutil.which("sbatch") is not None
+
+
+def _run(cmd: list[str], what: str, check: bool = True) -> subprocess.CompletedProcess:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise ClusterError(f"{cmd[0]} is not installed here; run on a SLURM login node or use cluster=local.") from None
+    if check and proc.returncode != 0:
+        message = (proc.stderr or proc.stdout).strip().splitlines()
+        raise ClusterError(f"{what} failed: {message[-1] if message else 'exit ' + str(proc.returncode)}")
+    return proc
+
+
+def site_max_array_size() -> int:
+    """MaxArraySize from `scontrol show config` (array indices must stay below it)."""
+    proc = _run(["scontrol", "show", "config"], "scontrol show config", check=False)
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", proc.stdout, re.MULTILINE)
+    return int(match.group(1)) if match else DEFAULT_MAX_ARRAY_SIZE
+
+
+# ----------------------------------------------------------------------------- submission units
+
+
+@dataclass
+class Submission:
+    """One sbatch call: a stage's tasks `indices` (absolute), as one array part with an offset."""
+
+    stage: str
+    part: int
+    offset: int
+    indices: list[int]
+    job_id: str | None = None
+    script: str = ""
+    dependency: str | None = None
+    depends_on: list[str] = field(default_factory=list)  # job ids named in `dependency`
+    waits_upstream: bool = True  # False: these tasks' aftercorr upstream tasks are already done
+
+    @property
+    def array_spec(self) -> str:
+        rel = [i - self.offset for i in self.indices]
+        if rel == list(range(rel[0], rel[-1] + 1)):
+            return f"{rel[0]}-{rel[-1]}" if len(rel) > 1 else str(rel[0])
+        return ",".join(map(str, rel))
+
+
+def split_indices(indices: list[int], max_array_size: int) -> list[tuple[int, int, list[int]]]:
+    """Group task indices into (part, offset, indices) so every array index is < max_array_size."""
+    parts: dict[int, list[int]] = {}
+    for index in sorted(indices):
+        parts.setdefault(index // max_array_size, []).append(index)
+    return [(p, p * max_array_size, idx) for p, idx in sorted(parts.items())]
+
+
+def _task_command(cfg: RunConfig, run: RunDir, stage: Stage) -> str:
+    python = cfg.profile.python or sys.executable
+    command = f"{shlex.quote(python)} -u -m svd_hpc.task {stage.name} --run-dir {shlex.quote(str(run.root))}"
+    return f"{cfg.profile.command_prefix} {command}" if cfg.profile.command_prefix else command
+
+
+def render(cfg: RunConfig, run: RunDir, stage: Stage, sub: Submission, cwd: Path) -> str:
+    """The exact sbatch script of one submission (what --dry-run writes and what is submitted)."""
+    res = stage.resources
+    extra: dict[str, object] = {"chdir": str(cwd)}
+    if sub.dependency:
+        extra["dependency"] = sub.dependency
+        # A failed upstream task must cancel the chain, not leave it PENDING forever.
+        extra["kill-on-invalid-dep"] = "yes"
+    if res["preemptible"]:
+        extra["requeue"] = True
+    else:
+        extra["no-requeue"] = True
+    setup = list(cfg.profile.setup)
+    setup += [f"export SVD_ARRAY_OFFSET={sub.offset}", f"export SVD_REQUEUE_CAP={res['requeue_cap']}"]
+    if stage.kind == "distributed":
+        setup += [
+            # the first node of the allocation hosts the rendezvous
+            'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+            "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
+        ]
+    params = dict(
+        job_name=f"svd-{cfg.name}-{stage.name}",
+        partition=res["partition"],
+        time=res["time"],
+        nodes=res["nodes"],
+        ntasks_per_node=res["ntasks_per_node"],
+        cpus_per_task=res["cpus_per_task"],
+        gpus_per_node=res["gpus_per_node"],
+        mem=res["mem"],
+        qos=res["qos"],
+        constraint=res["constraint"],
+        exclude=res["exclude"],
+        account=res["account"],
+        mail_user=res["mail_user"],
+        mail_type=res["mail_type"],
+        signal_delay_s=res["signal_seconds"],
+        setup=setup,
+        wckey="svd_hpc",
+        additional_parameters=extra,
+    )
+    if stage.is_array:
+        params["map_count"] = len(sub.indices)
+        params["array_parallelism"] = res["array_parallelism"] or len(sub.indices)
+    text = _make_sbatch_string(command=_task_command(cfg, run, stage), folder=run.log_dir(stage.name), **params)
+    if stage.is_array:
+        # submitit numbers array tasks 0..n-1; ours may be a subset (resume) with an offset
+        text = re.sub(r"^#SBATCH --array=\S+", lambda _m: f"#SBATCH --array={_array_flag(sub, params)}", text, flags=re.M)
+    return text
+
+
+def _array_flag(sub: Submission, params: dict) -> str:
+    return f"{sub.array_spec}%{params['array_parallelism']}"
+
+
+def plan_submissions(
+    cfg: RunConfig, run: RunDir, plan: list[Stage], todo: dict[str, list[int]], max_array_size: int
+) -> list[Submission]:
+    """The sbatch calls for the tasks in `todo` (stage -> indices), in dependency order."""
+    subs: list[Submission] = []
+    for stage in plan:
+        indices = todo.get(stage.name)
+        if not indices:
+            continue
+        corr = [d.stage for d in stage.depends_on if d.kind == "aftercorr"]
+        upstream = set(todo.get(corr[0], [])) if corr else set(indices)
+        # On resume, tasks whose upstream task is already done must not wait on it: aftercorr
+        # pairs task i with task i, so they go into an array of their own.
+        for waits, group in ((True, [i for i in indices if i in upstream]), (False, [i for i in indices if i not in upstream])):
+            if not group:
+                continue
+            parts = split_indices(group, max_array_size) if stage.is_array else [(0, 0, group)]
+            for part, offset, idx in parts:
+                subs.append(Submission(stage.name, part, offset, idx, waits_upstream=waits))
+    return subs
+
+
+def _dependency(
+    stage: Stage, sub: Submission, submitted: dict[str, list[Submission]], live: dict[str, list[str]]
+) -> tuple[str | None, list[str]]:
+    """The --dependency of one submission: on this launch's upstream arrays and on live older ones."""
+    clauses, ids = [], []
+    for dep in stage.depends_on:
+        ups = submitted.get(dep.stage, [])
+        older = live.get(dep.stage, [])  # upstream tasks from an earlier launch still queued or running
+        kind, job_ids = "afterok", [u.job_id for u in ups] + older
+        if dep.kind == "aftercorr":
+            if not sub.waits_upstream:
+                job_ids = older
+            else:
+                # task i waits for task i of the upstream array holding exactly the same indices
+                matching = [u for u in ups if u.offset == sub.offset and u.indices == sub.indices]
+                if matching and not older:
+                    kind, job_ids = "aftercorr", [matching[0].job_id]
+        if job_ids:
+            clauses.append(f"{kind}:" + ":".join(job_ids))
+            ids += job_ids
+    return (",".join(clauses) or None), ids
+
+
+def submit(
+    cfg: RunConfig,
+    run: RunDir,
+    plan: list[Stage],
+    subs: list[Submission],
+    cwd: Path,
+    dry_run: bool = False,
+    live: dict[str, list[str]] | None = None,
+) -> list[Submission]:
+    """Render, write and (unless dry_run) submit every submission with its dependencies.
+
+    If sbatch refuses any script, the jobs this call already submitted are cancelled, so a
+    launch either submits the whole chain or nothing.
+    """
+    by_name = {s.name: s for s in plan}
+    submitted: dict[str, list[Submission]] = {}
+    done: list[Submission] = []
+    try:
+        for n, sub in enumerate(subs):
+            stage = by_name[sub.stage]
+            if dry_run:
+                # dependencies name the jobs that would exist: placeholders in the dry-run text
+                sub.job_id = f"<{sub.stage}-{len(done)}>"
+            sub.dependency, sub.depends_on = _dependency(stage, sub, submitted, live or {})
+            sub.script = render(cfg, run, stage, sub, cwd)
+            siblings = [s for s in subs if s.stage == sub.stage]
+            number = next(k for k, s in enumerate(siblings) if s is sub)
+            path = run.sbatch_path(sub.stage, number if len(siblings) > 1 else None)
+            atomic_write_text(path, sub.script)
+            if not dry_run:
+                run.log_dir(sub.stage).mkdir(parents=True, exist_ok=True)
+                proc = _run(["sbatch", str(path)], f"sbatch for stage '{sub.stage}' ({path})")
+                sub.job_id = SlurmExecutor._get_job_id_from_submission_command(proc.stdout)
+            submitted.setdefault(sub.stage, []).append(sub)
+            done.append(sub)
+    except Exception:
+        if not dry_run:
+            cancel([s.job_id for s in done if s.job_id])
+        raise
+    return done
+
+
+def test_only(script: str, stage: str) -> None:
+    """Ask SLURM whether it would accept a script (partition, account, resources), submitting nothing."""
+    # Dependencies name jobs that do not exist yet; --test-only would reject them.
+    text = re.sub(r"^#SBATCH --(dependency|kill-on-invalid-dep)=.*\n", "", script, flags=re.M)
+    proc = subprocess.run(["sbatch", "--test-only"], input=text, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        reason = lines[-1] if lines else f"exit {proc.returncode}"
+        raise ClusterError(f"SLURM rejects stage '{stage}': {reason}; adjust resources.{stage} or the cluster profile.")
+
+
+def cancel(job_ids: list[str]) -> None:
+    if job_ids:
+        _run(["scancel", *job_ids], "scancel", check=False)
+
+
+# ----------------------------------------------------------------------------- live state
+
+
+@dataclass
+class TaskState:
+    job_id: str  # e.g. 123_4 for an array task
+    state: str  # PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, ...
+    elapsed: str = ""
+    reason: str = ""
+
+
+def _expand(job_id: str, indices: list[int], offset: int) -> dict[int, str]:
+    return {offset + i: f"{job_id}_{i}" for i in (x - offset for x in indices)}
+
+
+def task_states(job_ids: list[str]) -> dict[str, TaskState]:
+    """State of every task of `job_ids` from squeue (live) and sacct (finished), keyed 'JOB_TASK' or 'JOB'."""
+    states: dict[str, TaskState] = {}
+    if not job_ids:
+        return states
+    if shutil.which("sacct"):
+        proc = _run(
+            ["sacct", "-n", "-P", "-X", "--format=JobID,State,Elapsed,Reason", "-j", ",".join(job_ids)], "sacct", False
+        )
+        for line in proc.stdout.splitlines():
+            parts = line.split("|")
+            if len(parts) >= 3 and "[" not in parts[0]:
+                states[parts[0]] = TaskState(parts[0], parts[1].split()[0], parts[2], parts[3] if len(parts) > 3 else "")
+    if shutil.which("squeue"):
+        proc = _run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i|%T|%M|%r"], "squeue", False)
+        for line in proc.stdout.splitlines():
+            parts = line.split("|")
+            if len(parts) == 4:
+                states[parts[0]] = TaskState(parts[0], parts[1], parts[2], parts[3])
+    return states
+
+
+def wait(job_ids: list[str], timeout_s: float = 600, poll_s: float = 1.0) -> dict[str, TaskState]:
+    """Block until no job of `job_ids` is pending or running (for tests and `launch --wait`)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        proc = _run(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i"], "squeue", False)
+        if not proc.stdout.strip() or time.monotonic() > deadline:
+            break
+        time.sleep(poll_s)
+    return task_states(job_ids)

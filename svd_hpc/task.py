@@ -1,0 +1,113 @@
+"""Run one task of one stage: what every SLURM job, sbatch template and local run calls.
+
+Run as:  python -m svd_hpc.task STAGE --run-dir DIR [--index I]
+
+The task index is --index, else SVD_ARRAY_OFFSET + SLURM_ARRAY_TASK_ID, else 0. A task whose
+done marker exists returns at once. A multi-process stage (train) gets the torch.distributed
+variables from SLURM's when srun started it, as torchrun would have set them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+from . import plan as plan_mod
+from .config import ConfigError
+from .rundir import RunDir
+
+log = logging.getLogger("svd_hpc")
+
+EXIT_USAGE = 2
+EXIT_NOT_BUILT = 3
+
+
+def task_index(explicit: int | None) -> int:
+    if explicit is not None:
+        return explicit
+    if "SLURM_ARRAY_TASK_ID" in os.environ:
+        return int(os.environ.get("SVD_ARRAY_OFFSET", "0")) + int(os.environ["SLURM_ARRAY_TASK_ID"])
+    return 0
+
+
+def export_torch_env_from_slurm() -> None:
+    """Set RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from SLURM when srun (not torchrun) started us."""
+    if "RANK" in os.environ or "SLURM_PROCID" not in os.environ:
+        return
+    os.environ["RANK"] = os.environ["SLURM_PROCID"]
+    os.environ["WORLD_SIZE"] = os.environ.get("SLURM_NTASKS", "1")
+    os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+    os.environ["LOCAL_WORLD_SIZE"] = os.environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0]
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+
+
+def _requeue_on_signal(signum, _frame) -> None:
+    """Preemption warning: put this task back in the queue (up to the cap), then stop.
+
+    Stage bodies checkpoint as they go (chunks, done markers), so the requeued task resumes.
+    Bodies that need to save first (train) install their own handler.
+    """
+    job = os.environ.get("SLURM_JOB_ID")
+    if "SLURM_ARRAY_JOB_ID" in os.environ:
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    cap = int(os.environ.get("SVD_REQUEUE_CAP", "3"))
+    if job and restarts < cap:
+        log.warning(f"signal {signum}: requeueing {job} (restart {restarts + 1} of at most {cap})")
+        subprocess.run(["scontrol", "requeue", job], check=False)
+    else:
+        log.error(f"signal {signum}: not requeueing {job}: requeue cap {cap} reached")
+    sys.exit(128 + signum)
+
+
+def run(stage: str, run_dir: str, index: int) -> None:
+    rd = RunDir(run_dir)
+    plan = plan_mod.plan_from_json(rd.load_json(rd.plan_path, default=[]))
+    stages = {s.name: s for s in plan}
+    if stage not in stages:
+        raise ConfigError(f"stage '{stage}' is not in {rd.plan_path}; stages: {', '.join(stages) or 'none'}.")
+    spec = stages[stage]
+    if not 0 <= index < spec.array_size:
+        raise ConfigError(f"task index {index} is outside stage '{stage}' (array of {spec.array_size}).")
+    if rd.is_done(stage, index):
+        log.info(f"{stage=} {index=} already done")
+        return
+    body = plan_mod.load_body(spec.body, stage)
+    if spec.kind == "distributed":
+        export_torch_env_from_slurm()
+    if "SLURM_JOB_ID" in os.environ:
+        signal.signal(signal.SIGUSR2, _requeue_on_signal)
+    body(str(rd.root), index)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m svd_hpc.task", description=__doc__.splitlines()[0])
+    parser.add_argument("stage")
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--index", type=int, default=None)
+    args = parser.parse_args(argv)
+    rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == "0" else logging.WARNING,
+        format=f"%(asctime)s %(levelname)s [{args.stage} rank{rank}] %(message)s",
+        stream=sys.stderr,
+    )
+    index = task_index(args.index)
+    try:
+        run(args.stage, args.run_dir, index)
+    except plan_mod.StageNotBuilt as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_NOT_BUILT
+    except (ConfigError, ValueError) as err:
+        print(f"error: stage {args.stage} task {index}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
