@@ -34,7 +34,7 @@ from .rundir import RunDir, atomic_write_json
 log = logging.getLogger("svd_hpc")
 console = Console(stderr=False)
 EXIT_USER_ERROR = 2
-COMMANDS = ("run", "status", "resume", "cancel", "report")
+COMMANDS = ("run", "prepare", "status", "resume", "cancel", "report")
 
 
 def _git_commit() -> str | None:
@@ -117,13 +117,9 @@ def _prepare_seeds(cfg: RunConfig, run: RunDir, dry_run: bool) -> None:
     console.print(f"seeds: {stats}")
 
 
-def launch(cfg: RunConfig, run: RunDir, dry_run: bool = False, wait: bool = False) -> int:
-    """Write the run directory and submit (SLURM) or run (local) every incomplete task."""
+def prepare(cfg: RunConfig, run: RunDir, dry_run: bool = False) -> list[Stage]:
+    """Validate the seeds, then write the run directory: config, plan and (unless dry_run) seed shards."""
     plan = build_plan(cfg)
-    if not cfg.is_local and not slurm.available() and not dry_run:
-        raise ConfigError(
-            f"cluster profile '{cfg.cluster}' needs SLURM, but sbatch is not on PATH; use cluster=local or a login node."
-        )
     if run.exists():
         stored = run.load_config()
         if config_mod.to_dict(stored) != config_mod.to_dict(cfg):
@@ -138,7 +134,16 @@ def launch(cfg: RunConfig, run: RunDir, dry_run: bool = False, wait: bool = Fals
     run.write_config(cfg, {"version": __version__, "git_commit": _git_commit()})
     atomic_write_json(run.plan_path, plan_to_json(plan))
     _prepare_seeds(cfg, run, dry_run)
+    return plan
 
+
+def launch(cfg: RunConfig, run: RunDir, dry_run: bool = False, wait: bool = False) -> int:
+    """Write the run directory and submit (SLURM) or run (local) every incomplete task."""
+    if not cfg.is_local and not slurm.available() and not dry_run:
+        raise ConfigError(
+            f"cluster profile '{cfg.cluster}' needs SLURM, but sbatch is not on PATH; use cluster=local or a login node."
+        )
+    plan = prepare(cfg, run, dry_run)
     if cfg.is_local:
         if dry_run:
             for stage in plan:
@@ -193,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     p_run = sub.add_parser("run", help="validate a config and launch its run (default command)")
     p_run.add_argument("--config", required=True)
     p_run.add_argument("overrides", nargs="*", help="key.sub=value")
+    p_prep = sub.add_parser("prepare", help="write the run directory and seed shards; print shell variables for sbatch/pipeline.sh")
+    p_prep.add_argument("--config", required=True)
+    p_prep.add_argument("overrides", nargs="*", help="key.sub=value")
     for p in (p_run, sub.add_parser("resume", help="re-submit what is missing")):
         p.add_argument("--dry-run", action="store_true", help="write and print the sbatch scripts; submit nothing")
         p.add_argument("--wait", action="store_true", help="block until the submitted jobs end")
@@ -207,6 +215,16 @@ def main(argv: list[str] | None = None) -> int:
             cfg = config_mod.load(args.config, args.overrides)
             _resolve_paths(cfg)
             return launch(cfg, RunDir(Path(cfg.run_root) / cfg.name), dry_run=args.dry_run, wait=args.wait)
+        if args.command == "prepare":
+            cfg = config_mod.load(args.config, args.overrides)
+            _resolve_paths(cfg)
+            run = RunDir(Path(cfg.run_root) / cfg.name)
+            console.file = sys.stderr  # stdout carries only the variables
+            plan = {s.name: s for s in prepare(cfg, run)}
+            size = lambda name: plan[name].array_size if name in plan else 0  # noqa: E731
+            print(f"RUN_DIR={run.root}\nSHARDS={size('generate')}\nEVAL_BASE_TASKS={size('eval_base')}")
+            print(f"EVAL_TRAINED_TASKS={size('eval_trained')}\nTRAIN={int('train' in plan)}")
+            return 0
         if args.command == "resume":
             cfg, run = _open_run(args.run_dir)
             return launch(cfg, run, dry_run=args.dry_run, wait=args.wait)

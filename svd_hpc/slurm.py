@@ -216,7 +216,8 @@ def submit(
             stage = by_name[sub.stage]
             if dry_run:
                 # dependencies name the jobs that would exist: placeholders in the dry-run text
-                sub.job_id = f"<{sub.stage}-{len(done)}>"
+                same = sum(1 for d in done if d.stage == sub.stage)
+                sub.job_id = f"{sub.stage.upper()}_JOB{same if same else ''}"
             sub.dependency, sub.depends_on = _dependency(stage, sub, submitted, live or {})
             sub.script = render(cfg, run, stage, sub, cwd)
             siblings = [s for s in subs if s.stage == sub.stage]

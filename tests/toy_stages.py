@@ -1,0 +1,118 @@
+"""Small stage bodies that exercise the launcher's chain without a model.
+
+They follow the stage contract (read inputs, write output atomically, then the done marker)
+and leave a trace the tests check: start/end times per task, the nodes and ranks of `train`.
+Knobs come from the environment, which sbatch passes on to the jobs:
+  TOY_SLEEP_<STAGE>=seconds   per task (e.g. TOY_SLEEP_GENERATE=2)
+  TOY_FAIL=<stage>:<index>    that task fails once (a file in the run dir remembers it failed)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from svd_hpc.rundir import RunDir, atomic_path, atomic_write_json
+
+BODIES = {
+    stage: f"tests.toy_stages:{stage}"
+    for stage in ("eval_base", "generate", "verify", "merge", "train", "eval_trained", "report")
+}
+
+
+def _begin(run: RunDir, stage: str, index: int) -> float:
+    start = time.time()
+    time.sleep(float(os.environ.get(f"TOY_SLEEP_{stage.upper()}", "0")))
+    failing = os.environ.get("TOY_FAIL", "")
+    if failing == f"{stage}:{index}":
+        flag = run.root / f"toy-failed-{stage}-{index}"
+        if not flag.exists():
+            flag.touch()
+            raise RuntimeError(f"toy failure of {stage} task {index}")
+    return start
+
+
+def _finish(run: RunDir, stage: str, index: int, start: float) -> None:
+    trace = {"start": start, "end": time.time(), "host": socket.gethostname(), "node": os.environ.get("SLURMD_NODENAME")}
+    atomic_write_json(run.root / "trace" / f"{stage}-{index:05d}.json", trace)
+    run.mark_done(stage, index)
+
+
+def _write_table(path: Path, table: pa.Table) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _transform(stage: str, upstream: str):
+    def body(run_dir: str, index: int) -> None:
+        run = RunDir(run_dir)
+        start = _begin(run, stage, index)
+        table = pq.read_table(run.shard_path(upstream, index))
+        out = table.append_column(stage, pa.array([f"{stage}({q})" for q in table.column(0).to_pylist()]))
+        _write_table(run.shard_path(stage, index), out)
+        _finish(run, stage, index, start)
+
+    return body
+
+
+generate = _transform("generate", "seeds")
+verify = _transform("verify", "generate")
+
+
+def merge(run_dir: str, index: int) -> None:
+    run = RunDir(run_dir)
+    start = _begin(run, "merge", index)
+    shards = run.load_config().seeds.shards
+    table = pa.concat_tables([pq.read_table(run.shard_path("verify", i)) for i in range(shards)])
+    _write_table(run.stage_dir("merge") / "merged.parquet", table)
+    _finish(run, "merge", index, start)
+
+
+def train(run_dir: str, index: int) -> None:
+    """Every rank records where it ran; rank 0 finishes once all ranks have reported."""
+    run = RunDir(run_dir)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    start = _begin(run, "train", index) if rank == 0 else time.time()
+    ranks_dir = run.stage_dir("train") / "ranks"
+    info = {"rank": rank, "world": world, "node": os.environ.get("SLURMD_NODENAME"), "master": os.environ.get("MASTER_ADDR")}
+    atomic_write_json(ranks_dir / f"{rank}.json", info)
+    if rank == 0:
+        deadline = time.time() + 120
+        while len(list(ranks_dir.glob("*.json"))) < world:
+            if time.time() > deadline:
+                raise RuntimeError("not every rank reported")
+            time.sleep(0.2)
+        _finish(run, "train", index, start)
+
+
+def _record(stage: str):
+    def body(run_dir: str, index: int) -> None:
+        run = RunDir(run_dir)
+        start = _begin(run, stage, index)
+        atomic_write_json(run.stage_dir(stage) / f"result-{index}.json", {"index": index})
+        _finish(run, stage, index, start)
+
+    return body
+
+
+eval_base = _record("eval_base")
+eval_trained = _record("eval_trained")
+
+
+def report(run_dir: str, index: int) -> None:
+    run = RunDir(run_dir)
+    start = _begin(run, "report", index)
+    rows = pq.read_table(run.stage_dir("merge") / "merged.parquet").num_rows
+    with atomic_path(run.root / "report.md") as tmp:
+        tmp.write_text(f"# toy report\nmerged rows: {rows}\n")
+    _finish(run, "report", index, start)
+
+
+def trace(run: RunDir, stage: str, index: int) -> dict:
+    return json.loads((run.root / "trace" / f"{stage}-{index:05d}.json").read_text())
