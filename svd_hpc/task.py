@@ -78,6 +78,7 @@ def run(stage: str, run_dir: str, index: int) -> None:
         log.info(f"{stage=} {index=} already done")
         return
     body = plan_mod.load_body(spec.body, stage)
+    os.environ["SVD_STAGE"] = stage  # one body may serve two stages (eval_base, eval_trained)
     if spec.kind == "distributed":
         export_torch_env_from_slurm()
     if "SLURM_JOB_ID" in os.environ:

@@ -1,0 +1,120 @@
+"""Launch benchmark: submit a 7-stage plan with 1,000-task arrays to the local SLURM cluster.
+
+Run as:  scripts/local-slurm.sh start && eval "$(scripts/local-slurm.sh env)" && \
+         .venv/bin/python benchmarks/bench_launch.py [--shards 1000]
+
+Measured in one run, all jobs submitted held (SBATCH_HOLD) and cancelled afterwards:
+  baseline  bare `sbatch` calls for the same 7 jobs and dependencies (one tiny script each)
+  svd_hpc   slurm.plan_submissions + slurm.submit: render (submitit), write scripts, sbatch
+  submitit  submitit's own map_array for the three arrays (one pickle and folder per task)
+Prints wall time, sbatch calls, files and directories written, and the ratios to the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from svd_hpc import config, plan, slurm  # noqa: E402
+from svd_hpc.rundir import RunDir  # noqa: E402
+
+
+def count_tree(root: Path) -> tuple[int, int]:
+    files = dirs = 0
+    for _, dirnames, filenames in os.walk(root):
+        files += len(filenames)
+        dirs += len(dirnames)
+    return files, dirs
+
+
+def job_ids_from(outputs: list[str]) -> list[str]:
+    return [o.strip().split(";")[0] for o in outputs if o.strip()]
+
+
+def bare_sbatch(shards: int, evals: int, workdir: Path) -> tuple[float, int, list[str]]:
+    script = workdir / "task.sh"
+    script.write_text("#!/bin/bash\ntrue\n")
+    calls = 0
+
+    def sb(*args: str) -> str:
+        nonlocal calls
+        calls += 1
+        return subprocess.run(["sbatch", "--parsable", *args, str(script)], capture_output=True, text=True, check=True).stdout.strip()
+
+    start = time.perf_counter()
+    ids = [sb(f"--array=0-{evals - 1}")]
+    gen = sb(f"--array=0-{shards - 1}")
+    ver = sb(f"--array=0-{shards - 1}", f"--dependency=aftercorr:{gen}", "--kill-on-invalid-dep=yes")
+    merge = sb(f"--dependency=afterok:{ver}", "--kill-on-invalid-dep=yes")
+    train = sb(f"--dependency=afterok:{merge}", "--kill-on-invalid-dep=yes")
+    ev = sb(f"--array=0-{evals - 1}", f"--dependency=afterok:{train}", "--kill-on-invalid-dep=yes")
+    rep = sb(f"--dependency=afterok:{ev}:{ids[0]}:{merge}", "--kill-on-invalid-dep=yes")
+    elapsed = time.perf_counter() - start
+    return elapsed, calls, ids + [gen, ver, merge, train, ev, rep]
+
+
+def ours(shards: int, evals: int, workdir: Path) -> tuple[float, int, list[str], tuple[int, int]]:
+    benches = [{"name": f"b{i}", "path": "x"} for i in range(evals)]
+    cfg = config.build(
+        config.RunConfig,
+        {"name": "bench", "cluster": "local-slurm", "seeds": {"shards": shards}, "eval": {"benchmarks": benches}},
+    )
+    cfg.profile = config.build(config.ClusterProfile, {"name": "local-slurm", "partition": "debug", "time": "00:10:00"})
+    run = RunDir(workdir / "run")
+    start = time.perf_counter()
+    stages = plan.build_plan(cfg)
+    todo = {s.name: list(range(s.array_size)) for s in stages}
+    subs = slurm.plan_submissions(cfg, run, stages, todo, slurm.site_max_array_size())
+    subs = slurm.submit(cfg, run, stages, subs, workdir)
+    elapsed = time.perf_counter() - start
+    return elapsed, len(subs), [s.job_id for s in subs], count_tree(run.root)
+
+
+def with_submitit(shards: int, evals: int, workdir: Path) -> tuple[float, list[str], tuple[int, int]]:
+    import submitit
+
+    folder = workdir / "submitit"
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    executor.update_parameters(timeout_min=10, slurm_partition="debug", slurm_array_parallelism=1000)
+    start = time.perf_counter()
+    jobs = []
+    for size in (evals, shards, shards):
+        jobs += executor.map_array(abs, list(range(size)))
+    for _ in range(4):
+        jobs.append(executor.submit(abs, 1))
+    elapsed = time.perf_counter() - start
+    ids = sorted({j.job_id.split("_")[0] for j in jobs})
+    return elapsed, ids, count_tree(folder)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shards", type=int, default=1000)
+    parser.add_argument("--evals", type=int, default=8)
+    args = parser.parse_args()
+    os.environ["SBATCH_HOLD"] = "1"  # queue everything held: nothing runs, scancel cleans up
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
+        workdir = Path(tmp)
+        base_t, base_calls, base_ids = bare_sbatch(args.shards, args.evals, workdir)
+        slurm.cancel(base_ids)
+        our_t, our_calls, our_ids, (our_files, our_dirs) = ours(args.shards, args.evals, workdir)
+        slurm.cancel(our_ids)
+        sub_t, sub_ids, (sub_files, sub_dirs) = with_submitit(args.shards, args.evals, workdir)
+        slurm.cancel(sub_ids)
+    print(f"plan: 7 stages, arrays of {args.shards} (generate, verify) and {args.evals} (evals)")
+    print(f"{'method':<22}{'wall s':>9}{'sbatch':>8}{'files':>8}{'dirs':>7}{'vs bare':>9}")
+    print(f"{'bare sbatch':<22}{base_t:>9.3f}{base_calls:>8}{1:>8}{0:>7}{1.0:>9.2f}")
+    print(f"{'svd_hpc submit':<22}{our_t:>9.3f}{our_calls:>8}{our_files:>8}{our_dirs:>7}{our_t / base_t:>9.2f}")
+    print(f"{'submitit map_array':<22}{sub_t:>9.3f}{7:>8}{sub_files:>8}{sub_dirs:>7}{sub_t / base_t:>9.2f}")
+    print(f"target: svd_hpc under 0.5 s -> {'met' if our_t < 0.5 else 'NOT met'} ({our_t:.3f} s)")
+
+
+if __name__ == "__main__":
+    main()
