@@ -262,6 +262,11 @@ def test_relaunch_after_kill_never_duplicates(tmp_path, slurm_cluster):
 def test_arrays_split_at_max_array_size(tmp_path, slurm_cluster):
     script = REPO / "scripts" / "local-slurm.sh"
     env = {**os.environ, **slurm_cluster}
+    # the restart below would fail jobs in flight: wait until the shared cluster is idle
+    deadline = time.monotonic() + 300
+    while squeue_ids(slurm_cluster):
+        assert time.monotonic() < deadline, "the cluster never became idle"
+        time.sleep(1)
     subprocess.run([str(script), "start", "--max-array-size", "10"], check=True, env=env, capture_output=True, timeout=300)
     try:
         path = write_config(tmp_path, 25, cluster="local-slurm", **{"train.enabled": False, "eval.benchmarks": []})

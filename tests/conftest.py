@@ -1,0 +1,46 @@
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+# --- slurm_cluster: the real single-machine Slurm cluster of scripts/local-slurm.sh ---------------
+
+LOCAL_SLURM = Path(__file__).resolve().parent.parent / "scripts" / "local-slurm.sh"
+
+
+def _local_slurm(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(LOCAL_SLURM), *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _running_nodes(env: dict[str, str]) -> int:
+    sinfo = subprocess.run(
+        ["sinfo", "-h", "-p", "debug", "-o", "%D"],
+        capture_output=True, text=True, env={**os.environ, **env}, timeout=30,
+    )
+    return int(sinfo.stdout.strip() or 0) if sinfo.returncode == 0 else 0
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> dict[str, str]:
+    """Environment variables (SLURM_CONF, SVD_SLURM_DIR) that point Slurm commands at the cluster.
+
+    Use as `subprocess.run([...], env={**os.environ, **slurm_cluster})`. CI starts the cluster
+    beforehand; a running cluster with at least 2 nodes is used as it is, otherwise this runs
+    `scripts/local-slurm.sh start` (2 nodes). Skips when Slurm is not installed.
+    """
+    if shutil.which("sbatch") is None:
+        pytest.skip("sbatch is not on PATH: run `scripts/local-slurm.sh start` (it installs Slurm)")
+    env = {}
+    for line in _local_slurm("env").stdout.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = shlex.split(value)[0]
+    if _local_slurm("status").returncode != 0 or _running_nodes(env) < 2:
+        start = _local_slurm("start", timeout=600)
+        if start.returncode != 0:
+            pytest.fail(f"`scripts/local-slurm.sh start` failed:\n{start.stderr}", pytrace=False)
+    return env

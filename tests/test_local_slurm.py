@@ -1,0 +1,121 @@
+"""The local Slurm cluster of scripts/local-slurm.sh behaves like the real clusters the pipeline targets.
+
+Run as: .venv/bin/python -m pytest tests/test_local_slurm.py -q   (starts the cluster if needed)
+"""
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+LOCAL_SLURM = Path(__file__).resolve().parent.parent / "scripts" / "local-slurm.sh"
+
+# States after which a job never changes again (sacct's spelling; CANCELLED may read "CANCELLED by 0").
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+                "PREEMPTED", "BOOT_FAIL", "DEADLINE")
+
+
+def run(args: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+def sbatch(env: dict[str, str], workdir: Path, *options: str) -> str:
+    """Submit and return the job id; output goes to workdir/slurm-JOBID.out unless options say otherwise."""
+    out = run(["sbatch", "--parsable", f"--chdir={workdir}", f"--output={workdir}/slurm-%j.out",
+               *options], env)
+    return out.stdout.strip().split(";")[0]
+
+
+def sacct_states(env: dict[str, str], job_id: str) -> dict[str, str]:
+    """{job id or array task id: state} for the allocations of job_id, as accounting sees them."""
+    out = run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "JobID,State"], env)
+    return dict(line.split("|", 1) for line in out.stdout.splitlines() if line)
+
+
+def wait_for_states(env: dict[str, str], job_id: str, count: int, timeout: float = 90) -> dict[str, str]:
+    """Poll sacct until job_id has `count` allocations, all in a final state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = sacct_states(env, job_id)
+        if len(states) == count and all(s.startswith(FINAL_STATES) for s in states.values()):
+            return states
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} not finished after {timeout} s: sacct says {states}")
+        time.sleep(0.3)
+
+
+def test_array_tasks_complete_in_sacct_and_write_their_own_output(slurm_cluster, tmp_path):
+    job = sbatch(slurm_cluster, tmp_path, "--array=0-3", f"--output={tmp_path}/task-%a.out",
+                 "--wrap", "echo task $SLURM_ARRAY_TASK_ID")
+
+    states = wait_for_states(slurm_cluster, job, count=4)
+
+    assert states == {f"{job}_{i}": "COMPLETED" for i in range(4)}
+    for i in range(4):
+        assert (tmp_path / f"task-{i}.out").read_text().strip() == f"task {i}"
+
+
+def test_two_node_job_runs_a_task_on_each_node_and_node_names_resolve(slurm_cluster, tmp_path):
+    # n1 must resolve inside jobs: distributed jobs set MASTER_ADDR to the first node's name.
+    script = tmp_path / "nodes.sh"
+    script.write_text(
+        "#!/bin/bash\n"
+        "srun bash -c 'echo \"$SLURM_NODEID $SLURMD_NODENAME $(getent hosts n1 | cut -d\" \" -f1)\"'\n"
+    )
+    job = sbatch(slurm_cluster, tmp_path, "--nodes=2", "--ntasks-per-node=1", str(script))
+
+    states = wait_for_states(slurm_cluster, job, count=1)
+
+    assert states == {job: "COMPLETED"}
+    lines = sorted((tmp_path / f"slurm-{job}.out").read_text().split("\n"))
+    rows = [line.split() for line in lines if line]
+    assert [row[0] for row in rows] == ["0", "1"]
+    assert len({row[1] for row in rows}) == 2, f"both tasks ran on the same node: {rows}"
+    assert all(row[2:] == ["127.0.0.1"] for row in rows), f"n1 does not resolve in jobs: {rows}"
+
+
+def test_afterok_on_a_failed_job_cancels_the_dependent_job(slurm_cluster, tmp_path):
+    failing = sbatch(slurm_cluster, tmp_path, "--wrap", "exit 1")
+    dependent = sbatch(slurm_cluster, tmp_path, f"--dependency=afterok:{failing}",
+                       "--kill-on-invalid-dep=yes", "--wrap", "true")
+
+    assert wait_for_states(slurm_cluster, failing, count=1) == {failing: "FAILED"}
+    # Without --kill-on-invalid-dep it would stay PENDING (DependencyNeverSatisfied) forever.
+    states = wait_for_states(slurm_cluster, dependent, count=1)
+    assert states[dependent].startswith("CANCELLED")
+
+
+def test_array_index_limit_follows_max_array_size(slurm_cluster, tmp_path):
+    config = run(["scontrol", "show", "config"], slurm_cluster).stdout
+    max_array_size = int(re.search(r"^MaxArraySize\s*=\s*(\d+)", config, re.M).group(1))
+
+    held = sbatch(slurm_cluster, tmp_path, "--hold", f"--array={max_array_size - 1}", "--wrap", "true")
+    run(["scancel", held], slurm_cluster)
+    too_big = run(["sbatch", "--hold", f"--array={max_array_size}", "--wrap", "true"],
+                  slurm_cluster, check=False)
+
+    assert too_big.returncode != 0
+    assert "array" in too_big.stderr.lower(), too_big.stderr
+
+
+def test_start_on_a_running_cluster_is_a_fast_no_op(slurm_cluster):
+    conf = Path(slurm_cluster["SLURM_CONF"]).read_text()
+    meta = dict(re.findall(r"(\w+)=(\S+)", re.search(r"^# svd-local-slurm (.*)$", conf, re.M).group(1)))
+    pid_file = Path(slurm_cluster["SVD_SLURM_DIR"]) / "run" / "slurmctld.pid"
+    pid_before = pid_file.read_text()
+
+    started = time.monotonic()
+    again = subprocess.run(
+        [str(LOCAL_SLURM), "start", "--nodes", meta["nodes"], "--cpus", meta["cpus"],
+         "--max-array-size", meta["max_array_size"]],
+        capture_output=True, text=True, timeout=120,
+    )
+
+    assert again.returncode == 0, again.stderr
+    assert time.monotonic() - started < 5
+    assert "already running" in again.stderr
+    assert pid_file.read_text() == pid_before
