@@ -264,8 +264,17 @@ class TaskState:
     reason: str = ""
 
 
-def _expand(job_id: str, indices: list[int], offset: int) -> dict[int, str]:
-    return {offset + i: f"{job_id}_{i}" for i in (x - offset for x in indices)}
+def _expand_brackets(job_id: str) -> list[str]:
+    """'173_[0-2,5%2]' -> ['173_0', '173_1', '173_2', '173_5']; other ids unchanged."""
+    match = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job_id)
+    if not match:
+        return [job_id]
+    base, spec = match.group(1), match.group(2).split("%")[0]
+    ids = []
+    for item in spec.split(","):
+        lo, _, hi = item.partition("-")
+        ids += [f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return ids
 
 
 def task_states(job_ids: list[str]) -> dict[str, TaskState]:
@@ -279,8 +288,10 @@ def task_states(job_ids: list[str]) -> dict[str, TaskState]:
         )
         for line in proc.stdout.splitlines():
             parts = line.split("|")
-            if len(parts) >= 3 and "[" not in parts[0]:
-                states[parts[0]] = TaskState(parts[0], parts[1].split()[0], parts[2], parts[3] if len(parts) > 3 else "")
+            if len(parts) >= 3:
+                # tasks that never started share one line: 173_[0-1,5%2]
+                for job_id in _expand_brackets(parts[0]):
+                    states[job_id] = TaskState(job_id, parts[1].split()[0], parts[2], parts[3] if len(parts) > 3 else "")
     if shutil.which("squeue"):
         proc = _run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i|%T|%M|%r"], "squeue", False)
         for line in proc.stdout.splitlines():

@@ -89,8 +89,7 @@ def collect(run: RunDir) -> list[StageStatus]:
                 continue
             task = states.get(task_job_id(sub, index)) or states.get(str(sub["job_id"]))
             if task is None:
-                st.pending.append(index)  # just submitted; SLURM may not list it yet
-                continue
+                continue  # SLURM no longer knows it (no accounting): neither live nor known to have failed
             elapsed.append(task.elapsed)
             if task.state == "RUNNING":
                 st.running.append(index)
@@ -120,7 +119,7 @@ def live_tasks(run: RunDir) -> dict[str, tuple[list[int], list[str]]]:
 def render(run: RunDir, statuses: list[StageStatus], console: Console) -> None:
     table = Table(title=f"run {run.root}")
     for column in ("stage", "tasks", "done", "running", "pending", "failed", "jobs", "elapsed"):
-        table.add_column(column, justify="right" if column not in ("stage", "jobs") else "left")
+        table.add_column(column, justify="right" if column not in ("stage", "jobs") else "left", no_wrap=column == "stage")
     for st in statuses:
         table.add_row(
             st.name,
@@ -135,10 +134,10 @@ def render(run: RunDir, statuses: list[StageStatus], console: Console) -> None:
     console.print(table)
     for st in statuses:
         for task in st.failed:
-            console.print(f"[red]{st.name} task {task.index}[/red] ({task.job_id}, {task.state}) log: {task.log}")
+            console.print(f"[red]{st.name} task {task.index}[/red] ({task.job_id}, {task.state}) log: {task.log}", soft_wrap=True)
             if task.tail:
                 console.print(task.tail, markup=False, highlight=False)
     if all(len(st.done) == st.size for st in statuses):
         console.print("[green]run complete")
     elif any(st.failed for st in statuses):
-        console.print(f"resume with: python -m svd_hpc.launch resume {run.root}")
+        console.print(f"resume with: python -m svd_hpc.launch resume {run.root}", soft_wrap=True)

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def write_config(tmp_path: Path, shards: int, cluster: str = "local", name: str = "toy", **extra) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text("".join(json.dumps({"question": f"What is {i} + {i}?"}) + "\n" for i in range(shards * 2)))
     cfg = {
@@ -216,10 +217,12 @@ def test_failed_shard_cancels_downstream_and_resume_completes(tmp_path, slurm_cl
 @pytest.mark.slurm
 def test_dry_run_submits_nothing_and_cancel_only_touches_its_run(tmp_path, slurm_cluster):
     env = {**slurm_cluster, "TOY_SLEEP_GENERATE": "30"}
-    before = squeue_ids(env)
+    dry = write_config(tmp_path / "dry", 2, cluster="local-slurm", name="dryrun")
+    assert run_launch(["--config", str(dry), "--dry-run"], env=env).returncode == 0
+    names = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True, env={**os.environ, **env})
+    assert "svd-dryrun-" not in names.stdout
+    assert (tmp_path / "dry" / "runs" / "dryrun" / "sbatch" / "generate.sh").is_file()
     path = write_config(tmp_path, 2, cluster="local-slurm")
-    assert run_launch(["--config", str(path), "--dry-run"], env=env).returncode == 0
-    assert squeue_ids(env) == before
     other = write_config(tmp_path / "other", 1, cluster="local-slurm", name="other")
     assert run_launch(["--config", str(path)], env=env).returncode == 0
     assert run_launch(["--config", str(other)], env=env).returncode == 0
@@ -233,11 +236,12 @@ def test_dry_run_submits_nothing_and_cancel_only_touches_its_run(tmp_path, slurm
 
 @pytest.mark.slurm
 def test_impossible_resources_rejected_before_submitting(tmp_path, slurm_cluster):
-    before = squeue_ids(slurm_cluster)
-    path = write_config(tmp_path, 2, cluster="local-slurm", **{"resources.train": {"nodes": 9}})
+    path = write_config(tmp_path, 2, cluster="local-slurm", name="toobig", **{"resources.train": {"nodes": 9}, "train.global_batch": 18})
     proc = run_launch(["--config", str(path)], env=slurm_cluster)
     assert proc.returncode == 2 and "stage 'train'" in proc.stderr
-    assert squeue_ids(slurm_cluster) == before
+    names = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True, env={**os.environ, **slurm_cluster})
+    assert "svd-toobig-" not in names.stdout
+    assert not (tmp_path / "runs" / "toobig" / "jobs.json").exists()
 
 
 @pytest.mark.slurm
