@@ -3,7 +3,7 @@
 Run as:  scripts/local-slurm.sh start && eval "$(scripts/local-slurm.sh env)" && \
          .venv/bin/python benchmarks/bench_launch.py [--shards 1000]
 
-Measured in one run, all jobs submitted held (SBATCH_HOLD) and cancelled afterwards:
+Measured in one run, all jobs submitted held (--hold) and cancelled afterwards:
   baseline  bare `sbatch` calls for the same 7 jobs and dependencies (one tiny script each)
   svd_hpc   slurm.plan_submissions + slurm.submit: render (submitit), write scripts, sbatch
   submitit  submitit's own map_array for the three arrays (one pickle and folder per task)
@@ -46,7 +46,7 @@ def bare_sbatch(shards: int, evals: int, workdir: Path) -> tuple[float, int, lis
     def sb(*args: str) -> str:
         nonlocal calls
         calls += 1
-        return subprocess.run(["sbatch", "--parsable", *args, str(script)], capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(["sbatch", "--parsable", "--hold", *args, str(script)], capture_output=True, text=True, check=True).stdout.strip()
 
     start = time.perf_counter()
     ids = [sb(f"--array=0-{evals - 1}")]
@@ -72,7 +72,7 @@ def ours(shards: int, evals: int, workdir: Path) -> tuple[float, int, list[str],
     stages = plan.build_plan(cfg)
     todo = {s.name: list(range(s.array_size)) for s in stages}
     subs = slurm.plan_submissions(cfg, run, stages, todo, slurm.site_max_array_size())
-    subs = slurm.submit(cfg, run, stages, subs, workdir)
+    subs = slurm.submit(cfg, run, stages, subs, workdir, hold=True)
     elapsed = time.perf_counter() - start
     return elapsed, len(subs), [s.job_id for s in subs], count_tree(run.root)
 
@@ -82,7 +82,9 @@ def with_submitit(shards: int, evals: int, workdir: Path) -> tuple[float, list[s
 
     folder = workdir / "submitit"
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-    executor.update_parameters(timeout_min=10, slurm_partition="debug", slurm_array_parallelism=1000)
+    executor.update_parameters(
+        timeout_min=10, slurm_partition="debug", slurm_array_parallelism=1000, slurm_additional_parameters={"hold": True}
+    )
     start = time.perf_counter()
     jobs = []
     for size in (evals, shards, shards):
@@ -99,8 +101,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=1000)
     parser.add_argument("--evals", type=int, default=8)
     args = parser.parse_args()
-    os.environ["SBATCH_HOLD"] = "1"  # queue everything held: nothing runs, scancel cleans up
-    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR"), ignore_cleanup_errors=True) as tmp:
         workdir = Path(tmp)
         base_t, base_calls, base_ids = bare_sbatch(args.shards, args.evals, workdir)
         slurm.cancel(base_ids)

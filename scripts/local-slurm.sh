@@ -165,8 +165,11 @@ SelectTypeParameters=CR_Core
 SlurmdParameters=config_overrides
 # A job starts ~0.8 s after sbatch instead of ~2.5 s.
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,bf_interval=1,sched_interval=2
-# Finished jobs stay visible to scontrol for an hour, as on a real cluster.
-MinJobAge=3600
+# Finished jobs stay visible to scontrol for 10 minutes (sacct keeps them for good). Every
+# finished array task holds a job record until then, and a new array is refused while records
+# plus its size would pass MaxJobCount: benchmarks submit 1,000-task arrays back to back.
+MinJobAge=600
+MaxJobCount=100000
 # Real clusters default to 1001 (array index <= 1000); larger indices are rejected.
 MaxArraySize=$max_array
 # Slurm 22.05 spells "send the job's own signal on preemption" this way (PreemptParameters= is rejected).

@@ -202,6 +202,7 @@ def submit(
     cwd: Path,
     dry_run: bool = False,
     live: dict[str, list[str]] | None = None,
+    hold: bool = False,
 ) -> list[Submission]:
     """Render, write and (unless dry_run) submit every submission with its dependencies.
 
@@ -226,7 +227,8 @@ def submit(
             atomic_write_text(path, sub.script)
             if not dry_run:
                 run.log_dir(sub.stage).mkdir(parents=True, exist_ok=True)
-                proc = _run(["sbatch", str(path)], f"sbatch for stage '{sub.stage}' ({path})")
+                command = ["sbatch", *(["--hold"] if hold else []), str(path)]
+                proc = _run(command, f"sbatch for stage '{sub.stage}' ({path})")
                 sub.job_id = SlurmExecutor._get_job_id_from_submission_command(proc.stdout)
             submitted.setdefault(sub.stage, []).append(sub)
             done.append(sub)
