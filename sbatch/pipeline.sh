@@ -3,6 +3,7 @@
 #
 # Run as:  bash sbatch/pipeline.sh configs/X.yaml [key.sub=value ...]
 #          SVD_NO_GPU=1 bash sbatch/pipeline.sh ...   # CPU-only clusters: drop the GPU requests
+#          SVD_SBATCH_SED='s/--time=.*/--time=01:00:00/' bash sbatch/pipeline.sh ...  # edit every template on the fly
 #
 # It prepares the run directory (config, plan, seed shards) with svd_hpc.launch, then submits
 # the templates next to this file; each task runs `python -m svd_hpc.task STAGE --run-dir DIR`,
@@ -21,8 +22,9 @@ submit() {  # submit STAGE TEMPLATE [sbatch options...]: print the job id
     local stage=$1 template=$2
     shift 2
     mkdir -p "$RUN_DIR/logs/$stage"
-    local filter=(cat)
-    [[ ${SVD_NO_GPU:-0} == 1 ]] && filter=(sed '/--gpus-per-node/d')
+    local script=${SVD_SBATCH_SED:-}
+    [[ ${SVD_NO_GPU:-0} == 1 ]] && script="/--gpus-per-node/d;$script"
+    local filter=(sed "$script")
     # the log names `launch status` looks for: JOB_INDEX_0_log.err for array tasks, JOB_0_log.err else
     local name="%j_0_log"
     [[ " $* " == *" --array="* ]] && name="%A_%a_0_log"
