@@ -285,3 +285,33 @@ def test_arrays_split_at_max_array_size(tmp_path, slurm_cluster):
         assert questions == [f"What is {i} + {i}?" for i in range(50)]
     finally:
         subprocess.run([str(script), "start"], check=True, env=env, capture_output=True, timeout=300)
+
+
+@pytest.mark.slurm
+def test_preempted_task_requeues_itself_and_finishes(tmp_path, slurm_cluster):
+    env = {**slurm_cluster, "TOY_SLEEP_GENERATE": "6"}
+    path = write_config(
+        tmp_path, 1, cluster="local-slurm", name="preempt", **{"resources.generate": {"preemptible": True}}
+    )
+    assert run_launch(["--config", str(path)], env=env).returncode == 0
+    run = RunDir(tmp_path / "runs" / "preempt")
+    gen = next(s for s in jobs(run) if s["stage"] == "generate")["job_id"]
+    assert "#SBATCH --requeue" in run.sbatch_path("generate").read_text()
+    deadline = time.monotonic() + 60
+    while sacct_states(f"{gen}_0", env) != ["RUNNING"]:
+        assert time.monotonic() < deadline, "generate never started"
+        time.sleep(0.3)
+    time.sleep(1.5)  # let the task reach its body
+    # what SLURM sends before preemption or the time limit (--signal=USR2@...)
+    subprocess.run(["scancel", "--signal=USR2", f"{gen}_0"], check=True, env={**os.environ, **env})
+    wait_jobs(run, env)
+    assert run.is_done("generate", 0) and run.is_done("report", 0)
+    log = next(run.log_dir("generate").glob("*_0_log.err")).read_text()
+    assert "requeueing" in log
+    restarts = subprocess.run(
+        ["sacct", "-n", "-P", "-X", "-D", "-j", f"{gen}_0", "--format=State"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    ).stdout.split()
+    assert "REQUEUED" in restarts or "PREEMPTED" in restarts or len(restarts) >= 2, restarts
