@@ -1,0 +1,94 @@
+"""Multiple-choice answers (GPQA Diamond, HLE multiple choice): shuffled options, one letter.
+
+Options are shuffled once per (seed, question) so the correct one is not always "A", and the
+same seed gives the same order in every process and every run.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+
+from svd_hpc.grading import GradeResult, final_part, unfinished_thinking
+from svd_hpc.grading.math import last_boxed
+
+LETTERS = string.ascii_uppercase
+
+
+def shuffle_options(options: list[str], correct_index: int, seed: int, question_id: str) -> tuple[list[str], str]:
+    """The options in a fixed pseudo-random order for (seed, question_id), and the correct letter."""
+    if not 0 <= correct_index < len(options) <= len(LETTERS):
+        raise ValueError(f"question {question_id}: correct_index {correct_index} outside {len(options)} options")
+    # A string seed is hashed with SHA-512 by random.Random: stable across processes and
+    # Python versions, unlike hash(), which is salted per process.
+    order = list(range(len(options)))
+    random.Random(f"{seed}:{question_id}").shuffle(order)
+    return [options[i] for i in order], LETTERS[order.index(correct_index)]
+
+
+def format_choice_question(question: str, options: list[str]) -> str:
+    lines = [f"{LETTERS[i]}) {option.strip()}" for i, option in enumerate(options)]
+    return question.rstrip() + "\n\n" + "\n".join(lines)
+
+
+def extract_letter(text: str, n_options: int) -> str | None:
+    """The answer letter of a response, or None.
+
+    Looks only at the final part (after the last `</think>`). Precedence, each step taking
+    its LAST match and only a letter among the first `n_options`:
+    1. the last `\\boxed{X}` (also `\\boxed{(X)}`, `\\boxed{\\text{X}}`, `\\boxed{X) text}`);
+    2. the last "answer is X" / "Answer: X" / "answer: (X)" (upper-case X, standing alone);
+    3. on the last non-empty line: the line is just the letter ("C", "(C)", "**C.**"), or ends
+       with "(C)", or starts with "C)" / "(C)" restating an option.
+    Capitals inside words, or as an article ("A cat"), are never taken.
+    """
+    valid = LETTERS[:n_options]
+    final = final_part(text)
+    boxed = last_boxed(final)
+    if boxed is not None:
+        letter = _letter_of(boxed, valid)
+        if letter:
+            return letter
+    plain = _strip_markup(final)
+    stated = [m.group(1) for m in _ANSWER_IS.finditer(plain) if m.group(1) in valid]
+    if stated:
+        return stated[-1]
+    lines = [line.strip() for line in plain.splitlines() if line.strip()]
+    if lines:
+        for pattern in _LAST_LINE:
+            m = pattern.search(lines[-1])
+            if m and m.group(1) in valid:
+                return m.group(1)
+    return None
+
+
+def grade_choice(response: str, correct_letter: str, n_options: int) -> GradeResult:
+    if unfinished_thinking(response):
+        return GradeResult(False, None, "unfinished_thinking")
+    letter = extract_letter(response, n_options)
+    if letter is None:
+        return GradeResult(False, None, "no_letter")
+    correct = letter == correct_letter.strip().upper()
+    return GradeResult(correct, letter, "correct" if correct else "wrong_answer")
+
+
+# "answer is (C)", "Answer: C", "final answer: C.", "answer is option C"; the letter must not
+# continue into a word ("Answer: Carbon" is no letter).
+_ANSWER_IS = re.compile(r"(?i:answer\s*(?:is|:)\s*:?\s*(?:option\s+|choice\s+)?)\(?([A-Z])\)?(?![A-Za-z0-9])")
+_LAST_LINE = (
+    re.compile(r"^\(?([A-Z])\)?\.?$"),  # the whole line is the letter
+    re.compile(r"\(([A-Z])\)\.?$"),  # ends with "(C)"
+    re.compile(r"^\(?([A-Z])\)\s"),  # "C) 42": restating the chosen option
+)
+
+
+def _letter_of(boxed: str, valid: str) -> str | None:
+    content = re.sub(r"\\(?:text|textbf|mathrm|mathbf)\{([^{}]*)\}", r"\1", boxed).strip()
+    m = re.match(r"^\(?([A-Z])\)?(?:$|[\s.:)])", content)
+    return m.group(1) if m and m.group(1) in valid else None
+
+
+def _strip_markup(text: str) -> str:
+    text = re.sub(r"\\(?:text|textbf|mathrm|mathbf)\{([^{}]*)\}", r"\1", text)
+    return re.sub(r"[*_`$]", "", text)

@@ -1,0 +1,133 @@
+"""Code answers (LiveCodeBench): the last fenced code block, run against every test in the sandbox.
+
+Two kinds of tests, as LiveCodeBench has them (each a dict with "input" and "output"):
+- "stdin": the program reads the input and prints the answer; compared line by line after
+  stripping each line, numbers also as decimals ("1.0" equals "1").
+- "functional" (LeetCode style): `class Solution` with method `fn_name`; the input is one JSON
+  value per line (one per argument), the output a JSON value. A harness calls the method
+  inside the sandbox: the candidate's code never runs in our process.
+Grading stops at the first failing test.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Literal
+
+from svd_hpc.grading import GradeResult, final_part, unfinished_thinking
+from svd_hpc.sandbox import run_program
+
+log = logging.getLogger("svd_hpc")
+
+# A fence opens a line (indented fences occur in lists); the language tag is optional.
+_FENCE = re.compile(r"^[ \t]*```[^\n`]*\n(.*?)^[ \t]*```", re.MULTILINE | re.DOTALL)
+
+# LeetCode's judge makes these names available without imports, and LeetCode-style answers
+# rely on that (`List[int]`, `deque`, `inf`); LiveCodeBench adds a similar header.
+FUNCTIONAL_HEADER = """\
+from typing import *
+from collections import *
+from heapq import *
+from bisect import *
+from itertools import *
+from functools import *
+from math import *
+import collections, heapq, bisect, itertools, functools, math, string, re, sys
+"""
+
+_HARNESS = """\
+import json, sys
+answer_stream = sys.stdout
+sys.stdout = sys.stderr  # the solution's own prints are not its answer
+namespace = {{"__name__": "solution"}}
+exec(compile({header!r}, "<header>", "exec"), namespace)
+exec(compile({solution!r}, "solution.py", "exec"), namespace)
+args = [json.loads(line) for line in sys.stdin.read().split("\\n") if line.strip()]
+if "Solution" in namespace:
+    target = getattr(namespace["Solution"](), {fn_name!r})
+else:
+    target = namespace[{fn_name!r}]
+result = target(*args)
+answer_stream.write(json.dumps(result, default=lambda o: sorted(o) if isinstance(o, (set, frozenset)) else repr(o)))
+"""
+
+
+def last_code_block(text: str) -> str | None:
+    """The body of the last closed ``` fence in `text` (a fence cut off by max tokens does not count)."""
+    blocks = _FENCE.findall(text)
+    return blocks[-1] if blocks else None
+
+
+def functional_harness(solution: str, fn_name: str) -> str:
+    """A program that runs `solution`'s `fn_name` on JSON arguments from stdin and prints JSON."""
+    return _HARNESS.format(header=FUNCTIONAL_HEADER, solution=solution, fn_name=fn_name)
+
+
+def grade_code(
+    response: str,
+    tests: list[dict],
+    *,
+    timeout_s: float = 6.0,
+    mode: Literal["stdin", "functional"] = "stdin",
+    fn_name: str | None = None,
+) -> GradeResult:
+    """Correct when the last code block of the final part passes every test.
+
+    Reasons: "correct", "no_code", "unfinished_thinking", "wrong_answer", or the sandbox status
+    of the failing test ("runtime_error", "timeout", "memory", "killed", "sandbox_error").
+    """
+    if mode not in ("stdin", "functional"):
+        raise ValueError(f"grade_code mode must be 'stdin' or 'functional', not {mode!r}")
+    if mode == "functional" and not fn_name:
+        raise ValueError("functional tests need fn_name, the method of class Solution to call")
+    if not tests:
+        raise ValueError("grade_code needs at least one test")
+    if unfinished_thinking(response):
+        return GradeResult(False, None, "unfinished_thinking")
+    code = last_code_block(final_part(response))
+    if code is None or not code.strip():
+        return GradeResult(False, None, "no_code")
+    program = code if mode == "stdin" else functional_harness(code, fn_name)
+    for number, test in enumerate(tests, 1):
+        where = f"test {number}/{len(tests)}"
+        result = run_program(program, stdin=test["input"], timeout_s=timeout_s)
+        if result.status != "ok":
+            if result.status == "sandbox_error":
+                log.warning(f"sandbox could not run a program: {result.stderr[-300:]!r}")
+            return GradeResult(False, code, result.status, f"{where}: {result.stderr[-500:]}")
+        same = _same_stdout if mode == "stdin" else _same_value
+        if not same(result.stdout, test["output"]):
+            return GradeResult(False, code, "wrong_answer",
+                               f"{where}: expected {test['output'][:200]!r}, got {result.stdout[:200]!r}")
+    return GradeResult(True, code, "correct")
+
+
+def _same_stdout(got: str, expected: str) -> bool:
+    got_lines, expected_lines = got.strip().split("\n"), expected.strip().split("\n")
+    if len(got_lines) != len(expected_lines):
+        return False
+    for got_line, expected_line in zip(got_lines, expected_lines, strict=True):
+        got_line, expected_line = got_line.strip(), expected_line.strip()
+        if got_line == expected_line:
+            continue
+        got_numbers, expected_numbers = _decimals(got_line), _decimals(expected_line)
+        if got_numbers is None or got_numbers != expected_numbers:
+            return False
+    return True
+
+
+def _decimals(line: str) -> list[Decimal] | None:
+    try:
+        return [Decimal(token) for token in line.split()]
+    except InvalidOperation:
+        return None
+
+
+def _same_value(got: str, expected: str) -> bool:
+    try:
+        return json.loads(got) == json.loads(expected)
+    except json.JSONDecodeError:
+        return False
