@@ -1,0 +1,257 @@
+"""Stage 5, evaluate: graded answers of the base or the trained model on held-out benchmarks.
+
+Run as: python -m svd_hpc.task eval_base --run-dir runs/demo --index I   (or eval_trained)
+
+One body serves both stages; the task runner names the stage in SVD_STAGE. Task i is entry i of
+`plan.eval_tasks(cfg, model)`: a (benchmark, seed, mode). The model is loaded once in vLLM and
+asked one call per question (mode "direct"), or, for the UQ-TTC baseline (mode "uq_ttc", base
+model only), `eval.uq_ttc_candidates` candidates whose final answers go through the verify
+stage's own cascade (`verify.run_cascade`); the first candidate that passes is the answer, else
+candidate 0. Output: eval/<model>/<benchmark>/seed-K[-uq_ttc].parquet (EVAL records) and a JSON
+summary beside it. Questions are worked through in checkpointed chunks (generate.chunk_size), so a
+preempted task resumes at its first missing chunk.
+
+Every request's seed comes from the eval seed and the question id only: base and trained models
+sample with the same seeds, and UQ-TTC's candidate 0 is the direct answer of the base model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import benchmarks, prompts
+from .benchmarks import Problem
+from .config import ConfigError, ModelConfig, RunConfig
+from .engine import Completion, Engine, Sampling, request_seed
+from .generate import require_think
+from .grading import GradeResult
+from .grading.choice import grade_choice
+from .grading.code import grade_code
+from .grading.math import grade_math
+from .plan import EvalTask, eval_tasks
+from .records import EVAL
+from .rundir import RunDir, atomic_path, atomic_write_json
+from .verify import CascadeItem, CascadeResult, run_cascade
+
+log = logging.getLogger("svd_hpc")
+MODEL_OF_STAGE = {"eval_base": "base", "eval_trained": "trained"}
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def output_path(run: RunDir, model: str, task: EvalTask) -> Path:
+    suffix = "" if task.mode == "direct" else f"-{task.mode}"
+    return run.stage_dir("eval") / model / task.benchmark / f"seed-{task.seed}{suffix}.parquet"
+
+
+def summary_path(output: Path) -> Path:
+    return output.with_suffix(".json")
+
+
+def progress_dir(output: Path) -> Path:
+    return output.parent / "progress" / output.stem
+
+
+def trained_model_path(run: RunDir) -> Path:
+    return run.stage_dir("train") / "final"
+
+
+def model_config(run: RunDir, cfg: RunConfig, model: str) -> ModelConfig:
+    """The base model as configured, or the trained one from <run>/train/final."""
+    if model == "base":
+        return cfg.model
+    final = trained_model_path(run)
+    if not (final / "config.json").is_file():
+        raise ValueError(f"the trained model {final} is missing; run (or resume) the train stage first.")
+    return dataclasses.replace(cfg.model, path=str(final))
+
+
+# ----------------------------------------------------------------------------- grading
+
+
+def grade(problem: Problem, reference: str, response: str, timeout_s: float) -> GradeResult:
+    """Grade one response with the problem's grader against the reference it was presented with."""
+    if problem.grader == "math":
+        return grade_math(response, reference)
+    if problem.grader == "choice":
+        return grade_choice(response, reference, len(problem.options))
+    return grade_code(response, problem.tests, timeout_s=timeout_s, mode=problem.mode, fn_name=problem.fn_name)
+
+
+def grade_all(problems: list[Problem], references: list[str], responses: list[str], timeout_s: float) -> list[GradeResult]:
+    """Grade in order; code runs in sandboxed child processes, several at once (one per core)."""
+    jobs = list(zip(problems, references, responses))
+    if not any(p.grader == "code" for p in problems):
+        # math-verify's timeout needs the main thread
+        return [grade(p, ref, resp, timeout_s) for p, ref, resp in jobs]
+    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(lambda job: grade(*job, timeout_s), jobs))
+
+
+# ----------------------------------------------------------------------------- one chunk
+
+
+def _sampling(cfg: RunConfig, n: int) -> Sampling:
+    e = cfg.eval
+    return Sampling(n=n, temperature=e.temperature, top_p=e.top_p, max_tokens=e.max_tokens)
+
+
+def _ask(engine: Engine, cfg: RunConfig, task: EvalTask, chunk: list[Problem], shown: list[str], n: int):
+    conversations = [[{"role": "user", "content": prompts.user_prompt(q, p.domain)}] for p, q in zip(chunk, shown)]
+    seeds = [request_seed(task.seed, "eval", task.benchmark, p.question_id) for p in chunk]
+    return engine.chat(conversations, _sampling(cfg, n), seeds=seeds)
+
+
+def _choose(engine: Engine, cfg: RunConfig, task: EvalTask, chunk: list[Problem], shown: list[str],
+            outputs: list[list[Completion]], checkpoint: Path) -> tuple[list[int], list[list[CascadeResult]]]:
+    """UQ-TTC: per question, the first candidate the cascade passes (else 0), and the judges' results."""
+    think = require_think(cfg, engine)
+    items, owners = [], []
+    for q, (problem, question, completions) in enumerate(zip(chunk, shown, outputs)):
+        for k, c in enumerate(completions):
+            # like the verify stage: a candidate the static filter rejects never reaches the judges
+            if prompts.filter_reason(c.text, problem.domain, think) is None:
+                key = f"eval/{task.benchmark}/{task.seed}/{problem.question_id}/{k}"
+                items.append(CascadeItem(question, prompts.final_answer(c.text), key=key))
+                owners.append((q, k))
+    results = run_cascade(engine, items, cfg.verify, checkpoint=checkpoint) if items else []
+    chosen = [None] * len(chunk)
+    judged: list[list[CascadeResult]] = [[] for _ in chunk]
+    for (q, k), result in zip(owners, results):
+        judged[q].append(result)
+        if result.status == "passed" and chosen[q] is None:
+            chosen[q] = k
+    return [0 if c is None else c for c in chosen], judged
+
+
+def evaluate_chunk(engine: Engine, cfg: RunConfig, model: str, task: EvalTask, chunk: list[Problem],
+                   checkpoint: Path) -> pa.Table:
+    """EVAL records for the problems of one chunk (one batched engine call, plus the cascade for UQ-TTC)."""
+    presented = [p.present(task.seed) for p in chunk]
+    shown, references = [q for q, _ in presented], [r for _, r in presented]
+    n = 1 if task.mode == "direct" else cfg.eval.uq_ttc_candidates
+    outputs = _ask(engine, cfg, task, chunk, shown, n)
+    if task.mode == "direct":
+        chosen, judged = [0] * len(chunk), [[] for _ in chunk]
+    else:
+        chosen, judged = _choose(engine, cfg, task, chunk, shown, outputs, checkpoint)
+    responses = [completions[k].text for completions, k in zip(outputs, chosen)]
+    grades = grade_all(chunk, references, responses, cfg.eval.code_timeout_s)
+    rows = []
+    for problem, question, reference, completions, k, results, response, result in zip(
+        chunk, shown, references, outputs, chosen, judged, responses, grades
+    ):
+        rows.append({
+            "benchmark": task.benchmark, "model": model, "mode": task.mode, "seed": task.seed,
+            "question_id": problem.question_id, "question": question, "reference": reference, "response": response,
+            "extracted": result.extracted, "correct": result.correct, "grade_reason": result.reason,
+            # everything generated for this question: its candidates and, for UQ-TTC, the judges
+            "completion_tokens": sum(c.completion_tokens for c in completions) + sum(r.completion_tokens for r in results),
+            "samples": len(completions) + sum(r.samples for r in results),
+            "chosen_candidate": k,
+        })
+    return pa.Table.from_pylist(rows, schema=EVAL)
+
+
+def _chunk_is_valid(path: Path, ids: list[str]) -> bool:
+    try:
+        return pq.read_table(path, columns=["question_id"]).column("question_id").to_pylist() == ids
+    except (pa.ArrowInvalid, OSError):
+        return False
+
+
+# ----------------------------------------------------------------------------- one task
+
+
+def eval_task(cfg: RunConfig, stage: str, index: int) -> tuple[str, EvalTask]:
+    """(model, task) of task `index` of `stage` (eval_base | eval_trained)."""
+    if stage not in MODEL_OF_STAGE:
+        raise ConfigError(f"stage '{stage}' is not an eval stage; use eval_base or eval_trained.")
+    model = MODEL_OF_STAGE[stage]
+    tasks = eval_tasks(cfg, model)
+    if not 0 <= index < len(tasks):
+        raise ConfigError(f"{stage} has {len(tasks)} tasks (eval.benchmarks × eval.seeds); task {index} does not exist.")
+    return model, tasks[index]
+
+
+def run_eval_task(run: RunDir, stage: str, index: int, engine: Engine | None = None) -> dict:
+    """Evaluate task `index` of `stage`, write its records and summary, mark it done; returns the summary.
+
+    Pass `engine` to reuse a loaded one (it must hold the model this stage evaluates).
+    """
+    if run.is_done(stage, index):
+        return run.load_json(run.done_marker(stage, index), default={})
+    cfg = run.load_config()
+    model, task = eval_task(cfg, stage, index)
+    model_cfg = model_config(run, cfg, model)
+    spec = next(b for b in cfg.eval.benchmarks if b.name == task.benchmark)
+    problems = benchmarks.load(spec)
+    out = output_path(run, model, task)
+    progress = progress_dir(out)
+    size = cfg.generate.chunk_size
+    chunks = [problems[i : i + size] for i in range(0, len(problems), size)]
+    started, resumed = time.perf_counter(), 0
+    for c, chunk in enumerate(chunks):
+        path = progress / f"chunk-{c:05d}.parquet"
+        if path.is_file() and _chunk_is_valid(path, [p.question_id for p in chunk]):
+            resumed += 1
+            continue
+        engine = engine or Engine(model_cfg)
+        table = evaluate_chunk(engine, cfg, model, task, chunk, checkpoint=progress / f"cascade-{c:05d}.json")
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+        log.info(f"eval: {stage=} {task=} chunk={c + 1}/{len(chunks)} correct={sum(table.column('correct').to_pylist())}")
+    table = pa.concat_tables([pq.read_table(progress / f"chunk-{c:05d}.parquet") for c in range(len(chunks))]).cast(EVAL)
+    summary = summarize(table, task, model, spec.name, problems[0], model_cfg.path)
+    summary.update(seconds=round(time.perf_counter() - started, 2), chunks_resumed=resumed)
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)
+    atomic_write_json(summary_path(out), summary)
+    run.mark_done(stage, index, benchmark=task.benchmark, seed=task.seed, mode=task.mode,
+                  pass_at_1=summary["pass_at_1"], questions=summary["questions"], seconds=summary["seconds"])
+    shutil.rmtree(progress, ignore_errors=True)
+    if progress.parent.is_dir() and not any(progress.parent.iterdir()):
+        progress.parent.rmdir()
+    log.info(f"eval: {stage=} {task=} pass@1={summary['pass_at_1']:.3f} over {summary['questions']} questions")
+    return summary
+
+
+def summarize(table: pa.Table, task: EvalTask, model: str, benchmark: str, example: Problem, model_path: str) -> dict:
+    """The JSON summary of one task's records."""
+    rows = table.to_pylist()
+    correct = sum(r["correct"] for r in rows)
+    summary = {
+        "benchmark": benchmark, "model": model, "model_path": model_path, "mode": task.mode, "seed": task.seed,
+        "domain": example.domain, "grader": example.grader, "questions": len(rows), "correct": correct,
+        "pass_at_1": correct / len(rows), "completion_tokens": sum(r["completion_tokens"] for r in rows),
+        "samples": sum(r["samples"] for r in rows), "grade_reasons": dict(Counter(r["grade_reason"] for r in rows)),
+    }
+    if task.mode == "uq_ttc":
+        summary["chosen_not_first"] = sum(r["chosen_candidate"] != 0 for r in rows)
+    if example.grader == "code":
+        from .sandbox import sandbox_isolation
+
+        isolation = sandbox_isolation()
+        # stated with the results: without namespaces, graded programs had network access
+        summary["sandbox"] = {"isolation": isolation, "network_isolated": isolation != "process-group"}
+    return summary
+
+
+def run_task(run_dir: str, task_index: int) -> None:
+    """Stage body of eval_base and eval_trained (named by SVD_STAGE, set by svd_hpc.task)."""
+    stage = os.environ.get("SVD_STAGE")
+    if stage not in MODEL_OF_STAGE:
+        raise ConfigError(f"SVD_STAGE is {stage!r}; run eval tasks through `python -m svd_hpc.task eval_base|eval_trained`.")
+    run_eval_task(RunDir(run_dir), stage, task_index)

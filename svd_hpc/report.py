@@ -1,0 +1,399 @@
+"""The run report: did self-verified distillation pay off, what did the merge keep, what did it cost.
+
+Run as: python -m svd_hpc.launch report RUN_DIR   (also the last stage of every run)
+
+Reads only the run directory (plus `sacct` when jobs.json lists SLURM jobs) and works with
+whatever exists: a run without eval still gets its funnel and costs. Every number is computed
+here from the records: pass@1 per benchmark and per domain for the base model, the trained (SVD)
+model and the UQ-TTC baseline, as the mean over eval seeds with its standard error; deltas
+against the base; pass@k (unbiased) when a question has several samples (one per seed); the
+merge funnel from merge/stats.json; tokens, samples and task hours per stage.
+Writes report.md, report.png (pass@1 with error bars) and eval/summary.json (the scores as JSON), and
+prints the same tables.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from . import benchmarks, metrics, status
+from .config import STAGE_NAMES, VERIFY_STAGES, RunConfig
+from .records import EVAL, check_schema
+from .rundir import RunDir, atomic_path, atomic_write_json, atomic_write_text
+
+# (model, mode) of each column, in report order
+VARIANTS = {"base": ("base", "direct"), "SVD": ("trained", "direct"), "UQ-TTC": ("base", "uq_ttc")}
+Score = tuple[float, "float | None"]  # mean, standard error (None with a single seed)
+FUNNEL_ORDER = ["seeds", "duplicate_questions", "candidates", "filtered", *(f"passed_{s}" for s in VERIFY_STAGES),
+                "valid", "selected", "duplicate_solutions", "kept", "train", "validation"]
+
+
+@dataclass
+class Section:
+    """One table of the report, rendered to markdown and to the terminal alike."""
+
+    title: str
+    headers: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    note: str = ""
+
+    def markdown(self) -> str:
+        lines = [f"## {self.title}", ""]
+        if not self.rows:
+            return "\n".join(lines + [self.note or "Nothing recorded yet.", ""])
+        lines.append("| " + " | ".join(self.headers) + " |")
+        lines.append("| " + " | ".join(["---"] + ["---:"] * (len(self.headers) - 1)) + " |")
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        return "\n".join(lines + ([""] + [self.note] if self.note else []) + [""])
+
+    def rich(self) -> RichTable:
+        table = RichTable(title=self.title, caption=self.note or None)
+        for i, header in enumerate(self.headers):
+            table.add_column(header, justify="left" if i == 0 else "right")
+        for row in self.rows:
+            table.add_row(*row)
+        return table
+
+
+# ----------------------------------------------------------------------------- eval records
+
+
+def read_eval(run: RunDir) -> pa.Table | None:
+    """Every finished eval record of the run (EVAL schema), or None when there is none yet."""
+    paths = sorted(run.stage_dir("eval").glob("*/*/seed-*.parquet"))
+    tables = []
+    for path in paths:
+        table = pq.read_table(path)
+        check_schema(table, EVAL, str(path))
+        tables.append(table.select(EVAL.names).cast(EVAL))
+    return pa.concat_tables(tables) if tables else None
+
+
+def domains_of(cfg: RunConfig, run: RunDir) -> dict[str, str]:
+    """Benchmark -> domain, from the config (presets resolved) and the eval summaries."""
+    out = {}
+    for path in run.stage_dir("eval").glob("*/*/seed-*.json"):
+        try:
+            summary = json.loads(path.read_text())
+            out[summary["benchmark"]] = summary["domain"]
+        except (OSError, ValueError, KeyError):
+            continue
+    for spec in cfg.eval.benchmarks:
+        try:
+            out[spec.name] = benchmarks.resolve(spec).domain
+        except ValueError:
+            out.setdefault(spec.name, "unknown")
+    return out
+
+
+@dataclass
+class EvalScores:
+    pass1: dict[tuple[str, str], Score]  # (variant, benchmark or "domain:<d>") -> score
+    seeds: dict[tuple[str, str], int]
+    questions: dict[str, int]  # benchmark or "domain:<d>" -> distinct questions
+    pass_k: dict[tuple[str, str], dict[int, float]]  # (variant, benchmark) -> {k: pass@k}
+
+
+def score(table: pa.Table, domain_of: dict[str, str]) -> EvalScores:
+    """pass@1 per seed, then mean ± stderr over seeds; domains pool their benchmarks' questions."""
+    correct: dict[tuple[str, str, int], list[bool]] = defaultdict(list)
+    per_question: dict[tuple[str, str, str], list[bool]] = defaultdict(list)
+    questions: dict[str, set] = defaultdict(set)
+    names = {v: k for k, v in VARIANTS.items()}
+    for row in table.select(["benchmark", "model", "mode", "seed", "question_id", "correct"]).to_pylist():
+        variant = names.get((row["model"], row["mode"]))
+        if variant is None:
+            continue
+        bench = row["benchmark"]
+        groups = (bench, f"domain:{domain_of.get(bench, 'unknown')}")
+        for group in groups:
+            correct[(variant, group, row["seed"])].append(bool(row["correct"]))
+            questions[group].add((bench, row["question_id"]))
+        per_question[(variant, bench, row["question_id"])].append(bool(row["correct"]))
+    by_group: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for (variant, group, _seed), values in sorted(correct.items()):
+        by_group[(variant, group)].append(sum(values) / len(values))
+    counts: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
+    for (variant, bench, _q), values in per_question.items():
+        counts[(variant, bench)].append((len(values), sum(values)))
+    pass_k = {}
+    for key, nc in counts.items():
+        n = min(n for n, _ in nc)
+        if n >= 2:
+            pass_k[key] = {k: metrics.mean_pass_at_k(nc, k) for k in metrics.ks_for(n)}
+    return EvalScores(
+        pass1={key: metrics.mean_stderr(values) for key, values in by_group.items()},
+        seeds={key: len(values) for key, values in by_group.items()},
+        questions={group: len(qs) for group, qs in questions.items()},
+        pass_k=pass_k,
+    )
+
+
+def scores_json(scores: EvalScores) -> dict:
+    """The scores for programs: eval/summary.json."""
+    out: dict = defaultdict(dict)
+    for (variant, group), (mean, err) in scores.pass1.items():
+        out[group][variant] = {"pass_at_1": mean, "stderr": err, "seeds": scores.seeds[(variant, group)],
+                               "pass_at_k": {str(k): v for k, v in scores.pass_k.get((variant, group), {}).items()}}
+    return {group: {"questions": scores.questions[group], **variants} for group, variants in out.items()}
+
+
+def _pct(value: Score | None, signed: bool = False) -> str:
+    if value is None:
+        return "—"
+    mean, err = value
+    text = f"{100 * mean:+.1f}" if signed else f"{100 * mean:.1f}"
+    return text + (f" ± {100 * err:.1f}" if err is not None else "")
+
+
+def pass1_section(scores: EvalScores, domain_of: dict[str, str]) -> Section:
+    section = Section("pass@1 (%)", ["benchmark", "domain", "questions", "seeds", "base", "SVD", "Δ SVD", "UQ-TTC", "Δ UQ-TTC"])
+    groups = sorted({g for _, g in scores.pass1}, key=lambda g: (g.startswith("domain:"), domain_of.get(g, ""), g))
+    for group in groups:
+        base, svd, ttc = (scores.pass1.get((v, group)) for v in VARIANTS)
+        seeds = sorted({scores.seeds[(v, group)] for v in VARIANTS if (v, group) in scores.seeds})
+        is_domain = group.startswith("domain:")
+        section.rows.append([
+            f"all {group[7:]}" if is_domain else group,
+            group[7:] if is_domain else domain_of.get(group, "unknown"),
+            str(scores.questions[group]),
+            "/".join(map(str, seeds)),
+            _pct(base), _pct(svd), _pct(metrics.delta(base, svd) if base and svd else None, True),
+            _pct(ttc), _pct(metrics.delta(base, ttc) if base and ttc else None, True),
+        ])
+    section.note = ("Mean over eval seeds ± standard error of that mean (none with one seed); a domain row pools "
+                    "the questions of its benchmarks; deltas are against the base model, errors added in quadrature.")
+    return section
+
+
+def pass_k_section(scores: EvalScores) -> Section:
+    ks = sorted({k for values in scores.pass_k.values() for k in values})
+    section = Section("pass@k (%), one sample per seed", ["benchmark", "model"] + [f"pass@{k}" for k in ks])
+    for (variant, bench), values in sorted(scores.pass_k.items(), key=lambda kv: (kv[0][1], list(VARIANTS).index(kv[0][0]))):
+        section.rows.append([bench, variant] + [f"{100 * values[k]:.1f}" if k in values else "—" for k in ks])
+    section.note = "Unbiased estimator 1 - C(n-c, k) / C(n, k) per question, averaged over questions."
+    return section
+
+
+# ----------------------------------------------------------------------------- funnel and costs
+
+
+def funnel_section(run: RunDir) -> Section:
+    """The merge funnel from merge/stats.json, read defensively: any mapping of counts is shown."""
+    path = run.stage_dir("merge") / "stats.json"
+    section = Section("Merge funnel", ["count", "all"])
+    try:
+        stats = json.loads(path.read_text())
+    except (OSError, ValueError):
+        section.note = f"No merge statistics ({path.name} is missing or unreadable)."
+        return section
+    overall = stats.get("overall") if isinstance(stats.get("overall"), dict) else stats
+    per_domain = stats.get("per_domain") if isinstance(stats.get("per_domain"), dict) else {}
+    section.headers += list(per_domain) + ["% of candidates"]
+    candidates = overall.get("candidates")
+    # stats.json is written with sorted keys: put the known counts back in funnel order
+    order = {name: i for i, name in enumerate(FUNNEL_ORDER)}
+    for name in sorted(overall, key=lambda n: order.get(n, len(order))):
+        value = overall[name]
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        counts_candidates = name not in ("seeds", "duplicate_questions") and isinstance(candidates, (int, float))
+        share = f"{100 * value / candidates:.1f}" if counts_candidates and candidates else "—"
+        cells = [f"{per_domain[d].get(name, 0):,}" if isinstance(per_domain[d], dict) else "—" for d in per_domain]
+        section.rows.append([name, f"{value:,}", *cells, share])
+    skipped = stats.get("skipped_shards") or []
+    if skipped:
+        section.note = f"Skipped verify shards: {len(skipped)} (merge.allow_missing)."
+    return section
+
+
+def _shard_totals(run: RunDir, stage: str, columns: list[str]) -> dict[str, int]:
+    """Sums of `columns`, and "rows", over a stage's shards; empty when none is readable."""
+    totals: dict[str, int] = {}
+    for path in sorted(run.stage_dir(stage).glob("shard-*.parquet")):
+        try:
+            table = pq.read_table(path, columns=columns)
+        except (OSError, KeyError, pa.ArrowInvalid):
+            continue
+        totals["rows"] = totals.get("rows", 0) + table.num_rows
+        for column in columns:
+            totals[column] = totals.get(column, 0) + (pc.sum(table[column]).as_py() or 0)
+    return totals
+
+
+def sacct_seconds(job_ids: list[str]) -> dict[str, tuple[float, float]] | None:
+    """Job id -> (elapsed seconds, GPU seconds) over all its tasks from sacct; None without accounting."""
+    if not job_ids or shutil.which("sacct") is None:
+        return None
+    try:
+        proc = subprocess.run(["sacct", "-n", "-P", "-X", "--format=JobID,ElapsedRaw,AllocTRES", "-j", ",".join(job_ids)],
+                              capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return None
+    out: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for line in proc.stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) < 3 or "[" in parts[0] or not parts[1].isdigit():
+            continue  # a pending array range has no elapsed time yet
+        gpus = max((int(n) for n in re.findall(r"gres/gpu(?::[^=,]+)?=(\d+)", parts[2])), default=0)
+        entry = out[parts[0].split("_")[0].split(".")[0]]
+        entry[0] += int(parts[1])
+        entry[1] += int(parts[1]) * gpus
+    return {job: (e[0], e[1]) for job, e in out.items()}
+
+
+def cost_section(run: RunDir, cfg: RunConfig, table: pa.Table | None) -> Section:
+    plan = run.load_json(run.plan_path, default=[]) or []
+    stages = [s["name"] for s in plan] or list(STAGE_NAMES)
+    section = Section("Cost per stage", ["stage", "tasks done", "task hours", "GPU hours", "tokens generated", "samples", "judge calls"])
+    subs = status.submissions(run) if run.jobs_path.is_file() else []
+    accounting = sacct_seconds(sorted({str(s["job_id"]) for s in subs}))
+    generated = _shard_totals(run, "generate", ["completion_tokens"])
+    judged = _shard_totals(run, "verify", ["judge_completion_tokens", "judge_samples"])
+    tokens = {"generate": generated.get("completion_tokens"), "verify": judged.get("judge_completion_tokens")}
+    samples = {"generate": generated.get("rows"), "verify": judged.get("judge_samples")}
+    judges = {"verify": judged.get("judge_samples")}
+    if table is not None:
+        for stage, model in (("eval_base", "base"), ("eval_trained", "trained")):
+            rows = [r for r in table.select(["model", "mode", "completion_tokens", "samples"]).to_pylist() if r["model"] == model]
+            if rows:
+                tokens[stage] = sum(r["completion_tokens"] for r in rows)
+                samples[stage] = sum(r["samples"] for r in rows)
+                # UQ-TTC samples are the candidates plus the judges' completions
+                judges[stage] = sum(r["samples"] - cfg.eval.uq_ttc_candidates for r in rows if r["mode"] == "uq_ttc")
+    for stage in stages:
+        markers = sorted((run.stage_dir(stage) / "done").glob("*"))
+        hours, gpu = "—", "—"
+        if accounting is not None:
+            ids = {str(s["job_id"]) for s in subs if s["stage"] == stage}
+            if ids:
+                hours = f"{sum(accounting.get(j, (0, 0))[0] for j in ids) / 3600:.2f}"
+                gpu = f"{sum(accounting.get(j, (0, 0))[1] for j in ids) / 3600:.2f}"
+        else:
+            seconds = [_marker_seconds(m) for m in markers]
+            if any(s is not None for s in seconds):
+                hours = f"{sum(s or 0 for s in seconds) / 3600:.3f}"
+        section.rows.append([stage, str(len(markers)), hours, gpu] + [
+            f"{d[stage]:,}" if d.get(stage) is not None else "—" for d in (tokens, samples, judges)
+        ])
+    section.note = ("Task and GPU hours from sacct (elapsed × allocated GPUs, all tasks)." if accounting is not None else
+                    "No SLURM accounting for this run: task hours are the seconds the tasks recorded in their done markers.")
+    return section
+
+
+def _marker_seconds(path: Path) -> float | None:
+    try:
+        value = json.loads(path.read_text()).get("seconds")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+# ----------------------------------------------------------------------------- chart and report
+
+
+def chart(scores: EvalScores | None, path: Path) -> None:
+    """pass@1 per benchmark, one bar per variant with its standard error (a placeholder without eval)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    benches = sorted({g for _, g in scores.pass1 if not g.startswith("domain:")}) if scores else []
+    fig = Figure(figsize=(max(6, 1.6 * len(benches) + 2), 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if not benches:
+        ax.text(0.5, 0.5, "no eval results yet", ha="center", va="center")
+        ax.set_axis_off()
+    width = 0.8 / len(VARIANTS)
+    for j, variant in enumerate(VARIANTS if benches else ()):
+        xs = [i + (j - (len(VARIANTS) - 1) / 2) * width for i, b in enumerate(benches) if (variant, b) in scores.pass1]
+        values = [scores.pass1[(variant, b)] for b in benches if (variant, b) in scores.pass1]
+        if values:
+            ax.bar(xs, [100 * m for m, _ in values], width, yerr=[100 * (e or 0) for _, e in values], capsize=3, label=variant)
+    if benches:
+        ax.set_xticks(range(len(benches)), benches, rotation=20, ha="right")
+        ax.set_ylabel("pass@1 (%)")
+        ax.set_title("pass@1: mean over seeds ± standard error")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def build(run: RunDir, console: Console | None = None) -> Path:
+    """Write <run>/report.md and <run>/report.png from the run's records, print the tables; returns report.md."""
+    cfg = run.load_config()
+    table = read_eval(run)
+    domain_of = domains_of(cfg, run)
+    scores = score(table, domain_of) if table is not None else None
+    sections = []
+    if scores is not None:
+        sections.append(pass1_section(scores, domain_of))
+        if scores.pass_k:
+            sections.append(pass_k_section(scores))
+    else:
+        sections.append(Section("pass@1 (%)", [], note="No eval results yet."))
+    sections += [funnel_section(run), cost_section(run, cfg, table)]
+    lines = [f"# Report: {cfg.name}", "",
+             (f"Run directory `{run.root}`, built {time.strftime('%Y-%m-%d %H:%M:%S')}. Model `{cfg.model.path}`; "
+              "every number below is computed from the run's records."), ""]
+    if scores is not None:
+        lines += ["![pass@1 per benchmark](report.png)", ""]
+    lines += [s.markdown() for s in sections]
+    lines += _sandbox_notes(run)
+    if (run.stage_dir("merge") / "funnel.png").is_file():
+        lines += ["![merge funnel](merge/funnel.png)", ""]
+    chart(scores, run.root / "report.png")
+    if scores is not None:
+        atomic_write_json(run.stage_dir("eval") / "summary.json", scores_json(scores))
+    path = run.root / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    console = console or Console()
+    for section in sections:
+        if section.rows:
+            console.print(section.rich())
+        else:
+            console.print(f"[bold]{section.title}[/bold]: {section.note}")
+    console.print(f"report: {path}")
+    return path
+
+
+def _sandbox_notes(run: RunDir) -> list[str]:
+    """Say so when generated code was graded without network isolation."""
+    exposed = set()
+    for path in run.stage_dir("eval").glob("*/*/seed-*.json"):
+        try:
+            sandbox = json.loads(path.read_text()).get("sandbox") or {}
+        except (OSError, ValueError):
+            continue
+        if sandbox and not sandbox.get("network_isolated", True):
+            exposed.add(path.parent.name)
+    if not exposed:
+        return []
+    note = (f"Note: code of {', '.join(sorted(exposed))} was graded without network isolation "
+            "(no namespaces on the grading machine).")
+    return [note, ""]
+
+
+def run_task(run_dir: str, task_index: int) -> None:
+    """Stage body of `report` (a single task)."""
+    run = RunDir(run_dir)
+    if run.is_done("report", task_index):
+        return
+    path = build(run)
+    run.mark_done("report", task_index, report=str(path))

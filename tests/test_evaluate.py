@@ -1,0 +1,355 @@
+"""The eval stage: benchmark loading (local copies of every preset's layout, the error for an
+unreachable hub), grading of hand-made answers, eval tasks end to end on real vLLM (CPU) with the
+tiny random Qwen3 (it answers nonsense: these tests check formats, counts and that `correct`
+comes from the grader), the UQ-TTC path, and one task through the local scheduler."""
+
+import base64
+import json
+import os
+import pickle
+import shutil
+import zlib
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from svd_hpc import benchmarks, config, evaluate, local, models
+from svd_hpc.config import BenchmarkSpec, ConfigError, ModelConfig
+from svd_hpc.engine import Engine
+from svd_hpc.grading.choice import grade_choice
+from svd_hpc.grading.math import grade_math
+from svd_hpc.plan import build_plan, eval_tasks, plan_to_json
+from svd_hpc.records import EVAL
+from svd_hpc.rundir import RunDir, atomic_write_json
+from svd_hpc.verify import CascadeResult
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "data" / "eval_samples"
+MATH = {"name": "math", "path": str(SAMPLES / "math.jsonl"), "id_field": "id"}
+CHOICE = {"name": "choice", "path": str(SAMPLES / "choice.jsonl"), "id_field": "id", "grader": "choice", "domain": "science"}
+CODE = {"name": "code", "path": str(SAMPLES / "code.jsonl"), "id_field": "question_id",
+        "question_field": "question_content", "grader": "code", "domain": "code"}
+TINY = {"path": "builtin:tiny-qwen3", "max_model_len": 1024, "block_size": 32, "thinking": "off"}
+
+
+def prepare_run(tmp_path: Path, eval_settings: dict, name: str = "ev", **extra) -> RunDir:
+    """A run directory as launch leaves it: resolved config and plan."""
+    data = {"name": name, "model": TINY, "train": {"enabled": False}, "generate": {"chunk_size": 3},
+            "eval": {"max_tokens": 24, **eval_settings}, **extra}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    cfg = config.load(path)
+    run = RunDir(tmp_path / name)
+    run.write_config(cfg, meta={})
+    atomic_write_json(run.plan_path, plan_to_json(build_plan(cfg)))
+    return run
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine(ModelConfig(**TINY))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ----------------------------------------------------------------------------- benchmarks
+
+
+def test_local_jsonl_and_parquet_give_the_same_problems(tmp_path):
+    rows = read_jsonl(SAMPLES / "math.jsonl")
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "math.parquet")
+    from_jsonl = benchmarks.load(BenchmarkSpec(**MATH))
+    from_parquet = benchmarks.load(BenchmarkSpec(**{**MATH, "path": str(tmp_path / "math.parquet")}))
+    assert from_jsonl == from_parquet
+    assert [p.question_id for p in from_jsonl] == [r["id"] for r in rows]
+    assert from_jsonl[1].answer == "\\frac{1}{2}" and from_jsonl[1].present(0) == (rows[1]["question"], "\\frac{1}{2}")
+    assert len(benchmarks.load(BenchmarkSpec(**MATH, limit=2))) == 2
+
+
+def test_choice_options_shuffle_per_seed_and_keep_the_right_answer():
+    problems = benchmarks.load(BenchmarkSpec(**CHOICE))
+    rows = read_jsonl(SAMPLES / "choice.jsonl")
+    orders = set()
+    for problem, row in zip(problems, rows):
+        for seed in range(4):
+            shown, letter = problem.present(seed)
+            assert shown == problem.present(seed)[0]  # fixed for (seed, question)
+            lines = dict(line.split(") ", 1) for line in shown.splitlines() if line[:2] in ("A)", "B)", "C)", "D)"))
+            assert lines[letter] == row["options"][row["answer"]]
+            orders.add(shown)
+    assert len(orders) > len(problems)  # seeds do change the order
+
+
+def test_code_tests_are_read_from_livecodebench_fields(tmp_path):
+    problems = {p.question_id: p for p in benchmarks.load(BenchmarkSpec(**CODE))}
+    assert problems["code-max"].tests == [{"input": "3\n1 9 4\n", "output": "9\n"}, {"input": "1\n-7\n", "output": "-7\n"},
+                                          {"input": "5\n3 3 3 3 3\n", "output": "3\n"}]  # private ones were packed
+    assert problems["code-maxsub"].mode == "functional" and problems["code-maxsub"].fn_name == "maxSubArray"
+    assert "```python\nclass Solution:" in problems["code-maxsub"].question
+    assert "standard input" in problems["code-sum"].question
+    # a packed payload that would build an object is refused, never run
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    row = read_jsonl(SAMPLES / "code.jsonl")[0]
+    row["private_test_cases"] = base64.b64encode(zlib.compress(pickle.dumps(Evil()))).decode()
+    (tmp_path / "evil.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match="row 0: test cases are neither JSON nor LiveCodeBench-packed"):
+        benchmarks.load(BenchmarkSpec(**{**CODE, "path": str(tmp_path / "evil.jsonl")}))
+    assert not marker.exists()
+
+
+def test_presets_read_local_copies_in_the_hub_layouts(tmp_path):
+    hle = [
+        {"id": "h1", "question": "Pick the prime.\n\nAnswer Choices:\nA. 4\nB. 7\nC. 9", "answer": "B",
+         "answer_type": "multipleChoice", "image": ""},
+        {"id": "h2", "question": "Which holds?\n\nAnswer Choices:\nA. one\nline two\nB. three", "answer": "A",
+         "answer_type": "multipleChoice", "image": ""},
+        {"id": "h3", "question": "See the figure.\n\nAnswer Choices:\nA. x\nB. y", "answer": "A",
+         "answer_type": "multipleChoice", "image": "data:image/png;base64,AAAA"},
+        {"id": "h4", "question": "What is 2+2?", "answer": "4", "answer_type": "exactMatch", "image": ""},
+    ]
+    pq.write_table(pa.Table.from_pylist(hle), tmp_path / "hle.parquet")
+    problems = benchmarks.load(BenchmarkSpec(name="hle", preset="hle_mc", path=str(tmp_path / "hle.parquet")))
+    assert [(p.question_id, p.question, p.options, p.correct_index, p.domain) for p in problems] == [
+        ("h1", "Pick the prime.", ["4", "7", "9"], 1, "science"),
+        ("h2", "Which holds?", ["one\nline two", "three"], 0, "science"),
+    ]
+
+    (tmp_path / "gpqa.csv").write_text(
+        "Record ID,Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"
+        "rec1,What is heavier?,lead,feathers,air,helium\n")
+    [gpqa] = benchmarks.load(BenchmarkSpec(name="gpqa", preset="gpqa_diamond", path=str(tmp_path / "gpqa.csv")))
+    shown, letter = gpqa.present(3)
+    assert gpqa.question_id == "rec1" and f"{letter}) lead" in shown
+
+    lcb = tmp_path / "lcb"
+    lcb.mkdir()
+    for i, name in enumerate(["test5.jsonl", "test6.jsonl"]):
+        row = read_jsonl(SAMPLES / "code.jsonl")[i]
+        (lcb / name).write_text(json.dumps(row) + "\n")
+    v5 = benchmarks.load(BenchmarkSpec(name="v5", preset="lcb_v5", path=str(lcb)))
+    v6 = benchmarks.load(BenchmarkSpec(name="v6", preset="lcb_v6", path=str(lcb)))
+    assert [p.question_id for p in v5] == ["code-sum"] and [p.question_id for p in v6] == ["code-max"]
+    with pytest.raises(ValueError, match="lacks test.jsonl, test2.jsonl"):
+        benchmarks.load(BenchmarkSpec(name="all", preset="lcb_v5", hf_config="release_v5", path=str(lcb)))
+
+
+def test_unreachable_preset_says_what_was_tried(tmp_path, monkeypatch):
+    # a closed local port stands in for an unreachable hub, with or without a network here
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ValueError) as err:
+        benchmarks.load(BenchmarkSpec(name="aime26", preset="aime26"))
+    message = str(err.value)
+    assert "benchmark 'aime26' cannot be loaded: no local copy is configured (path)" in message
+    assert "MathArena/aime_2026" in message and "127.0.0.1 is unreachable" in message and "set path: DIR" in message
+    with pytest.raises(ValueError) as err:
+        benchmarks.load(BenchmarkSpec(name="gpqa", preset="gpqa_diamond", path=str(tmp_path / "gpqa.csv")))
+    assert f"the local copy {tmp_path / 'gpqa.csv'} does not exist" in str(err.value)
+    assert "Idavidrein/gpqa" in str(err.value) and "HF_TOKEN" in str(err.value)
+    with pytest.raises(ConfigError, match="unknown preset 'aime2026'; presets: aime26"):
+        benchmarks.load(BenchmarkSpec(name="x", preset="aime2026"))
+
+
+def test_bad_benchmark_files_are_named(tmp_path):
+    (tmp_path / "dup.jsonl").write_text('{"id": 1, "question": "a", "answer": "1"}\n{"id": 1, "question": "b", "answer": "2"}\n')
+    with pytest.raises(ValueError, match=r"dup.jsonl row 1: question id '1' repeats row 0"):
+        benchmarks.load(BenchmarkSpec(name="d", path=str(tmp_path / "dup.jsonl"), id_field="id"))
+    with pytest.raises(ValueError, match="has no field 'problem' .*its fields are: id, question, answer"):
+        benchmarks.load(BenchmarkSpec(name="d", path=str(tmp_path / "dup.jsonl"), question_field="problem"))
+    with pytest.raises(ValueError, match="must be the correct option's index, letter or text"):
+        (tmp_path / "c.jsonl").write_text('{"question": "q", "options": ["x", "y"], "answer": 5}\n')
+        benchmarks.load(BenchmarkSpec(name="c", path=str(tmp_path / "c.jsonl"), grader="choice"))
+
+
+# ----------------------------------------------------------------------------- grading
+
+
+CODE_SOLUTIONS = {
+    "code-sum": "a, b = map(int, input().split())\nprint(a + b)",
+    "code-max": "input()\nprint(max(map(int, input().split())))",
+    "code-words": "import sys\nlines = sys.stdin.read().split('\\n')\nfor line in lines[1:int(lines[0]) + 1]:\n    print(len(line.split()))",
+    "code-maxsub": "class Solution:\n    def maxSubArray(self, nums):\n        best = cur = nums[0]\n"
+                   "        for x in nums[1:]:\n            cur = max(x, cur + x)\n            best = max(best, cur)\n        return best",
+}
+
+
+def fenced(code: str) -> str:
+    return f"<think>plan</think>\nHere is my solution.\n```python\n{code}\n```"
+
+
+def test_hand_made_answers_are_graded_by_the_right_grader():
+    math = benchmarks.load(BenchmarkSpec(**MATH))
+    half = next(p for p in math if p.question_id == "math-2")
+    for answer, correct in (("0.5", True), ("\\dfrac{1}{2}", True), ("1/2", True), ("0.25", False)):
+        result = evaluate.grade(half, half.present(0)[1], f"<think>x</think>So \\boxed{{{answer}}}.", 6.0)
+        assert result.correct is correct and result.extracted == answer
+    for problem in benchmarks.load(BenchmarkSpec(**CHOICE)):
+        letter = problem.present(5)[1]
+        wrong = next(x for x in "ABCD" if x != letter)
+        assert evaluate.grade(problem, letter, f"Reasoning.\nAnswer: {letter}", 6.0).correct
+        assert evaluate.grade(problem, letter, f"Answer: {wrong}", 6.0).reason == "wrong_answer"
+    code = benchmarks.load(BenchmarkSpec(**CODE))
+    # several programs at once in the sandbox, results in problem order
+    responses = [fenced(CODE_SOLUTIONS[p.question_id]) for p in code] + [fenced("print(0)")]
+    results = evaluate.grade_all(code + code[:1], [p.present(0)[1] for p in code + code[:1]], responses, 6.0)
+    assert [(r.correct, r.reason) for r in results] == [(True, "correct")] * len(code) + [(False, "wrong_answer")]
+    code = {p.question_id: p for p in benchmarks.load(BenchmarkSpec(**CODE))}
+    assert evaluate.grade(code["code-sum"], "", fenced("a, b = map(int, input().split())\nprint(a - b)"), 6.0).reason == "wrong_answer"
+    assert evaluate.grade(code["code-maxsub"], "", fenced("class Solution:\n    pass"), 6.0).reason == "runtime_error"
+    assert evaluate.grade(code["code-sum"], "", "no code at all", 6.0).reason == "no_code"
+
+
+# ----------------------------------------------------------------------------- eval tasks
+
+
+def check_records(table: pa.Table, model: str, mode: str, seed: int, n: int) -> list[dict]:
+    assert table.schema.equals(EVAL)
+    rows = table.to_pylist()
+    assert len(rows) == n
+    for row in rows:
+        assert (row["model"], row["mode"], row["seed"]) == (model, mode, seed)
+        assert 0 < row["completion_tokens"]
+    return rows
+
+
+def test_direct_eval_tasks_write_graded_records(tmp_path, engine):
+    run = prepare_run(tmp_path, {"benchmarks": [{**MATH}, {**CHOICE, "limit": 2}, {**CODE, "limit": 2}], "seeds": [0, 1]})
+    cfg = run.load_config()
+    tasks = eval_tasks(cfg, "base")
+    assert len(tasks) == 6 and build_plan(cfg)[0].array_size == 6
+    for index, task in enumerate(tasks):
+        summary = evaluate.run_eval_task(run, "eval_base", index, engine=engine)
+        out = evaluate.output_path(run, "base", task)
+        assert out == run.root / "eval" / "base" / task.benchmark / f"seed-{task.seed}.parquet"
+        spec = next(b for b in cfg.eval.benchmarks if b.name == task.benchmark)
+        problems = {p.question_id: p for p in benchmarks.load(spec)}
+        rows = check_records(pq.read_table(out), "base", "direct", task.seed, len(problems))
+        for row in rows:
+            assert row["samples"] == 1 and row["chosen_candidate"] == 0 and row["completion_tokens"] <= 24
+            problem = problems[row["question_id"]]
+            assert (row["question"], row["reference"]) == problem.present(task.seed)
+            if problem.grader == "math":  # the stored verdict is the grader's, re-derived here
+                expected = grade_math(row["response"], row["reference"])
+            elif problem.grader == "choice":
+                expected = grade_choice(row["response"], row["reference"], 4)
+            else:
+                expected = evaluate.grade(problem, row["reference"], row["response"], 6.0)
+            assert (row["correct"], row["grade_reason"], row["extracted"]) == (expected.correct, expected.reason, expected.extracted)
+        assert json.loads(evaluate.summary_path(out).read_text()) == summary
+        assert summary["questions"] == len(rows) and summary["correct"] == sum(r["correct"] for r in rows)
+        assert summary["completion_tokens"] == sum(r["completion_tokens"] for r in rows)
+        assert run.is_done("eval_base", index)
+        assert not (out.parent / "progress").exists()
+    assert json.loads(next(run.root.glob("eval/base/code/seed-0.json")).read_text())["sandbox"]["isolation"]
+    # a finished task is a no-op: no engine needed, nothing rewritten
+    before = evaluate.output_path(run, "base", tasks[0]).stat().st_mtime_ns
+    assert evaluate.run_eval_task(run, "eval_base", 0)["questions"] == 5
+    assert evaluate.output_path(run, "base", tasks[0]).stat().st_mtime_ns == before
+
+    # the trained model is read from train/final and samples with the same per-question seeds
+    with pytest.raises(ValueError, match="train/final is missing; run \\(or resume\\) the train stage"):
+        evaluate.run_eval_task(run, "eval_trained", 0, engine=engine)
+    shutil.copytree(models.resolve("builtin:tiny-qwen3"), run.root / "train" / "final")
+    evaluate.run_eval_task(run, "eval_trained", 0, engine=engine)
+    base = pq.read_table(run.root / "eval" / "base" / "math" / "seed-0.parquet").column("response").to_pylist()
+    trained = pq.read_table(run.root / "eval" / "trained" / "math" / "seed-0.parquet").column("response").to_pylist()
+    assert trained == base  # same weights, same seeds
+
+
+def test_resume_redoes_only_missing_chunks(tmp_path, engine, monkeypatch):
+    run = prepare_run(tmp_path, {"benchmarks": [MATH], "seeds": [3]})
+    cfg = run.load_config()
+    task = eval_tasks(cfg, "base")[0]
+    calls = []
+    real = evaluate.evaluate_chunk
+
+    def failing_second(engine, cfg, model, task, chunk, checkpoint):
+        calls.append([p.question_id for p in chunk])
+        if len(calls) == 2:
+            raise RuntimeError("preempted")
+        return real(engine, cfg, model, task, chunk, checkpoint)
+
+    monkeypatch.setattr(evaluate, "evaluate_chunk", failing_second)
+    with pytest.raises(RuntimeError, match="preempted"):
+        evaluate.run_eval_task(run, "eval_base", 0, engine=engine)
+    assert not run.is_done("eval_base", 0) and not evaluate.output_path(run, "base", task).exists()
+    summary = evaluate.run_eval_task(run, "eval_base", 0, engine=engine)
+    assert calls == [["math-1", "math-2", "math-3"], ["math-4", "math-5"], ["math-4", "math-5"]]
+    assert summary["chunks_resumed"] == 1 and summary["questions"] == 5
+
+
+def test_uq_ttc_answers_with_the_first_verified_candidate(tmp_path, engine, monkeypatch):
+    settings = {"benchmarks": [{**CHOICE, "limit": 2}], "seeds": [0], "uq_ttc": True, "uq_ttc_candidates": 3}
+    run = prepare_run(tmp_path, settings, generate={"chunk_size": 3, "require_think": "off"},
+                      verify={"votes": 1, "max_tokens": 8})
+    cfg = run.load_config()
+    tasks = eval_tasks(cfg, "base")
+    assert [t.mode for t in tasks] == ["direct", "uq_ttc"]
+    evaluate.run_eval_task(run, "eval_base", 0, engine=engine)
+    # the real cascade on the tiny model: whatever it decides, the records are consistent
+    summary = evaluate.run_eval_task(run, "eval_base", 1, engine=engine)
+    out = evaluate.output_path(run, "base", tasks[1])
+    assert out.name == "seed-0-uq_ttc.parquet"
+    rows = check_records(pq.read_table(out), "base", "uq_ttc", 0, 2)
+    for row in rows:
+        # 3 candidates, then per judged candidate: one inferred question and one vote per stage reached
+        assert 3 + 3 <= row["samples"] <= 3 + 3 * 4
+        assert row["chosen_candidate"] in (0, 1, 2)
+        assert row["correct"] == grade_choice(row["response"], row["reference"], 4).correct
+    assert summary["samples"] == sum(r["samples"] for r in rows)
+
+    # the choice rule, with verdicts fixed: question 1 -> candidates 1 and 2 pass; question 2 -> none does
+    judged = []
+
+    def fixed_cascade(engine, items, verify_cfg, checkpoint=None):
+        judged.extend(item.key for item in items)
+        passing = ("choice-1/1", "choice-1/2")
+        return [CascadeResult(status="passed", samples=3, completion_tokens=5) if item.key.endswith(passing)
+                else CascadeResult(status="rejected", failed_stage="cycle", samples=3, completion_tokens=5)
+                for item in items]
+
+    monkeypatch.setattr(evaluate, "run_cascade", fixed_cascade)
+    # every candidate reaches the judges here (the real static filter may drop an empty one)
+    monkeypatch.setattr(evaluate.prompts, "filter_reason", lambda text, domain, require_think: None)
+    (run.root / "eval_base" / "done" / "00001").unlink()
+    evaluate.run_eval_task(run, "eval_base", 1, engine=engine)
+    rows = {r["question_id"]: r for r in pq.read_table(out).to_pylist()}
+    direct = {r["question_id"]: r for r in pq.read_table(evaluate.output_path(run, "base", tasks[0])).to_pylist()}
+    assert sorted(judged) == [f"eval/choice/0/choice-{q}/{k}" for q in (1, 2) for k in range(3)]
+    assert rows["choice-1"]["chosen_candidate"] == 1 and rows["choice-2"]["chosen_candidate"] == 0
+    assert rows["choice-1"]["samples"] == 3 + 3 * 3
+    # candidate 0 is drawn with the direct answer's seed: the fallback is the base model's own answer
+    assert rows["choice-2"]["response"] == direct["choice-2"]["response"]
+    assert rows["choice-1"]["response"] != direct["choice-1"]["response"]
+
+
+def test_eval_task_through_the_local_scheduler(tmp_path):
+    run = prepare_run(tmp_path, {"benchmarks": [{**MATH, "limit": 2}], "seeds": [7]})
+    cfg = run.load_config()
+    plan = [s for s in build_plan(cfg) if s.name in ("eval_base", "report")]
+    local.run_plan(cfg, run, plan)
+    rows = check_records(pq.read_table(run.root / "eval" / "base" / "math" / "seed-7.parquet"), "base", "direct", 7, 2)
+    assert all(r["correct"] == grade_math(r["response"], r["reference"]).correct for r in rows)
+    assert run.is_done("eval_base", 0) and run.is_done("report", 0)
+    assert "| math | math | 2 | 1 |" in (run.root / "report.md").read_text()
+
+
+def test_run_task_needs_an_eval_stage(tmp_path, monkeypatch):
+    run = prepare_run(tmp_path, {"benchmarks": [MATH], "seeds": [0]})
+    monkeypatch.delenv("SVD_STAGE", raising=False)
+    with pytest.raises(ConfigError, match="SVD_STAGE is None"):
+        evaluate.run_task(str(run.root), 0)
+    monkeypatch.setenv("SVD_STAGE", "eval_base")
+    with pytest.raises(ConfigError, match="eval_base has 1 tasks .* task 4 does not exist"):
+        evaluate.run_task(str(run.root), 4)

@@ -1,0 +1,221 @@
+"""The report, built from small hand-made runs, its numbers checked against the records with
+independent arithmetic (numpy, brute-force pass@k), SLURM accounting faked at the sacct boundary."""
+
+import io
+import itertools
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from rich.console import Console
+
+from svd_hpc import config, metrics, report
+from svd_hpc.plan import build_plan, plan_to_json
+from svd_hpc.records import EVAL
+from svd_hpc.rundir import RunDir, atomic_write_json
+
+SEEDS = [0, 1, 2]
+# benchmark -> variant -> seed -> correctness per question
+RESULTS = {
+    "m1": {
+        "base": {0: [1, 0, 0, 0], 1: [1, 1, 0, 0], 2: [1, 1, 1, 0]},
+        "SVD": {0: [1, 1, 1, 0], 1: [1, 1, 1, 0], 2: [1, 1, 1, 1]},
+        "UQ-TTC": {0: [1, 1, 0, 0], 1: [1, 1, 0, 0], 2: [1, 1, 0, 1]},
+    },
+    "m2": {
+        "base": {0: [0, 1], 1: [0, 1], 2: [0, 0]},
+        "SVD": {0: [1, 1], 1: [1, 0], 2: [1, 1]},
+    },
+    "sci": {"base": {0: [1, 0, 1], 1: [0, 0, 1]}},
+}
+VARIANT = {"base": ("base", "direct"), "SVD": ("trained", "direct"), "UQ-TTC": ("base", "uq_ttc")}
+
+
+def prepare_run(tmp_path: Path, **settings) -> RunDir:
+    data = {"name": "hand", **settings}
+    path = tmp_path / "hand.yaml"
+    path.write_text(yaml.safe_dump(data))
+    cfg = config.load(path)
+    run = RunDir(tmp_path / "run")
+    run.write_config(cfg, meta={})
+    atomic_write_json(run.plan_path, plan_to_json(build_plan(cfg)))
+    return run
+
+
+def write_eval(run: RunDir) -> None:
+    for bench, variants in RESULTS.items():
+        for variant, seeds in variants.items():
+            model, mode = VARIANT[variant]
+            for seed, correct in seeds.items():
+                rows = [{"benchmark": bench, "model": model, "mode": mode, "seed": seed, "question_id": f"{bench}-q{i}",
+                         "question": "q", "reference": "1", "response": "r", "extracted": "1", "correct": bool(c),
+                         "grade_reason": "correct" if c else "wrong_answer", "completion_tokens": 10 + i,
+                         "samples": 1 if mode == "direct" else 8 + 3, "chosen_candidate": 0}
+                        for i, c in enumerate(correct)]
+                suffix = "" if mode == "direct" else "-uq_ttc"
+                path = run.root / "eval" / model / bench / f"seed-{seed}{suffix}.parquet"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                pq.write_table(pa.Table.from_pylist(rows, schema=EVAL), path)
+                domain = "science" if bench == "sci" else "math"
+                atomic_write_json(path.with_suffix(".json"), {"benchmark": bench, "domain": domain})
+
+
+def fmt(mean, err=None, signed=False):
+    text = f"{100 * mean:+.1f}" if signed else f"{100 * mean:.1f}"
+    return text if err is None else f"{text} ± {100 * err:.1f}"
+
+
+def seed_scores(bench_list, variant):
+    """pass@1 of each seed, pooling the questions of the given benchmarks."""
+    out = []
+    for seed in SEEDS:
+        values = [c for b in bench_list for c in RESULTS[b].get(variant, {}).get(seed, [])]
+        if values:
+            out.append(np.mean(values))
+    return np.array(out)
+
+
+def brute_pass_at_k(correct: list[int], k: int) -> float:
+    subsets = list(itertools.combinations(correct, k))
+    return sum(any(s) for s in subsets) / len(subsets)
+
+
+@pytest.fixture
+def fake_sacct(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "sacct"
+    script.write_text("#!/bin/sh\ncat <<'EOF'\n"
+                      "100_0|3600|billing=1,cpu=1,gres/gpu=2,mem=1G,node=1\n"
+                      "100_1|1800|cpu=1,gres/gpu=2\n"
+                      "100_[2-3]|0|\n"
+                      "200|7200|cpu=8,gres/gpu:a100=4,gres/gpu=4\n"
+                      "EOF\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_report_numbers_match_the_records(tmp_path, fake_sacct):
+    benchmarks = [{"name": "m1", "path": "m1.jsonl"}, {"name": "m2", "path": "m2.jsonl"},
+                  {"name": "sci", "path": "sci.jsonl", "grader": "choice", "domain": "science"}]
+    run = prepare_run(tmp_path, eval={"benchmarks": benchmarks, "seeds": SEEDS, "uq_ttc": True, "uq_ttc_candidates": 8})
+    write_eval(run)
+    stats = {"overall": {"seeds": 10, "candidates": 80, "filtered": 8, "passed_cycle": 40, "valid": 20, "kept": 8},
+             "per_domain": {"math": {"seeds": 10, "candidates": 80, "filtered": 8, "passed_cycle": 40, "valid": 20, "kept": 8}},
+             "skipped_shards": []}
+    atomic_write_json(run.root / "merge" / "stats.json", stats)
+    for i, tokens in enumerate([[10, 20, 30], [5]]):
+        run.shard_path("generate", i).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"completion_tokens": pa.array(tokens, pa.int32())}), run.shard_path("generate", i))
+        run.shard_path("verify", i).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"judge_completion_tokens": [t * 3 for t in tokens], "judge_samples": [4] * len(tokens)}),
+                       run.shard_path("verify", i))
+        run.mark_done("generate", i, seconds=100)
+    atomic_write_json(run.jobs_path, {"submissions": [
+        {"stage": "generate", "job_id": "100", "array": True, "offset": 0, "indices": [0, 1, 2, 3]},
+        {"stage": "train", "job_id": "200", "array": False, "offset": 0, "indices": [0]},
+    ]})
+
+    out = io.StringIO()
+    path = report.build(run, console=Console(file=out, width=250))
+    text = path.read_text()
+    scores = report.score(report.read_eval(run), report.domains_of(run.load_config(), run))
+
+    for bench, domain in (("m1", "math"), ("m2", "math"), ("sci", "science")):
+        cells = {}
+        for variant in ("base", "SVD", "UQ-TTC"):
+            values = seed_scores([bench], variant)
+            if len(values) == 0:
+                assert (variant, bench) not in scores.pass1
+                cells[variant] = "—"
+                continue
+            mean, err = values.mean(), values.std(ddof=1) / np.sqrt(len(values))
+            assert scores.pass1[(variant, bench)] == pytest.approx((mean, err))
+            cells[variant] = fmt(mean, err)
+        base = seed_scores([bench], "base")
+        deltas = {}
+        for variant in ("SVD", "UQ-TTC"):
+            other = seed_scores([bench], variant)
+            if len(other):
+                d = other.mean() - base.mean()
+                e = np.sqrt(base.var(ddof=1) / len(base) + other.var(ddof=1) / len(other))
+                deltas[variant] = fmt(d, e, signed=True)
+            else:
+                deltas[variant] = "—"
+        seeds = "/".join(str(n) for n in sorted({len(RESULTS[bench][v]) for v in RESULTS[bench]}))
+        questions = len(RESULTS[bench]["base"][0])
+        row = (f"| {bench} | {domain} | {questions} | {seeds} | {cells['base']} | {cells['SVD']} | {deltas['SVD']} | "
+               f"{cells['UQ-TTC']} | {deltas['UQ-TTC']} |")
+        assert row in text
+
+    # the math domain pools m1 and m2 per seed before averaging over seeds
+    pooled = seed_scores(["m1", "m2"], "SVD")
+    assert scores.pass1[("SVD", "domain:math")] == pytest.approx((pooled.mean(), pooled.std(ddof=1) / np.sqrt(3)))
+    assert "| all math | math | 6 | 3 |" in text and fmt(pooled.mean(), pooled.std(ddof=1) / np.sqrt(3)) in text
+
+    # pass@k: three samples (seeds) per question
+    for (variant, bench), values in scores.pass_k.items():
+        per_question = list(zip(*RESULTS[bench][variant].values()))
+        n = len(RESULTS[bench][variant])
+        assert sorted(values) == list(range(1, n + 1))
+        for k in range(1, n + 1):
+            assert values[k] == pytest.approx(np.mean([brute_pass_at_k(list(q), k) for q in per_question]))
+    assert len(scores.pass_k) == 6
+    m1_svd = scores.pass_k[("SVD", "m1")]
+    assert f"| m1 | SVD | {100 * m1_svd[1]:.1f} | {100 * m1_svd[2]:.1f} | {100 * m1_svd[3]:.1f} |" in text
+
+    # the funnel and the costs, as recorded
+    funnel = text.split("## Merge funnel")[1].split("##")[0]
+    assert "| seeds | 10 | 10 | — |" in funnel and "| candidates | 80 | 80 | 100.0 |" in funnel
+    assert "| passed_cycle | 40 | 40 | 50.0 |" in funnel and "| kept | 8 | 8 | 10.0 |" in funnel
+    names = [line.split("|")[1].strip() for line in funnel.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert names == ["seeds", "candidates", "filtered", "passed_cycle", "valid", "kept"]  # funnel order, not the file's
+    assert "| generate | 2 | 1.50 | 3.00 | 65 | 4 | — |" in text
+    assert "| verify | 0 | — | — | 195 | 16 | 16 |" in text
+    assert "| train | 0 | 2.00 | 8.00 | — | — | — |" in text
+    base_rows = [r for b in RESULTS for v in ("base", "UQ-TTC") for s in RESULTS[b].get(v, {}).values() for r in range(len(s))]
+    uq_rows = sum(len(s) for s in RESULTS["m1"]["UQ-TTC"].values())
+    tokens = sum(10 + i for i in base_rows)
+    assert f"| eval_base | 0 | — | — | {tokens:,} | {len(base_rows) - uq_rows + uq_rows * 11:,} | {uq_rows * 3} |" in text
+    assert "Task and GPU hours from sacct" in text
+    assert (run.root / "report.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((run.root / "eval" / "summary.json").read_text())
+    assert saved["m1"]["SVD"]["pass_at_1"] == pytest.approx(seed_scores(["m1"], "SVD").mean())
+    assert saved["domain:math"]["questions"] == 6 and saved["m1"]["SVD"]["pass_at_k"]["3"] == pytest.approx(m1_svd[3])
+    assert "pass@1 (%)" in out.getvalue() and cells["base"] in out.getvalue()
+
+
+def test_report_of_a_run_without_eval_or_training(tmp_path):
+    run = prepare_run(tmp_path, train={"enabled": False})
+    # whatever the merge stage wrote, read defensively: a flat mapping with stray entries
+    atomic_write_json(run.root / "merge" / "stats.json", {"candidates": 0, "kept": 0, "note": "empty", "per_domain": "?"})
+    report.run_task(str(run.root), 0)
+    text = (run.root / "report.md").read_text()
+    assert "No eval results yet." in text and "| candidates | 0 | — |" in text and "| kept | 0 | — |" in text
+    assert "note" not in text.split("## Merge funnel")[1].split("##")[0]
+    assert "No SLURM accounting" in text and "| report | 0 | — |" in text
+    assert (run.root / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert run.is_done("report", 0)
+    before = (run.root / "report.md").stat().st_mtime_ns
+    report.run_task(str(run.root), 0)  # done: a no-op
+    assert (run.root / "report.md").stat().st_mtime_ns == before
+
+
+def test_pass_at_k_and_standard_error():
+    for n in range(1, 7):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                assert metrics.pass_at_k(n, c, k) == pytest.approx(brute_pass_at_k([1] * c + [0] * (n - c), k))
+    assert metrics.ks_for(8) == [1, 2, 4, 8] and metrics.ks_for(3) == [1, 2, 3]
+    assert metrics.mean_stderr([0.5]) == (0.5, None)
+    mean, err = metrics.mean_stderr([0.2, 0.4, 0.9])
+    assert (mean, err) == pytest.approx((0.5, np.std([0.2, 0.4, 0.9], ddof=1) / np.sqrt(3)))
+    assert metrics.delta((0.5, 0.03), (0.6, 0.04)) == pytest.approx((0.1, 0.05))
+    with pytest.raises(ValueError):
+        metrics.pass_at_k(3, 4, 1)
