@@ -108,6 +108,8 @@ def _record_submissions(run: RunDir, plan: list[Stage], subs: list[slurm.Submiss
 def _prepare_seeds(cfg: RunConfig, run: RunDir, dry_run: bool) -> None:
     from . import seeds
 
+    if dry_run and not Path(cfg.seeds.path).expanduser().exists():
+        return
     if dry_run or all(run.shard_path("seeds", i).exists() for i in range(cfg.seeds.shards)):
         table = seeds.load(cfg.seeds)  # validates; the shard plan is printed, nothing written
         per_shard = -(-table.num_rows // cfg.seeds.shards)
@@ -127,9 +129,15 @@ def prepare(cfg: RunConfig, run: RunDir, dry_run: bool = False) -> list[Stage]:
                 f"run directory {run.root} holds a different config; resume it with "
                 f"`python -m svd_hpc.launch resume {run.root}` or choose another name=..."
             )
-    from . import seeds
+    from . import benchmarks, seeds
 
-    seeds.load(cfg.seeds)  # bad seeds stop us before anything is written or submitted
+    for bench in cfg.eval.benchmarks:
+        benchmarks.resolve(bench)  # an unknown preset or a spec without a source stops us here
+    hub_seeds = not Path(cfg.seeds.path).expanduser().exists() and cfg.seeds.format in ("auto", "hf")
+    if dry_run and hub_seeds:
+        console.print(f"seeds: {cfg.seeds.path} is not a local path; it is loaded from the hub and sharded at launch.")
+    else:
+        seeds.load(cfg.seeds)  # bad seeds stop us before anything is written or submitted
     run.root.mkdir(parents=True, exist_ok=True)
     run.write_config(cfg, {"version": __version__, "git_commit": _git_commit()})
     atomic_write_json(run.plan_path, plan_to_json(plan))
@@ -168,7 +176,7 @@ def launch(cfg: RunConfig, run: RunDir, dry_run: bool = False, wait: bool = Fals
     if dry_run:
         for sub in subs:
             console.rule(str(run.sbatch_path(sub.stage)))
-            console.print(sub.script, markup=False, highlight=False)
+            console.print(sub.script, markup=False, highlight=False, soft_wrap=True)
     else:
         _record_submissions(run, plan, subs)
     _print_submissions(run, subs, dry_run)
