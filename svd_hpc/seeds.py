@@ -1,0 +1,200 @@
+"""Seed questions: load them (JSONL, parquet, a local HF dataset, or a hub id), check them, drop
+duplicate questions, and split them once at launch into <run>/seeds/shard-NNNNN.parquet.
+
+Every problem a user can cause is reported before anything is submitted, in one sentence naming
+the file, the line or row, and the field. Question text passes through byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .config import RunConfig, SeedsConfig
+from .records import SEED
+from .rundir import RunDir, atomic_path, atomic_write_json
+
+log = logging.getLogger("svd_hpc")
+
+DOMAINS = ("math", "science", "code")
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+
+
+def question_id(question: str) -> str:
+    """The id of a question without an id field: a hash of its text, stable across runs."""
+    return hashlib.sha256(question.encode()).hexdigest()[:16]
+
+
+def detect_format(seeds: SeedsConfig) -> str:
+    if seeds.format != "auto":
+        return seeds.format
+    path = Path(seeds.path).expanduser()
+    if path.is_dir():
+        return "hf"
+    if path.suffix.lower() in JSONL_SUFFIXES:
+        return "jsonl"
+    if path.suffix.lower() == ".parquet":
+        return "parquet"
+    if path.exists():
+        raise ValueError(f"seeds.path {seeds.path}: unknown file type; use .jsonl or .parquet, or set seeds.format.")
+    if path.suffix or seeds.path.startswith((".", "/", "~")) or seeds.path.count("/") > 1:
+        raise ValueError(f"seeds.path {seeds.path} does not exist; check the path (relative paths start at the current directory).")
+    return "hf"  # "owner/name": a dataset on the hub
+
+
+def _read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
+    """Rows of a JSON-lines file and, for messages, where each came from ("file line N")."""
+    rows, where = [], []
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{path} line {number}: not valid UTF-8; re-save the file as UTF-8.") from None
+            if not line.strip():
+                continue
+            if number == 1 and line.lstrip().startswith("["):
+                raise ValueError(f"{path} is one JSON array; write one JSON object per line (JSONL) instead.")
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} line {number}: invalid JSON ({err.msg}); fix or remove the line.") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}.")
+            rows.append(row)
+            where.append(f"{path} line {number}")
+    return rows, where
+
+
+def _read_table(seeds: SeedsConfig, fmt: str) -> tuple[list[dict], list[str]]:
+    if fmt == "parquet":
+        path = Path(seeds.path).expanduser()
+        if not path.is_file():
+            raise ValueError(f"seeds.path {seeds.path} does not exist; check the path.")
+        table = pq.read_table(path)
+        label = str(path)
+    else:
+        table, label = _read_hf(seeds)
+    fields = [f for f in (seeds.question_field, seeds.id_field, seeds.domain_field) if f]
+    for name in fields:
+        if name not in table.column_names:
+            raise ValueError(
+                f"{label} has no field '{name}' (named in seeds config); its fields are: {', '.join(table.column_names)}."
+            )
+    rows = table.select(fields).to_pylist()
+    return rows, [f"{label} row {i}" for i in range(len(rows))]
+
+
+def _read_hf(seeds: SeedsConfig) -> tuple[pa.Table, str]:
+    import datasets
+
+    path = Path(seeds.path).expanduser()
+    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        data = datasets.load_from_disk(str(path))  # written by save_to_disk
+    else:
+        try:
+            data = datasets.load_dataset(str(path) if path.is_dir() else seeds.path, seeds.hf_config)
+        except Exception as err:  # the hub client raises many kinds; all mean "cannot get it"
+            raise ValueError(f"seeds.path {seeds.path}: cannot load the dataset ({err}); check the id, path and access.") from None
+    if isinstance(data, (datasets.DatasetDict, dict)):
+        if seeds.split not in data:
+            raise ValueError(f"seeds.path {seeds.path} has no split '{seeds.split}' (seeds.split); splits: {', '.join(data)}.")
+        data = data[seeds.split]
+    # through the arrow formatter, so a dataset saved after select/shuffle keeps its row order
+    return data.with_format("arrow")[:], f"{seeds.path} [{seeds.split}]"
+
+
+def load_with_report(seeds: SeedsConfig) -> tuple[pa.Table, dict]:
+    """The checked seed table (SEED schema, duplicates dropped, limit applied) and counts."""
+    fmt = detect_format(seeds)
+    if fmt == "jsonl":
+        path = Path(seeds.path).expanduser()
+        if not path.is_file():
+            raise ValueError(f"seeds.path {seeds.path} does not exist; check the path.")
+        rows, where = _read_jsonl(path)
+    else:
+        rows, where = _read_table(seeds, fmt)
+    if not rows:
+        raise ValueError(f"seeds.path {seeds.path} holds no questions; point seeds.path at a non-empty set.")
+
+    out = {name: [] for name in SEED.names}
+    seen_questions: set[str] = set()
+    seen_ids: dict[str, str] = {}
+    duplicates = 0
+    for index, (row, place) in enumerate(zip(rows, where)):
+        question = row.get(seeds.question_field)
+        if question is None:
+            raise ValueError(f"{place}: field '{seeds.question_field}' (seeds.question_field) is missing.")
+        if not isinstance(question, str):
+            raise ValueError(f"{place}: field '{seeds.question_field}' must be text, got {type(question).__name__}.")
+        if not question.strip():
+            raise ValueError(f"{place}: field '{seeds.question_field}' is empty; remove the row or fill it in.")
+        key = question.strip()
+        if key in seen_questions:
+            duplicates += 1
+            continue
+        seen_questions.add(key)
+        qid = question_id(question)
+        if seeds.id_field:
+            raw = row.get(seeds.id_field)
+            if raw is None or isinstance(raw, (dict, list)) or str(raw) == "":
+                raise ValueError(f"{place}: field '{seeds.id_field}' (seeds.id_field) is missing or not a plain value.")
+            qid = str(raw)
+            if qid in seen_ids:
+                raise ValueError(f"{place}: id '{qid}' is used again for a different question (first at {seen_ids[qid]}).")
+            seen_ids[qid] = place
+        domain = seeds.domain
+        if seeds.domain_field:
+            domain = row.get(seeds.domain_field)
+            if domain not in DOMAINS:
+                raise ValueError(f"{place}: field '{seeds.domain_field}' is {domain!r}; use one of {', '.join(DOMAINS)}.")
+        out["question_id"].append(qid)
+        out["question"].append(question)
+        out["domain"].append(domain)
+        out["source_index"].append(index)
+    table = pa.Table.from_pydict(out, schema=SEED)
+    if seeds.limit is not None:
+        table = table.slice(0, seeds.limit)
+    if duplicates:
+        log.warning(f"seeds: dropped {duplicates} duplicate question(s) from {seeds.path}")
+    return table, {"seeds": table.num_rows, "duplicates_dropped": duplicates, "rows_read": len(rows), "format": fmt}
+
+
+def load(seeds: SeedsConfig) -> pa.Table:
+    """The checked seed table (SEED schema); raises ValueError naming the file, line and field."""
+    return load_with_report(seeds)[0]
+
+
+def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) slices of n rows over `shards` shards, sizes differing by at most one."""
+    return [(i * n // shards, (i + 1) * n // shards) for i in range(shards)]
+
+
+def prepare(cfg: RunConfig, run: RunDir) -> dict:
+    """Split the seeds into cfg.seeds.shards shard files in the run directory, once.
+
+    The stats file is written last; once it exists with the same shard count, later calls
+    (resume) return it without reading the seed source again.
+    """
+    stats_path = run.stage_dir("seeds") / "stats.json"
+    previous = run.load_json(stats_path)
+    shards = cfg.seeds.shards
+    if previous and previous.get("shards") == shards and all(run.shard_path("seeds", i).is_file() for i in range(shards)):
+        return previous
+    table, stats = load_with_report(cfg.seeds)
+    if table.num_rows < shards:
+        log.warning(f"seeds: {table.num_rows} questions over {shards} shards; some shards are empty")
+    sizes = []
+    for i, (start, stop) in enumerate(shard_bounds(table.num_rows, shards)):
+        with atomic_path(run.shard_path("seeds", i)) as tmp:
+            pq.write_table(table.slice(start, stop - start), tmp)
+        sizes.append(stop - start)
+    stats.update(shards=shards, shard_sizes=sizes, path=cfg.seeds.path)
+    atomic_write_json(stats_path, stats)
+    log.info(f"seeds: {stats['seeds']} questions in {shards} shard(s), {stats['duplicates_dropped']} duplicates dropped")
+    return stats

@@ -1,0 +1,259 @@
+"""Stage 2, verify: the self-judging cascade over the candidates of one shard (an array task).
+
+Run as: python -m svd_hpc.task verify --run-dir runs/demo   (task i runs after generate task i)
+
+Stages run in verify.stages order (cycle consistency, factuality, correctness by default). Each
+stage is one batched engine call over every candidate still alive in the shard, with the V votes
+of a candidate drawn as one request with n=V, so its prompt is prefilled once and shared through
+the prefix cache. A candidate rejected at a stage goes no further (its later vote lists stay
+null). `run_cascade` is the reusable core: the eval stage's UQ-TTC baseline calls it too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import prompts
+from .config import VERIFY_STAGES, VerifyConfig
+from .engine import Engine, Sampling, request_seed
+from .records import CANDIDATE, VERDICT, VOTE_YES, check_schema
+from .rundir import RunDir, atomic_path, atomic_write_json
+
+log = logging.getLogger("svd_hpc")
+STAGE = "verify"
+
+
+@dataclass
+class CascadeItem:
+    """One candidate to judge: its question and its final answer part (never the think block)."""
+
+    question: str
+    answer: str
+    key: str = ""  # stable identity (e.g. "question_id/candidate") for per-request seeds; default: position
+
+
+@dataclass
+class CascadeResult:
+    votes: dict[str, list[int] | None] = field(default_factory=lambda: {s: None for s in VERIFY_STAGES})
+    inferred_questions: list[str] | None = None
+    status: str = "passed"  # passed | rejected
+    failed_stage: str | None = None
+    prompt_tokens: int = 0  # judge prompt tokens, counted once per request (n samples share it)
+    completion_tokens: int = 0
+    samples: int = 0  # judge completions drawn: inferred questions plus votes
+    judge_texts: dict[str, list[str]] = field(default_factory=dict)
+
+
+def aggregate(votes: Sequence[int], rule: str, k: int | None = None) -> bool:
+    """Whether a stage passes: unanimous (all yes), majority (more than half yes), or k_of_v."""
+    yes = sum(1 for v in votes if v == VOTE_YES)
+    if rule == "unanimous":
+        return bool(votes) and yes == len(votes)
+    if rule == "majority":
+        return yes * 2 > len(votes)
+    if rule == "k_of_v":
+        if k is None:
+            raise ValueError("aggregation k_of_v needs verify.k (or merge.k).")
+        return yes >= k
+    raise ValueError(f"unknown aggregation '{rule}'; choose unanimous, majority or k_of_v.")
+
+
+def votes_per_inference(votes: int, inferences: int) -> list[int]:
+    """Cycle votes spread round-robin over the inferred questions: with one inferred question all
+    V votes compare it (the authors' code); with V of them, one vote each (the paper's count)."""
+    if inferences > votes:
+        raise ValueError(f"verify.cycle_inferences ({inferences}) must not exceed verify.votes ({votes}).")
+    return [votes // inferences + (1 if j < votes % inferences else 0) for j in range(inferences)]
+
+
+class _Cascade:
+    """The state of one cascade run: results so far and which items are still alive."""
+
+    def __init__(self, engine: Engine, items: Sequence[CascadeItem], cfg: VerifyConfig):
+        self.engine, self.items, self.cfg = engine, list(items), cfg
+        self.keys = [it.key or str(i) for i, it in enumerate(self.items)]
+        self.results = [CascadeResult() for _ in self.items]
+        self.sampling = Sampling(n=cfg.votes, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
+
+    def ask(self, stage: str, requests: list[tuple[int, str, int, int]]) -> list[list[str]]:
+        """One batched engine call: requests are (item, prompt, n, sub-index); returns texts."""
+        conversations = [[{"role": "user", "content": prompt}] for _, prompt, _, _ in requests]
+        samplings = [dataclasses.replace(self.sampling, n=n) for _, _, n, _ in requests]
+        seed = self.engine.model_cfg.seed
+        seeds = [request_seed(seed, STAGE, stage, self.keys[i], sub) for i, _, _, sub in requests]
+        outputs = self.engine.chat(conversations, samplings, seeds=seeds)
+        texts = []
+        for (i, _, _, _), completions in zip(requests, outputs):
+            result = self.results[i]
+            result.prompt_tokens += completions[0].prompt_tokens if completions else 0
+            result.completion_tokens += sum(c.completion_tokens for c in completions)
+            result.samples += len(completions)
+            texts.append([c.text for c in completions])
+            if self.cfg.keep_judge_text:
+                result.judge_texts.setdefault(stage, []).extend(c.text for c in completions)
+        return texts
+
+    def run_stage(self, stage: str, alive: list[int]) -> None:
+        """Record every vote of `stage` for the alive items."""
+        if stage == "cycle":
+            inferences = self.cfg.cycle_inferences
+            counts = votes_per_inference(self.cfg.votes, inferences)
+            infer = [(i, prompts.infer_question_prompt(self.items[i].answer), inferences, 0) for i in alive]
+            for i, texts in zip(alive, self.ask("cycle_infer", infer)):
+                self.results[i].inferred_questions = [prompts.strip_think(t).strip() for t in texts]
+            requests = [
+                (i, prompts.cycle_judge_prompt(self.items[i].question, q), counts[j], j)
+                for i in alive
+                for j, q in enumerate(self.results[i].inferred_questions)
+            ]
+        else:
+            build = prompts.JUDGE_PROMPTS[stage]
+            requests = [(i, build(self.items[i].question, self.items[i].answer), self.cfg.votes, 0) for i in alive]
+        for i in alive:
+            self.results[i].votes[stage] = []
+        for (i, _, _, _), texts in zip(requests, self.ask(stage, requests)):
+            self.results[i].votes[stage].extend(prompts.parse_verdict(t) for t in texts)
+
+    def settle(self, stage: str, alive: list[int]) -> list[int]:
+        """Apply the aggregation rule; rejected items leave the cascade here."""
+        survivors = []
+        for i in alive:
+            result = self.results[i]
+            if aggregate(result.votes[stage], self.cfg.aggregation, self.cfg.k):
+                survivors.append(i)
+            else:
+                result.status, result.failed_stage = "rejected", stage
+        return survivors
+
+
+def _fingerprint(cascade: _Cascade) -> str:
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(cascade.cfg), sort_keys=True).encode())
+    for key, item in zip(cascade.keys, cascade.items):
+        digest.update("\x1f".join((key, item.question, item.answer)).encode())
+    return digest.hexdigest()
+
+
+def run_cascade(
+    engine: Engine, items: Sequence[CascadeItem], verify_cfg: VerifyConfig, checkpoint: Path | None = None
+) -> list[CascadeResult]:
+    """Judge every item through the cascade; one result per item, in order.
+
+    With `checkpoint` (a JSON file), progress is saved after each stage and a later call with
+    the same items and settings continues after the last finished stage.
+    """
+    for stage in verify_cfg.stages:
+        if stage not in VERIFY_STAGES:
+            raise ValueError(f"verify.stages has '{stage}'; valid stages: {', '.join(VERIFY_STAGES)}.")
+    votes_per_inference(verify_cfg.votes, verify_cfg.cycle_inferences)  # check before any sampling
+    cascade = _Cascade(engine, items, verify_cfg)
+    alive = list(range(len(cascade.items)))
+    done: list[str] = []
+    fingerprint = _fingerprint(cascade) if checkpoint else ""
+    if checkpoint and checkpoint.is_file():
+        saved = json.loads(checkpoint.read_text())
+        if saved.get("fingerprint") == fingerprint:
+            done = saved["stages_done"]
+            cascade.results = [CascadeResult(**r) for r in saved["results"]]
+            alive = [i for i, r in enumerate(cascade.results) if r.status == "passed"]
+            log.info(f"verify: resuming after stages {done}")
+    for stage in verify_cfg.stages:
+        if stage in done:
+            continue
+        started = time.perf_counter()
+        if alive:
+            cascade.run_stage(stage, alive)
+        before, alive = len(alive), cascade.settle(stage, alive)
+        log.info(f"verify: {stage=} judged={before} passed={len(alive)} in {time.perf_counter() - started:.1f}s")
+        done.append(stage)
+        if checkpoint:
+            state = {"fingerprint": fingerprint, "stages_done": done, "results": [dataclasses.asdict(r) for r in cascade.results]}
+            atomic_write_json(checkpoint, state)
+    return cascade.results
+
+
+# ----------------------------------------------------------------------------- the stage body
+
+
+def progress_path(run: RunDir, index: int) -> Path:
+    return run.stage_dir(STAGE) / "progress" / f"{index:05d}.json"
+
+
+def read_candidates(run: RunDir, index: int) -> pa.Table:
+    path = run.shard_path("generate", index)
+    if not run.is_done("generate", index) or not path.is_file():
+        raise ValueError(f"generate shard {index} is not finished ({path}); run or resume the generate stage first.")
+    table = pq.read_table(path)
+    check_schema(table, CANDIDATE, str(path))
+    return table
+
+
+def verdict_table(candidates: pa.Table, results: dict[int, CascadeResult]) -> pa.Table:
+    """VERDICT records: every candidate column, plus the judges' record (row -> result)."""
+    out = {name: candidates.column(name).to_pylist() for name in CANDIDATE.names}
+    extra = {name: [] for name in VERDICT.names if name not in out}
+    for row in range(candidates.num_rows):
+        result = results.get(row)
+        if result is None:  # failed the static filter: never judged
+            result = CascadeResult(status="filtered")
+        for stage in VERIFY_STAGES:
+            extra[f"{stage}_votes"].append(result.votes[stage])
+        extra["inferred_questions"].append(result.inferred_questions)
+        extra["status"].append(result.status)
+        extra["failed_stage"].append(result.failed_stage)
+        extra["judge_prompt_tokens"].append(result.prompt_tokens)
+        extra["judge_completion_tokens"].append(result.completion_tokens)
+        extra["judge_samples"].append(result.samples)
+        extra["judge_texts"].append(json.dumps(result.judge_texts, ensure_ascii=False) if result.judge_texts else None)
+    return pa.Table.from_pydict({**out, **extra}, schema=VERDICT)
+
+
+def run_shard(run: RunDir, index: int, engine: Engine | None = None) -> dict:
+    """Verify shard `index` and write its verdicts; returns counts. Pass `engine` to reuse one."""
+    cfg = run.load_config()
+    candidates = read_candidates(run, index)
+    rows = [r for r, ok in enumerate(candidates.column("passed_filter").to_pylist()) if ok]
+    qids = candidates.column("question_id").to_pylist()
+    cidx = candidates.column("candidate_index").to_pylist()
+    questions = candidates.column("question").to_pylist()
+    answers = candidates.column("answer").to_pylist()
+    items = [CascadeItem(questions[r], answers[r], key=f"{qids[r]}/{cidx[r]}") for r in rows]
+    started = time.perf_counter()
+    results: list[CascadeResult] = []
+    if items:  # a shard where nothing passed the filter needs no engine
+        engine = engine or Engine(cfg.model)
+        results = run_cascade(engine, items, cfg.verify, checkpoint=progress_path(run, index))
+    table = verdict_table(candidates, dict(zip(rows, results)))
+    with atomic_path(run.shard_path(STAGE, index)) as tmp:
+        pq.write_table(table, tmp)
+    statuses = table.column("status").to_pylist()
+    stats = {status: statuses.count(status) for status in ("passed", "rejected", "filtered")}
+    stats.update(
+        candidates=table.num_rows,
+        judge_samples=sum(r.samples for r in results),
+        judge_prompt_tokens=sum(r.prompt_tokens for r in results),
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    for stage in VERIFY_STAGES:
+        stats[f"failed_{stage}"] = sum(1 for r in results if r.failed_stage == stage)
+    log.info(f"verify: shard={index} done {stats}")
+    return stats
+
+
+def run_task(run_dir: str, task_index: int) -> None:
+    """Stage body: verify shard `task_index` of the run in `run_dir` (a no-op once done)."""
+    run = RunDir(run_dir)
+    if run.is_done(STAGE, task_index):
+        return
+    stats = run_shard(run, task_index)
+    run.mark_done(STAGE, task_index, **stats)
+    progress_path(run, task_index).unlink(missing_ok=True)
