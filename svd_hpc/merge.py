@@ -1,0 +1,378 @@
+"""Merge stage: every verify shard -> the self-curated SFT dataset, stats.json and a funnel chart.
+
+Run as: python -m svd_hpc.task merge --run-dir RUN_DIR (the launcher does this after verify).
+
+The rules (thresholds, selection, dedup) live in selection.py. This module streams the shards once,
+in index order, holding one shard at a time:
+- per shard: thresholds, then the first `limit` passing candidates of each question in the shard
+  (a superset of what the global selection can pick), whose solution digests are kept in memory and
+  whose prompt and text are spilled to a bucket file chosen by the hash of the question_id;
+- after the last shard: question groups, selection and dedup over the small in-memory tables;
+- then each bucket is read back alone, its kept rows sorted and written to the SFT parquet.
+Memory holds one shard, one bucket and ~100 bytes per spilled candidate, whatever the shard count.
+
+Output rows are ordered by (blake2b(question_id), question_id, candidate_index): a fixed
+pseudo-random order that depends only on the data, so a re-run, or the same rows sharded another
+way, gives byte-identical parquet. The validation split holds out whole question groups: those
+whose first question_id hashes below merge.validation_fraction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import funnel, records, selection
+from .config import VERIFY_STAGES, RunConfig
+from .rundir import RunDir, atomic_path, atomic_write_json
+
+log = logging.getLogger("svd_hpc")
+
+VOTE_COLUMNS = [f"{stage}_votes" for stage in VERIFY_STAGES]
+READ_COLUMNS = ["question_id", "question", "domain", "candidate_index", "status", *VOTE_COLUMNS, "prompt", "text"]
+ROW_GROUP_ROWS = 2048  # fixed, so row groups never depend on how the rows were bucketed
+BUCKET_TARGET_BYTES = 128 << 20  # spill per bucket, estimated from the input size
+MAX_BUCKETS = 256  # open spill files at once
+
+CANDIDATE_FIELDS = pa.schema(
+    [
+        ("question_id", pa.string()),
+        ("candidate_index", pa.int32()),
+        ("domain", pa.string()),
+        ("shard", pa.int32()),
+        ("votes_yes", pa.int32()),
+        ("votes_total", pa.int32()),
+        ("solution_digest", pa.binary(selection.DIGEST_BYTES)),
+        ("order_hash", pa.uint64()),
+    ]
+)
+QUESTION_FIELDS = pa.schema(
+    [("question_id", pa.string()), ("question_digest", pa.binary(selection.DIGEST_BYTES)), ("domain", pa.string())]
+)
+SPILL = pa.schema([("row", pa.int64()), ("prompt", pa.string()), ("text", pa.string())])
+
+
+class UnreadableShard(Exception):
+    """A verify shard that is missing, truncated or corrupt (merge.allow_missing may skip it)."""
+
+
+def id_hash(value: str, key: bytes = b"") -> int:
+    """A stable 64-bit hash of an id (Python's hash() changes per process)."""
+    return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8, key=key).digest(), "big")
+
+
+def shard_error(path: Path, reason: str) -> ValueError:
+    return ValueError(
+        f"verify shard {path} {reason}; run `python -m svd_hpc.launch resume {path.parent.parent}` to redo it, "
+        "or set merge.allow_missing=true to proceed and record the skipped shards."
+    )
+
+
+def check_shard(path: Path) -> int:
+    """Row count from the footer; UnreadableShard if missing or unreadable, ValueError on wrong schema."""
+    if not path.is_file():
+        raise UnreadableShard("is missing")
+    try:
+        meta = pq.read_metadata(path)
+        schema = meta.schema.to_arrow_schema()
+    except (OSError, pa.ArrowException) as err:
+        raise UnreadableShard(f"is truncated or corrupt ({err})") from None
+    records.check_schema(schema.empty_table(), records.VERDICT, f"verify shard {path}")
+    return meta.num_rows
+
+
+def read_shard(path: Path) -> pa.Table:
+    try:
+        table = pq.read_table(path, columns=READ_COLUMNS, memory_map=True)
+    except (OSError, pa.ArrowException) as err:
+        raise UnreadableShard(f"is truncated or corrupt ({err})") from None
+    wanted = pa.schema([records.VERDICT.field(name) for name in READ_COLUMNS])
+    if table.schema != wanted:  # all-null columns come back as type null
+        table = table.cast(wanted)
+    for name in ("question_id", "candidate_index"):
+        if table[name].null_count:
+            raise ValueError(f"verify shard {path}: field '{name}' has null values; re-run the verify stage for it.")
+    return table
+
+
+class Spill:
+    """Prompt and text of candidates that may be kept, in bucket files by hash of question_id."""
+
+    def __init__(self, folder: Path, buckets: int):
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.bits = max(0, int(buckets - 1).bit_length())
+        self.writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+
+    def bucket_of(self, order_hash: np.ndarray) -> np.ndarray:
+        if not self.bits:
+            return np.zeros(len(order_hash), np.int64)
+        return (order_hash >> np.uint64(64 - self.bits)).astype(np.int64)
+
+    def path(self, bucket: int) -> Path:
+        return self.folder / f"bucket-{bucket:04d}.arrow"
+
+    def add(self, rows: np.ndarray, prompt, text, buckets: np.ndarray) -> None:
+        """Spill rows already sorted by bucket."""
+        table = pa.table([pa.array(rows, pa.int64()), prompt, text], schema=SPILL)
+        starts = np.flatnonzero(selection.run_starts(buckets))
+        for start, end in zip(starts, [*starts[1:], len(buckets)]):
+            bucket = int(buckets[start])
+            if bucket not in self.writers:
+                self.writers[bucket] = pa.ipc.new_file(self.path(bucket), SPILL)
+            self.writers[bucket].write_table(table.slice(start, end - start))
+
+    def close(self) -> list[int]:
+        for writer in self.writers.values():
+            writer.close()
+        return sorted(self.writers)
+
+    def read(self, bucket: int) -> pa.Table:
+        """A bucket, memory-mapped: its pages leave memory when the table is dropped."""
+        return pa.ipc.open_file(pa.memory_map(str(self.path(bucket)))).read_all()
+
+
+class RowGroupWriter:
+    """A ParquetWriter that always cuts row groups at ROW_GROUP_ROWS rows."""
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        # dictionaries only where values repeat: trying them on every long text costs half the write time
+        self.writer = pq.ParquetWriter(
+            path, schema, use_dictionary=["messages.list.element.role", "question_id", "domain"]
+        )
+        self.pending: list[pa.Table] = []
+        self.rows = 0
+        self.written = 0
+
+    def add(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self.pending.append(table)
+            self.rows += table.num_rows
+        if self.rows >= ROW_GROUP_ROWS:
+            self.flush(final=False)
+
+    def flush(self, final: bool) -> None:
+        if not self.pending:
+            return
+        merged = pa.concat_tables(self.pending)
+        whole = merged.num_rows if final else merged.num_rows - merged.num_rows % ROW_GROUP_ROWS
+        if whole:
+            self.writer.write_table(merged.slice(0, whole), row_group_size=ROW_GROUP_ROWS)
+            self.written += whole
+        rest = merged.slice(whole)
+        self.pending, self.rows = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def close(self) -> int:
+        self.flush(final=True)
+        self.writer.close()
+        return self.written
+
+
+def chat_messages(prompt: pa.ChunkedArray, text: pa.ChunkedArray, rows: np.ndarray) -> pa.Array:
+    """[user: prompt[r], assistant: text[r]] for each r in rows, in the SFT schema's message type."""
+    n, size = len(rows), len(prompt)
+    # one take does both the interleave and the ordering
+    interleaved = np.stack([rows, rows + size], axis=1).ravel()
+    content = pa.chunked_array(prompt.chunks + text.chunks).take(pa.array(interleaved))
+    content = content.combine_chunks() if isinstance(content, pa.ChunkedArray) else content
+    role = pa.array(["user", "assistant"]).take(pa.array(np.tile([0, 1], n)))
+    turns = pa.StructArray.from_arrays([role, content], fields=list(records.MESSAGE))
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32)), turns)
+
+
+def _shard_questions(table: pa.Table) -> pa.Table:
+    """One row per question_id: its smallest question digest (ids repeat per candidate) and domain."""
+    qids = pc.dictionary_encode(table["question_id"]).combine_chunks()
+    texts = pc.dictionary_encode(pc.fill_null(table["question"], "")).combine_chunks()
+    # normalise each distinct question text once, not once per candidate
+    distinct = selection.as_keys(selection.normalised_digests(texts.dictionary, fold_case=True))
+    row_digest = distinct[texts.indices.to_numpy(zero_copy_only=False)]
+    qidx = qids.indices.to_numpy(zero_copy_only=False)
+    by_id = np.lexsort((row_digest, qidx))
+    first = by_id[selection.run_starts(qidx[by_id])]
+    return pa.table(
+        [
+            qids.dictionary.take(pa.array(qidx[first])),
+            selection.keys_array(row_digest[first]),
+            pc.fill_null(table["domain"].take(pa.array(first)), "unknown"),
+        ],
+        schema=QUESTION_FIELDS,
+    )
+
+
+def _scan_shard(table, index, cfg, limit, counts, spill, next_row) -> pa.Table:
+    """Thresholds and local selection for one shard; spills the picks, returns their metadata."""
+    stages = cfg.verify.stages
+    votes = selection.stage_votes(table)
+    masks = selection.stage_funnel(table, cfg.merge, stages, votes)
+    valid = masks[list(masks)[-1]]
+    domain = pc.fill_null(table["domain"], "unknown")
+    counts.add_rows(
+        domain,
+        {"candidates": np.ones(table.num_rows, bool), "filtered": ~masks["unfiltered"], "valid": valid}
+        | {f"passed_{stage}": masks[stage] for stage in selection.enabled_stages(cfg.merge, stages)},
+    )
+
+    passing = np.flatnonzero(valid)
+    firsts = selection.first_per_question(
+        table["question_id"].take(passing), table["candidate_index"].take(passing), limit
+    )
+    picks = passing[firsts]
+    qids = table["question_id"].take(picks)
+    order_hash = np.array([id_hash(q) for q in qids.to_pylist()], np.uint64)
+    buckets = spill.bucket_of(order_hash)
+    by_bucket = np.argsort(buckets, kind="stable")  # one take of the texts, then a slice per bucket
+    picks, buckets, order_hash = picks[by_bucket], buckets[by_bucket], order_hash[by_bucket]
+    text = table["text"].take(picks)
+    spill.add(np.arange(next_row, next_row + len(picks), dtype=np.int64), table["prompt"].take(picks), text, buckets)
+    yes, total = selection.votes_summed(votes, table.num_rows)
+    return pa.table(
+        [
+            qids.take(pa.array(by_bucket)),
+            table["candidate_index"].take(picks),
+            domain.take(picks),
+            pa.array(np.full(len(picks), index, np.int32)),
+            pa.array(yes[picks]),
+            pa.array(total[picks]),
+            selection.normalised_digests(text),
+            pa.array(order_hash, pa.uint64()),
+        ],
+        schema=CANDIDATE_FIELDS,
+    )
+
+
+def merge_shards(paths: Sequence[str | Path], cfg: RunConfig, out_dir: str | Path) -> dict:
+    """Merge verify shards (shard i = paths[i]) into out_dir/sft/{train,validation}.parquet and stats.json.
+
+    Returns the stats. The SFT rows are written as they are produced, never held all at once.
+    """
+    out_dir = Path(out_dir)
+    paths = [Path(p) for p in paths]
+    limit = selection.selection_limit(cfg.merge)
+    counts = funnel.Counts()
+    skipped: list[dict] = []
+
+    def unreadable(path: Path, reason: str) -> None:
+        if not cfg.merge.allow_missing:
+            raise shard_error(path, reason)
+        log.warning(f"skipping verify shard {path}: {reason} (merge.allow_missing=true)")
+        skipped.append({"shard": path.name, "reason": reason})
+
+    readable = []
+    for index, path in enumerate(paths):  # footers first: fail before the long pass
+        try:
+            check_shard(path)
+            readable.append(index)
+        except UnreadableShard as err:
+            unreadable(path, str(err))
+    input_bytes = sum(paths[i].stat().st_size for i in readable)
+    buckets = min(MAX_BUCKETS, max(1, -(-input_bytes // BUCKET_TARGET_BYTES)))
+    spill = Spill(out_dir / ".spill", buckets)
+    question_parts, candidate_parts, next_row = [], [], 0
+    # decoding parquet releases the GIL: the next shard is read while this one is processed
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-read")
+    try:
+        pending = [reader.submit(read_shard, paths[index]) for index in readable[:1]]
+        for position, index in enumerate(readable):
+            if position + 1 < len(readable):
+                pending.append(reader.submit(read_shard, paths[readable[position + 1]]))
+            try:
+                table = pending.pop(0).result()
+            except UnreadableShard as err:
+                unreadable(paths[index], str(err))
+                continue
+            candidates = _scan_shard(table, index, cfg, limit, counts, spill, next_row)
+            question_parts.append(_shard_questions(table))
+            candidate_parts.append(candidates)
+            next_row += candidates.num_rows
+            log.debug(f"merge scanned shard={index} rows={table.num_rows} picked={candidates.num_rows}")
+        bucket_ids = spill.close()
+        questions = pa.concat_tables([QUESTION_FIELDS.empty_table(), *question_parts])
+        candidates = pa.concat_tables([CANDIDATE_FIELDS.empty_table(), *candidate_parts]).combine_chunks()
+        result = selection.resolve(questions, candidates, limit)
+        written = _write_sft(out_dir / "sft", cfg, spill, bucket_ids, candidates, result, counts, questions)
+    finally:
+        reader.shutdown(cancel_futures=True)
+        shutil.rmtree(spill.folder, ignore_errors=True)
+    stats = funnel.summary(counts, cfg, skipped, written)
+    atomic_write_json(out_dir / "stats.json", stats)
+    return stats
+
+
+def _write_sft(sft_dir, cfg, spill, bucket_ids, candidates, result, counts, questions) -> dict[str, int]:
+    """Kept rows, bucket by bucket, in output order, into train (and validation) parquet."""
+    sft_dir.mkdir(parents=True, exist_ok=True)
+    qids = result.question_ids
+    counts.add_questions(questions, qids, result.duplicate_questions)
+    domain = candidates["domain"]
+    counts.add_rows(domain, {"selected": result.selected, "duplicate_solutions": result.selected & ~result.kept})
+    held_out = np.zeros(len(qids), bool)
+    fraction = cfg.merge.validation_fraction
+    if fraction > 0:
+        leaders = np.unique(result.question_group)
+        threshold = fraction * 2.0**64
+        chosen = [id_hash(q, key=b"validation") < threshold for q in qids.take(pa.array(leaders)).to_pylist()]
+        held_out[leaders[np.array(chosen, bool)]] = True
+    validation_row = held_out[result.question_group[result.candidate_rank]] if len(candidates) else np.zeros(0, bool)
+    counts.add_rows(
+        domain,
+        {"kept": result.kept, "train": result.kept & ~validation_row, "validation": result.kept & validation_row},
+    )
+
+    train = RowGroupWriter(sft_dir / "train.parquet", records.SFT)
+    validation = RowGroupWriter(sft_dir / "validation.parquet", records.SFT) if fraction > 0 else None
+    cidx = candidates["candidate_index"].to_numpy().astype(np.int64)
+    shard = candidates["shard"].to_numpy().astype(np.int64)
+    order_hash = candidates["order_hash"].to_numpy()
+    for bucket in bucket_ids:
+        part = spill.read(bucket)
+        rows = part["row"].to_numpy()
+        keep = result.kept[rows]
+        rows = rows[keep]
+        order = np.lexsort((shard[rows], cidx[rows], result.candidate_rank[rows], order_hash[rows]))
+        take = np.flatnonzero(keep)[order]
+        rows = rows[order]
+        meta = candidates.take(pa.array(rows))
+        sft = pa.table(
+            [
+                chat_messages(part["prompt"], part["text"], take),
+                meta["question_id"],
+                meta["candidate_index"],
+                meta["domain"],
+                meta["votes_yes"],
+                meta["votes_total"],
+            ],
+            schema=records.SFT,
+        )
+        in_validation = pa.array(validation_row[rows])
+        train.add(sft.filter(pc.invert(in_validation)))
+        if validation is not None:
+            validation.add(sft.filter(in_validation))
+        del part, sft
+    written = {"train": train.close()}
+    if validation is not None:
+        written["validation"] = validation.close()
+    return written
+
+
+def run_task(run_dir: str, task_index: int) -> None:
+    """The merge stage body: one task (index 0) over all verify shards of the run."""
+    run = RunDir(run_dir)
+    if run.is_done("merge", task_index):
+        return
+    cfg = run.load_config()
+    paths = [run.shard_path("verify", i) for i in range(cfg.seeds.shards)]
+    with atomic_path(run.stage_dir("merge")) as tmp:
+        stats = merge_shards(paths, cfg, tmp)
+        funnel.chart(stats, tmp / "funnel.png")
+    funnel.print_table(stats)
+    run.mark_done("merge", task_index, kept=stats["overall"]["kept"], skipped_shards=len(stats["skipped_shards"]))
