@@ -1,0 +1,381 @@
+"""Stage 4 — train: supervised fine-tuning on the merged SFT set with FSDP2, preemption-safe.
+
+Run as:  torchrun --nproc_per_node=2 -m svd_hpc.train RUN_DIR
+(the launcher runs `python -m svd_hpc.task train --run-dir RUN_DIR` under torchrun or srun).
+
+Every process calls run_task. Inputs: <run>/merge/sft/train.parquet and the model (train.model,
+else model.path). Outputs under <run>/train/: checkpoints/step-NNNNNN/ every
+train.checkpoint_every steps, final/ (a save_pretrained folder), metrics.jsonl (one line per
+step), summary.json, then the done marker.
+
+On SIGUSR2 (SLURM's time-limit or preemption warning) or SIGTERM, every rank finishes its step,
+all agree, save a checkpoint, and rank 0 requeues the SLURM job (up to the cluster profile's
+requeue_cap); all exit with PREEMPTED_EXIT_CODE. A restart resumes from the newest complete
+checkpoint with the same data order, optimiser, scheduler and RNG state, so an interrupted run
+ends with the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
+
+from . import fsdp_utils, models, sft_data
+from .rundir import RunDir, atomic_write_json, atomic_write_text
+
+log = logging.getLogger("svd_hpc")
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped with a checkpoint; running again resumes
+# Preemption drills: rank 0 raises SIGUSR2 on itself after finishing this many steps.
+SIGNAL_AT_STEP_ENV = "SVD_HPC_TRAIN_SIGNAL_AT_STEP"
+LOSS_CHUNK = 4096  # tokens per fp32 cross-entropy chunk (see token_loss_sum)
+KEEP_CHECKPOINTS = 2  # older complete checkpoints are deleted (an 8B one with Adam state is ~100 GB)
+
+
+def run_task(run_dir: str, task_index: int) -> None:
+    """Train the run's model on its SFT set (called in every training process)."""
+    run = RunDir(run_dir)
+    if run.is_done("train", 0):
+        log.info("train already done")
+        return
+    cfg = run.load_config()
+    dataset = run.stage_dir("merge") / "sft" / "train.parquet"
+    check_dataset(dataset)
+    owns_group = not dist.is_initialized()
+    d = fsdp_utils.init_distributed()
+    try:
+        with StopFlag() as stop:
+            train(run, cfg, d, dataset, stop)
+    finally:
+        if owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def check_dataset(dataset: Path) -> None:
+    """Fail on every rank before any process group or GPU is touched."""
+    import pyarrow.parquet as pq
+
+    if not dataset.is_file():
+        raise ValueError(f"SFT dataset {dataset} does not exist; run the merge stage first.")
+    if pq.ParquetFile(dataset).metadata.num_rows == 0:
+        raise ValueError(f"SFT dataset {dataset} has no rows: the merge kept no sample, so there is nothing to train on.")
+
+
+class StopFlag:
+    """Set by SIGUSR2/SIGTERM; the loop checks it at step boundaries (handlers only set a flag)."""
+
+    SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous = {}
+
+    def _handle(self, signum, _frame):
+        self.signum = signum
+
+    def __enter__(self):
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def rank0_first(d: fsdp_utils.Dist, fn, then=None):
+    """Run `fn` on rank 0 while the others wait, then `then` (default `fn`) on the others.
+
+    A ValueError on rank 0 is re-raised on every rank, so no rank waits on a barrier for ever.
+    """
+    error, result = None, None
+    if d.rank == 0:
+        try:
+            result = fn()
+        except ValueError as err:
+            error = str(err)
+    shared = [error]
+    dist.broadcast_object_list(shared, src=0)
+    if shared[0] is not None:
+        raise ValueError(shared[0])
+    return result if d.rank == 0 else (then or fn)()
+
+
+def local_model_dir(ref: str, revision: str | None) -> str:
+    """A folder with the model's files: local paths as they are, hub ids via the HF cache."""
+    if Path(ref).is_dir():
+        return ref
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(ref, revision=revision)
+    except Exception as err:  # the hub client raises many types; all mean "cannot get it"
+        raise ValueError(f"cannot fetch model '{ref}' ({type(err).__name__}: {err}); use a local folder.") from None
+
+
+def lr_factor(step: int, steps: int, warmup: int, min_ratio: float) -> float:
+    """Linear warmup over `warmup` steps, then cosine decay from 1 to min_ratio."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model, t) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    # No weight decay on norms and biases (1-D tensors), as the HF Trainer and most SFT recipes do.
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": t.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas))
+    warmup = round(t.warmup_ratio * t.steps)
+    schedule = partial(lr_factor, steps=t.steps, warmup=warmup, min_ratio=t.min_lr_ratio)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def loss_sum(model, batch: sft_data.MicroBatch, device) -> torch.Tensor:
+    """Summed cross-entropy over the batch's loss tokens (labels are already shifted)."""
+    inputs = batch.torch(device)
+    # use_cache=False matters: with a cache, transformers drops the packed-sequence mask
+    logits = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], use_cache=False).logits
+    return token_loss_sum(logits.flatten(0, 1), inputs["labels"].flatten())
+
+
+def _chunk_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), labels, ignore_index=sft_data.IGNORE, reduction="sum")
+
+
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, chunk: int = LOSS_CHUNK) -> torch.Tensor:
+    """Cross-entropy summed in fp32; bf16 logits go in recomputed chunks.
+
+    A 32k-token sequence over a 152k vocabulary has 10 GB of bf16 logits; an fp32 copy kept for
+    backward would add 20 GB. Chunks under activation checkpointing keep one fp32 chunk alive.
+    """
+    if logits.dtype == torch.float32:
+        return _chunk_loss(logits, labels)
+    from torch.utils.checkpoint import checkpoint
+
+    parts = [
+        checkpoint(_chunk_loss, logits[i : i + chunk], labels[i : i + chunk], use_reentrant=False)
+        for i in range(0, logits.shape[0], chunk)
+    ]
+    return torch.stack(parts).sum()
+
+
+def train_step(model, optimizer, batches, global_loss_tokens: int, world_size: int, device, grad_clip: float):
+    """One optimiser step over this rank's micro-batches; returns (local loss sum, grad norm).
+
+    Each micro-batch's summed loss is divided by the step's loss tokens over all ranks and
+    multiplied by the world size (FSDP averages gradients over ranks), so the gradient is that of
+    the mean token loss of the whole global batch, however it is split.
+    """
+    total = torch.zeros((), device=device)
+    for batch in batches:
+        loss = loss_sum(model, batch, device)
+        (loss * (world_size / global_loss_tokens)).backward()
+        total += loss.detach()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total, norm
+
+
+def reference_loss(model, stream, t, d) -> float:
+    """Mean token loss of the current weights on the first step's global batch (for checks)."""
+    model.eval()
+    with torch.no_grad():
+        batches = stream.step_batches(0, t.global_batch, d.world_size, d.rank, t.micro_batch)
+        sums = torch.tensor([0.0, sum(b.loss_tokens for b in batches)], device=d.device, dtype=torch.float64)
+        for batch in batches:
+            sums[0] += loss_sum(model, batch, d.device).double()
+    dist.all_reduce(sums)
+    model.train()
+    return float(sums[0] / sums[1])
+
+
+def train(run: RunDir, cfg, d: fsdp_utils.Dist, dataset: Path, stop: StopFlag) -> None:
+    t = cfg.train
+    out = run.stage_dir("train")
+    ckpt_root = out / "checkpoints"
+    ref = models.resolve(t.model or cfg.model.path)
+    model_dir = rank0_first(d, partial(local_model_dir, ref, cfg.model.revision))
+    tokenizer = sft_data.load_tokenizer(model_dir)
+    template_kwargs = {"enable_thinking": cfg.model.thinking != "off"}
+    cache = out / "data"
+    data = rank0_first(
+        d,
+        partial(sft_data.prepare, dataset, cache, tokenizer, ref, t.max_seq_len, t.overlong, **template_kwargs),
+        then=partial(sft_data.load_cache, cache),
+    )
+    stats = data.stats
+    if d.rank == 0:
+        log.info(
+            f"SFT set: {stats['samples']} of {stats['samples_in']} samples, {stats['tokens']} tokens "
+            f"({stats['loss_tokens']} with loss); overlong ({t.overlong}): {stats['overlong_truncated']} truncated, "
+            f"{stats['overlong_dropped']} dropped; {stats['no_loss_dropped']} without assistant tokens dropped"
+        )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stream = sft_data.PackedStream(data, t.max_seq_len, t.seed, pad_id or 0)
+    if d.rank == 0 and len(stream.epoch(0)) < t.global_batch:
+        log.warning(f"one epoch packs into {len(stream.epoch(0))} sequences, fewer than train.global_batch={t.global_batch}")
+
+    from transformers import AutoConfig
+
+    export_dtype = AutoConfig.from_pretrained(model_dir).dtype or torch.float32
+    export_dtype = getattr(torch, export_dtype) if isinstance(export_dtype, str) else export_dtype
+    torch.manual_seed(t.seed)
+    model = fsdp_utils.build_meta_model(model_dir, fsdp_utils.attention_implementation(d.device))
+    fsdp_utils.apply_fsdp(model, d.mesh, bf16=d.device.type == "cuda", activation_checkpointing=t.activation_checkpointing)
+    fsdp_utils.materialize(model, model_dir, d.device)
+    model.train()
+    optimizer, scheduler = build_optimizer(model, t)
+
+    order = {"data": sft_data.cache_key(cache), "seed": t.seed, "global_batch": t.global_batch}
+    start = 0
+    latest = fsdp_utils.latest_checkpoint(ckpt_root)
+    if latest is not None:
+        extra = fsdp_utils.load_checkpoint(latest, model, optimizer, d.rank)
+        if extra["order"] != order:
+            raise ValueError(
+                f"{latest} was trained on a different SFT set, seed or global batch; restore them or delete {ckpt_root}."
+            )
+        scheduler.load_state_dict(extra["scheduler"])
+        start = extra["step"]
+        log.info(f"resumed from {latest} at step {start}")
+
+    metrics = MetricsLog(out, d.rank, start, t.steps)
+    signal_at = int(os.environ.get(SIGNAL_AT_STEP_ENV, "0"))
+    for step in range(start, t.steps):
+        began = time.perf_counter()
+        batches = stream.step_batches(step, t.global_batch, d.world_size, d.rank, t.micro_batch)
+        counts = torch.tensor(
+            [sum(b.loss_tokens for b in batches), sum(b.tokens for b in batches)], device=d.device, dtype=torch.float64
+        )
+        dist.all_reduce(counts)
+        lr = scheduler.get_last_lr()[0]
+        loss, norm = train_step(model, optimizer, batches, int(counts[0]), d.world_size, d.device, t.grad_clip)
+        scheduler.step()
+        if d.rank == 0 and step + 1 == signal_at:
+            signal.raise_signal(signal.SIGUSR2)
+        # one collective for the loss and the stop vote: a signal on any rank stops all of them
+        tail = torch.tensor([float(loss), 1.0 if stop.signum else 0.0], device=d.device, dtype=torch.float64)
+        dist.all_reduce(tail)
+        seconds = time.perf_counter() - began
+        metrics.write(
+            step=step + 1,
+            loss=float(tail[0] / counts[0]),
+            lr=lr,
+            grad_norm=float(norm),
+            tokens=int(counts[1]),
+            tokens_per_s=float(counts[1]) / seconds,
+            padding_efficiency=float(counts[1]) / (t.global_batch * t.max_seq_len),
+            seconds=seconds,
+        )
+        stopping = bool(tail[1] > 0)
+        if stopping or (step + 1) % t.checkpoint_every == 0:
+            extra = {"step": step + 1, "scheduler": scheduler.state_dict(), "order": order}
+            fsdp_utils.save_checkpoint(fsdp_utils.checkpoint_dir(ckpt_root, step + 1), model, optimizer, extra, d.rank, KEEP_CHECKPOINTS)
+        if stopping:
+            metrics.close()
+            stop_for_requeue(step + 1, d, cfg.profile.requeue_cap)
+    metrics.close()
+
+    final_loss = reference_loss(model, stream, t, d)
+    fsdp_utils.export_pretrained(model, out / "final", model_dir, tokenizer, export_dtype, d.rank)
+    if d.rank == 0:
+        summary = {"steps": t.steps, "world_size": d.world_size, "reference_loss": final_loss, "data": stats, "model": ref}
+        atomic_write_json(out / "summary.json", summary)
+        run.mark_done("train", 0, steps=t.steps, reference_loss=final_loss)
+        log.info(f"train done: {out / 'final'} (loss on the first batch {final_loss:.4f})")
+    dist.barrier()
+
+
+def stop_for_requeue(step: int, d: fsdp_utils.Dist, requeue_cap: int) -> None:
+    """After the stop checkpoint: rank 0 requeues the SLURM job (below the cap); every rank exits."""
+    if d.rank == 0:
+        job = os.environ.get("SLURM_JOB_ID")
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        if job is None:
+            log.warning(f"stopped by a signal after step {step} with a checkpoint; run the train stage again to resume")
+        elif restarts < requeue_cap:
+            log.warning(f"stopped after step {step}; requeueing job {job} (restart {restarts + 1} of at most {requeue_cap})")
+            subprocess.run(["scontrol", "requeue", job], check=False)
+        else:
+            log.error(f"stopped after step {step}; not requeueing job {job}: requeue cap {requeue_cap} reached")
+    dist.barrier()
+    dist.destroy_process_group()
+    raise SystemExit(PREEMPTED_EXIT_CODE)
+
+
+class MetricsLog:
+    """metrics.jsonl (rank 0), cut back to `start` on resume; a progress line; TensorBoard if installed."""
+
+    def __init__(self, out: Path, rank: int, start: int, total: int):
+        self.rank, self.start, self.total = rank, start, total
+        self.path = out / "metrics.jsonl"
+        self.handle = self.board = self.bar = None
+        self.began = time.perf_counter()
+        if rank != 0:
+            return
+        if self.path.is_file():  # steps after the resumed checkpoint are re-done: drop their lines
+            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= start]
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        self.handle = open(self.path, "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.board = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:
+            pass
+        if sys.stderr.isatty():  # a live bar for people at a terminal; log files get the lines only
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            columns = (TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn())
+            self.bar = Progress(*columns, TextColumn("{task.fields[status]}"))
+            self.task = self.bar.add_task("train", total=total, completed=start, status="")
+            self.bar.start()
+
+    def write(self, **record) -> None:
+        if self.rank != 0:
+            return
+        self.handle.write(json.dumps(record) + "\n")
+        self.handle.flush()
+        step = record["step"]
+        eta = (time.perf_counter() - self.began) / (step - self.start) * (self.total - step)
+        status = f"loss {record['loss']:.4f} lr {record['lr']:.2e} grad_norm {record['grad_norm']:.3f} {record['tokens_per_s']:.0f} tok/s"
+        log.info(f"step {step}/{self.total}: {status} padding_efficiency {record['padding_efficiency']:.3f} eta {eta:.0f}s")
+        if self.bar:
+            self.bar.update(self.task, completed=step, status=status)
+        if self.board:
+            for key in ("loss", "lr", "grad_norm", "tokens_per_s", "padding_efficiency"):
+                self.board.add_scalar(f"train/{key}", record[key], step)
+
+    def close(self) -> None:
+        for part in (self.handle, self.board):
+            if part:
+                part.close()
+        if self.bar:
+            self.bar.stop()
+
+
+if __name__ == "__main__":
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING, format=f"%(asctime)s [train rank{rank}] %(message)s")
+    if len(sys.argv) != 2:
+        sys.exit("usage: torchrun --nproc_per_node=N -m svd_hpc.train RUN_DIR")
+    run_task(sys.argv[1], 0)

@@ -1,0 +1,290 @@
+"""The train stage end to end: 2 processes under torchrun (gloo, CPU, tiny Qwen3), preemption and
+resume, the exported folder, the first step against a single-process reference, bad input; and
+2 nodes × 2 processes on the local SLURM cluster."""
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from svd_hpc import config, fsdp_utils, models, sft_data, train
+from svd_hpc.rundir import RunDir
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN = {
+    "steps": 12,
+    "global_batch": 4,
+    "micro_batch": 1,
+    "lr": 3e-3,
+    "warmup_ratio": 0.1,
+    "max_seq_len": 128,
+    "checkpoint_every": 5,
+    "procs_per_node": 2,
+}
+TORCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def sft_rows(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        a, b = rng.randint(1, 50), rng.randint(1, 50)
+        reply = "<think>\n" + " ".join(["add"] * rng.randint(1, 8)) + f"\n</think>\n\nThe answer is \\boxed{{{a + b}}}."
+        rows.append([{"role": "user", "content": f"What is {a} + {b}?"}, {"role": "assistant", "content": reply}])
+    return rows
+
+
+def make_run(root: Path, n: int = 40, **train_overrides) -> Path:
+    """A run directory with a resolved config and an SFT set of `n` arithmetic dialogues."""
+    from test_sft_data import write_sft
+
+    root.mkdir(parents=True)
+    (root / "cfg.yaml").write_text(yaml.safe_dump({"name": "t", "train": {**TRAIN, **train_overrides}}))
+    RunDir(root).write_config(config.load(root / "cfg.yaml"), {})
+    write_sft(root / "merge" / "sft" / "train.parquet", sft_rows(n))
+    return root
+
+
+def torchrun(run: Path, procs: int = 2, **env) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in TORCH_ENV}
+    clean.update(PYTHONPATH=str(REPO), **env)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
+    return subprocess.run(
+        [*cmd, "-m", "svd_hpc.train", str(run)], env=clean, capture_output=True, text=True, timeout=300
+    )
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "train" / "metrics.jsonl").read_text().splitlines()]
+
+
+def load_weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """One uninterrupted 12-step run on 2 processes."""
+    run = make_run(tmp_path_factory.mktemp("train") / "run")
+    result = torchrun(run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run
+
+
+def test_loss_goes_down_and_every_step_is_logged(finished):
+    rows = metrics(finished)
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    assert rows[-1]["loss"] < 0.75 * rows[0]["loss"]
+    for key in ("lr", "grad_norm", "tokens_per_s", "padding_efficiency"):
+        assert all(r[key] > 0 for r in rows), key
+    assert RunDir(finished).is_done("train", 0)
+
+
+def test_final_folder_reloads_with_the_loss_of_the_sharded_model(finished):
+    from transformers import AutoModelForCausalLM
+
+    final = finished / "train" / "final"
+    model = AutoModelForCausalLM.from_pretrained(final)
+    tokenizer = sft_data.load_tokenizer(str(final))
+    assert tokenizer.chat_template and model.config.use_cache
+    t = RunDir(finished).load_config().train
+    stream = sft_data.PackedStream(sft_data.load_cache(finished / "train" / "data"), t.max_seq_len, t.seed, 0)
+    batches = stream.step_batches(0, t.global_batch, 1, 0, t.global_batch)
+    with torch.no_grad():
+        loss = sum(train.loss_sum(model, b, "cpu") for b in batches) / sum(b.loss_tokens for b in batches)
+    summary = json.loads((finished / "train" / "summary.json").read_text())
+    assert abs(float(loss) - summary["reference_loss"]) < 1e-5
+    base = AutoModelForCausalLM.from_pretrained(models.resolve("builtin:tiny-qwen3"))
+    with torch.no_grad():
+        before = sum(train.loss_sum(base, b, "cpu") for b in batches) / sum(b.loss_tokens for b in batches)
+    assert float(before) > summary["reference_loss"] + 0.5  # the export holds the trained weights
+
+
+def test_first_step_matches_a_single_process_full_batch_reference(finished):
+    """Loss and gradient norm of step 1 (2 ranks × 2 micro-steps) equal one plain backward over the batch."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(models.resolve("builtin:tiny-qwen3"))
+    t = RunDir(finished).load_config().train
+    stream = sft_data.PackedStream(sft_data.load_cache(finished / "train" / "data"), t.max_seq_len, t.seed, 0)
+    batches = stream.step_batches(0, t.global_batch, 1, 0, t.global_batch)
+    loss = sum(train.loss_sum(model, b, "cpu") for b in batches) / sum(b.loss_tokens for b in batches)
+    loss.backward()
+    norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
+    first = metrics(finished)[0]
+    assert first["loss"] == pytest.approx(float(loss), rel=1e-5)
+    assert first["grad_norm"] == pytest.approx(float(norm), rel=1e-4)
+
+
+def test_preempted_run_resumes_to_the_same_weights(finished, tmp_path):
+    run = make_run(tmp_path / "run")
+    stopped = torchrun(run, **{train.SIGNAL_AT_STEP_ENV: "7"})
+    assert stopped.returncode != 0
+    assert f"exitcode  : {train.PREEMPTED_EXIT_CODE}" in stopped.stderr
+    assert "stopped by a signal after step 7" in stopped.stderr
+    ckpt = run / "train" / "checkpoints"
+    assert fsdp_utils.latest_checkpoint(ckpt) == ckpt / "step-000007"
+    assert not RunDir(run).is_done("train", 0) and not (run / "train" / "final").exists()
+    resumed = torchrun(run)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr and "step-000007 at step 7" in resumed.stderr
+    expected, got = load_weights(finished / "train" / "final"), load_weights(run / "train" / "final")
+    assert expected.keys() == got.keys()
+    assert max((expected[k] - got[k]).abs().max().item() for k in expected) <= 1e-6
+    assert [r["loss"] for r in metrics(run)] == pytest.approx([r["loss"] for r in metrics(finished)], abs=1e-6)
+
+
+def test_incomplete_checkpoints_do_not_count(tmp_path):
+    for step, complete in ((5, True), (10, True), (15, False)):
+        folder = fsdp_utils.checkpoint_dir(tmp_path, step)
+        folder.mkdir()
+        if complete:
+            (folder / ".metadata").write_bytes(b"")
+    assert fsdp_utils.latest_checkpoint(tmp_path) == tmp_path / "step-000010"
+    assert fsdp_utils.latest_checkpoint(tmp_path / "none") is None
+
+
+def test_schedule_warms_up_then_decays_to_min_lr():
+    factors = [train.lr_factor(s, steps=100, warmup=5, min_ratio=0.1) for s in range(100)]
+    assert factors[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
+    assert factors[-1] == pytest.approx(0.1, abs=1e-3) and factors[-1] >= 0.1
+
+
+def test_single_process_run_and_overlong_report(tmp_path, monkeypatch):
+    """Without WORLD_SIZE, run_task trains in-process as a world of one; truncations are reported."""
+    for key in TORCH_ENV:
+        monkeypatch.delenv(key, raising=False)
+    run = make_run(tmp_path / "run", n=12, steps=3, global_batch=2, max_seq_len=40, overlong="truncate")
+    train.run_task(str(run), 0)
+    summary = json.loads((run / "train" / "summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["data"]["overlong_truncated"] > 0
+    assert RunDir(run).is_done("train", 0) and len(metrics(run)) == 3
+    before = (run / "train" / "final" / "model.safetensors").stat().st_mtime_ns
+    train.run_task(str(run), 0)  # done: a no-op
+    assert (run / "train" / "final" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_bad_input_fails_before_training(tmp_path, monkeypatch):
+    for key in TORCH_ENV:
+        monkeypatch.delenv(key, raising=False)
+    from test_sft_data import write_sft
+
+    run = make_run(tmp_path / "empty")
+    write_sft(run / "merge" / "sft" / "train.parquet", [])
+    with pytest.raises(ValueError, match="has no rows"):
+        train.run_task(str(run), 0)
+    no_tokenizer = tmp_path / "weights"
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (no_tokenizer / name).write_bytes((Path(models.resolve("builtin:tiny-qwen3")) / name).read_bytes())
+    run = make_run(tmp_path / "run", model=str(no_tokenizer))
+    with pytest.raises(ValueError, match="has no tokenizer"):
+        train.run_task(str(run), 0)
+    assert not torch.distributed.is_initialized()
+
+
+# ----------------------------------------------------------------------------- SLURM
+
+SLURM_TASK = """
+import logging, os
+logging.basicConfig(level=logging.INFO if os.environ["SLURM_PROCID"] == "0" else logging.WARNING)
+os.environ.update(RANK=os.environ["SLURM_PROCID"], WORLD_SIZE=os.environ["SLURM_NTASKS"],
+                  LOCAL_RANK=os.environ["SLURM_LOCALID"])
+print(f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} on node {os.environ['SLURMD_NODENAME']}", flush=True)
+from svd_hpc.train import run_task
+run_task(os.environ["RUN"], 0)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_two_nodes_two_processes_with_requeue(slurm_cluster, finished, tmp_path):
+    """sbatch --nodes=2 --ntasks-per-node=2: trains across both nodes, is stopped at step 7, requeues
+    itself with scontrol and finishes in its second life with the weights of the 2-process run."""
+    run = make_run(tmp_path / "run")
+    (tmp_path / "task.py").write_text(SLURM_TASK)
+    script = tmp_path / "job.sh"
+    script.write_text(
+        "#!/bin/bash\n"
+        f"#SBATCH --nodes=2 --ntasks-per-node=2 --time=10 --requeue --open-mode=append\n"
+        f"#SBATCH --output={tmp_path}/job.out\n"
+        "export MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n1)\n"
+        f"export MASTER_PORT={free_port()} RUN={run} PYTHONPATH={REPO} OMP_NUM_THREADS=1\n"
+        f"export {train.SIGNAL_AT_STEP_ENV}=7\n"
+        "echo \"life $SLURM_RESTART_COUNT\"\n"
+        f"srun {sys.executable} {tmp_path / 'task.py'}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in TORCH_ENV and not k.startswith("SLURM_")}
+    env.update(slurm_cluster)
+    submitted = subprocess.run(["sbatch", "--parsable", str(script)], env=env, capture_output=True, text=True)
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip().split(";")[0]
+    deadline = time.time() + 300
+    while time.time() < deadline and not RunDir(run).is_done("train", 0):
+        time.sleep(2)
+    out = (tmp_path / "job.out").read_text() if (tmp_path / "job.out").exists() else ""
+    subprocess.run(["scancel", job], env=env, capture_output=True)
+    assert RunDir(run).is_done("train", 0), out[-4000:]
+    assert {f"on node n{i}" for i in (1, 2)} <= {line[line.index("on node") :] for line in out.splitlines() if "on node" in line}
+    assert "rank 3 of 4" in out and "requeueing job" in out and "resumed from" in out
+    marker = json.loads(RunDir(run).done_marker("train", 0).read_text())
+    assert marker["slurm_job"] == job
+    assert [r["step"] for r in metrics(run)] == list(range(1, 13))
+    expected, got = load_weights(finished / "train" / "final"), load_weights(run / "train" / "final")
+    # 4 ranks reduce gradients in another order than 2: equal up to float rounding
+    assert max((expected[k] - got[k]).abs().max().item() for k in expected) <= 1e-5
+
+
+def test_chunked_bf16_loss_equals_the_fp32_loss():
+    torch.manual_seed(0)
+    logits = torch.randn(300, 50, dtype=torch.bfloat16, requires_grad=True)
+    labels = torch.randint(0, 50, (300,))
+    labels[::7] = sft_data.IGNORE
+    chunked = train.token_loss_sum(logits, labels, chunk=64)
+    chunked.backward()
+    reference_logits = logits.detach().float().requires_grad_()
+    reference = torch.nn.functional.cross_entropy(reference_logits, labels, ignore_index=sft_data.IGNORE, reduction="sum")
+    reference.backward()
+    torch.testing.assert_close(chunked, reference)
+    torch.testing.assert_close(logits.grad.float(), reference_logits.grad, atol=1e-2, rtol=1e-2)
+
+
+def test_activation_checkpointing_keeps_the_gradients(monkeypatch):
+    for key in TORCH_ENV:
+        monkeypatch.delenv(key, raising=False)
+    model_dir = models.resolve("builtin:tiny-qwen3")
+    data = sft_data.tokenize_conversations(sft_data.load_tokenizer(model_dir), sft_rows(6), 128, "drop")
+    batch = sft_data.PackedStream(data, 128, seed=0, pad_id=0).micro_batch([0])
+    d = fsdp_utils.init_distributed()
+    try:
+        grads = []
+        for checkpointing in (False, True):
+            model = fsdp_utils.build_meta_model(model_dir, "sdpa")
+            fsdp_utils.apply_fsdp(model, d.mesh, bf16=False, activation_checkpointing=checkpointing)
+            fsdp_utils.materialize(model, model_dir, d.device)
+            model.train()
+            train.loss_sum(model, batch, d.device).backward()
+            grads.append({n: p.grad.full_tensor() for n, p in model.named_parameters()})
+        assert grads[0].keys() == grads[1].keys()
+        for name in grads[0]:
+            torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
+        assert model.model.gradient_checkpointing
+    finally:
+        torch.distributed.destroy_process_group()
