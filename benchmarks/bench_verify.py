@@ -24,16 +24,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench_generate import machine, write_questions  # noqa: E402
+from bench_generate import machine, write_questions
 
-from svd_hpc import prompts, verify  # noqa: E402
-from svd_hpc.config import ModelConfig, VerifyConfig  # noqa: E402
-from svd_hpc.engine import Engine, Sampling, request_seed  # noqa: E402
+from svd_hpc import prompts, verify
+from svd_hpc.config import ModelConfig, VerifyConfig
+from svd_hpc.engine import Engine, Sampling, request_seed
 
 
 def make_candidates(engine: Engine, questions: list[str], n: int, max_tokens: int) -> list[verify.CascadeItem]:
     convs = [[{"role": "user", "content": prompts.user_prompt(q, "math")}] for q in questions]
-    outs = engine.chat(convs, Sampling(n=n, temperature=0.8, top_p=0.95, max_tokens=max_tokens), seeds=list(range(len(convs))))
+    outs = engine.chat(
+        convs, Sampling(n=n, temperature=0.8, top_p=0.95, max_tokens=max_tokens), seeds=list(range(len(convs)))
+    )
     return [
         verify.CascadeItem(q, prompts.final_answer(c.text), key=f"{i}/{k}")
         for i, (q, cs) in enumerate(zip(questions, outs))
@@ -115,7 +117,9 @@ def main() -> None:
         f"unanimous; ours: prefix caching on, block_size 32; naive: caching off, V separate requests, no early exit"
     )
     print(f"ours : candidates reaching each stage {reached}, passed all {passed}")
-    print(f"ours : prompt tokens computed {ours_computed} (+{ours_cached} from cache), judge samples {ours_samples}, {ours_seconds:.1f}s")
+    print(
+        f"ours : prompt tokens computed {ours_computed} (+{ours_cached} from cache), judge samples {ours_samples}, {ours_seconds:.1f}s"
+    )
     print(f"naive: prompt tokens computed {naive_computed}, judge samples {naive_samples}, {naive_seconds:.1f}s")
     print(f"ratio computed prompt tokens ours/naive: {ours_computed / naive_computed:.3f} (target <= 0.333)")
     print(f"ratio judge samples ours/naive         : {ours_samples / naive_samples:.3f} (target <= 1)")

@@ -86,6 +86,7 @@ class ModelConfig:
     enable_prefix_caching: bool = True
     block_size: Optional[int] = None  # KV block size; 32 shares more judge prefix on CPU
     cpu_kvcache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE on CPU machines
+    max_num_seqs: Optional[int] = None  # sequences decoded at once; None keeps vLLM's default
 
 
 @dataclass

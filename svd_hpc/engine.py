@@ -15,8 +15,8 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from .config import ModelConfig
 from .models import resolve
@@ -109,6 +109,8 @@ class Engine:
         )
         if m.block_size:
             args["block_size"] = m.block_size
+        if m.max_num_seqs:
+            args["max_num_seqs"] = m.max_num_seqs
         if self.on_gpu:
             args.update(
                 dtype="bfloat16" if m.dtype == "auto" else m.dtype,
@@ -148,35 +150,60 @@ class Engine:
             skip_special_tokens=False,
         )
 
-    def generate_tokens(
+    def stream(
         self, prompts: Sequence[list[int]], sampling: Sampling | Sequence[Sampling], seeds: Sequence[int] | None = None
-    ) -> list[list[Completion]]:
-        """Sample from already rendered prompts; `sampling` is one for all or one per prompt."""
-        from vllm.inputs import TokensPrompt
+    ) -> Iterator[tuple[int, list[Completion]]]:
+        """Sample from rendered prompts, yielding (prompt index, its samples) as each finishes.
 
+        Everything is queued at once, so the engine batches as fully as a single generate call
+        while the caller can save finished work early. `sampling` is one for all or one per prompt.
+        """
         per_prompt = [sampling] * len(prompts) if isinstance(sampling, Sampling) else list(sampling)
         if len(per_prompt) != len(prompts) or (seeds is not None and len(seeds) != len(prompts)):
-            raise ValueError("Engine.generate_tokens needs one sampling and one seed per prompt.")
-        if not prompts:
-            return []
+            raise ValueError("Engine.stream needs one sampling and one seed per prompt.")
         # a prompt that leaves no room to generate would make vLLM fail the whole batch; it gets
         # empty "abort" samples instead (a judge then finds no verdict, which rejects)
         limit = self.model_cfg.max_model_len
         runnable = [i for i, p in enumerate(prompts) if len(p) < limit]
         if len(runnable) < len(prompts):
-            log.warning(f"{len(prompts) - len(runnable)} prompt(s) of {limit}+ tokens skipped (model.max_model_len={limit})")
+            log.warning(
+                f"{len(prompts) - len(runnable)} prompt(s) of {limit}+ tokens skipped (model.max_model_len={limit})"
+            )
+        for i, prompt in enumerate(prompts):
+            if len(prompt) >= limit:
+                yield i, [Completion("", 0, "abort", len(prompt)) for _ in range(per_prompt[i].n)]
+        if not runnable:
+            return
+        from vllm.inputs import TokensPrompt
+
         params = [self.sampling_params(per_prompt[i], None if seeds is None else seeds[i]) for i in runnable]
         inputs = [TokensPrompt(prompt_token_ids=list(prompts[i])) for i in runnable]
-        outputs = dict(zip(runnable, self.llm.generate(inputs, params, use_tqdm=False) if runnable else []))
-        results = []
-        for i, prompt in enumerate(prompts):
-            if i not in outputs:
-                results.append([Completion("", 0, "abort", len(prompt)) for _ in range(per_prompt[i].n)])
-                continue
-            samples = sorted(outputs[i].outputs, key=lambda c: c.index)
-            results.append(
-                [Completion(c.text, len(c.token_ids), c.finish_reason or "abort", len(prompt)) for c in samples]
-            )
+        ids = self.llm.enqueue(inputs, params, use_tqdm=False)
+        # enqueue returns vLLM's internal ids ("<id>-<8 random chars>"); outputs carry the <id> part
+        index_of = {rid.rsplit("-", 1)[0]: i for rid, i in zip(ids, runnable)}
+        engine = self.llm.llm_engine
+        try:
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.finished:
+                        i = index_of.pop(out.request_id)
+                        samples = sorted(out.outputs, key=lambda c: c.index)
+                        length = len(prompts[i])
+                        yield (
+                            i,
+                            [Completion(c.text, len(c.token_ids), c.finish_reason or "abort", length) for c in samples],
+                        )
+        finally:
+            if index_of:  # the caller stopped early (an error, a kill): leave the engine empty
+                engine.abort_request(list(index_of))
+
+    def generate_tokens(
+        self, prompts: Sequence[list[int]], sampling: Sampling | Sequence[Sampling], seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
+        """All samples of rendered prompts, in prompt order (see `stream`)."""
+        results: list[list[Completion]] = [[] for _ in prompts]
+        for i, completions in self.stream(prompts, sampling, seeds):
+            results[i] = completions
         return results
 
     def chat(

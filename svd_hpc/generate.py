@@ -2,10 +2,11 @@
 
 Run as: python -m svd_hpc.task generate --run-dir runs/demo   (task index from SLURM_ARRAY_TASK_ID)
 
-The shard is worked through in chunks of generate.chunk_size questions. Each chunk is written
-atomically to <run>/generate/chunks/NNNNN/chunk-MMMMM.parquet as soon as it is done, so a task
-killed or preempted half-way resumes at the first missing chunk. Every question samples with its
-own seed (from model.seed and its id), so the resumed shard equals an uninterrupted one.
+The shard's questions form chunks of generate.chunk_size. All are queued in one engine run, and
+each chunk is written atomically to <run>/generate/chunks/NNNNN/chunk-MMMMM.parquet as soon as
+its last question finishes, so a task killed or preempted half-way redoes only missing chunks.
+Every question samples with its own seed (from model.seed and its id), so the resumed shard
+equals an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pyarrow.parquet as pq
 
 from . import prompts
 from .config import RunConfig
-from .engine import Engine, Sampling, request_seed
+from .engine import Completion, Engine, Sampling, request_seed
 from .records import CANDIDATE, SEED, check_schema
 from .rundir import RunDir, atomic_path
 
@@ -47,16 +48,8 @@ def require_think(cfg: RunConfig, engine: Engine) -> bool:
     return engine.thinking if knob == "auto" else knob == "on"
 
 
-def generate_chunk(engine: Engine, cfg: RunConfig, seeds: pa.Table) -> pa.Table:
-    """Candidates (CANDIDATE schema) for the questions of one chunk, in one batched engine call."""
-    gen = cfg.generate
-    rows = seeds.to_pylist()
-    user_turns = [prompts.user_prompt(r["question"], r["domain"]) for r in rows]
-    sampling = Sampling(n=gen.n, temperature=gen.temperature, top_p=gen.top_p, max_tokens=gen.max_tokens, stop=gen.stop)
-    # the seed depends on the question only, not on its chunk: a changed chunk_size keeps results
-    seeds_per_request = [request_seed(cfg.model.seed, "generate", r["question_id"]) for r in rows]
-    outputs = engine.chat([[{"role": "user", "content": u}] for u in user_turns], sampling, seeds=seeds_per_request)
-    think = require_think(cfg, engine)
+def candidate_table(rows: list[dict], user_turns: list[str], outputs: list[list[Completion]], think: bool) -> pa.Table:
+    """CANDIDATE records of some questions: their N samples each, in sampling order, filtered."""
     out = {name: [] for name in CANDIDATE.names}
     for row, user, completions in zip(rows, user_turns, outputs):
         for k, c in enumerate(completions):
@@ -81,9 +74,50 @@ def generate_chunk(engine: Engine, cfg: RunConfig, seeds: pa.Table) -> pa.Table:
     return pa.Table.from_pydict(out, schema=CANDIDATE)
 
 
+def generate_chunks(engine: Engine, cfg: RunConfig, chunks: dict[int, pa.Table], folder: Path) -> int:
+    """Sample every question of `chunks` (chunk number -> seeds) in one engine run, writing each
+    chunk's file as soon as its last question finishes; returns the tokens generated.
+
+    One run for all chunks keeps the batch full: separate calls per chunk would each wait for
+    their longest sample while the rest of the batch sits idle.
+    """
+    gen = cfg.generate
+    sampling = Sampling(n=gen.n, temperature=gen.temperature, top_p=gen.top_p, max_tokens=gen.max_tokens, stop=gen.stop)
+    think = require_think(cfg, engine)
+    owner, rows, members = [], [], {}
+    for c, table in chunks.items():
+        for row in table.to_pylist():
+            members.setdefault(c, []).append(len(rows))
+            owner.append(c)
+            rows.append(row)
+    user_turns = [prompts.user_prompt(r["question"], r["domain"]) for r in rows]
+    rendered = [engine.render([{"role": "user", "content": u}]) for u in user_turns]
+    # the seed depends on the question only, not on its chunk: a changed chunk_size keeps results
+    seeds = [request_seed(cfg.model.seed, "generate", r["question_id"]) for r in rows]
+    finished: dict[int, list[Completion]] = {}
+    waiting = {c: len(m) for c, m in members.items()}
+    tokens = 0
+    for i, completions in engine.stream(rendered, sampling, seeds):
+        finished[i] = completions
+        tokens += sum(c.completion_tokens for c in completions)
+        c = owner[i]
+        waiting[c] -= 1
+        if waiting[c]:
+            continue
+        part = members[c]
+        outputs = [finished.pop(j) for j in part]
+        table = candidate_table([rows[j] for j in part], [user_turns[j] for j in part], outputs, think)
+        with atomic_path(folder / f"chunk-{c:05d}.parquet") as tmp:
+            pq.write_table(table, tmp)
+        log.info(f"generate: chunk={c} written, {sum(1 for w in waiting.values() if not w)}/{len(waiting)} chunks done")
+    return tokens
+
+
 def _chunk_is_valid(path: Path, expected_ids: list[str], n: int) -> bool:
     """A chunk file counts only if it holds exactly the expected questions (a changed
     chunk_size or seed file between attempts makes old chunks stale)."""
+    if not path.is_file():
+        return False
     try:
         ids = pq.read_table(path, columns=["question_id"]).column("question_id").to_pylist()
     except (pa.ArrowInvalid, OSError):
@@ -101,20 +135,17 @@ def run_shard(run: RunDir, index: int, engine: Engine | None = None) -> dict:
     size = cfg.generate.chunk_size
     chunks = [seeds.slice(start, size) for start in range(0, seeds.num_rows, size)]
     folder = chunk_dir(run, index)
-    resumed, started = 0, time.perf_counter()
+    started = time.perf_counter()
+    n = cfg.generate.n
+    todo = {
+        c: chunk
+        for c, chunk in enumerate(chunks)
+        if not _chunk_is_valid(folder / f"chunk-{c:05d}.parquet", chunk.column("question_id").to_pylist(), n)
+    }
     tokens = 0
-    for c, chunk in enumerate(chunks):
-        path = folder / f"chunk-{c:05d}.parquet"
-        if path.is_file() and _chunk_is_valid(path, chunk.column("question_id").to_pylist(), cfg.generate.n):
-            resumed += 1
-            continue
-        if engine is None:
-            engine = Engine(cfg.model)
-        table = generate_chunk(engine, cfg, chunk)
-        tokens += sum(table.column("completion_tokens").to_pylist())
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp)
-        log.info(f"generate: shard={index} chunk={c + 1}/{len(chunks)} questions={chunk.num_rows}")
+    if todo:
+        engine = engine or Engine(cfg.model)
+        tokens = generate_chunks(engine, cfg, todo, folder)
     parts = [pq.read_table(folder / f"chunk-{c:05d}.parquet") for c in range(len(chunks))]
     shard = pa.concat_tables(parts) if parts else CANDIDATE.empty_table()
     shard = shard.cast(CANDIDATE)
@@ -127,7 +158,7 @@ def run_shard(run: RunDir, index: int, engine: Engine | None = None) -> dict:
         candidates=shard.num_rows,
         passed_filter=passed,
         chunks=len(chunks),
-        chunks_resumed=resumed,
+        chunks_resumed=len(chunks) - len(todo),
         completion_tokens_generated=tokens,
         seconds=round(seconds, 2),
     )

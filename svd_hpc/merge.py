@@ -39,8 +39,16 @@ log = logging.getLogger("svd_hpc")
 
 VOTE_COLUMNS = [f"{stage}_votes" for stage in VERIFY_STAGES]
 READ_COLUMNS = ["question_id", "question", "domain", "candidate_index", "status", *VOTE_COLUMNS, "prompt", "text"]
+# repeated once per candidate: read as dictionaries, so each distinct value is decoded (and hashed) once
+DICTIONARY_COLUMNS = ["question_id", "question", "prompt"]
+READ_SCHEMA = pa.schema(
+    [
+        pa.field(name, pa.dictionary(pa.int32(), pa.string())) if name in DICTIONARY_COLUMNS else records.VERDICT.field(name)
+        for name in READ_COLUMNS
+    ]
+)
 ROW_GROUP_ROWS = 2048  # fixed, so row groups never depend on how the rows were bucketed
-BUCKET_TARGET_BYTES = 128 << 20  # spill per bucket, estimated from the input size
+BUCKET_TARGET_BYTES = 64 << 20  # input bytes per spill bucket (a bucket spills a fraction of its input)
 MAX_BUCKETS = 256  # open spill files at once
 
 CANDIDATE_FIELDS = pa.schema(
@@ -58,7 +66,7 @@ CANDIDATE_FIELDS = pa.schema(
 QUESTION_FIELDS = pa.schema(
     [("question_id", pa.string()), ("question_digest", pa.binary(selection.DIGEST_BYTES)), ("domain", pa.string())]
 )
-SPILL = pa.schema([("row", pa.int64()), ("prompt", pa.string()), ("text", pa.string())])
+SPILL = pa.schema([("row", pa.int64()), records.SFT.field("messages")])
 
 
 class UnreadableShard(Exception):
@@ -91,21 +99,22 @@ def check_shard(path: Path) -> int:
 
 
 def read_shard(path: Path) -> pa.Table:
+    """The columns merge needs, one chunk each; question_id, question and prompt as dictionaries."""
     try:
-        table = pq.read_table(path, columns=READ_COLUMNS, memory_map=True)
+        table = pq.read_table(path, columns=READ_COLUMNS, memory_map=True, read_dictionary=DICTIONARY_COLUMNS)
     except (OSError, pa.ArrowException) as err:
         raise UnreadableShard(f"is truncated or corrupt ({err})") from None
-    wanted = pa.schema([records.VERDICT.field(name) for name in READ_COLUMNS])
-    if table.schema != wanted:  # all-null columns come back as type null
-        table = table.cast(wanted)
+    if table.schema != READ_SCHEMA:  # all-null columns come back as type null
+        table = table.cast(READ_SCHEMA)
     for name in ("question_id", "candidate_index"):
         if table[name].null_count:
             raise ValueError(f"verify shard {path}: field '{name}' has null values; re-run the verify stage for it.")
-    return table
+    # row groups bring their own dictionaries: one shared dictionary per column, one chunk per column
+    return table.unify_dictionaries().combine_chunks()
 
 
 class Spill:
-    """Prompt and text of candidates that may be kept, in bucket files by hash of question_id."""
+    """SFT messages of candidates that may be kept, in bucket files by hash of question_id."""
 
     def __init__(self, folder: Path, buckets: int):
         self.folder = folder
@@ -121,9 +130,9 @@ class Spill:
     def path(self, bucket: int) -> Path:
         return self.folder / f"bucket-{bucket:04d}.arrow"
 
-    def add(self, rows: np.ndarray, prompt, text, buckets: np.ndarray) -> None:
-        """Spill rows already sorted by bucket."""
-        table = pa.table([pa.array(rows, pa.int64()), prompt, text], schema=SPILL)
+    def add(self, rows: np.ndarray, messages: pa.Array, buckets: np.ndarray) -> None:
+        """Spill SFT messages of rows already sorted by bucket."""
+        table = pa.table([pa.array(rows, pa.int64()), messages], schema=SPILL)
         starts = np.flatnonzero(selection.run_starts(buckets))
         for start, end in zip(starts, [*starts[1:], len(buckets)]):
             bucket = int(buckets[start])
@@ -177,13 +186,10 @@ class RowGroupWriter:
         return self.written
 
 
-def chat_messages(prompt: pa.ChunkedArray, text: pa.ChunkedArray, rows: np.ndarray) -> pa.Array:
-    """[user: prompt[r], assistant: text[r]] for each r in rows, in the SFT schema's message type."""
-    n, size = len(rows), len(prompt)
-    # one take does both the interleave and the ordering
-    interleaved = np.stack([rows, rows + size], axis=1).ravel()
-    content = pa.chunked_array(prompt.chunks + text.chunks).take(pa.array(interleaved))
-    content = content.combine_chunks() if isinstance(content, pa.ChunkedArray) else content
+def chat_messages(prompt: pa.Array, text: pa.Array) -> pa.Array:
+    """[user: prompt, assistant: text] per row, in the SFT schema's message type."""
+    n = len(prompt)
+    content = pa.concat_arrays([prompt, text]).take(pa.array(np.arange(2 * n).reshape(2, n).T.ravel()))
     role = pa.array(["user", "assistant"]).take(pa.array(np.tile([0, 1], n)))
     turns = pa.StructArray.from_arrays([role, content], fields=list(records.MESSAGE))
     return pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32)), turns)
@@ -191,12 +197,12 @@ def chat_messages(prompt: pa.ChunkedArray, text: pa.ChunkedArray, rows: np.ndarr
 
 def _shard_questions(table: pa.Table) -> pa.Table:
     """One row per question_id: its smallest question digest (ids repeat per candidate) and domain."""
-    qids = pc.dictionary_encode(table["question_id"]).combine_chunks()
-    texts = pc.dictionary_encode(pc.fill_null(table["question"], "")).combine_chunks()
-    # normalise each distinct question text once, not once per candidate
-    distinct = selection.as_keys(selection.normalised_digests(texts.dictionary, fold_case=True))
-    row_digest = distinct[texts.indices.to_numpy(zero_copy_only=False)]
-    qidx = qids.indices.to_numpy(zero_copy_only=False)
+    qids, texts = table["question_id"].chunk(0), table["question"].chunk(0)
+    # each distinct question text is normalised once; a null question counts as "" (the extra last entry)
+    distinct = pa.concat_arrays([texts.dictionary, pa.array([""])])
+    distinct = selection.as_keys(selection.normalised_digests(distinct, fold_case=True))
+    row_digest = distinct[pc.fill_null(texts.indices, len(texts.dictionary)).to_numpy()]
+    qidx = qids.indices.to_numpy()
     by_id = np.lexsort((row_digest, qidx))
     first = by_id[selection.run_starts(qidx[by_id])]
     return pa.table(
@@ -222,29 +228,29 @@ def _scan_shard(table, index, cfg, limit, counts, spill, next_row) -> pa.Table:
         | {f"passed_{stage}": masks[stage] for stage in selection.enabled_stages(cfg.merge, stages)},
     )
 
+    qids = table["question_id"].chunk(0)
+    codes = qids.indices.to_numpy()
+    cidx = table["candidate_index"].to_numpy()
     passing = np.flatnonzero(valid)
-    firsts = selection.first_per_question(
-        table["question_id"].take(passing), table["candidate_index"].take(passing), limit
-    )
-    picks = passing[firsts]
-    qids = table["question_id"].take(picks)
-    order_hash = np.array([id_hash(q) for q in qids.to_pylist()], np.uint64)
-    buckets = spill.bucket_of(order_hash)
+    picks = passing[selection.first_per_question(codes[passing], cidx[passing], limit)]
+    id_hashes = np.array([id_hash(q) for q in qids.dictionary.to_pylist()], np.uint64)
+    buckets = spill.bucket_of(id_hashes[codes[picks]])
     by_bucket = np.argsort(buckets, kind="stable")  # one take of the texts, then a slice per bucket
-    picks, buckets, order_hash = picks[by_bucket], buckets[by_bucket], order_hash[by_bucket]
-    text = table["text"].take(picks)
-    spill.add(np.arange(next_row, next_row + len(picks), dtype=np.int64), table["prompt"].take(picks), text, buckets)
+    picks, buckets = picks[by_bucket], buckets[by_bucket]
+    text = table["text"].chunk(0).take(pa.array(picks))
+    messages = chat_messages(table["prompt"].chunk(0).take(pa.array(picks)).cast(pa.string()), text)
+    spill.add(np.arange(next_row, next_row + len(picks), dtype=np.int64), messages, buckets)
     yes, total = selection.votes_summed(votes, table.num_rows)
     return pa.table(
         [
-            qids.take(pa.array(by_bucket)),
-            table["candidate_index"].take(picks),
+            qids.dictionary.take(pa.array(codes[picks])),
+            pa.array(cidx[picks], pa.int32()),
             domain.take(picks),
             pa.array(np.full(len(picks), index, np.int32)),
             pa.array(yes[picks]),
             pa.array(total[picks]),
             selection.normalised_digests(text),
-            pa.array(order_hash, pa.uint64()),
+            pa.array(id_hashes[codes[picks]], pa.uint64()),
         ],
         schema=CANDIDATE_FIELDS,
     )
@@ -339,25 +345,22 @@ def _write_sft(sft_dir, cfg, spill, bucket_ids, candidates, result, counts, ques
         keep = result.kept[rows]
         rows = rows[keep]
         order = np.lexsort((shard[rows], cidx[rows], result.candidate_rank[rows], order_hash[rows]))
-        take = np.flatnonzero(keep)[order]
-        rows = rows[order]
-        meta = candidates.take(pa.array(rows))
-        sft = pa.table(
-            [
-                chat_messages(part["prompt"], part["text"], take),
-                meta["question_id"],
-                meta["candidate_index"],
-                meta["domain"],
-                meta["votes_yes"],
-                meta["votes_total"],
-            ],
-            schema=records.SFT,
-        )
-        in_validation = pa.array(validation_row[rows])
-        train.add(sft.filter(pc.invert(in_validation)))
-        if validation is not None:
-            validation.add(sft.filter(in_validation))
-        del part, sft
+        take, rows = np.flatnonzero(keep)[order], rows[order]
+        for start in range(0, len(rows), ROW_GROUP_ROWS):  # copy out a row group's worth at a time
+            piece = slice(start, start + ROW_GROUP_ROWS)
+            meta = candidates.take(pa.array(rows[piece]))
+            sft = pa.table(
+                [part["messages"].take(pa.array(take[piece]))]
+                + [meta[name] for name in ("question_id", "candidate_index", "domain", "votes_yes", "votes_total")],
+                schema=records.SFT,
+            )
+            if validation is None:
+                train.add(sft)
+            else:
+                in_validation = pa.array(validation_row[rows[piece]])
+                train.add(sft.filter(pc.invert(in_validation)))
+                validation.add(sft.filter(in_validation))
+        del part
     written = {"train": train.close()}
     if validation is not None:
         written["validation"] = validation.close()

@@ -43,7 +43,9 @@ def detect_format(seeds: SeedsConfig) -> str:
     if path.exists():
         raise ValueError(f"seeds.path {seeds.path}: unknown file type; use .jsonl or .parquet, or set seeds.format.")
     if path.suffix or seeds.path.startswith((".", "/", "~")) or seeds.path.count("/") > 1:
-        raise ValueError(f"seeds.path {seeds.path} does not exist; check the path (relative paths start at the current directory).")
+        raise ValueError(
+            f"seeds.path {seeds.path} does not exist; check the path (relative paths start at the current directory)."
+        )
     return "hf"  # "owner/name": a dataset on the hub
 
 
@@ -100,10 +102,14 @@ def _read_hf(seeds: SeedsConfig) -> tuple[pa.Table, str]:
         try:
             data = datasets.load_dataset(str(path) if path.is_dir() else seeds.path, seeds.hf_config)
         except Exception as err:  # the hub client raises many kinds; all mean "cannot get it"
-            raise ValueError(f"seeds.path {seeds.path}: cannot load the dataset ({err}); check the id, path and access.") from None
+            raise ValueError(
+                f"seeds.path {seeds.path}: cannot load the dataset ({err}); check the id, path and access."
+            ) from None
     if isinstance(data, (datasets.DatasetDict, dict)):
         if seeds.split not in data:
-            raise ValueError(f"seeds.path {seeds.path} has no split '{seeds.split}' (seeds.split); splits: {', '.join(data)}.")
+            raise ValueError(
+                f"seeds.path {seeds.path} has no split '{seeds.split}' (seeds.split); splits: {', '.join(data)}."
+            )
         data = data[seeds.split]
     # through the arrow formatter, so a dataset saved after select/shuffle keeps its row order
     return data.with_format("arrow")[:], f"{seeds.path} [{seeds.split}]"
@@ -146,13 +152,17 @@ def load_with_report(seeds: SeedsConfig) -> tuple[pa.Table, dict]:
                 raise ValueError(f"{place}: field '{seeds.id_field}' (seeds.id_field) is missing or not a plain value.")
             qid = str(raw)
             if qid in seen_ids:
-                raise ValueError(f"{place}: id '{qid}' is used again for a different question (first at {seen_ids[qid]}).")
+                raise ValueError(
+                    f"{place}: id '{qid}' is used again for a different question (first at {seen_ids[qid]})."
+                )
             seen_ids[qid] = place
         domain = seeds.domain
         if seeds.domain_field:
             domain = row.get(seeds.domain_field)
             if domain not in DOMAINS:
-                raise ValueError(f"{place}: field '{seeds.domain_field}' is {domain!r}; use one of {', '.join(DOMAINS)}.")
+                raise ValueError(
+                    f"{place}: field '{seeds.domain_field}' is {domain!r}; use one of {', '.join(DOMAINS)}."
+                )
         out["question_id"].append(qid)
         out["question"].append(question)
         out["domain"].append(domain)
@@ -184,7 +194,11 @@ def prepare(cfg: RunConfig, run: RunDir) -> dict:
     stats_path = run.stage_dir("seeds") / "stats.json"
     previous = run.load_json(stats_path)
     shards = cfg.seeds.shards
-    if previous and previous.get("shards") == shards and all(run.shard_path("seeds", i).is_file() for i in range(shards)):
+    if (
+        previous
+        and previous.get("shards") == shards
+        and all(run.shard_path("seeds", i).is_file() for i in range(shards))
+    ):
         return previous
     table, stats = load_with_report(cfg.seeds)
     if table.num_rows < shards:
@@ -196,5 +210,7 @@ def prepare(cfg: RunConfig, run: RunDir) -> dict:
         sizes.append(stop - start)
     stats.update(shards=shards, shard_sizes=sizes, path=cfg.seeds.path)
     atomic_write_json(stats_path, stats)
-    log.info(f"seeds: {stats['seeds']} questions in {shards} shard(s), {stats['duplicates_dropped']} duplicates dropped")
+    log.info(
+        f"seeds: {stats['seeds']} questions in {shards} shard(s), {stats['duplicates_dropped']} duplicates dropped"
+    )
     return stats

@@ -59,21 +59,23 @@ def normalised_digests(array: pa.Array | pa.ChunkedArray, fold_case: bool = Fals
     width = np.int64 if array.type in (pa.large_string(), pa.large_binary()) else np.int32
     offsets = np.frombuffer(array.buffers()[1], width)[array.offset : array.offset + n + 1].astype(np.int64)
     data = array.buffers()[2]
-    chars = np.frombuffer(data, np.uint8)[offsets[0] : offsets[-1]] if data is not None else np.zeros(0, np.uint8)
-    chars = _SPACE_TO_BLANK[chars]
+    raw = bytes(memoryview(data)[offsets[0] : offsets[-1]]) if data is not None else b""
+    chars = np.frombuffer(raw.translate(_SPACE_TO_BLANK), np.uint8)
     blank = chars == 32
     # a blank right after a blank goes; across a boundary that only removes a leading blank, stripped anyway
+    dropped = np.flatnonzero(blank[1:] & blank[:-1]) + 1  # few: runs are rare next to single blanks
     keep = np.ones(len(chars), bool)
-    keep[1:] = ~(blank[1:] & blank[:-1])
+    keep[dropped] = False
     packed = chars[keep]
     if fold_case:
         packed = _LOWER[packed]
-    bounds = np.r_[0, np.cumsum(keep)][offsets - offsets[0]]
+    bounds = offsets - offsets[0]
+    bounds = bounds - np.searchsorted(dropped, bounds)  # minus the bytes dropped before each boundary
     starts, stops = bounds[:-1], bounds[1:]
-    last = max(len(packed) - 1, 0)
-    padded = np.r_[packed, 0]  # so that the checks below may look one past the end of an empty text
-    starts = starts + ((stops > starts) & (padded[np.minimum(starts, last)] == 32))
-    stops = stops - ((stops > starts) & (padded[np.maximum(stops - 1, 0)] == 32))
+    if len(packed):  # strip one blank at each end (the index clipping only matters for empty texts)
+        last = len(packed) - 1
+        starts = starts + ((stops > starts) & (packed[np.minimum(starts, last)] == 32))
+        stops = stops - ((stops > starts) & (packed[np.maximum(stops - 1, 0)] == 32))
     view, sha256 = memoryview(packed), hashlib.sha256
     out = [sha256(view[a:b]).digest()[:DIGEST_BYTES] for a, b in zip(starts.tolist(), stops.tolist())]
     is_ascii = pc.fill_null(pc.string_is_ascii(array), True).to_numpy(zero_copy_only=False)
@@ -84,8 +86,7 @@ def normalised_digests(array: pa.Array | pa.ChunkedArray, fold_case: bool = Fals
 
 
 # str.split() whitespace in the ASCII range (UTF-8 never uses these bytes inside a longer character)
-_SPACE_TO_BLANK = np.arange(256, dtype=np.uint8)
-_SPACE_TO_BLANK[[9, 10, 11, 12, 13, 28, 29, 30, 31]] = 32
+_SPACE_TO_BLANK = bytes.maketrans(b"\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f", b" " * 9)
 _LOWER = np.arange(256, dtype=np.uint8)
 _LOWER[ord("A") : ord("Z") + 1] += 32
 
@@ -185,13 +186,11 @@ def rank_in_group(order: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return position
 
 
-def first_per_question(question_ids: pa.Array | pa.ChunkedArray, candidate_index, limit: int | None) -> np.ndarray:
-    """Mask of the first `limit` rows per question in candidate_index order (rows are all passing)."""
+def first_per_question(question_codes: np.ndarray, candidate_index: np.ndarray, limit: int | None) -> np.ndarray:
+    """Mask of the first `limit` rows per question (integer codes) in candidate_index order."""
     if limit is None:
-        return np.ones(len(question_ids), bool)
-    codes = pc.dictionary_encode(question_ids).combine_chunks().indices.to_numpy(zero_copy_only=False)
-    cidx = np.asarray(candidate_index.to_numpy() if hasattr(candidate_index, "to_numpy") else candidate_index)
-    return rank_in_group(np.lexsort((cidx, codes)), codes) < limit
+        return np.ones(len(question_codes), bool)
+    return rank_in_group(np.lexsort((candidate_index, question_codes)), question_codes) < limit
 
 
 @dataclass

@@ -16,9 +16,9 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -176,7 +176,11 @@ def run_cascade(
         log.info(f"verify: {stage=} judged={before} passed={len(alive)} in {time.perf_counter() - started:.1f}s")
         done.append(stage)
         if checkpoint:
-            state = {"fingerprint": fingerprint, "stages_done": done, "results": [dataclasses.asdict(r) for r in cascade.results]}
+            state = {
+                "fingerprint": fingerprint,
+                "stages_done": done,
+                "results": [dataclasses.asdict(r) for r in cascade.results],
+            }
             atomic_write_json(checkpoint, state)
     return cascade.results
 

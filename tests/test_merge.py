@@ -6,6 +6,7 @@ import hashlib
 import json
 import random
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pyarrow as pa
@@ -63,12 +64,12 @@ def make_cfg(**merge_options) -> RunConfig:
     return cfg
 
 
-def write_shards(folder: Path, shards: list[list[dict]]) -> list[Path]:
+def write_shards(folder: Path, shards: list[list[dict]], row_group_size: int | None = None) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, rows in enumerate(shards):
         paths.append(folder / f"shard-{i:05d}.parquet")
-        pq.write_table(table(rows), paths[-1])
+        pq.write_table(table(rows), paths[-1], row_group_size=row_group_size)
     return paths
 
 
@@ -267,7 +268,7 @@ QUICK = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCh
 
 @QUICK
 @given(rows=candidate_rows, seed=st.integers(0, 2**16), shards=st.integers(1, 4))
-def test_output_is_independent_of_sharding_and_read_order(tmp_path_factory, rows, seed, shards):
+def test_output_is_independent_of_sharding_read_order_and_spill_buckets(tmp_path_factory, rows, seed, shards):
     tmp = tmp_path_factory.mktemp("order")
     rows = _rows_for_property(rows)
     cfg = make_cfg(selection="all-valid", max_per_question=2, aggregation="majority", validation_fraction=0.3)
@@ -276,8 +277,10 @@ def test_output_is_independent_of_sharding_and_read_order(tmp_path_factory, rows
         shuffled = random.Random(seed + attempt).sample(rows, len(rows))
         cuts = sorted(random.Random(seed - attempt).sample(range(1, len(rows) + 1), min(shards, len(rows)) - 1))
         parts = [shuffled[a:b] for a, b in zip([0, *cuts], [*cuts, len(rows)])]
-        paths = write_shards(tmp / f"verify{attempt}", parts)
-        merge.merge_shards(paths, cfg, tmp / f"out{attempt}")
+        # the second attempt also has several row groups per shard and spills into many buckets, not one
+        paths = write_shards(tmp / f"verify{attempt}", parts, row_group_size=3 if attempt else None)
+        with mock.patch.object(merge, "BUCKET_TARGET_BYTES", 1 if attempt else merge.BUCKET_TARGET_BYTES):
+            merge.merge_shards(paths, cfg, tmp / f"out{attempt}")
         outputs.append([(tmp / f"out{attempt}/sft/{f}.parquet").read_bytes() for f in ("train", "validation")])
     assert outputs[0] == outputs[1]
 
@@ -321,7 +324,7 @@ def test_batch_normalisation_equals_the_definition(values):
 
 
 def test_ascii_blanks_are_what_str_split_splits_on():
-    blanks = [c for c in range(128) if selection._SPACE_TO_BLANK[c] == 32]
+    blanks = [c for c in range(128) if bytes([c]).translate(selection._SPACE_TO_BLANK) == b" "]
     assert blanks == [c for c in range(128) if chr(c).isspace()]
 
 
@@ -414,6 +417,14 @@ def test_wrong_schema_names_shard_and_field(tmp_path, field, change):
     with pytest.raises(ValueError, match=rf"shard-00000\.parquet.*'{field}'"):
         merge.run_task(str(run.root), 0)
     _assert_nothing_written(run)
+
+
+def test_null_questions_and_domains_are_read_as_empty(tmp_path):
+    rows = [cand("a", 0), cand("b", 0, text="other"), cand("c", 0, text="third")]
+    rows[0]["question"] = rows[1]["question"] = rows[2]["domain"] = None
+    kept, stats, _ = merged(tmp_path, [rows])
+    assert sorted(kept) == [("a", 0), ("c", 0)]  # a and b: the same (empty) question
+    assert stats["overall"]["duplicate_questions"] == 1 and stats["per_domain"]["unknown"]["kept"] == 1
 
 
 def test_empty_input_writes_an_empty_dataset(tmp_path):

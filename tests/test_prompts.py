@@ -45,7 +45,24 @@ def test_parse_verdict_table(text, expected):
 
 
 TOKENS = st.sampled_from(
-    ["[[Y]]", "[[N]]", "[[ y ]]", " Y ", " N ", "yes", "No", " n ", "<think>", "</think>", "x", " ", "\n", "[[", "]]", "Yes."]
+    [
+        "[[Y]]",
+        "[[N]]",
+        "[[ y ]]",
+        " Y ",
+        " N ",
+        "yes",
+        "No",
+        " n ",
+        "<think>",
+        "</think>",
+        "x",
+        " ",
+        "\n",
+        "[[",
+        "]]",
+        "Yes.",
+    ]
 )
 
 
@@ -177,7 +194,13 @@ def test_judge_prompts_open_with_their_fixed_instruction():
     pairs = [("What is 1+1?", "2"), ("Кто написал «Войну и мир»?", "Толстой")]
     for build in (prompts.factuality_prompt, prompts.correctness_prompt, prompts.cycle_judge_prompt):
         first, second = (build(q, a) for q, a in pairs)
-        shared = len(next(p for p in (prompts.FACTUALITY_JUDGE, prompts.CORRECTNESS_JUDGE, prompts.CYCLE_JUDGE) if first.startswith(p)))
+        shared = len(
+            next(
+                p
+                for p in (prompts.FACTUALITY_JUDGE, prompts.CORRECTNESS_JUDGE, prompts.CYCLE_JUDGE)
+                if first.startswith(p)
+            )
+        )
         assert first[:shared] == second[:shared]
         assert "[[Y]]" in first[:shared] and "[[N]]" in first[:shared]  # the verdict format is stated
 

@@ -82,7 +82,11 @@ def test_limit_keeps_the_first_questions(tmp_path):
         (['"just a string"'], {}, r"line 1: expected a JSON object, got str"),
         (["", "  "], {}, r"holds no questions"),
         (['{"question": "a", "d": "poetry"}'], {"domain_field": "d"}, r"line 1: field 'd' is 'poetry'"),
-        (['{"question": "a", "id": 1}', '{"question": "b", "id": 1}'], {"id_field": "id"}, r"line 2: id '1' is used again"),
+        (
+            ['{"question": "a", "id": 1}', '{"question": "b", "id": 1}'],
+            {"id_field": "id"},
+            r"line 2: id '1' is used again",
+        ),
         (['{"question": "a"}'], {"id_field": "id"}, r"line 1: field 'id' \(seeds.id_field\) is missing"),
     ],
 )

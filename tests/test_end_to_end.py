@@ -1,0 +1,99 @@
+"""The whole method, CI-sized (configs/tiny.yaml), through the local scheduler and the local cluster.
+
+Checks that every stage produced what the next one needs and that the report's numbers are the
+records' numbers. The tiny model is random: only shapes and bookkeeping are asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+
+import datasets
+import pyarrow.parquet as pq
+import pytest
+from transformers import AutoModelForCausalLM
+
+from svd_hpc import records
+from svd_hpc.rundir import RunDir
+from tests.test_launcher import REPO, run_launch, wait_jobs
+
+CONFIG = REPO / "configs" / "tiny.yaml"
+
+
+def check_run(run: RunDir) -> None:
+    cfg = run.load_config()
+    shards = cfg.seeds.shards
+    seeds = sum(pq.read_table(run.shard_path("seeds", i)).num_rows for i in range(shards))
+    assert seeds == cfg.seeds.limit
+
+    candidates = [pq.read_table(run.shard_path("generate", i)) for i in range(shards)]
+    verdicts = [pq.read_table(run.shard_path("verify", i)) for i in range(shards)]
+    for table in candidates:
+        records.check_schema(table, records.CANDIDATE, "generate")
+    assert sum(t.num_rows for t in candidates) == seeds * cfg.generate.n
+    for gen, ver in zip(candidates, verdicts):
+        records.check_schema(ver, records.VERDICT, "verify")
+        assert ver.column("text").to_pylist() == gen.column("text").to_pylist()
+        for row in ver.to_pylist():
+            assert row["status"] in ("passed", "rejected", "filtered")
+            if row["status"] == "filtered":
+                assert all(row[f"{s}_votes"] is None for s in cfg.verify.stages)
+            if row["failed_stage"]:  # early exit: no votes past the failing stage
+                later = cfg.verify.stages[cfg.verify.stages.index(row["failed_stage"]) + 1 :]
+                assert all(row[f"{s}_votes"] is None for s in later)
+
+    stats = json.loads((run.stage_dir("merge") / "stats.json").read_text())
+    sft = datasets.load_dataset("parquet", data_files=str(run.stage_dir("merge") / "sft" / "train.parquet"))["train"]
+    unfiltered = sum(r["status"] != "filtered" for t in verdicts for r in t.select(["status"]).to_pylist())
+    assert 0 < len(sft) <= unfiltered
+    assert [m["role"] for m in sft[0]["messages"]] == ["user", "assistant"]
+    assert json.dumps(stats)  # the funnel is there for the report
+
+    final = run.stage_dir("train") / "final"
+    assert AutoModelForCausalLM.from_pretrained(final) is not None
+    metrics = [json.loads(line) for line in (run.stage_dir("train") / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m][-1] == cfg.train.steps
+
+    # the report's pass@1 is the mean over seeds of the graded records
+    summary = json.loads((run.stage_dir("eval") / "summary.json").read_text())
+    for model, mode, variant in (("base", "direct", "base"), ("trained", "direct", "SVD"), ("base", "uq_ttc", "UQ-TTC")):
+        per_seed = []
+        for seed in cfg.eval.seeds:
+            suffix = "-uq_ttc" if mode == "uq_ttc" else ""
+            table = pq.read_table(run.stage_dir("eval") / model / "demo_arithmetic" / f"seed-{seed}{suffix}.parquet")
+            assert table.num_rows == 4
+            per_seed.append(sum(table.column("correct").to_pylist()) / table.num_rows)
+        assert summary["demo_arithmetic"][variant]["pass_at_1"] == pytest.approx(statistics.mean(per_seed))
+    report = (run.root / "report.md").read_text()
+    assert "demo_arithmetic" in report and (run.root / "report.png").is_file()
+
+
+def test_tiny_run_through_the_local_scheduler(tmp_path):
+    proc = run_launch(["--config", str(CONFIG), f"run_root={tmp_path}"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    check_run(RunDir(tmp_path / "tiny"))
+
+
+@pytest.mark.slurm
+def test_tiny_run_on_the_local_cluster(tmp_path, slurm_cluster):
+    proc = run_launch(
+        ["--config", str(CONFIG), f"run_root={tmp_path}", "cluster=local-slurm", "resources.train.nodes=2", "train.procs_per_node=1"],
+        env=slurm_cluster,
+    )
+    assert proc.returncode == 0, proc.stderr
+    run = RunDir(tmp_path / "tiny")
+    wait_jobs(run, slurm_cluster, timeout=1200)
+    status = run_launch(["status", str(run.root)], env=slurm_cluster)
+    assert "run complete" in status.stdout, status.stdout
+    check_run(run)
+    train_job = next(s["job_id"] for s in json.loads(run.jobs_path.read_text())["submissions"] if s["stage"] == "train")
+    nodes = subprocess.run(
+        ["sacct", "-n", "-P", "-X", "-j", str(train_job), "--format=NNodes,State"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **slurm_cluster},
+    ).stdout.split()
+    assert nodes == ["2|COMPLETED"]  # training ran across both simulated nodes
