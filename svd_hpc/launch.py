@@ -158,6 +158,11 @@ def launch(cfg: RunConfig, run: RunDir, dry_run: bool = False, wait: bool = Fals
                 console.print(f"{stage.name}: {stage.array_size} task(s) -> {' '.join(local.task_command(cfg, run, stage, 0))}")
             return 0
         timings = local.run_plan(cfg, run, plan)
+        report = run.root / "report.md"
+        if report.is_file():
+            from rich.markdown import Markdown
+
+            console.print(Markdown(report.read_text()))
         console.print(f"run complete: {run.root} ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
         return 0
 
