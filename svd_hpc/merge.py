@@ -2,14 +2,16 @@
 
 Run as: python -m svd_hpc.task merge --run-dir RUN_DIR (the launcher does this after verify).
 
-The rules (thresholds, selection, dedup) live in selection.py. This module streams the shards once,
-in index order, holding one shard at a time:
-- per shard: thresholds, then the first `limit` passing candidates of each question in the shard
-  (a superset of what the global selection can pick), whose solution digests are kept in memory and
-  whose prompt and text are spilled to a bucket file chosen by the hash of the question_id;
-- after the last shard: question groups, selection and dedup over the small in-memory tables;
-- then each bucket is read back alone, its kept rows sorted and written to the SFT parquet.
-Memory holds one shard, one bucket and ~100 bytes per spilled candidate, whatever the shard count.
+The rules (thresholds, selection, dedup) live in selection.py. This module reads the shards once,
+in index order, one shard in hand and the next being read:
+- per shard: thresholds, then the first `limit` passing candidates of each question in the shard,
+  a superset of what the global selection can pick (a question's first `limit` overall are among
+  its first `limit` in each shard). Their solution digests stay in memory (~100 bytes each); their
+  SFT messages go to a spill file, one of 2^b buckets chosen by the hash of the question_id;
+- after the last shard: question groups, selection and dedup over those small in-memory tables;
+- then each bucket is read back alone and its kept rows written out, a row group at a time.
+Memory therefore holds two shards, one bucket and the per-candidate digests, whatever the number
+of shards; the spill lives in the output's temporary folder and is deleted before the rename.
 
 Output rows are ordered by (blake2b(question_id), question_id, candidate_index): a fixed
 pseudo-random order that depends only on the data, so a re-run, or the same rows sharded another
@@ -43,7 +45,9 @@ READ_COLUMNS = ["question_id", "question", "domain", "candidate_index", "status"
 DICTIONARY_COLUMNS = ["question_id", "question", "prompt"]
 READ_SCHEMA = pa.schema(
     [
-        pa.field(name, pa.dictionary(pa.int32(), pa.string())) if name in DICTIONARY_COLUMNS else records.VERDICT.field(name)
+        pa.field(name, pa.dictionary(pa.int32(), pa.string()))
+        if name in DICTIONARY_COLUMNS
+        else records.VERDICT.field(name)
         for name in READ_COLUMNS
     ]
 )
@@ -311,6 +315,11 @@ def merge_shards(paths: Sequence[str | Path], cfg: RunConfig, out_dir: str | Pat
         shutil.rmtree(spill.folder, ignore_errors=True)
     stats = funnel.summary(counts, cfg, skipped, written)
     atomic_write_json(out_dir / "stats.json", stats)
+    overall = stats["overall"]
+    log.info(
+        f"merge kept={overall['kept']} of candidates={overall['candidates']} valid={overall['valid']} "
+        f"shards={len(paths)} skipped={len(skipped)}"
+    )
     return stats
 
 
@@ -346,11 +355,12 @@ def _write_sft(sft_dir, cfg, spill, bucket_ids, candidates, result, counts, ques
         rows = rows[keep]
         order = np.lexsort((shard[rows], cidx[rows], result.candidate_rank[rows], order_hash[rows]))
         take, rows = np.flatnonzero(keep)[order], rows[order]
+        messages = part["messages"].combine_chunks()  # one batch per shard: take from one array instead
         for start in range(0, len(rows), ROW_GROUP_ROWS):  # copy out a row group's worth at a time
             piece = slice(start, start + ROW_GROUP_ROWS)
             meta = candidates.take(pa.array(rows[piece]))
             sft = pa.table(
-                [part["messages"].take(pa.array(take[piece]))]
+                [messages.take(pa.array(take[piece]))]
                 + [meta[name] for name in ("question_id", "candidate_index", "domain", "votes_yes", "votes_total")],
                 schema=records.SFT,
             )
@@ -360,7 +370,7 @@ def _write_sft(sft_dir, cfg, spill, bucket_ids, candidates, result, counts, ques
                 in_validation = pa.array(validation_row[rows[piece]])
                 train.add(sft.filter(pc.invert(in_validation)))
                 validation.add(sft.filter(in_validation))
-        del part
+        del part, messages
     written = {"train": train.close()}
     if validation is not None:
         written["validation"] = validation.close()

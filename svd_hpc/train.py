@@ -208,10 +208,14 @@ def reference_loss(model, stream, t, d) -> float:
     return float(sums[0] / sums[1])
 
 
-def train(run: RunDir, cfg, d: fsdp_utils.Dist, dataset: Path, stop: StopFlag) -> None:
+def prepare_data(cfg, d: fsdp_utils.Dist, dataset: Path, out: Path):
+    """Model folder, tokenizer and the packed stream (rank 0 tokenizes into out/data, once)."""
     t = cfg.train
-    out = run.stage_dir("train")
-    ckpt_root = out / "checkpoints"
+    if t.global_batch % (d.world_size * t.micro_batch):
+        raise ValueError(
+            f"train.global_batch={t.global_batch} is not divisible by world size {d.world_size} × "
+            f"train.micro_batch {t.micro_batch}; choose a multiple of {d.world_size * t.micro_batch}."
+        )
     ref = models.resolve(t.model or cfg.model.path)
     model_dir = rank0_first(d, partial(local_model_dir, ref, cfg.model.revision))
     tokenizer = sft_data.load_tokenizer(model_dir)
@@ -223,40 +227,57 @@ def train(run: RunDir, cfg, d: fsdp_utils.Dist, dataset: Path, stop: StopFlag) -
         then=partial(sft_data.load_cache, cache),
     )
     stats = data.stats
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stream = sft_data.PackedStream(data, t.max_seq_len, t.seed, pad_id or 0)
     if d.rank == 0:
         log.info(
             f"SFT set: {stats['samples']} of {stats['samples_in']} samples, {stats['tokens']} tokens "
             f"({stats['loss_tokens']} with loss); overlong ({t.overlong}): {stats['overlong_truncated']} truncated, "
             f"{stats['overlong_dropped']} dropped; {stats['no_loss_dropped']} without assistant tokens dropped"
         )
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    stream = sft_data.PackedStream(data, t.max_seq_len, t.seed, pad_id or 0)
-    if d.rank == 0 and len(stream.epoch(0)) < t.global_batch:
-        log.warning(f"one epoch packs into {len(stream.epoch(0))} sequences, fewer than train.global_batch={t.global_batch}")
+        if len(stream.epoch(0)) < t.global_batch:
+            log.warning(f"one epoch packs into {len(stream.epoch(0))} sequences, fewer than train.global_batch={t.global_batch}")
+    order = {"data": sft_data.cache_key(cache), "seed": t.seed, "global_batch": t.global_batch}
+    return ref, model_dir, tokenizer, stream, order
 
+
+def build_model(model_dir: str, t, d: fsdp_utils.Dist):
+    """The sharded model, loaded shard by shard, and the dtype its export is saved in."""
     from transformers import AutoConfig
 
-    export_dtype = AutoConfig.from_pretrained(model_dir).dtype or torch.float32
-    export_dtype = getattr(torch, export_dtype) if isinstance(export_dtype, str) else export_dtype
+    dtype = AutoConfig.from_pretrained(model_dir).dtype or torch.float32
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     torch.manual_seed(t.seed)
     model = fsdp_utils.build_meta_model(model_dir, fsdp_utils.attention_implementation(d.device))
     fsdp_utils.apply_fsdp(model, d.mesh, bf16=d.device.type == "cuda", activation_checkpointing=t.activation_checkpointing)
     fsdp_utils.materialize(model, model_dir, d.device)
     model.train()
-    optimizer, scheduler = build_optimizer(model, t)
+    return model, dtype
 
-    order = {"data": sft_data.cache_key(cache), "seed": t.seed, "global_batch": t.global_batch}
-    start = 0
+
+def resume(ckpt_root: Path, model, optimizer, scheduler, order: dict, rank: int) -> int:
+    """Load the newest complete checkpoint, if any; the step to continue from."""
     latest = fsdp_utils.latest_checkpoint(ckpt_root)
-    if latest is not None:
-        extra = fsdp_utils.load_checkpoint(latest, model, optimizer, d.rank)
-        if extra["order"] != order:
-            raise ValueError(
-                f"{latest} was trained on a different SFT set, seed or global batch; restore them or delete {ckpt_root}."
-            )
-        scheduler.load_state_dict(extra["scheduler"])
-        start = extra["step"]
-        log.info(f"resumed from {latest} at step {start}")
+    if latest is None:
+        return 0
+    extra = fsdp_utils.load_checkpoint(latest, model, optimizer, rank)
+    if extra["order"] != order:
+        raise ValueError(
+            f"{latest} was trained on a different SFT set, seed or global batch; restore them or delete {ckpt_root}."
+        )
+    scheduler.load_state_dict(extra["scheduler"])
+    log.info(f"resumed from {latest} at step {extra['step']}")
+    return extra["step"]
+
+
+def train(run: RunDir, cfg, d: fsdp_utils.Dist, dataset: Path, stop: StopFlag) -> None:
+    t = cfg.train
+    out = run.stage_dir("train")
+    ckpt_root = out / "checkpoints"
+    ref, model_dir, tokenizer, stream, order = prepare_data(cfg, d, dataset, out)
+    model, export_dtype = build_model(model_dir, t, d)
+    optimizer, scheduler = build_optimizer(model, t)
+    start = resume(ckpt_root, model, optimizer, scheduler, order, d.rank)
 
     metrics = MetricsLog(out, d.rank, start, t.steps)
     signal_at = int(os.environ.get(SIGNAL_AT_STEP_ENV, "0"))
@@ -298,7 +319,7 @@ def train(run: RunDir, cfg, d: fsdp_utils.Dist, dataset: Path, stop: StopFlag) -
     final_loss = reference_loss(model, stream, t, d)
     fsdp_utils.export_pretrained(model, out / "final", model_dir, tokenizer, export_dtype, d.rank)
     if d.rank == 0:
-        summary = {"steps": t.steps, "world_size": d.world_size, "reference_loss": final_loss, "data": stats, "model": ref}
+        summary = {"steps": t.steps, "world_size": d.world_size, "reference_loss": final_loss, "data": stream.data.stats, "model": ref}
         atomic_write_json(out / "summary.json", summary)
         run.mark_done("train", 0, steps=t.steps, reference_loss=final_loss)
         log.info(f"train done: {out / 'final'} (loss on the first batch {final_loss:.4f})")
