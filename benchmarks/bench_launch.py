@@ -103,12 +103,17 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR"), ignore_cleanup_errors=True) as tmp:
         workdir = Path(tmp)
-        base_t, base_calls, base_ids = bare_sbatch(args.shards, args.evals, workdir)
-        slurm.cancel(base_ids)
-        our_t, our_calls, our_ids, (our_files, our_dirs) = ours(args.shards, args.evals, workdir)
-        slurm.cancel(our_ids)
-        sub_t, sub_ids, (sub_files, sub_dirs) = with_submitit(args.shards, args.evals, workdir)
-        slurm.cancel(sub_ids)
+        try:
+            base_t, base_calls, base_ids = bare_sbatch(args.shards, args.evals, workdir)
+            slurm.cancel(base_ids)
+            our_t, our_calls, our_ids, (our_files, our_dirs) = ours(args.shards, args.evals, workdir)
+            slurm.cancel(our_ids)
+            sub_t, sub_ids, (sub_files, sub_dirs) = with_submitit(args.shards, args.evals, workdir)
+            slurm.cancel(sub_ids)
+        finally:  # never leave held jobs behind, whatever failed: they are all this benchmark's names
+            names = ["task.sh", "submitit"] + [f"svd-bench-{stage}" for stage in plan.BODIES]
+            for name in names:
+                subprocess.run(["scancel", "--state=PENDING", f"--name={name}"], capture_output=True)
     print(f"plan: 7 stages, arrays of {args.shards} (generate, verify) and {args.evals} (evals)")
     print(f"{'method':<22}{'wall s':>9}{'sbatch':>8}{'files':>8}{'dirs':>7}{'vs bare':>9}")
     print(f"{'bare sbatch':<22}{base_t:>9.3f}{base_calls:>8}{1:>8}{0:>7}{1.0:>9.2f}")

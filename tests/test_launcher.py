@@ -65,6 +65,12 @@ def squeue_ids(env: dict) -> set[str]:
     return set(out.stdout.split())
 
 
+def active_jobs(env: dict) -> set[str]:
+    """Jobs that may run: held ones (someone else's --hold) never will."""
+    out = subprocess.run(["squeue", "-h", "-o", "%A|%r"], capture_output=True, text=True, env={**os.environ, **env})
+    return {line.split("|")[0] for line in out.stdout.splitlines() if "JobHeld" not in line}
+
+
 def wait_jobs(run: RunDir, env: dict, timeout: float = 300) -> None:
     ids = {str(s["job_id"]) for s in jobs(run)}
     deadline = time.monotonic() + timeout
@@ -268,7 +274,7 @@ def test_arrays_split_at_max_array_size(tmp_path, slurm_cluster):
     env = {**os.environ, **slurm_cluster}
     # the restart below would fail jobs in flight: wait until the shared cluster is idle
     deadline = time.monotonic() + 300
-    while squeue_ids(slurm_cluster):
+    while active_jobs(slurm_cluster):
         assert time.monotonic() < deadline, "the cluster never became idle"
         time.sleep(1)
     subprocess.run([str(script), "start", "--max-array-size", "10"], check=True, env=env, capture_output=True, timeout=300)

@@ -215,7 +215,6 @@ def free_port() -> int:
 
 
 @pytest.mark.slurm
-@pytest.mark.slow
 def test_two_nodes_two_processes_with_requeue(slurm_cluster, finished, tmp_path):
     """sbatch --nodes=2 --ntasks-per-node=2: trains across both nodes, is stopped at step 7, requeues
     itself with scontrol and finishes in its second life with the weights of the 2-process run."""
