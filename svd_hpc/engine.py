@@ -183,16 +183,18 @@ class Engine:
         index_of = {rid.rsplit("-", 1)[0]: i for rid, i in zip(ids, runnable)}
         engine = self.llm.llm_engine
         try:
-            while engine.has_unfinished_requests():
+            while index_of and engine.has_unfinished_requests():
                 for out in engine.step():
-                    if out.finished:
-                        i = index_of.pop(out.request_id)
+                    i = index_of.pop(out.request_id, None) if out.finished else None
+                    if i is not None:
                         samples = sorted(out.outputs, key=lambda c: c.index)
                         length = len(prompts[i])
                         yield (
                             i,
                             [Completion(c.text, len(c.token_ids), c.finish_reason or "abort", length) for c in samples],
                         )
+            if index_of:
+                raise RuntimeError(f"vLLM finished without answering {len(index_of)} request(s).")
         finally:
             if index_of:  # the caller stopped early (an error, a kill): leave the engine empty
                 engine.abort_request(list(index_of))
