@@ -177,9 +177,8 @@ def pandas_merge(paths: list[Path], cfg: RunConfig, out_dir: Path) -> int:
 
     columns = ["question_id", "question", "domain", "candidate_index", "status", "prompt", "text"]
     columns += [f"{s}_votes" for s in VERIFY_STAGES]
-    df = pd.concat(
-        [pd.read_parquet(p, columns=columns).assign(shard=i) for i, p in enumerate(paths)], ignore_index=True
-    )
+    df = pd.read_parquet([str(p) for p in paths], columns=columns)  # one multi-threaded read of all files
+    df["shard"] = np.repeat(np.arange(len(paths)), [pq.read_metadata(p).num_rows for p in paths])
     m = cfg.merge
     ok = df["status"] != "filtered"
     yes_all = pd.Series(0, index=df.index)
@@ -198,27 +197,28 @@ def pandas_merge(paths: list[Path], cfg: RunConfig, out_dir: Path) -> int:
             else:
                 ok &= (total > 0) & (yes >= m.k)
     df["votes_yes"], df["votes_total"] = yes_all, total_all
-    questions = df.drop_duplicates("question_id")[["question_id", "question"]].sort_values("question_id")
+    questions = df[["question_id", "question"]].drop_duplicates("question_id").sort_values("question_id")
     questions["norm"] = questions["question"].str.replace(r"\s+", " ", regex=True).str.strip().str.casefold()
     questions["leader"] = questions.groupby("norm")["question_id"].transform("min")
-    valid = df[ok].merge(questions[["question_id", "leader"]], on="question_id")
-    valid = valid.sort_values(["leader", "question_id", "candidate_index", "shard"])
+    # selection on the narrow columns; the texts move only once, for the rows that are kept
+    keys = ["question_id", "candidate_index", "shard"]
+    valid = df.loc[ok, keys].reset_index().merge(questions[["question_id", "leader"]], on="question_id")
+    valid = valid.sort_values(["leader", *keys])
     limit = selection_limit(m)
     if limit is not None:
         valid = valid[valid.groupby("leader").cumcount() < limit]
-    valid = valid.assign(norm=valid["text"].str.replace(r"\s+", " ", regex=True).str.strip())
-    kept = valid.sort_values(["question_id", "candidate_index", "shard"]).drop_duplicates("norm", keep="first")
-    kept = kept.assign(order=kept["question_id"].map(id_hash).astype("uint64"))
-    kept = kept.sort_values(["order", "question_id", "candidate_index", "shard"])
-    kept["messages"] = [
+    valid["norm"] = df.loc[valid["index"], "text"].str.replace(r"\s+", " ", regex=True).str.strip().to_numpy()
+    kept = valid.sort_values(keys).drop_duplicates("norm", keep="first")
+    kept = kept.assign(order=kept["question_id"].map(id_hash).astype("uint64")).sort_values(["order", *keys])
+    out = df.loc[kept["index"]]
+    out["messages"] = [
         [{"role": "user", "content": p}, {"role": "assistant", "content": t}]
-        for p, t in zip(kept["prompt"], kept["text"])
+        for p, t in zip(out["prompt"], out["text"])
     ]
-    sft = kept[["messages", "question_id", "candidate_index", "domain", "votes_yes", "votes_total"]]
+    sft = out[["messages", "question_id", "candidate_index", "domain", "votes_yes", "votes_total"]]
     (out_dir / "sft").mkdir(parents=True, exist_ok=True)
-    pq.write_table(
-        pa.Table.from_pandas(sft, schema=records.SFT, preserve_index=False), out_dir / "sft" / "train.parquet"
-    )
+    table = pa.Table.from_pandas(sft, schema=records.SFT, preserve_index=False)
+    pq.write_table(table, out_dir / "sft" / "train.parquet")
     return len(sft)
 
 

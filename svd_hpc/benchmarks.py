@@ -277,7 +277,7 @@ def _problems(src: Source, rows: list[dict], label: str) -> list[Problem]:
         else:
             qid = question_id(question)
         problem = Problem(qid, question, src.domain, src.grader)
-        if src.grader == "math":
+        if src.grader in ("math", "math_last_number"):
             problem.answer = _required(row, src.answer_field, where)
         elif src.grader == "choice":
             if not _fill_choice(problem, row, src, where):

@@ -113,6 +113,9 @@ class GenerateConfig:
     max_tokens: int = 32768
     stop: list[str] = field(default_factory=list)
     require_think: Literal["auto", "on", "off"] = "auto"  # demand a closed think block; auto follows the model
+    # demand the domain's answer format (\boxed{}, a code block) before judging; small instruct
+    # models that ignore the format instruction need it off
+    format_filter: bool = True
     chunk_size: int = 64  # questions per checkpointed chunk within a shard
 
 
@@ -172,7 +175,8 @@ class BenchmarkSpec:
     answer_field: str = "answer"
     id_field: Optional[str] = None
     domain: Literal["math", "science", "code"] = "math"
-    grader: Literal["math", "choice", "code"] = "math"
+    # math_last_number: math, but an answer without \boxed{} is read as its last number (weak models)
+    grader: Literal["math", "math_last_number", "choice", "code"] = "math"
     limit: Optional[int] = None
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import os
 import shutil
 import time
@@ -80,10 +81,21 @@ def model_config(run: RunDir, cfg: RunConfig, model: str) -> ModelConfig:
 # ----------------------------------------------------------------------------- grading
 
 
+def _box_last_number(response: str) -> str:
+    """An answer without \\boxed{} gets its last number boxed, so the math grader can read it."""
+    final = prompts.final_answer(response)
+    if "\\boxed" in final:
+        return response
+    numbers = re.findall(r"-?\d+(?:[.,]\d+)*(?:/\d+)?", final)
+    return f"{response}\n\\boxed{{{numbers[-1].replace(',', '')}}}" if numbers else response
+
+
 def grade(problem: Problem, reference: str, response: str, timeout_s: float) -> GradeResult:
     """Grade one response with the problem's grader against the reference it was presented with."""
     if problem.grader == "math":
         return grade_math(response, reference)
+    if problem.grader == "math_last_number":
+        return grade_math(_box_last_number(response), reference)
     if problem.grader == "choice":
         return grade_choice(response, reference, len(problem.options))
     return grade_code(response, problem.tests, timeout_s=timeout_s, mode=problem.mode, fn_name=problem.fn_name)
@@ -122,7 +134,7 @@ def _choose(engine: Engine, cfg: RunConfig, task: EvalTask, chunk: list[Problem]
     for q, (problem, question, completions) in enumerate(zip(chunk, shown, outputs)):
         for k, c in enumerate(completions):
             # like the verify stage: a candidate the static filter rejects never reaches the judges
-            if prompts.filter_reason(c.text, problem.domain, think) is None:
+            if prompts.filter_reason(c.text, problem.domain, think, cfg.generate.format_filter) is None:
                 key = f"eval/{task.benchmark}/{task.seed}/{problem.question_id}/{k}"
                 items.append(CascadeItem(question, prompts.final_answer(c.text), key=key))
                 owners.append((q, k))

@@ -48,13 +48,15 @@ def require_think(cfg: RunConfig, engine: Engine) -> bool:
     return engine.thinking if knob == "auto" else knob == "on"
 
 
-def candidate_table(rows: list[dict], user_turns: list[str], outputs: list[list[Completion]], think: bool) -> pa.Table:
+def candidate_table(
+    rows: list[dict], user_turns: list[str], outputs: list[list[Completion]], think: bool, require_format: bool = True
+) -> pa.Table:
     """CANDIDATE records of some questions: their N samples each, in sampling order, filtered."""
     out = {name: [] for name in CANDIDATE.names}
     for row, user, completions in zip(rows, user_turns, outputs):
         for k, c in enumerate(completions):
             too_long = c.finish_reason == "abort" and not c.completion_tokens  # never sent (engine.py)
-            reason = "prompt_too_long" if too_long else prompts.filter_reason(c.text, row["domain"], think)
+            reason = "prompt_too_long" if too_long else prompts.filter_reason(c.text, row["domain"], think, require_format)
             values = dict(
                 question_id=row["question_id"],
                 question=row["question"],
@@ -106,7 +108,9 @@ def generate_chunks(engine: Engine, cfg: RunConfig, chunks: dict[int, pa.Table],
             continue
         part = members[c]
         outputs = [finished.pop(j) for j in part]
-        table = candidate_table([rows[j] for j in part], [user_turns[j] for j in part], outputs, think)
+        table = candidate_table(
+            [rows[j] for j in part], [user_turns[j] for j in part], outputs, think, cfg.generate.format_filter
+        )
         with atomic_path(folder / f"chunk-{c:05d}.parquet") as tmp:
             pq.write_table(table, tmp)
         log.info(f"generate: chunk={c} written, {sum(1 for w in waiting.values() if not w)}/{len(waiting)} chunks done")

@@ -320,6 +320,9 @@ def merge_shards(paths: Sequence[str | Path], cfg: RunConfig, out_dir: str | Pat
         f"merge kept={overall['kept']} of candidates={overall['candidates']} valid={overall['valid']} "
         f"shards={len(paths)} skipped={len(skipped)}"
     )
+    if not overall["kept"]:
+        # an empty parquet is valid, but datasets.load_dataset refuses it: say so where it starts
+        log.warning("merge kept no candidate; merge/stats.json shows the stage where they were lost")
     return stats
 
 

@@ -38,7 +38,7 @@ _BOXED = re.compile(r"\\boxed\s*\{")
 _FENCED = re.compile(r"```[^\n]*\n.*?```", re.DOTALL)
 
 
-def filter_reason(text: str, domain: str, require_think: bool) -> str | None:
+def filter_reason(text: str, domain: str, require_think: bool, require_format: bool = True) -> str | None:
     """Why the static filter rejects a candidate (None: it passes, and goes to the judges).
 
     A think block opened and never closed is rejected even when not required: its "answer"
@@ -50,9 +50,9 @@ def filter_reason(text: str, domain: str, require_think: bool) -> str | None:
     answer = final_answer(text)
     if not answer:
         return "empty_answer"
-    if domain == "math" and not _BOXED.search(answer):
+    if require_format and domain == "math" and not _BOXED.search(answer):
         return "no_boxed"
-    if domain == "code" and not _FENCED.search(answer):
+    if require_format and domain == "code" and not _FENCED.search(answer):
         return "no_code_block"
     return None
 

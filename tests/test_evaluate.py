@@ -353,3 +353,14 @@ def test_run_task_needs_an_eval_stage(tmp_path, monkeypatch):
     monkeypatch.setenv("SVD_STAGE", "eval_base")
     with pytest.raises(ConfigError, match="eval_base has 1 tasks .* task 4 does not exist"):
         evaluate.run_task(str(run.root), 4)
+
+
+def test_math_last_number_grader_reads_unboxed_answers():
+    from svd_hpc.benchmarks import Problem
+
+    problem = Problem("q", "What is 36 + 47?", "math", "math_last_number")
+    assert evaluate.grade(problem, "83", "36 + 47 = 83\n\nThe answer is: 83.", 6.0).correct
+    assert not evaluate.grade(problem, "83", "36 + 47 = 108", 6.0).correct
+    assert evaluate.grade(problem, "83", "So 80 + 3 gives \\boxed{83}", 6.0).correct
+    strict = Problem("q", "What is 36 + 47?", "math", "math")
+    assert not evaluate.grade(strict, "83", "The answer is: 83.", 6.0).correct

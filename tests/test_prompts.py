@@ -209,3 +209,9 @@ def test_cycle_judge_sees_only_the_two_questions():
     prompt = prompts.cycle_judge_prompt("Original?", "Inferred?")
     assert prompt.endswith("Original question:\nOriginal?\n\nReconstructed question:\nInferred?")
     assert "Answer:" not in prompt
+
+
+def test_format_filter_off_keeps_unboxed_math_answers():
+    assert prompts.filter_reason("The answer is 42.", "math", False) == "no_boxed"
+    assert prompts.filter_reason("The answer is 42.", "math", False, require_format=False) is None
+    assert prompts.filter_reason("<think>still thinking", "math", False, require_format=False) == "unclosed_think"
