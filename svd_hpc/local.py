@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .config import RunConfig, train_procs_per_node
 from .plan import Stage
-from .rundir import RunDir
+from .rundir import RunDir, atomic_write_json
 
 
 class TaskFailed(RuntimeError):
@@ -79,5 +79,6 @@ def run_plan(cfg: RunConfig, run: RunDir, plan: list[Stage], console: Console | 
                     raise TaskFailed(stage.name, index, log_path, proc.returncode)
                 progress.advance(bar)
             timings[stage.name] = time.monotonic() - start
+            atomic_write_json(run.root / "logs" / "local_timings.json", timings)
             progress.update(bar, note=f"done in {timings[stage.name]:.1f} s" if todo else "done earlier")
     return timings
