@@ -302,6 +302,9 @@ def main() -> None:
         )
     ours = results["svd_hpc.merge"]
     print(f"same rows in the same order: {agree}")
+    for engine, r in runs.items():
+        walls = ", ".join(f"{x['seconds']:.2f}" for x in r)
+        print(f"{engine} wall s of each run: {walls}")
     ratio = ours["seconds"] / base["seconds"]
     print(f"target: wall/pandas <= 0.5 -> {ratio:.2f}; peak <= 0.5 GiB -> {ours['peak_gib']:.2f} GiB")
     if not agree:

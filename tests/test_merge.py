@@ -432,6 +432,29 @@ def test_empty_input_writes_an_empty_dataset(tmp_path):
     assert kept == [] and stats["overall"]["kept"] == 0 and stats["overall"]["filtered"] == 1
 
 
+def test_resolve_on_hand_built_tables():
+    d = [bytes([i]) * 16 for i in range(4)]
+    questions = pa.table(
+        {"question_id": ["q2", "q1", "q3", "q2"], "question_digest": pa.array([d[0], d[0], d[1], d[0]], pa.binary(16))}
+    )
+    candidates = pa.table(
+        {
+            "question_id": ["q2", "q2", "q1", "q3", "q3"],
+            "candidate_index": pa.array([0, 1, 5, 0, 1], pa.int32()),
+            "shard": pa.array([0, 0, 1, 2, 2], pa.int32()),
+            "solution_digest": pa.array([d[2], d[3], d[3], d[3], d[2]], pa.binary(16)),
+        }
+    )
+    first = selection.resolve(questions, candidates, limit=1)
+    assert first.question_ids.to_pylist() == ["q1", "q2", "q3"]
+    assert first.duplicate_questions.tolist() == [False, True, False]  # q2 joins q1's group
+    assert first.selected.tolist() == [False, False, True, True, False]  # q1/5 leads the q1+q2 group
+    assert first.kept.tolist() == [False, False, True, False, False]  # q3/0 repeats q1/5: q1 < q3
+    everything = selection.resolve(questions, candidates, limit=None)
+    assert everything.selected.all()
+    assert everything.kept.tolist() == [True, False, True, False, False]  # q2/0 first with d2, q1/5 with d3
+
+
 def test_rank_in_group():
     groups = np.array([5, 3, 5, 3, 5])
     order = np.array([1, 3, 4, 0, 2])  # group 3: rows 1, 3; group 5: rows 4, 0, 2
