@@ -321,7 +321,7 @@ def test_uq_ttc_answers_with_the_first_verified_candidate(tmp_path, engine, monk
 
     monkeypatch.setattr(evaluate, "run_cascade", fixed_cascade)
     # every candidate reaches the judges here (the real static filter may drop an empty one)
-    monkeypatch.setattr(evaluate.prompts, "filter_reason", lambda text, domain, require_think: None)
+    monkeypatch.setattr(evaluate.prompts, "filter_reason", lambda text, domain, require_think, require_format=True: None)
     (run.root / "eval_base" / "done" / "00001").unlink()
     evaluate.run_eval_task(run, "eval_base", 1, engine=engine)
     rows = {r["question_id"]: r for r in pq.read_table(out).to_pylist()}
