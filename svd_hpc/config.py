@@ -130,6 +130,12 @@ class VerifyConfig:
     aggregation: Literal["unanimous", "majority", "k_of_v"] = "unanimous"
     k: Optional[int] = None  # for k_of_v
     keep_judge_text: bool = False
+    # Text that opens every judge reply, e.g. "[[": the judge's first tokens are then its verdict.
+    # For small models that never reach the verdict format on their own; it skips their reasoning.
+    verdict_prefix: str = ""
+    # Stop strings of judge replies (not of inferred questions), kept in the text: with
+    # verdict_prefix "[[", judge_stop ["]]"] ends each reply once its verdict is out.
+    judge_stop: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -35,6 +35,7 @@ class Sampling:
     top_p: float = 1.0
     max_tokens: int = 256
     stop: list[str] = field(default_factory=list)
+    include_stop: bool = False  # keep the matched stop string at the end of the text
 
 
 @dataclass
@@ -127,11 +128,13 @@ class Engine:
             )
         return args
 
-    def render(self, conversation: Conversation, enable_thinking: bool | None = None) -> list[int]:
-        """Token ids of a conversation under the model's chat template, generation prompt added."""
+    def render(self, conversation: Conversation, enable_thinking: bool | None = None, reply_prefix: str = "") -> list[int]:
+        """Token ids of a conversation under the model's chat template, generation prompt added,
+        then `reply_prefix`: the start of the assistant's reply, which the model continues."""
         thinking = self.thinking if enable_thinking is None else enable_thinking
         kwargs = {"enable_thinking": thinking} if self.template_knows_thinking else {}
         text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True, **kwargs)
+        text += reply_prefix
         # the template already wrote any BOS; encoding must not add a second one
         return self.tokenizer.encode(text, add_special_tokens=False)
 
@@ -144,6 +147,7 @@ class Engine:
             top_p=sampling.top_p,
             max_tokens=sampling.max_tokens,
             stop=list(sampling.stop) or None,
+            include_stop_str_in_output=sampling.include_stop,
             seed=seed,
             # some tokenizers mark <think>/</think> as special; dropping them would lose the
             # boundary between reasoning and answer. EOS never reaches the text either way.
@@ -214,14 +218,16 @@ class Engine:
         sampling: Sampling | Sequence[Sampling],
         seeds: Sequence[int] | None = None,
         enable_thinking: bool | None = None,
+        reply_prefix: str = "",
     ) -> list[list[Completion]]:
         """`sampling.n` completions per conversation, in order, all in one batched engine call.
 
         `seeds` (one per conversation; sample j uses seed + j) make results independent of what
         else is in the batch, so a resumed task reproduces an uninterrupted one.
-        `enable_thinking` None follows model.thinking.
+        `enable_thinking` None follows model.thinking. `reply_prefix` opens every reply (the
+        completions hold only what the model wrote after it).
         """
-        prompts = [self.render(c, enable_thinking) for c in conversations]
+        prompts = [self.render(c, enable_thinking, reply_prefix) for c in conversations]
         return self.generate_tokens(prompts, sampling, seeds)
 
     def prefill_stats(self) -> dict[str, int]:

@@ -84,23 +84,32 @@ class _Cascade:
         self.keys = [it.key or str(i) for i, it in enumerate(self.items)]
         self.results = [CascadeResult() for _ in self.items]
         self.sampling = Sampling(n=cfg.votes, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
+        self.judge_sampling = dataclasses.replace(self.sampling, stop=list(cfg.judge_stop), include_stop=True)
 
     def ask(self, stage: str, requests: list[tuple[int, str, int, int]]) -> list[list[str]]:
-        """One batched engine call: requests are (item, prompt, n, sub-index); returns texts."""
+        """One batched engine call: requests are (item, prompt, n, sub-index); returns texts.
+
+        Judge replies (every stage but cycle_infer) open with verify.verdict_prefix and end at a
+        verify.judge_stop string; the texts returned include both, so the verdict parser sees
+        the reply as a whole.
+        """
         conversations = [[{"role": "user", "content": prompt}] for _, prompt, _, _ in requests]
-        samplings = [dataclasses.replace(self.sampling, n=n) for _, _, n, _ in requests]
+        judge = stage != "cycle_infer"
+        sampling = self.judge_sampling if judge else self.sampling
+        samplings = [dataclasses.replace(sampling, n=n) for _, _, n, _ in requests]
         seed = self.engine.model_cfg.seed
         seeds = [request_seed(seed, STAGE, stage, self.keys[i], sub) for i, _, _, sub in requests]
-        outputs = self.engine.chat(conversations, samplings, seeds=seeds)
+        prefix = self.cfg.verdict_prefix if judge else ""
+        outputs = self.engine.chat(conversations, samplings, seeds=seeds, reply_prefix=prefix)
         texts = []
         for (i, _, _, _), completions in zip(requests, outputs):
             result = self.results[i]
             result.prompt_tokens += completions[0].prompt_tokens if completions else 0
             result.completion_tokens += sum(c.completion_tokens for c in completions)
             result.samples += len(completions)
-            texts.append([c.text for c in completions])
+            texts.append([prefix + c.text for c in completions])
             if self.cfg.keep_judge_text:
-                result.judge_texts.setdefault(stage, []).extend(c.text for c in completions)
+                result.judge_texts.setdefault(stage, []).extend(texts[-1])
         return texts
 
     def run_stage(self, stage: str, alive: list[int]) -> None:

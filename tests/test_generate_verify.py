@@ -92,6 +92,16 @@ def test_engine_samples_n_per_conversation_with_reproducible_seeds(engine):
     assert [c.text for c in other[0]] != [c.text for c in first[0]]
 
 
+def test_engine_stop_strings_can_stay_in_the_text(engine):
+    conv = [[{"role": "user", "content": "Say something."}]]
+    full = engine.chat(conv, Sampling(temperature=1.0, max_tokens=24), seeds=[5])[0][0].text
+    stop = full[len(full) // 2 : len(full) // 2 + 2]  # a string the seeded sample is known to write
+    cut = full[: full.index(stop)]
+    kept = engine.chat(conv, Sampling(temperature=1.0, max_tokens=24, stop=[stop], include_stop=True), seeds=[5])
+    dropped = engine.chat(conv, Sampling(temperature=1.0, max_tokens=24, stop=[stop]), seeds=[5])
+    assert (kept[0][0].text, dropped[0][0].text) == (cut + stop, cut)
+
+
 def test_engine_survives_prompts_and_budgets_beyond_the_context(engine):
     def conversation(repeats: int) -> list[dict]:
         return [{"role": "user", "content": "Judge [[Y]] " * repeats}]
@@ -111,6 +121,9 @@ def test_engine_thinking_follows_the_chat_template(engine):
     off = engine.tokenizer.decode(engine.render(convs, enable_thinking=False))
     on = engine.tokenizer.decode(engine.render(convs))
     assert off.endswith("<think>\n\n</think>\n\n") and not on.endswith("</think>\n\n")
+    # a reply prefix comes after the generation prompt, where the model continues it
+    prefixed = engine.tokenizer.decode(engine.render(convs, enable_thinking=False, reply_prefix="Verdict: [["))
+    assert prefixed == off + "Verdict: [["
 
 
 def test_engine_counts_prefill_computed_and_cached(engine):
@@ -140,15 +153,26 @@ class ScriptedEngine:
         self.calls: list[dict] = []
         self.fail_on_call = fail_on_call
 
-    def chat(self, conversations, sampling, seeds=None, enable_thinking=None):
+    def chat(self, conversations, sampling, seeds=None, enable_thinking=None, reply_prefix=""):
         samplings = [sampling] * len(conversations) if isinstance(sampling, Sampling) else list(sampling)
         prompts_sent = [c[-1]["content"] for c in conversations]
-        self.calls.append({"prompts": prompts_sent, "n": [s.n for s in samplings], "seeds": list(seeds)})
+        self.calls.append(
+            {"prompts": prompts_sent, "n": [s.n for s in samplings], "seeds": list(seeds), "prefix": reply_prefix}
+        )
         if self.fail_on_call == len(self.calls):
             raise RuntimeError("preempted")
         return [
-            [Completion(t, 7, "stop", len(p)) for t in self.respond(p, s.n)] for p, s in zip(prompts_sent, samplings)
+            [Completion(self.continue_reply(t, reply_prefix), 7, "stop", len(p)) for t in self.respond(p, s.n)]
+            for p, s in zip(prompts_sent, samplings)
         ]
+
+    @staticmethod
+    def continue_reply(text: str, prefix: str) -> str:
+        """What a model writes after `prefix`: its scripted reply's verdict, continued ("[[" -> "Y]]")."""
+        if not prefix:
+            return text
+        verdict = text.rsplit("[[", 1)[-1] if "[[" in text else text
+        return verdict.strip()
 
     @staticmethod
     def respond(prompt: str, n: int) -> list[str]:
@@ -215,6 +239,17 @@ def test_cascade_aggregation_order_and_judge_texts():
     assert len(results[0].judge_texts["cycle"]) == 3
     k_of_v = verify.run_cascade(ScriptedEngine(), ITEMS, VerifyConfig(votes=3, aggregation="k_of_v", k=3))
     assert [r.status for r in k_of_v] == ["passed", "rejected", "rejected", "rejected", "rejected"]
+
+
+def test_verdict_prefix_opens_judge_replies_but_not_inferred_questions():
+    plain = verify.run_cascade(ScriptedEngine(), ITEMS, VerifyConfig(votes=3))
+    eng = ScriptedEngine()
+    results = verify.run_cascade(eng, ITEMS, VerifyConfig(votes=3, verdict_prefix="[[", keep_judge_text=True))
+    assert [c["prefix"] for c in eng.calls] == ["", "[[", "[[", "[["]
+    assert [r.votes for r in results] == [r.votes for r in plain]
+    assert results[0].inferred_questions == plain[0].inferred_questions
+    assert results[0].judge_texts["factuality"] == ["[[Y]]"] * 3  # the prefix is part of the verdict read
+    assert results[2].judge_texts["factuality"][-1] == "[[n ]]"
 
 
 def test_cycle_votes_spread_over_several_inferred_questions():
