@@ -1,6 +1,6 @@
 """Demo benchmark: wall time per stage and peak memory of configs/demo.yaml on this machine.
 
-Run as:  .venv/bin/python benchmarks/bench_demo.py [--config configs/demo.yaml] [key=value ...]
+Run as:  .venv/bin/python benchmarks/bench_demo.py [--config configs/demo.yaml] [--keep DIR] [key=value ...]
 
 Runs the demo from scratch through the local scheduler in a fresh run directory and prints each
 stage's wall time (from logs/local_timings.json), the total, and the peak resident memory of the
@@ -26,9 +26,11 @@ BUDGET_S, BUDGET_GIB = 20 * 60, 8.0
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
+    parser.add_argument("--keep", metavar="DIR", help="run in DIR/bench and keep the run directory for inspection")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or scratch
         start = time.monotonic()
         proc = subprocess.run(
             [sys.executable, "-m", "svd_hpc.launch", "--config", args.config, f"run_root={tmp}", "name=bench", *args.overrides],

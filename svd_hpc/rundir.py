@@ -20,6 +20,9 @@ import yaml
 
 from . import config as config_mod
 
+# A task process imports this module as it starts: the default "seconds" of a done marker
+_PROCESS_START = time.monotonic()
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -93,7 +96,12 @@ class RunDir:
         return self.done_marker(stage, index).exists()
 
     def mark_done(self, stage: str, index: int, **info) -> None:
-        """Write the done marker: only after the task's output is in place."""
+        """Write the done marker: only after the task's output is in place.
+
+        `seconds` (the task's wall time, which the report sums into task hours) defaults to
+        the time since this process started.
+        """
+        info.setdefault("seconds", round(time.monotonic() - _PROCESS_START, 2))
         info.update(
             finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
             host=socket.gethostname(),

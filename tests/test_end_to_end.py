@@ -69,6 +69,10 @@ def check_run(run: RunDir) -> None:
         assert summary["demo_arithmetic"][variant]["pass_at_1"] == pytest.approx(statistics.mean(per_seed))
     report = (run.root / "report.md").read_text()
     assert "demo_arithmetic" in report and (run.root / "report.png").is_file()
+    # every task recorded its wall time, which the report sums into task hours
+    for stage in ("generate", "verify", "merge", "train", "eval_base", "eval_trained"):
+        markers = list((run.stage_dir(stage) / "done").iterdir())
+        assert markers and all(json.loads(m.read_text())["seconds"] > 0 for m in markers), stage
 
 
 def test_tiny_run_through_the_local_scheduler(tmp_path):
