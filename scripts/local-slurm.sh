@@ -136,8 +136,11 @@ cmd_install() {
 
 # render_slurm_conf NODES CPUS MAX_ARRAY_SIZE: print slurm.conf for this machine.
 render_slurm_conf() {
-    local nodes=$1 cpus=$2 max_array=$3 host
+    local nodes=$1 cpus=$2 max_array=$3 host mem_mb
     host=$(hostname -s)
+    # The machine's memory, 90% of it split over the nodes: a task's --mem then limits how many
+    # tasks share it, as on a real cluster (vLLM engines that all start at once would not fit).
+    mem_mb=$(awk -v n="$nodes" '/^MemTotal:/ { print int($2 / 1024 * 0.9 / n) }' /proc/meminfo)
     cat <<EOF
 $MARKER
 # svd-local-slurm nodes=$nodes cpus=$cpus max_array_size=$max_array state=$STATE
@@ -160,7 +163,10 @@ SlurmdLogFile=$LOG/slurmd.%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+# Memory is a consumable resource, as on real clusters (requests are scheduled, not enforced:
+# no cgroups). A task that asks for none gets 256 MB per CPU, so small tasks still pack 8 a node.
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=256
 # Lets a node advertise more CPUs than the machine has, so that several array tasks run at once.
 SlurmdParameters=config_overrides
 # A job starts ~0.8 s after sbatch instead of ~2.5 s.
@@ -185,7 +191,7 @@ AccountingStorageHost=localhost
 AccountingStoragePort=6819
 AccountingStoragePass=$MUNGE_SOCKET
 # Several nodes on one host: each slurmd has its own port, starting above slurmdbd's 6819.
-NodeName=n[1-$nodes] NodeHostname=$host NodeAddr=127.0.0.1 Port=[6820-$((6819 + nodes))] CPUs=$cpus RealMemory=8000 State=UNKNOWN
+NodeName=n[1-$nodes] NodeHostname=$host NodeAddr=127.0.0.1 Port=[6820-$((6819 + nodes))] CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=n[1-$nodes] Default=YES MaxTime=UNLIMITED State=UP
 PartitionName=cpu Nodes=n[1-$nodes] MaxTime=UNLIMITED State=UP
 EOF

@@ -120,14 +120,16 @@ def build_plan(cfg: RunConfig) -> list[Stage]:
             )
         )
 
-    if has_eval:
-        add("eval_base", len(eval_tasks(cfg, "base")), "array", [])
+    # Submission follows plan order, and schedulers favour older jobs: the chain towards the
+    # trained model goes first, base-model eval (off that chain) takes what resources are left.
     add("generate", cfg.seeds.shards, "array", [])
     add("verify", cfg.seeds.shards, "array", [("generate", "aftercorr")])
     add("merge", 1, "single", [("verify", "afterok")])
     if cfg.train.enabled:
         add("train", 1, "distributed", [("merge", "afterok")])
-        if has_eval:
+    if has_eval:
+        add("eval_base", len(eval_tasks(cfg, "base")), "array", [])
+        if cfg.train.enabled:
             add("eval_trained", len(eval_tasks(cfg, "trained")), "array", [("train", "afterok")])
     add("report", 1, "single", [(s.name, "afterok") for s in stages if s.name in ("eval_base", "eval_trained", "merge")])
     return stages

@@ -46,6 +46,20 @@ def export_torch_env_from_slurm() -> None:
     os.environ.setdefault("MASTER_PORT", "29500")
 
 
+def fit_threads_to_allocation() -> None:
+    """Use as many CPU threads as SLURM gave this task (before torch or vLLM start any).
+
+    Sites that pin tasks to their cores (task/affinity, cgroups) already narrow the affinity
+    mask, and vLLM binds its threads to it. Where they do not (the local cluster), every task
+    sees every core, and engines sharing a node would each spin threads on all of them.
+    """
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if not cpus or len(os.sched_getaffinity(0)) <= int(cpus):
+        return
+    os.environ.setdefault("OMP_NUM_THREADS", cpus)
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+
+
 def _requeue_on_signal(signum, _frame) -> None:
     """Preemption warning: put this task back in the queue (up to the cap), then stop.
 
@@ -77,6 +91,7 @@ def run(stage: str, run_dir: str, index: int) -> None:
     if rd.is_done(stage, index):
         log.info(f"{stage=} {index=} already done")
         return
+    fit_threads_to_allocation()
     body = plan_mod.load_body(spec.body, stage)
     os.environ["SVD_STAGE"] = stage  # one body may serve two stages (eval_base, eval_trained)
     if spec.kind == "distributed":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -28,6 +29,9 @@ def test_config_dry_runs(path, tmp_path, monkeypatch):
     assert launch.main(["--config", str(path), f"run_root={tmp_path}", "--dry-run"]) == 0
     run = RunDir(tmp_path / cfg.name)
     assert run.config_path.is_file() and run.plan_path.is_file() and not run.jobs_path.exists()
+    plan = [s["name"] for s in json.loads(run.plan_path.read_text())]
+    # dependencies come first; the chain to the trained model is submitted before base-model eval
+    assert plan.index("train") < plan.index("eval_base") and plan[-1] == "report"
     if cfg.is_local:
         return
     scripts = {p.stem: p.read_text() for p in (run.root / "sbatch").glob("*.sh")}

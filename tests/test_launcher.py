@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from svd_hpc import launch
+from svd_hpc import launch, task
 from svd_hpc.rundir import RunDir
 from tests import toy_stages
 
@@ -128,6 +128,20 @@ def test_local_scheduler_runs_the_chain_and_resumes(tmp_path):
     assert (run.root / "report.md").read_text().endswith("merged rows: 6\n")
 
 
+@pytest.mark.parametrize(
+    "allowed, cpus, expected",
+    [({0, 1, 2, 3}, "2", ("2", "nobind")), ({0, 1}, "2", (None, None)), ({0, 1, 2, 3}, None, (None, None))],
+)
+def test_threads_follow_the_slurm_allocation_when_the_site_does_not_pin(monkeypatch, allowed, cpus, expected):
+    for name in ("OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND", "SLURM_CPUS_PER_TASK"):
+        monkeypatch.delenv(name, raising=False)
+    if cpus:
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", cpus)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: allowed)
+    task.fit_threads_to_allocation()
+    assert (os.environ.get("OMP_NUM_THREADS"), os.environ.get("VLLM_CPU_OMP_THREADS_BIND")) == expected
+
+
 def test_unbuilt_stage_says_so(tmp_path):
     bodies = {**toy_stages.BODIES, "merge": "svd_hpc.not_a_stage:run_task"}
     path = write_config(tmp_path, 1, stage_bodies=bodies)
@@ -171,6 +185,8 @@ def test_throttled_array_and_dependency(tmp_path, slurm_cluster):
         peak = max(peak, running)
     assert peak <= 3
     assert toy_stages.trace(run, "merge", 0)["start"] >= max(t["end"] for t in gen)
+    # the local cluster gives each task 1 CPU without pinning it: a task runs 1 thread
+    assert {t["omp_threads"] for t in gen} == {os.environ.get("OMP_NUM_THREADS", "1")}
     assert len(merged_rows(run)) == 24
     nodes = {json.loads(p.read_text())["node"] for p in (run.stage_dir("train") / "ranks").iterdir()}
     assert len(list((run.stage_dir("train") / "ranks").iterdir())) == 2 and nodes

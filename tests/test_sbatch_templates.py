@@ -22,7 +22,7 @@ def test_pipeline_sh_runs_every_stage(tmp_path, slurm_cluster):
         **os.environ,
         **slurm_cluster,
         "SVD_NO_GPU": "1",
-        # the templates ask for GPU-node sizes; the local nodes have 8 CPUs and 8 GB
+        # the templates ask for GPU-node sizes; the local nodes have 8 CPUs and a share of this machine's memory
         "SVD_SBATCH_SED": "s/--cpus-per-task=.*/--cpus-per-task=1/;s/--mem=.*/--mem=1G/",
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }

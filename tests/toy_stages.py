@@ -39,7 +39,13 @@ def _begin(run: RunDir, stage: str, index: int) -> float:
 
 
 def _finish(run: RunDir, stage: str, index: int, start: float) -> None:
-    trace = {"start": start, "end": time.time(), "host": socket.gethostname(), "node": os.environ.get("SLURMD_NODENAME")}
+    trace = {
+        "start": start,
+        "end": time.time(),
+        "host": socket.gethostname(),
+        "node": os.environ.get("SLURMD_NODENAME"),
+        "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
     atomic_write_json(run.root / "trace" / f"{stage}-{index:05d}.json", trace)
     run.mark_done(stage, index)
 
