@@ -17,6 +17,7 @@ sample with the same seeds, and UQ-TTC's candidate 0 is the direct answer of the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
@@ -233,11 +234,20 @@ def run_eval_task(run: RunDir, stage: str, index: int, engine: Engine | None = N
     atomic_write_json(summary_path(out), summary)
     run.mark_done(stage, index, benchmark=task.benchmark, seed=task.seed, mode=task.mode,
                   pass_at_1=summary["pass_at_1"], questions=summary["questions"], seconds=summary["seconds"])
-    shutil.rmtree(progress, ignore_errors=True)
-    if progress.parent.is_dir() and not any(progress.parent.iterdir()):
-        progress.parent.rmdir()
+    remove_progress(progress)
     log.info(f"eval: {stage=} {task=} pass@1={summary['pass_at_1']:.3f} over {summary['questions']} questions")
     return summary
+
+
+def remove_progress(progress: Path) -> None:
+    """Remove a finished task's chunks, and their parent folder once no task uses it.
+
+    The parent is shared by the tasks of one benchmark, which may run at once: the last one out
+    removes it; a task that finds it gone, or still holding another task's chunks, leaves it be.
+    """
+    shutil.rmtree(progress, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        progress.parent.rmdir()
 
 
 def summarize(table: pa.Table, task: EvalTask, model: str, benchmark: str, example: Problem, model_path: str) -> dict:

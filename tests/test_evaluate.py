@@ -223,6 +223,18 @@ def check_records(table: pa.Table, model: str, mode: str, seed: int, n: int) -> 
     return rows
 
 
+def test_progress_cleanup_tolerates_tasks_finishing_together(tmp_path):
+    shared = tmp_path / "progress"
+    (shared / "seed-0").mkdir(parents=True)
+    (shared / "seed-1").mkdir()
+    (shared / "seed-0" / "chunk-00000.parquet").write_bytes(b"x")
+    evaluate.remove_progress(shared / "seed-0")  # seed-1 still running: the shared folder stays
+    assert [p.name for p in shared.iterdir()] == ["seed-1"]
+    evaluate.remove_progress(shared / "seed-1")  # the last one out removes it
+    assert not shared.exists()
+    evaluate.remove_progress(shared / "seed-1")  # already removed by a task finishing alongside
+
+
 def test_direct_eval_tasks_write_graded_records(tmp_path, engine):
     run = prepare_run(tmp_path, {"benchmarks": [{**MATH}, {**CHOICE, "limit": 2}, {**CODE, "limit": 2}], "seeds": [0, 1]})
     cfg = run.load_config()
