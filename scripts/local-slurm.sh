@@ -2,7 +2,7 @@
 # A real Slurm cluster on this one machine (Debian 12 packages, Slurm 22.05), for tests and demos.
 #
 # Run as:
-#   scripts/local-slurm.sh start                     # nodes n1,n2: 8 CPUs and half the memory each; sacct works
+#   scripts/local-slurm.sh start                     # nodes n1,n2: 8 CPUs and a share of the memory each; sacct works
 #   eval "$(scripts/local-slurm.sh env)"             # sbatch, squeue, sacct ... now use it
 #   scripts/local-slurm.sh status
 #   scripts/local-slurm.sh stop
