@@ -239,7 +239,7 @@ def test_direct_eval_tasks_write_graded_records(tmp_path, engine):
     run = prepare_run(tmp_path, {"benchmarks": [{**MATH}, {**CHOICE, "limit": 2}, {**CODE, "limit": 2}], "seeds": [0, 1]})
     cfg = run.load_config()
     tasks = eval_tasks(cfg, "base")
-    assert len(tasks) == 6 and build_plan(cfg)[0].array_size == 6
+    assert len(tasks) == 6 and {s.name: s.array_size for s in build_plan(cfg)}["eval_base"] == 6
     for index, task in enumerate(tasks):
         summary = evaluate.run_eval_task(run, "eval_base", index, engine=engine)
         out = evaluate.output_path(run, "base", task)
