@@ -24,13 +24,14 @@ Not contained: total memory and CPU across the program's processes (limits are p
 there is no cgroup: max_processes x memory_bytes can exceed the node), reading world-readable
 host files, and kernel exploits (no seccomp filter).
 
+The child's own setup between fork and exec (namespaces, ids, the private filesystem) lives in
+`svd_hpc.sandbox_child`; this module detects the isolation, starts, watches and reaps the child.
+
 Run as: ``python -c "from svd_hpc.sandbox import run_program; print(run_program('print(1)'))"``
 """
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import logging
 import math
 import os
@@ -49,16 +50,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from .sandbox_child import (
+    COVERED_DIRS,
+    MOUNT_OPTION_FLAGS,
+    SANDBOX_WORKDIR,
+    SETUP_FAILED,
+    ChildPlan,
+    in_child,
+)
+
 log = logging.getLogger("svd_hpc")
 
 Status = Literal["ok", "runtime_error", "timeout", "memory", "killed", "sandbox_error"]
 MODES = ("root-namespaces", "user-namespaces", "process-group")
 
-# Inside the namespaces the program always sees the same cwd, so its output cannot depend on
-# a random host path.
-SANDBOX_WORKDIR = "/tmp/sandbox"
-# World-writable directories a program could otherwise drop files into.
-_COVERED_DIRS = ("/tmp", "/var/tmp", "/run/lock")
 _TOKEN_VAR = "SVD_SANDBOX_TOKEN"
 
 
@@ -167,7 +172,7 @@ def _run(iso: _Isolation, source: str, *, stdin: str, timeout_s: float, limits: 
         if namespaced:
             workdir = SANDBOX_WORKDIR  # a tmpfs, mounted and filled inside the namespace
             userns = iso.mode == "user-namespaces"
-            plan = _ChildPlan(True, os.getpid(), source.encode(), uid, userns, limits.workdir_bytes,
+            plan = ChildPlan(True, os.getpid(), source.encode(), uid, userns, limits.workdir_bytes,
                               _rlimits(limits, timeout_s), *(_home_plan(iso.interpreter) if userns else ((), None, ())))
         else:
             workdir = os.path.join(outer, "work")
@@ -177,7 +182,7 @@ def _run(iso: _Isolation, source: str, *, stdin: str, timeout_s: float, limits: 
                 os.chmod(outer, 0o711)
                 os.chown(workdir, uid, uid)
             rlimits = _process_group_rlimits(limits, timeout_s, uid)
-            plan = _ChildPlan(False, os.getpid(), b"", uid, False, 0, rlimits, (), None, ())
+            plan = ChildPlan(False, os.getpid(), b"", uid, False, 0, rlimits, (), None, ())
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir,
                "PYTHONDONTWRITEBYTECODE": "1"}  # for Pythons it starts without -B
         if not namespaced:
@@ -189,7 +194,7 @@ def _run(iso: _Isolation, source: str, *, stdin: str, timeout_s: float, limits: 
             try:
                 proc = subprocess.Popen(argv, stdin=fin, stdout=fout, stderr=ferr, env=env,
                                         cwd=outer if namespaced else workdir, start_new_session=True,
-                                        preexec_fn=lambda: _in_child(plan), close_fds=True)
+                                        preexec_fn=lambda: in_child(plan), close_fds=True)
             except (OSError, subprocess.SubprocessError) as exc:
                 reason = f"{exc}\n{_read_capped(stderr_path, limits.stderr_bytes)}"
                 wall = time.perf_counter() - start
@@ -207,7 +212,7 @@ def _classify(returncode: int, stderr: str, timed_out: bool, cpu_s: float, cpu_l
         return "timeout"
     if returncode == 0:
         return "ok"
-    if stderr.startswith(_SETUP_FAILED):
+    if stderr.startswith(SETUP_FAILED):
         return "sandbox_error"
     if "MemoryError" in stderr or "Cannot allocate memory" in stderr:
         return "memory"
@@ -324,7 +329,7 @@ def _owner(path: str) -> int | None:
 
 def _home_plan(interpreter: str) -> tuple[tuple[tuple[str, int], ...], str | None, tuple[str, ...]]:
     home = os.path.realpath(os.path.expanduser("~"))
-    if home == "/" or not os.path.isdir(home) or any(_is_under(home, d) or _is_under(d, home) for d in _COVERED_DIRS):
+    if home == "/" or not os.path.isdir(home) or any(_is_under(home, d) or _is_under(d, home) for d in COVERED_DIRS):
         return _host_mounts(), None, ()  # no home, or one the /tmp-like covers hide (or would lose) already
     # The interpreter may live in our home (conda, pyenv): keep its installation visible.
     needed = {os.path.dirname(os.path.dirname(os.path.realpath(interpreter)))}
@@ -341,193 +346,14 @@ def _host_mounts() -> tuple[tuple[str, int], ...]:
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split()
         point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])  # "\040" is a space
-        if point.startswith(("/proc", "/sys", "/dev")) or any(_is_under(point, d) for d in _COVERED_DIRS):
+        if point.startswith(("/proc", "/sys", "/dev")) or any(_is_under(point, d) for d in COVERED_DIRS):
             continue
         flags = 0
         for option in fields[5].split(","):
-            flags |= _MOUNT_OPTION_FLAGS.get(option, 0)
+            flags |= MOUNT_OPTION_FLAGS.get(option, 0)
         mounts.append((point, flags))
     return tuple(mounts)
 
 
 def _is_under(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory + "/")
-
-
-# ----------------------------------------------------------------------------- in the child
-# Everything below runs in the forked child, between fork and exec (Popen's preexec_fn). It
-# makes system calls and nothing else: no imports, no logging, no locks another thread of the
-# parent might have held at fork.
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-_libc.unshare.argtypes = [ctypes.c_int]
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-_libc.fork.restype = ctypes.c_int
-
-_CLONE_NEWNS, _CLONE_NEWUTS, _CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
-_CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
-_MS_REMOUNT, _MS_NOATIME, _MS_NODIRATIME, _MS_BIND = 32, 1024, 2048, 4096
-_MS_REC, _MS_PRIVATE, _MS_RELATIME, _MS_STRICTATIME = 16384, 1 << 18, 1 << 21, 1 << 24
-_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
-# Per-mount options a bind remount must repeat, or the kernel refuses it (EPERM) for mounts
-# inherited into a user namespace.
-_MOUNT_OPTION_FLAGS = {"nosuid": _MS_NOSUID, "nodev": _MS_NODEV, "noexec": _MS_NOEXEC, "noatime": _MS_NOATIME,
-                       "nodiratime": _MS_NODIRATIME, "relatime": _MS_RELATIME, "strictatime": _MS_STRICTATIME}
-_SETUP_FAILED = "sandbox setup failed: "
-
-
-@dataclass(frozen=True)
-class _ChildPlan:
-    namespaces: bool
-    grader_pid: int  # our pid: if we die, the sandbox must die too
-    source: bytes  # main.py, written into the tmpfs cwd (namespace modes)
-    uid: int | None  # run as this uid (we are root), else keep ours
-    user_namespaces: bool
-    workdir_bytes: int
-    rlimits: tuple
-    # user-namespaces mode, where the program has our uid: every host mount becomes read-only,
-    # and our home (tokens, keys, caches) is hidden but for the interpreter's own folders in it.
-    readonly_mounts: tuple[tuple[str, int], ...]
-    hidden_home: str | None
-    kept_in_home: tuple[str, ...]
-
-
-def _in_child(plan: _ChildPlan) -> None:
-    # Popen reports only "Exception occurred in preexec_fn"; put the reason on the program's
-    # stderr (our stderr file by now) so the sandbox_error says what failed.
-    try:
-        if plan.namespaces:
-            _enter_namespaces(plan)
-        else:
-            if plan.uid is not None:
-                _become(plan.uid)
-            if not _die_with(plan.grader_pid):
-                os._exit(255)
-        _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")  # no setuid binary helps it
-        # Last: RLIMIT_AS would also bind the Python code above, in a copy of a possibly huge parent.
-        for which, value in plan.rlimits:
-            resource.setrlimit(which, value)
-    except BaseException as exc:
-        os.write(2, f"{_SETUP_FAILED}{exc!r}\n".encode())
-        raise
-
-
-def _enter_namespaces(plan: _ChildPlan) -> None:
-    isolate = _CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWIPC | _CLONE_NEWUTS
-    if plan.user_namespaces:
-        uid, gid = os.getuid(), os.getgid()
-        _check(_libc.unshare(_CLONE_NEWUSER | isolate), "unshare")
-        _map_ids(uid, gid)
-        _private_filesystem(plan, owner=0)
-        # A second user namespace: mounts inherited into it are locked, so the program (its
-        # root) cannot remount the read-only ones writable.
-        _check(_libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWPID), "unshare")
-        _map_ids(0, 0)
-    else:
-        _check(_libc.unshare(isolate), "unshare")
-        _private_filesystem(plan, owner=plan.uid)
-        _check(_libc.unshare(_CLONE_NEWPID), "unshare")
-    # Only our children enter the new PID namespace: fork, the child goes on to exec the
-    # program as the namespace's init, and this process waits for it.
-    # libc's fork, not os.fork: this process is single-threaded, so Python's after-fork hooks
-    # (reseeding, lock resets, thread bookkeeping) are not needed, and they cost milliseconds.
-    init = _libc.fork()
-    _check(min(init, 0), "fork")
-    if init:
-        _wait_for_init(init, plan.grader_pid)
-    _check(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
-    _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)  # shows only this namespace
-    if plan.uid is not None:
-        _become(plan.uid)
-        # Changing uid clears the parent-death signal: set it again, so the program dies with
-        # its waiter even if we are killed before we can kill it.
-        _check(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
-    os.chdir(SANDBOX_WORKDIR)
-
-
-def _wait_for_init(init: int, grader_pid: int) -> None:
-    """Outside the namespace: wait for its init and exit as it did. Never returns."""
-    code = 255
-    try:
-        # Popen learns that exec succeeded when every copy of its error pipe is closed.
-        os.closerange(3, 1 << 16)
-        # If the grader is killed (SLURM preemption), this waiter dies, and with it the init.
-        if not _die_with(grader_pid):
-            os.kill(init, signal.SIGKILL)
-        _, status = os.waitpid(init, 0)
-        if os.WIFSIGNALED(status):
-            os.kill(os.getpid(), os.WTERMSIG(status))  # restore_signals left defaults in place
-            code = 128 + os.WTERMSIG(status)
-        else:
-            code = os.waitstatus_to_exitcode(status)
-    finally:
-        os._exit(code)
-
-
-def _die_with(parent_pid: int) -> bool:
-    """Get SIGKILL when the parent dies; False if it already has."""
-    _check(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
-    return os.getppid() == parent_pid
-
-
-def _become(uid: int) -> None:
-    os.setgroups([])
-    os.setresgid(uid, uid, uid)
-    os.setresuid(uid, uid, uid)
-
-
-def _map_ids(uid: int, gid: int) -> None:
-    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
-        with open(f"/proc/self/{name}", "w") as f:
-            f.write(text)
-
-
-def _private_filesystem(plan: _ChildPlan, owner: int) -> None:
-    # Nothing mounted from here on may propagate back to the host.
-    _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
-    hardened = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
-    covered = [d for d in _COVERED_DIRS if os.path.isdir(d) and not os.path.islink(d)]
-    if "/tmp" not in covered:
-        raise OSError(errno.ENOTDIR, "/tmp is not a directory: nowhere private to put the working directory")
-    for d in covered:
-        _mount("tmpfs", d, "tmpfs", hardened, "size=64k,mode=755")
-    os.mkdir(SANDBOX_WORKDIR)
-    # The cwd is its own size-limited tmpfs: it bounds disk use and vanishes with the namespace.
-    _mount("tmpfs", SANDBOX_WORKDIR, "tmpfs", hardened, f"size={plan.workdir_bytes},mode=700,uid={owner},gid={owner}")
-    with open(os.path.join(SANDBOX_WORKDIR, "main.py"), "wb") as f:
-        f.write(plan.source)
-    for d in covered:
-        _mount(None, d, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | hardened)
-    if os.path.isdir("/dev/shm"):
-        # Private and writable: multiprocessing needs it; what is written there dies with us.
-        _mount("tmpfs", "/dev/shm", "tmpfs", hardened, "size=16m,mode=1777")
-    for point, flags in plan.readonly_mounts:
-        # MS_BIND: a per-mount change in our namespace, never a remount of the host's filesystem.
-        ret = _libc.mount(None, point.encode(), None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | flags, None)
-        tolerable = ctypes.get_errno() in (errno.EACCES, errno.EPERM, errno.EINVAL, errno.ENOENT)
-        if ret != 0 and (point == "/" or not tolerable):
-            _check(ret, f"read-only remount of {point}")
-    if plan.hidden_home:
-        kept = [os.open(path, os.O_PATH) for path in plan.kept_in_home]  # reachable once home is covered
-        _mount("tmpfs", plan.hidden_home, "tmpfs", hardened, "size=64k,mode=755")
-        for path, fd in zip(plan.kept_in_home, kept, strict=True):
-            os.makedirs(path)
-            # A bind of a read-only mount is read-only: the remounts above already apply.
-            _mount(f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC)
-            os.close(fd)
-        _mount(None, plan.hidden_home, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | hardened)
-
-
-def _check(ret: int, what: str) -> None:
-    if ret != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    def enc(s: str | None) -> bytes | None:
-        return None if s is None else s.encode()
-
-    _check(_libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
