@@ -305,11 +305,9 @@ def test_process_group_mode_still_kills_daemons_and_loops(marker):
 
 
 USERNS_CHECK = textwrap.dedent("""
-    import importlib.util, json, sys
-    spec = importlib.util.spec_from_file_location("sandbox", sys.argv[1])
-    sandbox = importlib.util.module_from_spec(spec)
-    sys.modules["sandbox"] = sandbox
-    spec.loader.exec_module(sandbox)
+    import json, sys
+    sys.path.insert(0, sys.argv[1])  # the repository: svd_hpc.sandbox needs only the standard library
+    from svd_hpc import sandbox
     target, secret = sys.argv[2], sys.argv[3]
     writer = f"open({target!r}, 'w').write('x')"
     out = {
@@ -349,7 +347,7 @@ def test_unprivileged_user_gets_user_namespaces(tmp_path, request):
         os.chown(path, 65534, 65534)
     proc = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-I", "-c", USERNS_CHECK,
-         str(REPO / "svd_hpc" / "sandbox.py"), str(target), str(token)],
+         str(REPO), str(target), str(token)],
         capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(home)},
     )
     if proc.returncode != 0 and "no way to run" in proc.stderr:
