@@ -3,9 +3,9 @@ hold in one shape for every grader.
 
 A benchmark (config `eval.benchmarks[]`) is a preset, a local copy (JSONL, JSON, parquet, CSV, an
 HF `save_to_disk` folder or a downloaded hub snapshot), or a hub id. A preset fills every field
-left at its default. Sources are tried in this order: the local copy in `path` when it exists
-(compute nodes are often offline, and a pinned copy keeps runs reproducible), then the hub when
-huggingface.co answers; when neither works the error names both and what to do.
+left at its default. Sources are tried in this order: the hub when huggingface.co answers, then
+the local copy in `path` (compute nodes are often offline; with HF_HUB_OFFLINE=1 the hub step
+reads only the datasets cache); when neither works the error names both and what to do.
 
 Row layouts:
 - math: `question_field`, `answer_field` (the reference answer).
@@ -175,14 +175,8 @@ def hub_unreachable() -> str | None:
 
 
 def _rows(src: Source) -> tuple[list[dict], str]:
+    """A benchmark's rows: from the hub when it is reachable, else from the local copy (`path`)."""
     tried = []
-    if src.path and Path(src.path).expanduser().exists():
-        local = Path(src.path).expanduser()
-        return _read_local(local, src), str(local)
-    if src.path and src.path != src.hub_id:
-        tried.append(f"the local copy {src.path} does not exist")
-    elif not src.path:
-        tried.append("no local copy is configured (path)")
     if src.hub_id:
         reason = hub_unreachable()
         if reason is None:
@@ -191,6 +185,15 @@ def _rows(src: Source) -> tuple[list[dict], str]:
             except Exception as err:  # noqa: BLE001  the hub client raises many kinds; all mean "cannot get it"
                 reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         tried.append(f"the hub copy {src.hub_id} failed: {reason}")
+    if src.path and Path(src.path).expanduser().exists():
+        local = Path(src.path).expanduser()
+        if tried:
+            log.info(f"benchmark '{src.name}': {tried[0]}; reading the local copy {local}")
+        return _read_local(local, src), str(local)
+    if src.path and src.path != src.hub_id:
+        tried.insert(0, f"the local copy {src.path} does not exist")
+    elif not src.path:
+        tried.insert(0, "no local copy is configured (path)")
     advice = (f"download it where there is internet (`huggingface-cli download --repo-type dataset {src.hub_id} "
               f"--local-dir DIR`) and set path: DIR for this benchmark" if src.hub_id
               else "point its path at a JSONL, JSON, parquet or CSV file or a dataset folder")

@@ -107,7 +107,8 @@ def test_code_tests_are_read_from_livecodebench_fields(tmp_path):
     assert not marker.exists()
 
 
-def test_presets_read_local_copies_in_the_hub_layouts(tmp_path):
+def test_presets_read_local_copies_in_the_hub_layouts(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # no hub, with or without a network here
     hle = [
         {"id": "h1", "question": "Pick the prime.\n\nAnswer Choices:\nA. 4\nB. 7\nC. 9", "answer": "B",
          "answer_type": "multipleChoice", "image": ""},
@@ -141,6 +142,23 @@ def test_presets_read_local_copies_in_the_hub_layouts(tmp_path):
     assert [p.question_id for p in v5] == ["code-sum"] and [p.question_id for p in v6] == ["code-max"]
     with pytest.raises(ValueError, match="lacks test.jsonl, test2.jsonl"):
         benchmarks.load(BenchmarkSpec(name="all", preset="lcb_v5", hf_config="release_v5", path=str(lcb)))
+
+
+def test_presets_prefer_the_hub_and_fall_back_to_the_local_copy(tmp_path, monkeypatch):
+    header = "Record ID,Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"
+    (tmp_path / "gpqa.csv").write_text(header + "local1,What is heavier?,lead,feathers,air,helium\n")
+    spec = BenchmarkSpec(name="gpqa", preset="gpqa_diamond", path=str(tmp_path / "gpqa.csv"))
+    hub_row = {"Record ID": "hub1", "Question": "Which is a metal?", "Correct Answer": "iron",
+               "Incorrect Answer 1": "wood", "Incorrect Answer 2": "glass", "Incorrect Answer 3": "salt"}
+    monkeypatch.setattr(benchmarks, "hub_unreachable", lambda: None)
+    monkeypatch.setattr(benchmarks, "_read_hub", lambda src: [hub_row])
+    assert [p.question_id for p in benchmarks.load(spec)] == ["hub1"]
+
+    def gated(src):
+        raise ConnectionError("401 Client Error: gated dataset")
+
+    monkeypatch.setattr(benchmarks, "_read_hub", gated)
+    assert [p.question_id for p in benchmarks.load(spec)] == ["local1"]
 
 
 def test_unreachable_preset_says_what_was_tried(tmp_path, monkeypatch):
