@@ -173,7 +173,7 @@ def _run(iso: _Isolation, source: str, *, stdin: str, timeout_s: float, limits: 
             workdir = SANDBOX_WORKDIR  # a tmpfs, mounted and filled inside the namespace
             userns = iso.mode == "user-namespaces"
             plan = ChildPlan(True, os.getpid(), source.encode(), uid, userns, limits.workdir_bytes,
-                              _rlimits(limits, timeout_s), *(_home_plan(iso.interpreter) if userns else ((), None, ())))
+                             _rlimits(limits, timeout_s), *(_home_plan(iso.interpreter) if userns else ((), None, ())))
         else:
             workdir = os.path.join(outer, "work")
             os.mkdir(workdir)
