@@ -2,7 +2,9 @@
 duplicate questions, and split them once at launch into <run>/seeds/shard-NNNNN.parquet.
 
 Every problem a user can cause is reported before anything is submitted, in one sentence naming
-the file, the line or row, and the field. Question text passes through byte for byte.
+the file, the line or row, and the field. Question text is stripped of surrounding whitespace and
+otherwise passes through byte for byte; questions that differ only in case or in runs of
+whitespace are one question (the first is kept, the rest counted in the seed stats).
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 def question_id(question: str) -> str:
     """The id of a question without an id field: a hash of its text, stable across runs."""
     return hashlib.sha256(question.encode()).hexdigest()[:16]
+
+
+def duplicate_key(question: str) -> str:
+    """What two questions share when they differ only in case or whitespace."""
+    return " ".join(question.split()).casefold()
 
 
 def detect_format(seeds: SeedsConfig) -> str:
@@ -131,7 +138,7 @@ def load_with_report(seeds: SeedsConfig) -> tuple[pa.Table, dict]:
     out = {name: [] for name in SEED.names}
     seen_questions: set[str] = set()
     seen_ids: dict[str, str] = {}
-    duplicates = 0
+    duplicates = stripped = 0
     for index, (row, place) in enumerate(zip(rows, where)):
         question = row.get(seeds.question_field)
         if question is None:
@@ -140,7 +147,12 @@ def load_with_report(seeds: SeedsConfig) -> tuple[pa.Table, dict]:
             raise ValueError(f"{place}: field '{seeds.question_field}' must be text, got {type(question).__name__}.")
         if not question.strip():
             raise ValueError(f"{place}: field '{seeds.question_field}' is empty; remove the row or fill it in.")
-        key = question.strip()
+        if question != question.strip():
+            stripped += 1
+            question = question.strip()
+        # a user who fixed a typo's case or spacing in a copy still means one question, and
+        # merge would otherwise train on it twice
+        key = duplicate_key(question)
         if key in seen_questions:
             duplicates += 1
             continue
@@ -171,8 +183,9 @@ def load_with_report(seeds: SeedsConfig) -> tuple[pa.Table, dict]:
     if seeds.limit is not None:
         table = table.slice(0, seeds.limit)
     if duplicates:
-        log.warning(f"seeds: dropped {duplicates} duplicate question(s) from {seeds.path}")
-    return table, {"seeds": table.num_rows, "duplicates_dropped": duplicates, "rows_read": len(rows), "format": fmt}
+        log.warning(f"seeds: dropped {duplicates} duplicate question(s), up to case and whitespace, from {seeds.path}")
+    stats = {"seeds": table.num_rows, "duplicates_dropped": duplicates, "questions_stripped": stripped}
+    return table, {**stats, "rows_read": len(rows), "format": fmt}
 
 
 def load(seeds: SeedsConfig) -> pa.Table:

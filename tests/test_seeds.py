@@ -17,7 +17,7 @@ UNICODE_QUESTIONS = [
     "３たす４は？",
     "What is 2 + 2? 🤔",
     "Zero width\u200bjoiner and combining e\u0301 stay as they are",
-    "  leading and trailing spaces stay  ",
+    "Inner  spacing\tand\nnewlines stay; outer spaces go",
 ]
 
 
@@ -42,9 +42,39 @@ def test_unicode_passes_through_untouched(tmp_path):
     table = seeds.load(seeds_cfg(path))
     assert table.schema.equals(SEED)
     assert table.column("question").to_pylist() == UNICODE_QUESTIONS
+    padded = write_jsonl(tmp_path / "p.jsonl", [{"question": f"  {q}\n"} for q in UNICODE_QUESTIONS])
+    assert seeds.load(seeds_cfg(padded)).column("question").to_pylist() == UNICODE_QUESTIONS
     assert table.column("domain").to_pylist() == ["math"] * len(UNICODE_QUESTIONS)
     ids = table.column("question_id").to_pylist()
     assert len(set(ids)) == len(ids) and ids[0] == seeds.question_id(UNICODE_QUESTIONS[0])
+
+
+def test_questions_are_stripped_and_case_or_whitespace_duplicates_dropped(tmp_path):
+    rows = [
+        {"question": "  What is 1+1?\n"},
+        {"question": "what is 1+1?"},  # differs only in case
+        {"question": "What  is\t1+1?"},  # differs only in inner whitespace
+        {"question": "WHAT IS 1+1? "},
+        {"question": "What is 1 + 1?"},  # other characters: a question of its own
+        {"question": "Straße?"},
+        {"question": "STRASSE?"},  # casefold: ß folds to ss
+        {"question": "\u3000全角 spaces?\u3000"},  # Unicode whitespace is whitespace too
+        {"question": "全角 spaces?"},
+    ]
+    path = write_jsonl(tmp_path / "s.jsonl", rows)
+    table, report = seeds.load_with_report(seeds_cfg(path))
+    assert table.column("question").to_pylist() == ["What is 1+1?", "What is 1 + 1?", "Straße?", "全角 spaces?"]
+    assert table.column("source_index").to_pylist() == [0, 4, 5, 7]
+    # the id of a question without an id field is the hash of its stripped text
+    assert table.column("question_id").to_pylist()[0] == seeds.question_id("What is 1+1?")
+    assert report["duplicates_dropped"] == 5 and report["questions_stripped"] == 3 and report["seeds"] == 4
+    # prepare keeps the counts in the seed stats
+    run = RunDir(tmp_path / "run")
+    stats = seeds.prepare(run_cfg(tmp_path, path, shards=2), run)
+    saved = json.loads((run.root / "seeds" / "stats.json").read_text())
+    assert saved == stats and saved["duplicates_dropped"] == 5 and saved["questions_stripped"] == 3
+    shards = [pq.read_table(run.shard_path("seeds", i)).column("question").to_pylist() for i in range(2)]
+    assert shards[0] + shards[1] == ["What is 1+1?", "What is 1 + 1?", "Straße?", "全角 spaces?"]
 
 
 def test_fields_are_mapped_and_duplicates_dropped_once(tmp_path):
