@@ -55,12 +55,18 @@ def request_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little") % (2**31)
 
 
-def cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
+def vllm_device() -> str:
+    """The device vLLM will run on ("cuda", "cpu", ...), decided without touching CUDA.
+
+    Call it before anything in this process uses torch.cuda: vLLM forks its EngineCore and
+    tensor-parallel workers, and a driver initialised here (torch.cuda.is_available() calls
+    cudaGetDeviceCount) makes every forked worker fail. `import vllm` sets
+    PYTORCH_NVML_BASED_CUDA_CHECK, and vLLM finds its platform through NVML (or which vllm
+    package is installed), which leaves the driver alone.
+    """
+    from vllm.platforms import current_platform
+
+    return current_platform.device_type
 
 
 def template_knows_thinking(tokenizer) -> bool:
@@ -75,12 +81,14 @@ class Engine:
 
     def __init__(self, model_cfg: ModelConfig):
         self.model_cfg = model_cfg
-        self.on_gpu = cuda_available()
-        if not self.on_gpu:
-            # both must be set before vllm is imported; an explicit setting by the user wins
+        import vllm
+
+        self.device = vllm_device()
+        self.on_gpu = self.device == "cuda"
+        if self.device == "cpu":
+            # vLLM reads both lazily, when the engine starts; an explicit setting by the user wins
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(model_cfg.cpu_kvcache_gib))
-        import vllm
 
         started = time.perf_counter()
         self.path = resolve(model_cfg.path)
@@ -92,7 +100,7 @@ class Engine:
         if self.thinking and not knows:
             log.warning(f"model.thinking=on but the chat template of {model_cfg.path} has no enable_thinking switch")
         log.info(
-            f"engine ready: model={model_cfg.path} device={'cuda' if self.on_gpu else 'cpu'} "
+            f"engine ready: model={model_cfg.path} device={self.device} "
             f"thinking={self.thinking} in {time.perf_counter() - started:.1f}s"
         )
 
