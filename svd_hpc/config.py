@@ -196,6 +196,9 @@ class EvalConfig:
     uq_ttc: bool = False  # also evaluate the test-time baseline on the base model
     uq_ttc_candidates: int = 8
     code_timeout_s: float = 6.0
+    # Run model-written code even where nothing isolates it (no namespaces, bubblewrap or
+    # apptainer): it then has network access and our file permissions.
+    allow_unisolated_code: bool = False
 
 
 @dataclass

@@ -43,6 +43,7 @@ from .grading.math import grade_math
 from .plan import EvalTask, eval_tasks
 from .records import EVAL
 from .rundir import RunDir, atomic_path, atomic_write_json
+from .sandbox import isolation_record, require_isolation
 from .verify import CascadeItem, CascadeResult, run_cascade
 
 log = logging.getLogger("svd_hpc")
@@ -211,6 +212,8 @@ def run_eval_task(run: RunDir, stage: str, index: int, engine: Engine | None = N
     model_cfg = model_config(run, cfg, model)
     spec = next(b for b in cfg.eval.benchmarks if b.name == task.benchmark)
     problems = benchmarks.load(spec)
+    if any(p.grader == "code" for p in problems):  # refuse before loading a model, where the code would run
+        require_isolation(cfg.eval.allow_unisolated_code, f"code benchmark '{spec.name}'")
     out = output_path(run, model, task)
     progress = progress_dir(out)
     size = cfg.generate.chunk_size
@@ -263,11 +266,8 @@ def summarize(table: pa.Table, task: EvalTask, model: str, benchmark: str, examp
     if task.mode == "uq_ttc":
         summary["chosen_not_first"] = sum(r["chosen_candidate"] != 0 for r in rows)
     if example.grader == "code":
-        from .sandbox import sandbox_isolation
-
-        isolation = sandbox_isolation()
-        # stated with the results: without namespaces, graded programs had network access
-        summary["sandbox"] = {"isolation": isolation, "network_isolated": isolation != "process-group"}
+        # stated with the results: the isolation used, and what bounded the programs' memory
+        summary["sandbox"] = isolation_record()
     return summary
 
 

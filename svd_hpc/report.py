@@ -374,20 +374,28 @@ def build(run: RunDir, console: Console | None = None) -> Path:
 
 
 def _sandbox_notes(run: RunDir) -> list[str]:
-    """Say so when generated code was graded without network isolation."""
-    exposed = set()
+    """State the isolation generated code was graded in, and say so when it had none."""
+    used: dict[str, set[str]] = {}
+    exposed, memory = set(), set()
     for path in run.stage_dir("eval").glob("*/*/seed-*.json"):
         try:
             sandbox = json.loads(path.read_text()).get("sandbox") or {}
         except (OSError, ValueError):
             continue
+        if sandbox:
+            used.setdefault(sandbox.get("isolation", "unknown"), set()).add(path.parent.name)
+            memory.add(sandbox.get("total_memory", ""))
         if sandbox and not sandbox.get("network_isolated", True):
             exposed.add(path.parent.name)
-    if not exposed:
+    if not used:
         return []
-    note = (f"Note: code of {', '.join(sorted(exposed))} was graded without network isolation "
-            "(no namespaces on the grading machine).")
-    return [note, ""]
+    modes = "; ".join(f"`{mode}` for {', '.join(sorted(names))}" for mode, names in sorted(used.items()))
+    lines = [f"Sandbox: generated code was run with isolation {modes}. Total memory: "
+             f"{' / '.join(sorted(m for m in memory if m)) or 'not recorded'}.", ""]
+    if exposed:
+        lines += [f"Note: code of {', '.join(sorted(exposed))} was graded without isolation (network access, "
+                  "our file permissions), as eval.allow_unisolated_code allowed.", ""]
+    return lines
 
 
 def run_task(run_dir: str, task_index: int) -> None:

@@ -41,24 +41,36 @@ SETUP_FAILED = "sandbox setup failed: "
 
 @dataclass(frozen=True)
 class ChildPlan:
-    namespaces: bool
+    namespaces: bool  # set up our own namespaces here (root-namespaces, user-namespaces)
     grader_pid: int  # our pid: if we die, the sandbox must die too
-    source: bytes  # main.py, written into the tmpfs cwd (namespace modes)
-    uid: int | None  # run as this uid (we are root), else keep ours
-    user_namespaces: bool
-    workdir_bytes: int
     rlimits: tuple
+    source: bytes = b""  # main.py, written into the tmpfs cwd (namespace modes)
+    uid: int | None = None  # run as this uid (we are root), else keep ours
+    user_namespaces: bool = False
+    workdir_bytes: int = 0
     # user-namespaces mode, where the program has our uid: every host mount becomes read-only,
     # and our home (tokens, keys, caches) is hidden but for the interpreter's own folders in it.
-    readonly_mounts: tuple[tuple[str, int], ...]
-    hidden_home: str | None
-    kept_in_home: tuple[str, ...]
+    readonly_mounts: tuple[tuple[str, int], ...] = ()
+    hidden_home: str | None = None
+    kept_in_home: tuple[str, ...] = ()
+    # False when we exec a possibly setuid launcher (bwrap, apptainer): no_new_privs would stop
+    # it from working; it sets no_new_privs for the program itself.
+    no_new_privs: bool = True
+    cgroup_procs: str | None = None  # join this cgroup (its cgroup.procs file) first
 
 
 def in_child(plan: ChildPlan) -> None:
     # Popen reports only "Exception occurred in preexec_fn"; put the reason on the program's
     # stderr (our stderr file by now) so the sandbox_error says what failed.
     try:
+        if plan.cgroup_procs:
+            # First, while we may still write there: every process started from here on is
+            # counted against the cgroup's memory.max and pids.max.
+            fd = os.open(plan.cgroup_procs, os.O_WRONLY)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
         if plan.namespaces:
             _enter_namespaces(plan)
         else:
@@ -66,7 +78,8 @@ def in_child(plan: ChildPlan) -> None:
                 _become(plan.uid)
             if not _die_with(plan.grader_pid):
                 os._exit(255)
-        _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")  # no setuid binary helps it
+        if plan.no_new_privs:
+            _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")  # no setuid binary helps it
         # Last: RLIMIT_AS would also bind the Python code above, in a copy of a possibly huge parent.
         for which, value in plan.rlimits:
             resource.setrlimit(which, value)

@@ -1,5 +1,6 @@
-"""Hostile programs against the sandbox: each must be contained, reported as that sample's
-failure, and leave nothing behind (no process, no file)."""
+"""Hostile programs against the sandbox, over every backend that runs on this machine and under a
+fake root (uid 0 in a user namespace) with nested user namespaces allowed and blocked: each must be
+contained, reported as that sample's failure, and leave nothing behind (no process, no file)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,18 @@ from svd_hpc import sandbox
 from svd_hpc.sandbox import SandboxLimits, run_program
 
 REPO = Path(__file__).resolve().parent.parent
-NAMESPACED = sandbox.sandbox_isolation() != "process-group"
+# Each isolating backend, probed once: those that cannot run here are skipped with the reason.
+BACKENDS = {mode: sandbox._detect((mode,)) for mode in sandbox.ISOLATING}
+
+
+@pytest.fixture(params=sandbox.ISOLATING)
+def backend(request, monkeypatch):
+    """run_program uses this backend for the test."""
+    iso = BACKENDS[request.param]
+    if iso.mode == sandbox.UNAVAILABLE:
+        pytest.skip(f"{request.param} cannot run here: {dict(iso.missing)[request.param]}")
+    monkeypatch.setattr(sandbox, "_detected", iso)
+    return request.param
 
 
 def processes_with(marker: str) -> list[int]:
@@ -61,7 +73,7 @@ def private_tempdir(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- ordinary programs
 
 
-def test_echoes_stdin_and_leaves_no_directory(private_tempdir):
+def test_echoes_stdin_and_leaves_no_directory(backend, private_tempdir):
     result = run_program("import sys\nprint(sys.stdin.read().upper(), end='')", stdin="hello\nworld\n")
     assert result.status == "ok", result
     assert result.stdout == "HELLO\nWORLD\n"
@@ -75,7 +87,7 @@ def test_exception_is_runtime_error_with_traceback():
     assert "KeyError: 'boom'" in result.stderr
 
 
-def test_exit_builtin_and_stdlib_work():
+def test_exit_builtin_and_stdlib_work(backend):
     # exit() comes from `site`; competitive programs use it.
     result = run_program("import heapq, bisect, collections\nprint(heapq.nsmallest(2, [5, 1, 3]))\nexit(0)")
     assert (result.status, result.stdout) == ("ok", "[1, 3]\n")
@@ -105,27 +117,27 @@ def test_unsupported_language_is_a_caller_error():
 # ----------------------------------------------------------------------------- hostile programs
 
 
-def test_infinite_loop_is_killed_at_the_timeout():
+def test_infinite_loop_is_killed_at_the_timeout(backend):
     result = run_program("while True:\n    pass", timeout_s=1.0)
     assert result.status == "timeout"
     assert 1.0 <= result.wall_s < 3.0  # generous: a loaded machine delays the kill too
 
 
-def test_sleeping_program_is_killed_at_the_timeout():
+def test_sleeping_program_is_killed_at_the_timeout(backend):
     # Wall clock, not CPU time: a program blocked on sleep or input must not hang the grader.
     result = run_program("import time\ntime.sleep(60)", timeout_s=0.5)
     assert result.status == "timeout"
     assert result.wall_s < 2.5
 
 
-def test_memory_balloon_fails_the_sample_not_us():
+def test_memory_balloon_fails_the_sample_not_us(backend):
     program = "chunks = []\nwhile True:\n    chunks.append(bytearray(50 * 2**20))"
     result = run_program(program, timeout_s=10.0, limits=SandboxLimits(memory_bytes=512 << 20))
     assert result.status == "memory", result
     assert result.wall_s < 5.0
 
 
-def test_fork_bomb_is_contained(private_tempdir, marker):
+def test_fork_bomb_is_contained(backend, private_tempdir, marker):
     # Re-exec once so every process of the bomb carries a marker we can find from the host.
     program = textwrap.dedent(f"""
         import os, sys
@@ -182,7 +194,7 @@ def daemon_program(marker: str, then: str) -> str:
 
 
 @pytest.mark.parametrize("then", ["pass", "time.sleep(60)"], ids=["exits", "times-out"])
-def test_daemon_does_not_outlive_the_run(then, marker):
+def test_daemon_does_not_outlive_the_run(backend, then, marker):
     result = run_program(daemon_program(marker, then), timeout_s=4.0)
     assert "daemon-up" in result.stdout, result
     assert result.status == ("ok" if then == "pass" else "timeout")
@@ -218,7 +230,7 @@ def test_sandbox_dies_with_a_killed_grader(marker, tmp_path):
     assert processes_with(marker) == []
 
 
-def test_writing_outside_its_directory_fails():
+def test_writing_outside_its_directory_fails(backend):
     name = f"svd_escape_{uuid.uuid4().hex}"
     targets = [f"/tmp/{name}", f"/var/tmp/{name}", str(REPO / name), str(Path.home() / name)]
     program = textwrap.dedent(f"""
@@ -242,33 +254,74 @@ def test_writing_outside_its_directory_fails():
         assert not os.path.exists(path), path
 
 
-def test_environment_secrets_are_not_visible(monkeypatch):
-    secret = f"hf_secret_{uuid.uuid4().hex}"
-    monkeypatch.setenv("HF_TOKEN", secret)
+SECRET_VARS = ("HF_TOKEN", "GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "WANDB_API_KEY", "DB_PASSWORD", "MY_PASSWORD_FILE")
+
+
+def test_environment_secrets_are_not_visible(backend, monkeypatch):
+    secret = f"secret_{uuid.uuid4().hex}"
+    for name in SECRET_VARS:
+        monkeypatch.setenv(name, secret)
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    # Besides its own environment, try every other process's environment it can see.
+    # Besides its own environment, try every other process's environment it can see (/proc/1 too).
     program = textwrap.dedent("""
         import os
         print(dict(os.environ))
         for pid in os.listdir("/proc"):
             if pid.isdigit():
                 try:
-                    print(open(f"/proc/{pid}/environ", "rb").read())
+                    print(pid, open(f"/proc/{pid}/environ", "rb").read())
                 except OSError:
                     pass
     """)
     result = run_program(program)
     assert result.status == "ok"
-    assert "PATH" in result.stdout
-    if sandbox.sandbox_isolation() == "process-group" and os.geteuid() != 0:
-        pytest.skip("without namespaces, /proc/<our pid>/environ is readable by the program")
+    assert "PATH" in result.stdout and "\n1 b" in result.stdout  # it did read /proc/1/environ: the check can tell
     assert secret not in result.stdout + result.stderr
-    assert "SLURM_JOB_ID" not in result.stdout
+    for name in (*SECRET_VARS, "SLURM_JOB_ID"):
+        assert name not in result.stdout
 
 
-def test_network_is_unreachable():
-    if not NAMESPACED:
-        pytest.skip("no network namespace on this machine")
+@pytest.fixture
+def home_with_token(monkeypatch, request):
+    """A home (not under /tmp, which every backend covers anyway) holding a world-readable HF token."""
+    parent = next(d for d in ("/home", "/srv", "/opt") if os.path.isdir(d))
+    home = Path(tempfile.mkdtemp(prefix="svd_home_", dir=parent))
+    request.addfinalizer(lambda: shutil.rmtree(home, ignore_errors=True))
+    home.chmod(0o755)
+    token = home / ".cache" / "huggingface" / "token"
+    token.parent.mkdir(parents=True)
+    token.write_text("hf_secret")
+    for path in (home / ".cache", token.parent):
+        path.chmod(0o755)
+    token.chmod(0o644)
+    monkeypatch.setenv("HOME", str(home))
+    return token
+
+
+def test_home_token_is_not_readable(backend, home_with_token, monkeypatch):
+    monkeypatch.setattr(sandbox, "_detected", sandbox._detect((backend,)))  # detected with this home
+    result = run_program(f"print(open({str(home_with_token)!r}).read())")
+    assert result.status == "runtime_error", result
+    assert "hf_secret" not in result.stdout
+    assert "FileNotFoundError" in result.stderr  # the home is hidden, not just unreadable
+
+
+def test_ten_gigabyte_file_is_stopped(backend, private_tempdir):
+    program = textwrap.dedent("""
+        block = b"x" * (1 << 20)
+        with open("big.bin", "wb") as f:
+            for _ in range(10 * 1024):
+                f.write(block)
+        print("wrote 10 GB")
+    """)
+    result = run_program(program, timeout_s=10.0)
+    assert result.status != "ok" and "wrote 10 GB" not in result.stdout, result
+    assert result.wall_s < 5.0
+    assert list(private_tempdir.rglob("big.bin")) == []
+
+
+def test_network_is_unreachable(backend):
+    """Neither the grader's listening socket on 127.0.0.1 nor any outside address."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -276,15 +329,18 @@ def test_network_is_unreachable():
     port = listener.getsockname()[1]
     program = textwrap.dedent(f"""
         import socket
-        try:
-            socket.create_connection(("127.0.0.1", {port}), timeout=2).sendall(b"leak")
-            print("connected")
-        except OSError as exc:
-            print("blocked", exc)
+        for address in [("127.0.0.1", {port}), ("1.1.1.1", 53), ("192.0.2.1", 80)]:
+            try:
+                socket.create_connection(address, timeout=2).sendall(b"leak")
+                print("connected", address)
+            except OSError as exc:
+                print("blocked", address, exc)
+        print("interfaces", sorted(name for _, name in socket.if_nameindex()))
     """)
     result = run_program(program)
     assert result.network_isolated
-    assert result.stdout.startswith("blocked"), result
+    assert "connected" not in result.stdout and result.stdout.count("blocked") == 3, result
+    assert "interfaces ['lo']" in result.stdout  # no device leads outside: nothing to route to
     with pytest.raises(BlockingIOError):
         listener.accept()
     listener.close()
