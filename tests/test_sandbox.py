@@ -418,3 +418,284 @@ def test_unprivileged_user_gets_user_namespaces(tmp_path, request):
     assert out["secret"] == "runtime_error"  # readable by its uid, but the home is hidden
     assert "unreachable" in out["net"].lower()
     assert out["bomb"] == "timeout"
+
+
+# ----------------------------------------------------------------------------- fake root
+
+
+def test_fake_root_as_the_issue_ran_it_detects_a_mode():
+    """issue 17's command: uid 0 in a user namespace made by the host's root; detection used to raise."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from svd_hpc import sandbox\n"
+            "print(sandbox.fake_root(), sandbox.sandbox_isolation(), sandbox.run_program('print(6*7)').stdout.strip())")
+    proc = subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-c", code, str(REPO)],
+                          capture_output=True, text=True, timeout=60)
+    if "unshare failed" in proc.stderr:
+        pytest.skip(f"no user namespaces here: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "user-namespaces", "42"]
+
+
+FAKE_ROOT_SUITE = textwrap.dedent("""
+    import json, os, shutil, sys
+    sys.path.insert(0, sys.argv[1])  # the repository: svd_hpc.sandbox needs only the standard library
+    from svd_hpc import sandbox
+    target, token, port, hide_bwrap = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
+    if hide_bwrap:
+        which = shutil.which
+        sandbox.shutil.which = lambda name: None if name == "bwrap" else which(name)
+    run = sandbox.run_program
+    out = {"fake_root": sandbox.fake_root(), "mode": sandbox.sandbox_isolation()}
+    try:
+        sandbox.require_isolation(False)
+    except sandbox.IsolationMissing as exc:
+        out["refused"] = str(exc)
+        print(json.dumps(out))
+        sys.exit(0)
+    bomb = "import os\\nwhile True:\\n  try: os.fork()\\n  except OSError: print('refused', flush=True); break"
+    out.update({
+        "echo": run("print(input())", stdin="hi").stdout,
+        "write": run(f"open({target!r}, 'w').write('x')").status,
+        "inside": run("open('x', 'w').write('1'); print(open('x').read())").stdout,
+        "token": run(f"print(open({token!r}).read())").status,
+        "environ": run("print(open('/proc/1/environ').read())").stdout,
+        "grader": run(f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=1)").status,
+        "outside": run("import socket; socket.create_connection(('1.1.1.1', 53), timeout=1)").status,
+        "loop": run("while True: pass", timeout_s=0.5).status,
+        "balloon": run("a = []\\nwhile True: a.append(bytearray(50 << 20))",
+                       limits=sandbox.SandboxLimits(memory_bytes=512 << 20)).status,
+        "big_file": run("f = open('big', 'wb')\\nfor _ in range(10240): f.write(b'x' * (1 << 20))").status,
+        "bomb": run(bomb, timeout_s=1.5, limits=sandbox.SandboxLimits(max_processes=16)).stdout,
+    })
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.parametrize("nested", ["allowed", "blocked", "blocked-no-bwrap"])
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
+                    reason="needs root (to become an ordinary user) and /usr/bin/python3")
+def test_hostile_programs_under_a_fake_root(nested, tmp_path, request, monkeypatch):
+    """An ordinary user's fake root (what apptainer --fakeroot and rootless podman give), with nested
+    user namespaces allowed and blocked (`echo 0 > /proc/sys/user/max_user_namespaces` inside)."""
+    owned = tmp_path / "nobody_owned"
+    owned.mkdir()
+    os.chown(owned, 65534, 65534)
+    tmp_path.chmod(0o755)
+    target = owned / "escape.txt"
+    parent = next(d for d in ("/home", "/srv", "/opt") if os.path.isdir(d))
+    home = Path(tempfile.mkdtemp(prefix="svd_home_", dir=parent))
+    request.addfinalizer(lambda: shutil.rmtree(home, ignore_errors=True))
+    token = home / ".cache" / "huggingface" / "token"
+    token.parent.mkdir(parents=True)
+    token.write_text("hf_secret")
+    for path in (home, home / ".cache", token.parent, token):
+        os.chown(path, 65534, 65534)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    block = "echo 0 > /proc/sys/user/max_user_namespaces; " if nested != "allowed" else ""
+    script = f'{block}exec /usr/bin/python3 -I -c "$0" "$@"'
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "HF_TOKEN": "hf_env_secret", "DB_PASSWORD": "pw_secret"}
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "unshare", "--user", "--map-root-user",
+         "sh", "-c", script, FAKE_ROOT_SUITE, str(REPO), str(target), str(token), str(listener.getsockname()[1]),
+         "1" if nested == "blocked-no-bwrap" else "0"],
+        capture_output=True, text=True, timeout=120, env=env)
+    listener.close()
+    if "unshare failed" in proc.stderr:
+        pytest.skip(f"no user namespaces here: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["fake_root"] is True
+    expected = {"allowed": "user-namespaces", "blocked": "bubblewrap", "blocked-no-bwrap": "process-group"}[nested]
+    if nested == "blocked" and not shutil.which("bwrap"):
+        expected = "process-group"
+    assert out["mode"] == expected
+    if expected == "process-group":  # nothing isolates: the refusal, naming what is missing and the knob
+        assert "eval.allow_unisolated_code: true" in out["refused"] and "user-namespaces:" in out["refused"]
+        return
+    assert out["echo"] == "hi\n"
+    assert out["write"] == "runtime_error" and not target.exists()
+    assert out["inside"] == "1\n"
+    assert out["token"] == "runtime_error"
+    assert "secret" not in out["environ"] and "PATH=" in out["environ"]
+    assert (out["grader"], out["outside"]) == ("runtime_error", "runtime_error")
+    assert out["loop"] == "timeout"
+    assert out["balloon"] == "memory"
+    assert out["big_file"] == "runtime_error"
+    assert "refused" in out["bomb"]  # RLIMIT_NPROC held: the bomb was refused, not just timed out
+
+
+# ----------------------------------------------------------------------------- process-group
+
+
+THREADS_ON_A_BUSY_ACCOUNT = textwrap.dedent("""
+    import sys, threading
+    sys.path.insert(0, sys.argv[1])
+    from svd_hpc import sandbox
+    # A busy account, like a grader with a loaded engine: many threads of our uid.
+    stop = threading.Event()
+    for _ in range(150):
+        threading.Thread(target=stop.wait, daemon=True).start()
+    iso = sandbox._detect(("process-group",))
+    program = "import threading\\nts = [threading.Thread(target=lambda: None) for _ in range(8)]\\n" \\
+              "[t.start() for t in ts]\\n[t.join() for t in ts]\\nprint('threads ok')"
+    result = sandbox._run(iso, program, stdin="", timeout_s=10, limits=sandbox.SandboxLimits(max_processes=16))
+    print(result.status, result.stdout.strip(), result.stderr.strip()[-200:])
+    stop.set()
+""")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
+                    reason="needs root (to become an ordinary user) and /usr/bin/python3")
+def test_process_group_counts_threads_for_rlimit_nproc():
+    """RLIMIT_NPROC counts tasks: the limit must leave room for all of the user's threads."""
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-I",
+                           "-c", THREADS_ON_A_BUSY_ACCOUNT, str(REPO)],
+                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ok threads ok"), proc.stdout
+
+
+def test_user_tasks_counts_threads():
+    stop = threading.Event()
+    before = sandbox.user_tasks(os.getuid())
+    threads = [threading.Thread(target=stop.wait) for _ in range(20)]
+    for t in threads:
+        t.start()
+    try:
+        assert sandbox.user_tasks(os.getuid()) >= before + 20
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+
+def test_process_group_reports_what_is_not_contained(monkeypatch):
+    """Allowed explicitly, an unisolated run says so: no network isolation in the result and the record."""
+    iso = sandbox._Isolation("process-group", sys.executable, missing=(("bubblewrap", "bwrap is not installed"),))
+    monkeypatch.setattr(sandbox, "_detected", iso)
+    assert not run_program("print(1)").network_isolated
+    assert sandbox.require_isolation(True) == "process-group"
+    assert sandbox.isolation_record()["network_isolated"] is False
+    with pytest.raises(sandbox.IsolationMissing) as err:
+        sandbox.require_isolation(False, "code benchmark 'lcb'")
+    message = str(err.value)
+    assert message.count(". ") == 0 and message.endswith(".")  # one sentence
+    assert "code benchmark 'lcb'" in message and "bwrap is not installed" in message
+    assert "eval.allow_unisolated_code: true" in message
+
+
+def test_code_benchmark_task_refuses_before_loading_a_model(tmp_path, monkeypatch):
+    """The refusal is a task error (exit 2 through svd_hpc.task), raised before any engine starts."""
+    import yaml
+
+    from svd_hpc import config, evaluate
+    from svd_hpc.plan import build_plan, plan_to_json
+    from svd_hpc.rundir import RunDir, atomic_write_json
+
+    code = {"name": "code", "path": str(REPO / "data" / "eval_samples" / "code.jsonl"), "id_field": "question_id",
+            "question_field": "question_content", "grader": "code", "domain": "code"}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"name": "r", "model": {"path": "builtin:tiny-qwen3"}, "train": {"enabled": False},
+                                    "eval": {"benchmarks": [code]}}))
+    cfg = config.load(path)
+    run = RunDir(tmp_path / "r")
+    run.write_config(cfg, meta={})
+    atomic_write_json(run.plan_path, plan_to_json(build_plan(cfg)))
+    monkeypatch.setattr(sandbox, "_detected", sandbox._Isolation("process-group", sys.executable,
+                                                                 missing=(("bubblewrap", "bwrap is not installed"),)))
+    started = []
+    monkeypatch.setattr(evaluate, "Engine", lambda *a, **k: started.append(1) or pytest.fail("engine started"))
+    with pytest.raises(sandbox.IsolationMissing, match="eval.allow_unisolated_code: true"):
+        evaluate.run_eval_task(run, "eval_base", 0)
+    assert started == []
+
+
+# ----------------------------------------------------------------------------- apptainer, cgroups, report
+
+
+def test_apptainer_command_line(monkeypatch):
+    """apptainer is not installed here: the exact command line it would get."""
+    monkeypatch.setenv(sandbox.IMAGE_VAR, "/images/python.sif")
+    iso = sandbox._Isolation("apptainer", "python3", "/usr/bin/apptainer")
+    rlimits = sandbox._rlimits(SandboxLimits(), 6.0, 5)
+    argv = sandbox._apptainer_argv(iso, "/scratch/w", rlimits)
+    assert argv[:15] == ["/usr/bin/apptainer", "exec", "--containall", "--net", "--network", "none", "--no-privs",
+                         "--no-home", "--bind", "/scratch/w:/tmp/sandbox", "--pwd", "/tmp/sandbox",
+                         "/images/python.sif", "python3", "-I"]
+    bootstrap = argv[-1]
+    assert f"({int(__import__('resource').RLIMIT_NPROC)}, (69, 69))" in bootstrap  # 64 + the 5 already counted
+    assert "os.execvp('python3', ['python3', '-I', '-B', 'main.py'])" in bootstrap
+    # the bootstrap is valid Python that sets the limits and becomes the program
+    compile(bootstrap, "bootstrap", "exec")
+
+
+def test_apptainer_is_skipped_with_its_reason(monkeypatch):
+    monkeypatch.setattr(sandbox, "_apptainer", lambda: "")
+    assert "is installed" in sandbox._precondition("apptainer")
+    monkeypatch.setattr(sandbox, "_apptainer", lambda: "/usr/bin/apptainer")
+    monkeypatch.delenv(sandbox.IMAGE_VAR, raising=False)
+    assert sandbox.IMAGE_VAR in sandbox._precondition("apptainer")
+
+
+def test_bubblewrap_command_line_hides_home_and_network(monkeypatch, tmp_path):
+    home = Path("/srv/someone")
+    monkeypatch.setattr(sandbox, "_hidden_home", lambda interpreter: (str(home), ()))
+    argv = sandbox._bwrap_argv(sandbox._Isolation("bubblewrap", "/usr/bin/python3", "/usr/bin/bwrap"), 7,
+                               SandboxLimits())
+    joined = " ".join(argv)
+    for part in ("--unshare-all", "--die-with-parent", "--cap-drop ALL", "--ro-bind / /", f"--tmpfs {home}",
+                 f"--remount-ro {home}", "--file 7 /tmp/sandbox/main.py", "--remount-ro /tmp"):
+        assert part in joined
+    assert "--share-net" not in argv and argv[-1] == "--"
+
+
+def test_cgroup_delegation_here_or_its_reason():
+    """This machine's cgroups, for real: a delegated cgroup v2 is used, else the reason is stated."""
+    d = sandbox._delegate()
+    bound = sandbox.memory_bound(SandboxLimits())
+    if d.parent is None:
+        assert d.reason and d.reason in bound and "RLIMIT_AS 1024 MiB x RLIMIT_NPROC 64" in bound
+        pytest.skip(f"no delegated cgroup v2 here: {d.reason}")
+    monkey = sandbox._Delegation(d.parent, "")
+    sandbox._cgroup = monkey
+    result = run_program("a = []\nwhile True: a.append(bytearray(50 << 20))",
+                         limits=SandboxLimits(memory_bytes=4 << 30, total_memory_bytes=256 << 20))
+    assert result.status == "memory"
+
+
+def test_cgroup_delegation_moves_us_to_a_leaf(tmp_path):
+    """The files a delegated cgroup v2 gets written (a tree of plain files stands in for cgroupfs)."""
+    root = tmp_path / "cg"
+    ours = root / "job_1" / "step_0"
+    ours.mkdir(parents=True)
+    (ours / "cgroup.controllers").write_text("cpu memory pids\n")
+    (ours / "cgroup.subtree_control").write_text("")
+    (ours / "cgroup.procs").write_text("111\n222\n")
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(f"30 25 0:26 / {root} rw,nosuid - cgroup2 cgroup2 rw\n")
+    membership = tmp_path / "cgroup"
+    membership.write_text("0::/job_1/step_0\n")
+    d = sandbox._delegate(str(mountinfo), str(membership))
+    assert d.parent == str(ours)
+    assert (ours / "svd-grader" / "cgroup.procs").read_text() == "222"  # each pid written in turn
+    assert (ours / "cgroup.subtree_control").read_text() == "+memory +pids"
+    (ours / "cgroup.controllers").write_text("cpu\n")
+    (ours / "cgroup.subtree_control").write_text("")
+    assert "no memory and pids controllers" in sandbox._delegate(str(mountinfo), str(membership)).reason
+
+
+def test_report_states_the_isolation(tmp_path):
+    from svd_hpc import report
+    from svd_hpc.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    for bench, record in (("lcb", {"isolation": "bubblewrap", "network_isolated": True, "total_memory": "cgroup v2 x"}),
+                          ("humaneval", {"isolation": "process-group", "network_isolated": False})):
+        path = run.stage_dir("eval") / "base" / bench / "seed-0.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"sandbox": record}))
+    text = "\n".join(report._sandbox_notes(run))
+    assert "isolation `bubblewrap` for lcb; `process-group` for humaneval" in text
+    assert "Total memory: cgroup v2 x." in text
+    assert "humaneval was graded without isolation" in text
