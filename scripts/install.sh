@@ -19,6 +19,11 @@ for arg in "$@"; do
 done
 extras+=("$target")
 
+# bubblewrap isolates model-written code where user namespaces are off (it is often setuid);
+# without root, ask the site for it: the sandbox picks the strongest isolation it finds.
+if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null && ! command -v bwrap >/dev/null; then
+    apt-get install -y --no-install-recommends bubblewrap || { apt-get update -q && apt-get install -y --no-install-recommends bubblewrap; }
+fi
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e ".[$(IFS=,; echo "${extras[*]}")]"
