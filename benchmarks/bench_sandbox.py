@@ -7,6 +7,7 @@ Measured in one run, on the same small program (read a line of numbers, print th
   same-exe   `subprocess.run([<sandbox interpreter>, "-I", "-B", prog])`: bare, but the same
              interpreter the sandbox picked, so the ratio to it is the sandbox's own cost
   sandbox    `svd_hpc.sandbox.run_program(prog)`: namespaces, rlimits, fresh uid and tmpfs cwd
+  <backend>  each other isolating backend that runs here (e.g. bubblewrap), same program
 Runs alternate between the three; medians of wall time and of CPU time (ours plus reaped
 children's) are reported (target: sandbox <= 1.5x baseline). On a shared machine the wall-time
 ratio swings with other load (every extra process hop waits for a core); the CPU ratio does not.
@@ -61,6 +62,12 @@ def overhead(runs: int) -> None:
                                                capture_output=True, text=True, check=True, cwd=tmp),
             "sandbox": lambda: sandbox.run_program(PROGRAM, stdin=STDIN),
         }
+        # Every other isolating backend that runs here, for comparison.
+        for mode in sandbox.ISOLATING:
+            iso = sandbox._detect((mode,))
+            if iso.mode == mode and mode != sandbox.sandbox_isolation():
+                variants[mode] = lambda iso=iso: sandbox._run(iso, PROGRAM, stdin=STDIN, timeout_s=6.0,
+                                                             limits=sandbox.SandboxLimits())
         assert sandbox.run_program(PROGRAM, stdin=STDIN).stdout == "55\n"
         times: dict[str, list[float]] = {name: [] for name in variants}
         cpu: dict[str, list[float]] = {name: [] for name in variants}
@@ -81,6 +88,9 @@ def overhead(runs: int) -> None:
     for other, note in (("baseline", "target <= 1.5x"), ("same-exe", "the isolation's own cost")):
         print(f"  sandbox / {other:8s} = {median['sandbox'] / median[other]:.2f}x wall, "
               f"{median_cpu['sandbox'] / median_cpu[other]:.2f}x cpu  ({note})")
+    for mode in (m for m in sandbox.ISOLATING if m in median):
+        print(f"  {mode} / baseline = {median[mode] / median['baseline']:.2f}x wall, "
+              f"{median_cpu[mode] / median_cpu['baseline']:.2f}x cpu")
 
 
 def throughput(programs: int, workers: int) -> None:
