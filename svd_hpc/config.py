@@ -87,6 +87,15 @@ class ModelConfig:
     block_size: Optional[int] = None  # KV block size; 32 shares more judge prefix on CPU
     cpu_kvcache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE on CPU machines
     max_num_seqs: Optional[int] = None  # sequences decoded at once; None keeps vLLM's default
+    # Each request samples with its own seed (from model.seed and the item's identity), so a
+    # resumed task reproduces an uninterrupted one exactly. It costs speed on GPUs: vLLM then
+    # samples seeded requests one by one in Python instead of in FlashInfer's batched kernel.
+    # false: one engine-wide seed; a task is still reproducible when run uninterrupted with the
+    # same batch, but a resumed (or differently batched) task samples different text.
+    per_request_seeds: bool = True
+    # "auto": sampling settings a stage leaves unset (null) come from the model's own
+    # generation_config.json (Qwen3: top_k 20, top_p 0.95, ...); "vllm": vLLM's neutral defaults.
+    generation_config: Literal["auto", "vllm"] = "auto"
 
 
 @dataclass
@@ -108,8 +117,12 @@ class SeedsConfig:
 @dataclass
 class GenerateConfig:
     n: int = 8
-    temperature: float = 0.8
-    top_p: float = 0.95
+    # sampling: null leaves a setting to the model's generation_config (see model.generation_config)
+    temperature: Optional[float] = 0.8
+    top_p: Optional[float] = 0.95
+    top_k: Optional[int] = None
+    min_p: Optional[float] = None
+    repetition_penalty: Optional[float] = None
     max_tokens: int = 32768
     stop: list[str] = field(default_factory=list)
     require_think: Literal["auto", "on", "off"] = "auto"  # demand a closed think block; auto follows the model
@@ -123,8 +136,11 @@ class GenerateConfig:
 class VerifyConfig:
     stages: list[str] = field(default_factory=lambda: list(VERIFY_STAGES))
     votes: int = 5
-    temperature: float = 0.6
-    top_p: float = 0.95
+    temperature: Optional[float] = 0.6  # sampling knobs as in generate
+    top_p: Optional[float] = 0.95
+    top_k: Optional[int] = None
+    min_p: Optional[float] = None
+    repetition_penalty: Optional[float] = None
     max_tokens: int = 32768
     cycle_inferences: int = 1
     aggregation: Literal["unanimous", "majority", "k_of_v"] = "unanimous"
@@ -190,8 +206,11 @@ class BenchmarkSpec:
 class EvalConfig:
     benchmarks: list[BenchmarkSpec] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])
-    temperature: float = 0.7
-    top_p: float = 0.95
+    temperature: Optional[float] = 0.7  # sampling knobs as in generate
+    top_p: Optional[float] = 0.95
+    top_k: Optional[int] = None
+    min_p: Optional[float] = None
+    repetition_penalty: Optional[float] = None
     max_tokens: int = 32768
     uq_ttc: bool = False  # also evaluate the test-time baseline on the base model
     uq_ttc_candidates: int = 8

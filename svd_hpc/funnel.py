@@ -10,6 +10,10 @@ Counts, overall and per domain:
   selected             valid candidates picked by the selection rule
   duplicate_solutions  selected candidates dropped because an identical solution was kept
   kept                 rows written: train + validation
+Judge votes, per verify stage (they show when judges are starved of tokens):
+  votes_<stage>        votes cast at this stage
+  no_verdict_<stage>   votes whose reply held no verdict (they count as "no")
+  cut_off_<stage>      votes whose reply hit verify.max_tokens before it ended
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import records
 from .config import RunConfig
 from .selection import enabled_stages
 
@@ -32,6 +37,7 @@ class Counts:
         self.by_domain: dict[str, Counter] = defaultdict(Counter)
 
     def add_rows(self, domain: pa.Array | pa.ChunkedArray, masks: dict[str, np.ndarray]) -> None:
+        """Add per-row values (masks, or counts per row) to each row's domain."""
         encoded = pc.dictionary_encode(domain)
         chunks = encoded.chunks if isinstance(encoded, pa.ChunkedArray) else [encoded]
         for name, mask in masks.items():
@@ -40,8 +46,8 @@ class Counts:
                 part = mask[offset : offset + len(chunk)]
                 offset += len(chunk)
                 per_code = np.bincount(
-                    chunk.indices.to_numpy(zero_copy_only=False)[part], minlength=len(chunk.dictionary)
-                )
+                    chunk.indices.to_numpy(zero_copy_only=False), weights=part.astype(np.float64), minlength=len(chunk.dictionary)
+                ).astype(np.int64)
                 for label, count in zip(chunk.dictionary.to_pylist(), per_code.tolist()):
                     self.by_domain[label][name] += count
 
@@ -52,6 +58,29 @@ class Counts:
         first_row = pc.index_in(question_ids, value_set=questions["question_id"])
         domain = questions["domain"].take(first_row)
         self.add_rows(domain, {"seeds": np.ones(len(question_ids), bool), "duplicate_questions": duplicate})
+
+
+def vote_stats(table: pa.Table, stages: list[str]) -> dict[str, np.ndarray]:
+    """Per row: votes cast, votes without a verdict and votes cut off, for each stage."""
+    out = {}
+    for stage in stages:
+        votes = table[f"{stage}_votes"].combine_chunks()
+        cut = table[f"{stage}_cut_off"].combine_chunks()
+        out[f"votes_{stage}"] = pc.fill_null(pc.list_value_length(votes), 0).to_numpy().astype(np.int64)
+        out[f"no_verdict_{stage}"] = _per_row(votes, pc.equal(pc.list_flatten(votes), records.VOTE_NONE))
+        out[f"cut_off_{stage}"] = _per_row(cut, pc.list_flatten(cut))
+    return out
+
+
+def _per_row(lists: pa.ListArray, flags: pa.Array) -> np.ndarray:
+    """How many true flags (one per list element) each row's list holds."""
+    parents = pc.list_parent_indices(lists).to_numpy()
+    hit = pc.fill_null(flags, False).to_numpy(zero_copy_only=False).astype(bool)
+    return np.bincount(parents[hit], minlength=len(lists)).astype(np.int64)
+
+
+def vote_names(cfg: RunConfig) -> list[str]:
+    return [f"{kind}_{s}" for s in cfg.verify.stages for kind in ("votes", "no_verdict", "cut_off")]
 
 
 def metric_names(cfg: RunConfig) -> list[str]:
@@ -68,6 +97,7 @@ def metric_names(cfg: RunConfig) -> list[str]:
         "kept",
         "train",
         "validation",
+        *vote_names(cfg),
     ]
 
 
@@ -125,9 +155,11 @@ def chart(stats: dict, path: Path) -> None:
 
     overall = stats["overall"]
     rows = ["candidates"] + [n for n in overall if n.startswith("passed_")] + ["valid", "selected", "kept"]
-    fig = Figure(figsize=(8, 0.5 * len(rows) + 1.5))
+    stages = [n[len("votes_") :] for n in overall if n.startswith("votes_")]
+    fig = Figure(figsize=(8, 0.5 * len(rows) + 1.5 + (2.5 if stages else 0)))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    grid = fig.add_gridspec(2 if stages else 1, 1, height_ratios=[len(rows) + 2, 5] if stages else [1])
+    ax = fig.add_subplot(grid[0])
     left = np.zeros(len(rows))
     for domain, values in stats["per_domain"].items():
         widths = np.array([values[r] for r in rows], float)
@@ -139,5 +171,22 @@ def chart(stats: dict, path: Path) -> None:
     ax.set_xlabel("candidates")
     ax.set_title("merge funnel")
     ax.legend(loc="lower right", fontsize=8)
+    if stages:
+        votes_chart(fig.add_subplot(grid[1]), overall, stages)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def votes_chart(ax, overall: dict, stages: list[str]) -> None:
+    """Per stage: votes without a verdict and votes cut off, as a share of the votes cast."""
+    x = np.arange(len(stages))
+    cast = np.array([max(1, overall[f"votes_{s}"]) for s in stages], float)
+    for offset, kind, label in ((-0.2, "no_verdict", "no verdict"), (0.2, "cut_off", "cut off (max_tokens)")):
+        counts = np.array([overall[f"{kind}_{s}"] for s in stages], float)
+        bars = ax.bar(x + offset, 100 * counts / cast, width=0.4, label=label)
+        for bar, count in zip(bars, counts):
+            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{int(count):,}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, [f"{s}\n({overall[f'votes_{s}']:,} votes)" for s in stages])
+    ax.set_ylabel("% of votes")
+    ax.set_title("judge votes without a verdict / cut off")
+    ax.legend(fontsize=8)

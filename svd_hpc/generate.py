@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from . import prompts
 from .config import RunConfig
-from .engine import Completion, Engine, Sampling, request_seed
+from .engine import Completion, Engine, request_seed, stage_sampling
 from .records import CANDIDATE, SEED, check_schema
 from .rundir import RunDir, atomic_path
 
@@ -84,7 +84,7 @@ def generate_chunks(engine: Engine, cfg: RunConfig, chunks: dict[int, pa.Table],
     their longest sample while the rest of the batch sits idle.
     """
     gen = cfg.generate
-    sampling = Sampling(n=gen.n, temperature=gen.temperature, top_p=gen.top_p, max_tokens=gen.max_tokens, stop=gen.stop)
+    sampling = stage_sampling(gen, n=gen.n, stop=gen.stop)
     think = require_think(cfg, engine)
     owner, rows, members = [], [], {}
     for c, table in chunks.items():

@@ -40,7 +40,10 @@ from .rundir import RunDir, atomic_path, atomic_write_json
 log = logging.getLogger("svd_hpc")
 
 VOTE_COLUMNS = [f"{stage}_votes" for stage in VERIFY_STAGES]
-READ_COLUMNS = ["question_id", "question", "domain", "candidate_index", "status", *VOTE_COLUMNS, "prompt", "text"]
+CUT_OFF_COLUMNS = [f"{stage}_cut_off" for stage in VERIFY_STAGES]
+READ_COLUMNS = [
+    "question_id", "question", "domain", "candidate_index", "status", *VOTE_COLUMNS, *CUT_OFF_COLUMNS, "prompt", "text"
+]
 # repeated once per candidate: read as dictionaries, so each distinct value is decoded (and hashed) once
 DICTIONARY_COLUMNS = ["question_id", "question", "prompt"]
 READ_SCHEMA = pa.schema(
@@ -229,7 +232,8 @@ def _scan_shard(table, index, cfg, limit, counts, spill, next_row) -> pa.Table:
     counts.add_rows(
         domain,
         {"candidates": np.ones(table.num_rows, bool), "filtered": ~masks["unfiltered"], "valid": valid}
-        | {f"passed_{stage}": masks[stage] for stage in selection.enabled_stages(cfg.merge, stages)},
+        | {f"passed_{stage}": masks[stage] for stage in selection.enabled_stages(cfg.merge, stages)}
+        | funnel.vote_stats(table, stages),
     )
 
     qids = table["question_id"].chunk(0)

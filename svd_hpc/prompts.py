@@ -2,8 +2,10 @@
 filter, the judge prompts of the verification cascade, and verdict parsing.
 
 Judge prompts open with their fixed instruction, so every request of a stage shares that prefix
-in vLLM's prefix cache; the per-candidate text (question, answer) comes last. Judges only ever see
-the final answer part of a candidate (`final_answer`), never its think block.
+in vLLM's prefix cache; the per-candidate text (question, answer) follows, and a short restatement
+of the verdict format closes the prompt, so a judge reads the format last (as in the authors'
+layout) without the shared prefix changing. Judges only ever see the final answer part of a
+candidate (`final_answer`), never its think block.
 """
 
 from __future__ import annotations
@@ -16,17 +18,37 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 DOMAIN_INSTRUCTIONS = {
     "math": "Work through the problem step by step, then write the final answer inside \\boxed{}.",
-    "science": "Reason through the question step by step, then end with the line 'Answer: X', "
-    "where X is the letter of the correct option.",
+    # a science question shows its options (then the answer is a letter) or asks for a free-form answer
+    "science": "Reason through the question step by step, then write the final answer inside \\boxed{}.",
     "code": "Explain your approach briefly, then give the complete solution as one fenced code block.",
 }
+SCIENCE_CHOICE_INSTRUCTION = (
+    "Reason through the question step by step, then end with the line 'Answer: X', "
+    "where X is the letter of the correct option."
+)
+
+# an option line: "A) text", "(B) text", "C. text", "D: text"
+_OPTION_LINE = re.compile(r"^\s*\(?([A-Z])[).:]\s+\S", re.MULTILINE)
+
+
+def shows_options(question: str) -> bool:
+    """Whether a question lists lettered options, starting at A and B (e.g. "A) ..." lines)."""
+    letters = _OPTION_LINE.findall(question)
+    return "A" in letters and "B" in letters
+
+
+def instruction(question: str, domain: str) -> str:
+    """The domain's instruction for this question (science: letter answer only when options are shown)."""
+    if domain not in DOMAIN_INSTRUCTIONS:
+        raise ValueError(f"unknown domain '{domain}'; choose one of {', '.join(DOMAIN_INSTRUCTIONS)}.")
+    if domain == "science" and shows_options(question):
+        return SCIENCE_CHOICE_INSTRUCTION
+    return DOMAIN_INSTRUCTIONS[domain]
 
 
 def user_prompt(question: str, domain: str) -> str:
     """The user turn of a generation request: the question, a newline, the domain's instruction."""
-    if domain not in DOMAIN_INSTRUCTIONS:
-        raise ValueError(f"unknown domain '{domain}'; choose one of {', '.join(DOMAIN_INSTRUCTIONS)}.")
-    return f"{question}\n{DOMAIN_INSTRUCTIONS[domain]}"
+    return f"{question}\n{instruction(question, domain)}"
 
 
 def final_answer(text: str) -> str:
@@ -58,18 +80,18 @@ def filter_reason(text: str, domain: str, require_think: bool, require_format: b
 
 
 # ----------------------------------------------------------------------------- judge prompts
-# Each prompt states its expected verdict format: a final [[Y]] or [[N]].
+# Each prompt states its verdict format in its instruction and once more at its end.
 
 INFER_QUESTION = (
     "Below is an answer written in reply to some question. Work out the question this answer most "
-    "likely replies to: its topic, its given facts and numbers, and what it asks for. "
-    "Output only the question itself, with no preamble and no comment."
+    "likely replies to: the core question it addresses. Write only that question, on one line, "
+    "with no preamble and no comment."
 )
 
 CYCLE_JUDGE = (
     "You compare two questions: an original question, and a question reconstructed only from an "
     "answer to it. Decide whether they ask the same thing: the same core topic, the same key "
-    "facts, numbers and requirements, so that a full answer to one would also answer the other. "
+    "elements and requirements, so that answering one would also answer the other. "
     "Small differences of wording do not matter; a different quantity, condition or goal does.\n"
     "Finish with [[Y]] if they ask the same thing, or [[N]] if they do not."
 )
@@ -77,10 +99,11 @@ CYCLE_JUDGE = (
 FACTUALITY_JUDGE = (
     "You are an impartial reviewer checking an answer for errors of fact and reasoning. Look for "
     "wrong facts, numbers, formulas or dates; steps whose logic does not hold; explanations that "
-    "mislead or leave out something essential; common misconceptions. Be strict about any "
-    "calculation mistake or logical flaw; ignore typos and style. When a claim is plausible and "
-    "you find no clear error in it, give it the benefit of the doubt.\n"
-    "Finish with [[Y]] if the answer has no factual or logical errors, or [[N]] if it has any."
+    "mislead or leave out something essential; common misconceptions. Be strict about calculation "
+    "mistakes and logical flaws, but ignore typos, grammar and style. When you are unsure about a "
+    "claim and find no clear error in it, lean towards accepting it.\n"
+    "Finish with [[Y]] if the answer has no factual errors and no major flaws, or [[N]] if it has "
+    "an important factual or logical error that would mislead a reader."
 )
 
 CORRECTNESS_JUDGE = (
@@ -93,6 +116,9 @@ CORRECTNESS_JUDGE = (
     "Finish with [[Y]] if you accept the answer, or [[N]] if you reject it."
 )
 
+# after the per-candidate text: the format is read last, the shared prefix above stays the same
+VERDICT_REMINDER = "End your reply with your verdict: [[Y]] or [[N]]."
+
 
 def infer_question_prompt(answer: str) -> str:
     """Cycle consistency, step (a): ask for the question behind an answer (the answer alone)."""
@@ -101,26 +127,47 @@ def infer_question_prompt(answer: str) -> str:
 
 def cycle_judge_prompt(question: str, inferred: str) -> str:
     """Cycle consistency, step (b): the judge sees only the two questions."""
-    return f"{CYCLE_JUDGE}\n\nOriginal question:\n{question}\n\nReconstructed question:\n{inferred}"
+    return (
+        f"{CYCLE_JUDGE}\n\nOriginal question:\n{question}\n\nReconstructed question:\n{inferred}"
+        f"\n\n{VERDICT_REMINDER}"
+    )
 
 
 def factuality_prompt(question: str, answer: str) -> str:
-    return f"{FACTUALITY_JUDGE}\n\nQuestion:\n{question}\n\nAnswer:\n{answer}"
+    return f"{FACTUALITY_JUDGE}\n\nQuestion:\n{question}\n\nAnswer:\n{answer}\n\n{VERDICT_REMINDER}"
 
 
 def correctness_prompt(question: str, answer: str) -> str:
-    return f"{CORRECTNESS_JUDGE}\n\nQuestion:\n{question}\n\nAnswer:\n{answer}"
+    return f"{CORRECTNESS_JUDGE}\n\nQuestion:\n{question}\n\nAnswer:\n{answer}\n\n{VERDICT_REMINDER}"
 
 
 JUDGE_PROMPTS = {"factuality": factuality_prompt, "correctness": correctness_prompt}
 
 
+def inferred_question(text: str, rule: str = "first_line") -> str:
+    """The question read from a cycle_infer reply.
+
+    first_line (the authors'): the first line of what follows the last </think>, or of the whole
+    reply when it has none. full: everything after the judge's thinking.
+    """
+    if rule == "first_line":
+        body = text.rsplit(THINK_CLOSE, 1)[-1] if THINK_CLOSE in text else text
+        return body.strip().split("\n", 1)[0].strip()
+    if rule == "full":
+        return strip_think(text).strip()
+    raise ValueError(f"unknown inferred-question rule '{rule}'; choose first_line or full.")
+
+
 # ----------------------------------------------------------------------------- verdicts
 
 _BRACKETED = re.compile(r"\[\[\s*([YN])\s*\]\]", re.IGNORECASE)
-# a bare capital letter standing alone: lower-case y/n are too common as variables to count
+# authors: a letter not touching another letter, any case (digits and "_" may touch it)
+_ANY_LETTER = re.compile(r"(?<![A-Za-z])([YN])(?![A-Za-z])", re.IGNORECASE)
+_ANY_WORD = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+# strict: a bare capital letter standing alone: lower-case y/n are too common as variables to count
 _LETTER = re.compile(r"(?<![A-Za-z0-9_])([YN])(?![A-Za-z0-9_])")
 _WORD = re.compile(r"(?<![A-Za-z0-9_])(yes|no)(?![A-Za-z0-9_])", re.IGNORECASE)
+VERDICT_RULES = {"authors": (_BRACKETED, _ANY_LETTER, _ANY_WORD), "strict": (_BRACKETED, _LETTER, _WORD)}
 
 
 def strip_think(text: str) -> str:
@@ -131,14 +178,21 @@ def strip_think(text: str) -> str:
     return text.split(THINK_OPEN, 1)[0]
 
 
-def parse_verdict(text: str) -> int:
+def parse_verdict(text: str, rule: str = "authors") -> int:
     """VOTE_YES, VOTE_NO, or VOTE_NONE (a rejection) for one judge output.
 
     Precedence: the last [[Y]]/[[N]] (any case, spaces inside allowed); else the last standalone
-    capital Y or N; else the last word yes/no (any case); else no verdict.
+    Y or N; else the last word yes/no (any case); else no verdict.
+    authors (evalchemy ttc_utils.extract_decision_robust): over the whole output, the judge's
+    thinking included, and a standalone y/n in any case counts.
+    strict: only the text after the judge's thinking (a verdict inside the thinking, or in a reply
+    cut off while thinking, is no verdict), and only a capital Y/N counts as a bare letter.
     """
-    text = strip_think(text)
-    for pattern in (_BRACKETED, _LETTER, _WORD):
+    if rule not in VERDICT_RULES:
+        raise ValueError(f"unknown verdict rule '{rule}'; choose {' or '.join(VERDICT_RULES)}.")
+    # the authors upper-case the reply first, which also changes what stands alone ("ß" -> "SS")
+    text = strip_think(text) if rule == "strict" else text.upper()
+    for pattern in VERDICT_RULES[rule]:
         found = pattern.findall(text)
         if found:
             return VOTE_YES if found[-1][0].upper() == "Y" else VOTE_NO

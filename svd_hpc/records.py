@@ -7,7 +7,8 @@ merge/sft/{train,validation}.parquet  SFT (merge -> train), loadable by datasets
 eval/<model>/<benchmark>/seed-K[-uq_ttc].parquet  EVAL (eval -> report)
 
 Votes are int8: 1 = yes ([[Y]]), 0 = no, -1 = no verdict found (counts as a rejection). A stage's
-vote list is null when the candidate never reached that stage (early exit or static filter).
+vote list is null when the candidate never reached that stage (early exit or static filter); its
+cut-off list, parallel to the votes, says which replies hit verify.max_tokens before they ended.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ VOTES = pa.list_(pa.int8())
 VERDICT = pa.schema(
     list(CANDIDATE)
     + [pa.field(f"{stage}_votes", VOTES) for stage in VERIFY_STAGES]
+    + [pa.field(f"{stage}_cut_off", pa.list_(pa.bool_())) for stage in VERIFY_STAGES]
     + [
         ("inferred_questions", pa.list_(pa.string())),  # cycle stage: questions inferred from the answer
         ("status", pa.string()),  # passed | rejected | filtered

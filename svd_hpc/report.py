@@ -208,7 +208,7 @@ def funnel_section(run: RunDir) -> Section:
     order = {name: i for i, name in enumerate(FUNNEL_ORDER)}
     for name in sorted(overall, key=lambda n: order.get(n, len(order))):
         value = overall[name]
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or name.startswith(VOTE_KINDS):
             continue
         counts_candidates = name not in ("seeds", "duplicate_questions") and isinstance(candidates, (int, float))
         share = f"{100 * value / candidates:.1f}" if counts_candidates and candidates else "—"
@@ -217,6 +217,36 @@ def funnel_section(run: RunDir) -> Section:
     skipped = stats.get("skipped_shards") or []
     if skipped:
         section.note = f"Skipped verify shards: {len(skipped)} (merge.allow_missing)."
+    return section
+
+
+VOTE_KINDS = ("votes_", "no_verdict_", "cut_off_")
+
+
+def votes_section(run: RunDir) -> Section:
+    """Judge votes per stage from merge/stats.json: how many held no verdict or were cut off."""
+    path = run.stage_dir("merge") / "stats.json"
+    section = Section("Judge votes per stage", ["stage", "votes", "no verdict", "% no verdict", "cut off", "% cut off"])
+    try:
+        overall = json.loads(path.read_text()).get("overall") or {}
+    except (OSError, ValueError, AttributeError):
+        overall = {}
+    stages = [name[len("votes_") :] for name in overall if name.startswith("votes_")]
+    order = {s: i for i, s in enumerate(VERIFY_STAGES)}  # stats.json keys are sorted: cascade order again
+    for stage in sorted(stages, key=lambda s: order.get(s, len(order))):
+        cast = overall[f"votes_{stage}"]
+        if not isinstance(cast, int):
+            continue
+        none, cut = overall.get(f"no_verdict_{stage}", 0), overall.get(f"cut_off_{stage}", 0)
+        share = lambda n: f"{100 * n / cast:.1f}" if cast else "—"  # noqa: E731
+        section.rows.append([stage, f"{cast:,}", f"{none:,}", share(none), f"{cut:,}", share(cut)])
+    if not section.rows:
+        section.note = "No judge vote counts (merge/stats.json is missing, or older than these counts)."
+    elif any(overall.get(f"cut_off_{row[0]}", 0) for row in section.rows):
+        section.note = (
+            "Judges cut off by verify.max_tokens: a reply that ends before its verdict counts as a no. "
+            "Raise verify.max_tokens (the authors allow 32768) if this share is large."
+        )
     return section
 
 
@@ -348,7 +378,7 @@ def build(run: RunDir, console: Console | None = None) -> Path:
             sections.append(pass_k_section(scores))
     else:
         sections.append(Section("pass@1 (%)", [], note="No eval results yet."))
-    sections += [funnel_section(run), cost_section(run, cfg, table)]
+    sections += [funnel_section(run), votes_section(run), cost_section(run, cfg, table)]
     lines = [f"# Report: {cfg.name}", "",
              (f"Run directory `{run.root}`, built {time.strftime('%Y-%m-%d %H:%M:%S')}. Model `{cfg.model.path}`; "
               "every number below is computed from the run's records."), ""]

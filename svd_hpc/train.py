@@ -126,24 +126,35 @@ def local_model_dir(ref: str, revision: str | None) -> str:
         raise ValueError(f"cannot fetch model '{ref}' ({type(err).__name__}: {err}); use a local folder.") from None
 
 
-def lr_factor(step: int, steps: int, warmup: int, min_ratio: float) -> float:
-    """Linear warmup over `warmup` steps, then cosine decay from 1 to min_ratio."""
+def lr_factor(step: int, steps: int, warmup: int, min_ratio: float, decay: int | None = None) -> float:
+    """Linear warmup over `warmup` steps, the peak held, then cosine from 1 to min_ratio over the
+    last `decay` steps (Levanter's warmup/stable/decay schedule); decay=None: every step after warmup."""
     if step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    decay = steps - warmup if decay is None else min(decay, steps - warmup)
+    hold = steps - warmup - decay
+    if step < warmup + hold:
+        return 1.0
+    progress = min(1.0, (step - warmup - hold) / max(1, decay))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def build_optimizer(model, t) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    # No weight decay on norms and biases (1-D tensors), as the HF Trainer and most SFT recipes do.
+    # No weight decay on norms and biases (1-D tensors), nor, unless train.decay_embeddings, on
+    # embedding tables (a tied output head included): Levanter's default mask, the authors' setting.
     params = [p for p in model.parameters() if p.requires_grad]
+    embedding = set()
+    if not getattr(t, "decay_embeddings", True):  # callers without the knob keep the older rule
+        embedding = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
     groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": t.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        {"params": [p for p in params if p.ndim >= 2 and id(p) not in embedding], "weight_decay": t.weight_decay},
+        {"params": [p for p in params if p.ndim < 2 or id(p) in embedding], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas))
     warmup = round(t.warmup_ratio * t.steps)
-    schedule = partial(lr_factor, steps=t.steps, warmup=warmup, min_ratio=t.min_lr_ratio)
+    ratio = getattr(t, "decay_ratio", None)
+    decay = None if ratio is None else round(ratio * t.steps)
+    schedule = partial(lr_factor, steps=t.steps, warmup=warmup, min_ratio=t.min_lr_ratio, decay=decay)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from . import prompts
 from .config import VERIFY_STAGES, VerifyConfig
-from .engine import Engine, Sampling, request_seed
+from .engine import Engine, request_seed, stage_sampling
 from .records import CANDIDATE, VERDICT, VOTE_YES, check_schema
 from .rundir import RunDir, atomic_path, atomic_write_json
 
@@ -83,7 +83,7 @@ class _Cascade:
         self.engine, self.items, self.cfg = engine, list(items), cfg
         self.keys = [it.key or str(i) for i, it in enumerate(self.items)]
         self.results = [CascadeResult() for _ in self.items]
-        self.sampling = Sampling(n=cfg.votes, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
+        self.sampling = stage_sampling(cfg, n=cfg.votes)
         self.judge_sampling = dataclasses.replace(self.sampling, stop=list(cfg.judge_stop), include_stop=True)
 
     def ask(self, stage: str, requests: list[tuple[int, str, int, int]]) -> list[list[str]]:

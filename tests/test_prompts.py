@@ -1,6 +1,8 @@
 """Prompt building, the static filter and verdict parsing (no model needed)."""
 
+import os
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -11,7 +13,7 @@ from svd_hpc.records import VOTE_NO, VOTE_NONE, VOTE_YES
 
 # ----------------------------------------------------------------------------- verdicts
 
-VERDICT_TABLE = [
+STRICT_TABLE = [
     ("Relevant: [[Y]]", VOTE_YES),
     ("[[N]]", VOTE_NO),
     ("[[ y ]]", VOTE_YES),  # any case, spaces inside the brackets
@@ -39,9 +41,9 @@ VERDICT_TABLE = [
 ]
 
 
-@pytest.mark.parametrize("text,expected", VERDICT_TABLE)
-def test_parse_verdict_table(text, expected):
-    assert prompts.parse_verdict(text) == expected
+@pytest.mark.parametrize("text,expected", STRICT_TABLE)
+def test_parse_verdict_strict_table(text, expected):
+    assert prompts.parse_verdict(text, "strict") == expected
 
 
 TOKENS = st.sampled_from(
@@ -66,8 +68,8 @@ TOKENS = st.sampled_from(
 )
 
 
-def reference_verdict(text: str) -> int:
-    """The stated precedence, written independently of the implementation."""
+def reference_strict(text: str) -> int:
+    """The strict rule's precedence, written independently of the implementation."""
     if "</think>" in text:
         text = text[text.rindex("</think>") + len("</think>") :]
     elif "<think>" in text:
@@ -86,23 +88,92 @@ def reference_verdict(text: str) -> int:
 
 
 @given(st.lists(st.one_of(TOKENS, st.text(max_size=6)), max_size=14).map("".join))
-def test_parse_verdict_properties(text):
-    verdict = prompts.parse_verdict(text)
+def test_parse_verdict_strict_properties(text):
+    verdict = prompts.parse_verdict(text, "strict")
     assert verdict in (VOTE_YES, VOTE_NO, VOTE_NONE)
-    assert verdict == reference_verdict(text)
+    assert verdict == reference_strict(text)
 
 
 @given(st.text(max_size=40), st.sampled_from(["[[Y]]", "[[N]]"]), st.text(alphabet="abc xyz.,!?", max_size=30))
 def test_last_bracketed_verdict_wins_over_anything_before(prefix, final, tail):
     # whatever came before, a closing bracketed verdict followed by plain prose decides
     text = prefix.replace("<think>", "") + "</think>" + final + tail
-    assert prompts.parse_verdict(text) == (VOTE_YES if final == "[[Y]]" else VOTE_NO)
+    for rule in ("authors", "strict"):
+        assert prompts.parse_verdict(text, rule) == (VOTE_YES if final == "[[Y]]" else VOTE_NO)
 
 
 @given(st.lists(TOKENS, max_size=12).map("".join), st.text(alphabet="abcdfghm .,;:!?0123456789\n", max_size=30))
 def test_prose_without_verdict_markers_never_changes_the_verdict(text, prose):
     # letters chosen to contain no y/n (so no Y, N, yes or no can form) and no think tags
-    assert prompts.parse_verdict(text + " " + prose) == prompts.parse_verdict(text + " ")
+    for rule in ("authors", "strict"):
+        assert prompts.parse_verdict(text + " " + prose, rule) == prompts.parse_verdict(text + " ", rule)
+
+
+
+# the authors' rule (evalchemy eval/chat_benchmarks/ttc_utils.py, extract_decision_robust): the
+# whole reply, the judge's thinking included; a standalone y/n in any case counts
+AUTHORS_TABLE = [
+    ("Relevant: [[Y]]", VOTE_YES),
+    ("[[ y ]]", VOTE_YES),
+    ("first [[Y]] then on reflection [[N]]", VOTE_NO),
+    ("<think>I think [[Y]]</think>", VOTE_YES),  # a verdict inside the thinking counts
+    ("<think>still thinking [[Y]] when the tokens ran out", VOTE_YES),  # so does one in a cut-off reply
+    ("<think>clearly [[N]] ... no wait</think>Answer accepted: [[Y]]", VOTE_YES),
+    ("n = 5 so yes", VOTE_NO),  # a lower-case n stands alone: it is the last letter verdict
+    ("the answer is y", VOTE_YES),
+    ("x2N", VOTE_NO),  # only letters bar a standalone letter, digits do not
+    ("YES, it is right. Final: N", VOTE_NO),
+    ("Yes, correct.", VOTE_YES),
+    ("Yesterday, nobody knew. Nothing else.", VOTE_NONE),
+    ("YN or NY are not verdicts", VOTE_NONE),
+    ("", VOTE_NONE),
+    ("<think>no verdict reached before the cut", VOTE_NO),  # "no" is a word verdict under this rule
+    ("<think>the tokens ran out mid-thought", VOTE_NONE),
+]
+
+
+@pytest.mark.parametrize("text,expected", AUTHORS_TABLE)
+def test_parse_verdict_authors_table(text, expected):
+    assert prompts.parse_verdict(text, "authors") == expected
+    assert prompts.parse_verdict(text) == expected  # the default rule
+
+
+def reference_authors(text: str) -> int:
+    """The authors' decision rule, restated from ttc_utils.py: upper-case, then three patterns."""
+    upper = text.upper()
+    for pattern in (r"\[\[\s*([YN])\s*\]\]", r"(?<![A-Za-z])([YN])(?![A-Za-z])", r"\b(YES|NO)\b"):
+        found = re.findall(pattern, upper, re.IGNORECASE)
+        if found:
+            return VOTE_YES if found[-1][0] == "Y" else VOTE_NO
+    return VOTE_NONE
+
+
+@given(st.lists(st.one_of(TOKENS, st.text(max_size=6)), max_size=14).map("".join))
+def test_parse_verdict_authors_matches_their_rule(text):
+    assert prompts.parse_verdict(text, "authors") == reference_authors(text)
+
+
+def test_unknown_verdict_rule_is_refused():
+    with pytest.raises(ValueError, match="unknown verdict rule 'lenient'"):
+        prompts.parse_verdict("[[Y]]", "lenient")
+
+
+# ----------------------------------------------------------------------------- inferred question
+
+
+@pytest.mark.parametrize(
+    "text,first_line,full",
+    [
+        ("<think>hmm\nmaybe</think>\n\nWhat is 2+2?\nIt asks for a sum.", "What is 2+2?", "What is 2+2?\nIt asks for a sum."),
+        ("What is 2+2?\nA) 3\nB) 4", "What is 2+2?", "What is 2+2?\nA) 3\nB) 4"),
+        ("<think>ran out of tokens while thinking", "<think>ran out of tokens while thinking", ""),
+        ("", "", ""),
+    ],
+)
+def test_inferred_question_rules(text, first_line, full):
+    assert prompts.inferred_question(text) == first_line  # the default: the authors' rule
+    assert prompts.inferred_question(text, "first_line") == first_line
+    assert prompts.inferred_question(text, "full") == full
 
 
 # ----------------------------------------------------------------------------- answers and filter
@@ -142,51 +213,60 @@ def test_user_prompt_is_question_newline_instruction():
         prompts.user_prompt("Q", "poetry")
 
 
-# ----------------------------------------------------------------------------- golden judge prompts
+# ----------------------------------------------------------------------------- golden prompts
 
-GOLDEN = {
-    "infer": (
-        "Below is an answer written in reply to some question. Work out the question this answer most "
-        "likely replies to: its topic, its given facts and numbers, and what it asks for. "
-        "Output only the question itself, with no preamble and no comment.\n\n"
-        "Answer:\nThe sum is \\boxed{42}."
-    ),
-    "cycle": (
-        "You compare two questions: an original question, and a question reconstructed only from an "
-        "answer to it. Decide whether they ask the same thing: the same core topic, the same key "
-        "facts, numbers and requirements, so that a full answer to one would also answer the other. "
-        "Small differences of wording do not matter; a different quantity, condition or goal does.\n"
-        "Finish with [[Y]] if they ask the same thing, or [[N]] if they do not.\n\n"
-        "Original question:\nWhat is 17 + 25?\n\nReconstructed question:\nWhat is seventeen plus twenty-five?"
-    ),
-    "factuality": (
-        "You are an impartial reviewer checking an answer for errors of fact and reasoning. Look for "
-        "wrong facts, numbers, formulas or dates; steps whose logic does not hold; explanations that "
-        "mislead or leave out something essential; common misconceptions. Be strict about any "
-        "calculation mistake or logical flaw; ignore typos and style. When a claim is plausible and "
-        "you find no clear error in it, give it the benefit of the doubt.\n"
-        "Finish with [[Y]] if the answer has no factual or logical errors, or [[N]] if it has any.\n\n"
-        "Question:\nWhat is 17 + 25?\n\nAnswer:\nThe sum is \\boxed{42}."
-    ),
-    "correctness": (
-        "You are an impartial examiner deciding whether an answer fully and correctly solves a "
-        "question. First solve the question yourself, briefly. Then compare the answer with your "
-        "solution. Reject the answer if it is partial or only sketches an approach, if it gives up or "
-        "calls the problem open, if it lacks the detail needed to follow it, or if it contains any "
-        "error. Accept it only if it is at least 95% correct and really answers what was asked. "
-        "Check your decision a second time before you give it.\n"
-        "Finish with [[Y]] if you accept the answer, or [[N]] if you reject it.\n\n"
-        "Question:\nWhat is 17 + 25?\n\nAnswer:\nThe sum is \\boxed{42}."
-    ),
-}
+GOLDEN_DIR = Path(__file__).parent / "golden" / "prompts"
+QUESTION = "A train covers 120 km in 1.5 hours. What is its average speed in km/h?"
+ANSWER = "Average speed is distance over time: 120 / 1.5 = 80.\n\n\\boxed{80}"
+INFERRED = "What is the average speed of a train that travels 120 km in 1.5 hours?"
+CHOICE = "Which gas makes up most of Earth's atmosphere?\n\nA) Oxygen\nB) Nitrogen\nC) Argon\nD) Carbon dioxide"
+FREE = "Which gas makes up most of Earth's atmosphere?"
+CODE = "Read two integers a and b from standard input and print their sum."
 
 
-def test_golden_judge_prompts():
-    q, a = "What is 17 + 25?", "The sum is \\boxed{42}."
-    assert prompts.infer_question_prompt(a) == GOLDEN["infer"]
-    assert prompts.cycle_judge_prompt(q, "What is seventeen plus twenty-five?") == GOLDEN["cycle"]
-    assert prompts.factuality_prompt(q, a) == GOLDEN["factuality"]
-    assert prompts.correctness_prompt(q, a) == GOLDEN["correctness"]
+def rendered_prompts() -> dict[str, str]:
+    """Every prompt the method sends, for one fixed example: generation per domain, each judge step."""
+    return {
+        "generate-math": prompts.user_prompt(QUESTION, "math"),
+        "generate-science-options": prompts.user_prompt(CHOICE, "science"),
+        "generate-science-free-form": prompts.user_prompt(FREE, "science"),
+        "generate-code": prompts.user_prompt(CODE, "code"),
+        "verify-cycle_infer": prompts.infer_question_prompt(ANSWER),
+        "verify-cycle": prompts.cycle_judge_prompt(QUESTION, INFERRED),
+        "verify-factuality": prompts.factuality_prompt(QUESTION, ANSWER),
+        "verify-correctness": prompts.correctness_prompt(QUESTION, ANSWER),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(rendered_prompts()))
+def test_prompt_matches_golden_file(name):
+    """A changed prompt shows as a diff here; SVD_UPDATE_GOLDEN=1 rewrites the files after review."""
+    text = rendered_prompts()[name]
+    path = GOLDEN_DIR / f"{name}.txt"
+    if os.environ.get("SVD_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.is_file(), f"{path} is missing; render it with SVD_UPDATE_GOLDEN=1"
+    assert text == path.read_text()
+
+
+def test_golden_folder_holds_only_rendered_prompts():
+    # a prompt dropped from the method leaves no stale golden file behind
+    assert sorted(p.stem for p in GOLDEN_DIR.glob("*.txt")) == sorted(rendered_prompts())
+
+
+def test_judge_prompts_restate_the_verdict_format_last():
+    for name, text in rendered_prompts().items():
+        if name.startswith("verify-") and name != "verify-cycle_infer":
+            assert text.endswith(prompts.VERDICT_REMINDER)
+
+
+def test_science_instruction_follows_the_seed():
+    assert prompts.shows_options(CHOICE) and not prompts.shows_options(FREE)
+    assert prompts.shows_options("Q?\nAnswer Choices:\nA. one\nB. two")  # HLE's layout
+    assert not prompts.shows_options("Solve for A. Then find B) nothing")  # one letter per line start
+    assert prompts.user_prompt(CHOICE, "science").endswith("letter of the correct option.")
+    assert prompts.user_prompt(FREE, "science").endswith("\\boxed{}.")
 
 
 def test_judge_prompts_open_with_their_fixed_instruction():
@@ -207,7 +287,7 @@ def test_judge_prompts_open_with_their_fixed_instruction():
 
 def test_cycle_judge_sees_only_the_two_questions():
     prompt = prompts.cycle_judge_prompt("Original?", "Inferred?")
-    assert prompt.endswith("Original question:\nOriginal?\n\nReconstructed question:\nInferred?")
+    assert "Original question:\nOriginal?\n\nReconstructed question:\nInferred?\n\n" in prompt
     assert "Answer:" not in prompt
 
 

@@ -207,6 +207,21 @@ def test_report_of_a_run_without_eval_or_training(tmp_path):
     assert (run.root / "report.md").stat().st_mtime_ns == before
 
 
+def test_report_shows_judge_votes_without_verdict_and_cut_off(tmp_path):
+    run = prepare_run(tmp_path, train={"enabled": False})
+    overall = {"candidates": 8, "kept": 1, "votes_correctness": 5, "no_verdict_correctness": 0, "cut_off_correctness": 0,
+               "votes_cycle": 40, "no_verdict_cycle": 6, "cut_off_cycle": 10}
+    atomic_write_json(run.root / "merge" / "stats.json", {"overall": overall, "per_domain": {"math": overall}})
+    report.run_task(str(run.root), 0)
+    text = (run.root / "report.md").read_text()
+    funnel_part = text.split("## Merge funnel")[1].split("##")[0]
+    assert "votes_cycle" not in funnel_part and "cut_off_cycle" not in funnel_part  # not candidate counts
+    votes_part = text.split("## Judge votes per stage")[1].split("##")[0]
+    rows = [line for line in votes_part.splitlines() if line.startswith("| c")]
+    assert rows == ["| cycle | 40 | 6 | 15.0 | 10 | 25.0 |", "| correctness | 5 | 0 | 0.0 | 0 | 0.0 |"]  # cascade order
+    assert "verify.max_tokens" in votes_part  # judges were cut off: the report says what to raise
+
+
 def test_pass_at_k_and_standard_error():
     for n in range(1, 7):
         for c in range(n + 1):
