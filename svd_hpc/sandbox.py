@@ -464,7 +464,10 @@ def _run(iso: _Isolation, source: str, *, stdin: str, timeout_s: float, limits: 
 
 def _bwrap_argv(iso: _Isolation, source_fd: int, limits: SandboxLimits) -> list[str]:
     """bwrap's command line: every namespace, the host read-only, our home and /tmp-likes empty."""
-    argv = [iso.tool, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+    # --as-pid-1: the program is the PID namespace's init, as in our own modes, so bwrap's wait for
+    # it returns only once the kernel has killed everything it left (with bwrap's own init as
+    # PID 1, bwrap could exit while a daemon still lived).
+    argv = [iso.tool, "--unshare-all", "--as-pid-1", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/dev/shm"]
     covered = [d for d in COVERED_DIRS if os.path.isdir(d) and not os.path.islink(d)]
     for d in covered:
