@@ -8,8 +8,13 @@ asked one call per question (mode "direct"), or, for the UQ-TTC baseline (mode "
 model only), `eval.uq_ttc_candidates` candidates whose final answers go through the verify
 stage's own cascade (`verify.run_cascade`); the first candidate that passes is the answer, else
 candidate 0. Output: eval/<model>/<benchmark>/seed-K[-uq_ttc].parquet (EVAL records) and a JSON
-summary beside it. Questions are worked through in checkpointed chunks (generate.chunk_size), so a
-preempted task resumes at its first missing chunk.
+summary beside it. Questions are saved in checkpointed chunks (generate.chunk_size), so a
+preempted task redoes only its missing chunks.
+
+Direct answers to every missing chunk are queued in one engine run, and each chunk is graded and
+saved as soon as its last question finishes: the engine never waits for one chunk's longest
+sample, nor idles while a chunk is graded (code is graded in a background thread). UQ-TTC judges
+each chunk's candidates through the cascade, one chunk after another.
 
 Every request's seed comes from the eval seed and the question id only: base and trained models
 sample with the same seeds, and UQ-TTC's candidate 0 is the direct answer of the base model.
@@ -153,13 +158,21 @@ def evaluate_chunk(engine: Engine, cfg: RunConfig, model: str, task: EvalTask, c
                    checkpoint: Path) -> pa.Table:
     """EVAL records for the problems of one chunk (one batched engine call, plus the cascade for UQ-TTC)."""
     presented = [p.present(task.seed) for p in chunk]
-    shown, references = [q for q, _ in presented], [r for _, r in presented]
+    shown = [q for q, _ in presented]
     n = 1 if task.mode == "direct" else cfg.eval.uq_ttc_candidates
     outputs = _ask(engine, cfg, task, chunk, shown, n)
     if task.mode == "direct":
         chosen, judged = [0] * len(chunk), [[] for _ in chunk]
     else:
         chosen, judged = _choose(engine, cfg, task, chunk, shown, outputs, checkpoint)
+    return chunk_table(cfg, model, task, chunk, outputs, chosen, judged)
+
+
+def chunk_table(cfg: RunConfig, model: str, task: EvalTask, chunk: list[Problem], outputs: list[list[Completion]],
+                chosen: list[int], judged: list[list[CascadeResult]]) -> pa.Table:
+    """Grade the chosen answers of one chunk: its EVAL records."""
+    presented = [p.present(task.seed) for p in chunk]
+    shown, references = [q for q, _ in presented], [r for _, r in presented]
     responses = [completions[k].text for completions, k in zip(outputs, chosen)]
     grades = grade_all(chunk, references, responses, cfg.eval.code_timeout_s)
     rows = []
@@ -176,6 +189,51 @@ def evaluate_chunk(engine: Engine, cfg: RunConfig, model: str, task: EvalTask, c
             "chosen_candidate": k,
         })
     return pa.Table.from_pylist(rows, schema=EVAL)
+
+
+def answer_chunks(engine: Engine, cfg: RunConfig, model: str, task: EvalTask, todo: dict[int, list[Problem]],
+                  progress: Path) -> None:
+    """Direct answers to every chunk of `todo` (chunk number -> problems) in one engine run; each
+    chunk is graded and saved to `progress` as soon as its last question finishes."""
+    owner = [c for c, chunk in todo.items() for _ in chunk]
+    problems = [p for chunk in todo.values() for p in chunk]
+    shown = [p.present(task.seed)[0] for p in problems]
+    rendered = [engine.render([{"role": "user", "content": prompts.user_prompt(q, p.domain)}])
+                for p, q in zip(problems, shown)]
+    seeds = [request_seed(task.seed, "eval", task.benchmark, p.question_id) for p in problems]
+    waiting = Counter(owner)
+    answers: dict[int, dict[int, list[Completion]]] = {c: {} for c in todo}
+
+    def save(c: int, outputs: list[list[Completion]]) -> None:
+        chunk = todo[c]
+        table = chunk_table(cfg, model, task, chunk, outputs, [0] * len(chunk), [[] for _ in chunk])
+        with atomic_path(progress / f"chunk-{c:05d}.parquet") as tmp:
+            pq.write_table(table, tmp)
+        log.info(f"eval: {task=} chunk={c} saved, correct={sum(table.column('correct').to_pylist())}/{len(chunk)}")
+
+    # math-verify's timeouts need the main thread (and math grading is quick); code runs for
+    # seconds per answer, so it is graded beside the engine, one chunk at a time
+    background = ThreadPoolExecutor(max_workers=1) if any(p.grader == "code" for p in problems) else None
+    saving = []
+    try:
+        for i, completions in engine.stream(rendered, _sampling(cfg, 1), seeds):
+            c = owner[i]
+            answers[c][i] = completions
+            waiting[c] -= 1
+            if waiting[c]:
+                continue
+            outputs = [v for _, v in sorted(answers.pop(c).items())]  # the chunk's question order
+            if background is None:
+                save(c, outputs)
+            else:
+                saving.append(background.submit(save, c, outputs))
+                for done in [f for f in saving if f.done()]:
+                    done.result()  # a grading error stops the task now, not after all sampling
+        for future in saving:
+            future.result()
+    finally:
+        if background is not None:
+            background.shutdown(wait=True, cancel_futures=True)
 
 
 def _chunk_is_valid(path: Path, ids: list[str]) -> bool:
@@ -217,15 +275,19 @@ def run_eval_task(run: RunDir, stage: str, index: int, engine: Engine | None = N
     progress = progress_dir(out)
     size = cfg.generate.chunk_size
     chunks = [problems[i : i + size] for i in range(0, len(problems), size)]
-    started, resumed = time.perf_counter(), 0
-    for c, chunk in enumerate(chunks):
-        path = progress / f"chunk-{c:05d}.parquet"
-        if path.is_file() and _chunk_is_valid(path, [p.question_id for p in chunk]):
-            resumed += 1
-            continue
+    started = time.perf_counter()
+    todo = {
+        c: chunk for c, chunk in enumerate(chunks)
+        if not _chunk_is_valid(progress / f"chunk-{c:05d}.parquet", [p.question_id for p in chunk])
+    }
+    resumed = len(chunks) - len(todo)
+    if todo:
         engine = engine or Engine(model_cfg)
+    if todo and task.mode == "direct":
+        answer_chunks(engine, cfg, model, task, todo, progress)
+    for c, chunk in todo.items() if task.mode == "uq_ttc" else ():
         table = evaluate_chunk(engine, cfg, model, task, chunk, checkpoint=progress / f"cascade-{c:05d}.json")
-        with atomic_path(path) as tmp:
+        with atomic_path(progress / f"chunk-{c:05d}.parquet") as tmp:
             pq.write_table(table, tmp)
         log.info(f"eval: {stage=} {task=} chunk={c + 1}/{len(chunks)} correct={sum(table.column('correct').to_pylist())}")
     table = pa.concat_tables([pq.read_table(progress / f"chunk-{c:05d}.parquet") for c in range(len(chunks))]).cast(EVAL)

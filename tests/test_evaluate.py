@@ -301,22 +301,54 @@ def test_resume_redoes_only_missing_chunks(tmp_path, engine, monkeypatch):
     run = prepare_run(tmp_path, {"benchmarks": [MATH], "seeds": [3]})
     cfg = run.load_config()
     task = eval_tasks(cfg, "base")[0]
-    calls = []
-    real = evaluate.evaluate_chunk
+    saved, asked = [], []
+    real_table, real_stream = evaluate.chunk_table, engine.stream
 
-    def failing_second(engine, cfg, model, task, chunk, checkpoint):
-        calls.append([p.question_id for p in chunk])
-        if len(calls) == 2:
+    def failing_second(cfg, model, task, chunk, *rest):
+        saved.append([p.question_id for p in chunk])
+        if len(saved) == 2:
             raise RuntimeError("preempted")
-        return real(engine, cfg, model, task, chunk, checkpoint)
+        return real_table(cfg, model, task, chunk, *rest)
 
-    monkeypatch.setattr(evaluate, "evaluate_chunk", failing_second)
+    def counting(prompts, *args, **kwargs):
+        asked.append(len(prompts))
+        return real_stream(prompts, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "chunk_table", failing_second)
+    monkeypatch.setattr(engine, "stream", counting)
     with pytest.raises(RuntimeError, match="preempted"):
         evaluate.run_eval_task(run, "eval_base", 0, engine=engine)
     assert not run.is_done("eval_base", 0) and not evaluate.output_path(run, "base", task).exists()
+    first = saved[0]  # whichever chunk finished first was saved; the other one is redone
     summary = evaluate.run_eval_task(run, "eval_base", 0, engine=engine)
-    assert calls == [["math-1", "math-2", "math-3"], ["math-4", "math-5"], ["math-4", "math-5"]]
+    assert asked == [5, 5 - len(first)] and saved[2] == saved[1]
     assert summary["chunks_resumed"] == 1 and summary["questions"] == 5
+    # the resumed records equal an uninterrupted run's: every question has its own seed
+    monkeypatch.undo()
+    fresh = prepare_run(tmp_path, {"benchmarks": [MATH], "seeds": [3]}, name="fresh")
+    evaluate.run_eval_task(fresh, "eval_base", 0, engine=engine)
+    read = lambda r: pq.read_table(evaluate.output_path(r, "base", task)).drop_columns(["question"]).to_pylist()
+    assert read(run) == read(fresh)
+
+
+def test_direct_eval_queues_every_chunk_in_one_engine_run(tmp_path, engine, monkeypatch):
+    """Per-chunk calls would make the engine wait for each chunk's longest sample."""
+    run = prepare_run(tmp_path, {"benchmarks": [MATH], "seeds": [0]})
+    runs, saved_while_sampling = [], []
+    real_stream, real_table = engine.stream, evaluate.chunk_table
+
+    def recording(prompts, *args, **kwargs):
+        runs.append(len(prompts))
+        return real_stream(prompts, *args, **kwargs)
+
+    def saving(*args):
+        saved_while_sampling.append(engine.llm.llm_engine.get_num_unfinished_requests())
+        return real_table(*args)
+
+    monkeypatch.setattr(engine, "stream", recording)
+    monkeypatch.setattr(evaluate, "chunk_table", saving)
+    evaluate.run_eval_task(run, "eval_base", 0, engine=engine)
+    assert runs == [5] and len(saved_while_sampling) == 2
 
 
 def test_uq_ttc_answers_with_the_first_verified_candidate(tmp_path, engine, monkeypatch):
