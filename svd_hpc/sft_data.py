@@ -11,6 +11,11 @@ position ids restarting at 0 for every sample: transformers' attention (sdpa/eag
 flash-attention varlen) turns those restarts into a block-diagonal mask, so packed samples never
 attend to each other. The pack order is a pure function of (seed, epoch): step s of any run,
 resumed or not and whatever the world size, sees the same global batch.
+
+Tokenising is spread over the training ranks: rank r takes the r-th contiguous slice of rows,
+writes its part, and rank 0 joins the parts in rank order into the cache, so the result is
+the single-process one whatever the world size. Ranks hand over through files (rank_files.py),
+never inside a collective, so a large set cannot trip the process group's timeout.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import bisect
 import hashlib
 import json
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +33,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from . import records
+from .rank_files import RankFiles
 from .rundir import atomic_path
 
 log = logging.getLogger("svd_hpc")
@@ -53,16 +61,31 @@ def load_tokenizer(model_dir: str):
     return tokenizer
 
 
-def read_conversations(path: Path) -> list[list[dict]]:
-    """The `messages` column of an SFT parquet file (records.SFT), checked up front."""
+def read_conversations(path: Path, start: int = 0, stop: int | None = None) -> list[list[dict]]:
+    """The `messages` column of an SFT parquet file (records.SFT), rows [start, stop), checked up front.
+
+    Only the row groups holding those rows are read, so each rank reads its own slice.
+    """
     if not path.is_file():
         raise ValueError(f"SFT dataset {path} does not exist; run the merge stage first.")
-    table = pq.read_table(path)
-    records.check_schema(table, records.SFT, str(path))
-    if table.num_rows == 0:
+    parquet = pq.ParquetFile(path)
+    records.check_schema(parquet.schema_arrow.empty_table(), records.SFT, str(path))
+    rows = parquet.metadata.num_rows
+    if rows == 0:
         raise ValueError(f"SFT dataset {path} has no rows: the merge kept no sample, so there is nothing to train on.")
-    conversations = table.column("messages").to_pylist()
-    for i, messages in enumerate(conversations):
+    stop = rows if stop is None else min(stop, rows)
+    if start >= stop:
+        return []
+    groups, first, at = [], None, 0
+    for group in range(parquet.num_row_groups):
+        end = at + parquet.metadata.row_group(group).num_rows
+        if at < stop and end > start:
+            groups.append(group)
+            first = at if first is None else first
+        at = end
+    column = parquet.read_row_groups(groups, columns=["messages"]).column("messages")
+    conversations = column.slice(start - first, stop - start).to_pylist()
+    for i, messages in enumerate(conversations, start):
         if not messages or not any(m["role"] == "assistant" for m in messages):
             raise ValueError(f"{path}: row {i} has no assistant message; every SFT row needs one to learn from.")
     return conversations
@@ -127,13 +150,18 @@ def shifted_labels(ids: list[int], mask: list[bool]) -> list[int]:
 
 
 def tokenize_conversations(
-    tokenizer, conversations: list[list[dict]], max_seq_len: int, overlong: str, **template_kwargs
+    tokenizer, conversations: list[list[dict]], max_seq_len: int, overlong: str, progress=None, **template_kwargs
 ) -> TokenizedSet:
-    """Encode every conversation; overlong ones are truncated or dropped (counted in stats)."""
+    """Encode every conversation; overlong ones are truncated or dropped (counted in stats).
+
+    `progress(done, total)`, if given, is called after each conversation.
+    """
     all_ids: list[np.ndarray] = []
     all_labels: list[np.ndarray] = []
     stats = {"samples_in": len(conversations), "overlong_truncated": 0, "overlong_dropped": 0, "no_loss_dropped": 0}
-    for messages in conversations:
+    for done, messages in enumerate(conversations, 1):
+        if progress:
+            progress(done - 1, len(conversations))
         ids, mask = encode_conversation(tokenizer, messages, **template_kwargs)
         labels = shifted_labels(ids, mask)
         if len(ids) > max_seq_len:
@@ -148,6 +176,8 @@ def tokenize_conversations(
             continue
         all_ids.append(np.asarray(ids, dtype=np.int32))
         all_labels.append(np.asarray(labels, dtype=np.int32))
+    if progress:
+        progress(len(conversations), len(conversations))
     lengths = np.array([len(a) for a in all_ids], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     stats["samples"] = len(all_ids)
@@ -170,14 +200,9 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def prepare(
-    dataset: Path, cache: Path, tokenizer, model_ref: str, max_seq_len: int, overlong: str, **template_kwargs
-) -> TokenizedSet:
-    """Tokenize `dataset` into the cache folder `cache` once (one process), or reuse a matching cache.
-
-    The cache is memory-mapped by every rank, so eight processes on a node share one copy.
-    """
-    key = {
+def dataset_key(dataset: Path, model_ref: str, max_seq_len: int, overlong: str, template_kwargs: dict) -> dict:
+    """What the tokenized set depends on: the file's bytes, the tokenizer and the settings."""
+    return {
         "dataset": file_digest(dataset),
         "model": model_ref,
         "max_seq_len": max_seq_len,
@@ -185,23 +210,84 @@ def prepare(
         "template_kwargs": template_kwargs,
         "version": 1,
     }
-    meta = cache / "meta.json"
-    if meta.is_file() and json.loads(meta.read_text()).get("key") == key:
+
+
+def prepare(
+    dataset: Path,
+    cache: Path,
+    tokenizer,
+    model_ref: str,
+    max_seq_len: int,
+    overlong: str,
+    ranks: RankFiles | None = None,
+    **template_kwargs,
+) -> TokenizedSet:
+    """Tokenize `dataset` into the cache folder `cache` once, spread over `ranks`, or reuse a matching cache.
+
+    Every rank of `ranks` calls this; without it the caller is a world of one. The cache is
+    memory-mapped by every rank, so eight processes on a node share one copy.
+    """
+    if ranks is None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache.parent, prefix=f".{cache.name}.") as folder:
+            return prepare(dataset, cache, tokenizer, model_ref, max_seq_len, overlong, RankFiles(folder, 0, 1), **template_kwargs)
+    if ranks.rank == 0:  # one digest of a large file, not one per rank
+        if not dataset.is_file():
+            raise ValueError(f"SFT dataset {dataset} does not exist; run the merge stage first.")
+        key = dataset_key(dataset, model_ref, max_seq_len, overlong, template_kwargs)
+        cached = (cache / "meta.json").is_file() and json.loads((cache / "meta.json").read_text()).get("key") == key
+        ranks.publish("plan", {"key": key, "cached": cached, "rows": pq.ParquetFile(dataset).metadata.num_rows})
+    plan = ranks.wait("plan", [0])[0]
+    if plan["cached"]:
         return load_cache(cache)
-    conversations = read_conversations(dataset)
-    data = tokenize_conversations(tokenizer, conversations, max_seq_len, overlong, **template_kwargs)
-    if len(data) == 0:
-        raise ValueError(
-            f"{dataset}: none of {data.stats['samples_in']} samples is left to train on "
-            f"({data.stats['overlong_dropped']} longer than train.max_seq_len={max_seq_len} were dropped, "
-            f"{data.stats['no_loss_dropped']} had no assistant token); raise max_seq_len or set train.overlong=truncate."
-        )
-    with atomic_path(cache) as tmp:
+    rows, rank, world = plan["rows"], ranks.rank, ranks.world_size
+    conversations = read_conversations(dataset, rows * rank // world, rows * (rank + 1) // world)
+    part = tokenize_conversations(tokenizer, conversations, max_seq_len, overlong, ranks.progress, **template_kwargs)
+    save_set(ranks.folder / f"part-{rank:05d}", part, plan["key"])
+    ranks.publish("part", part.stats)
+    if rank == 0:
+        ranks.wait("part", range(world))
+        try:
+            join_parts([ranks.folder / f"part-{r:05d}" for r in range(world)], cache, plan["key"], dataset, max_seq_len)
+        finally:
+            for r in range(world):
+                shutil.rmtree(ranks.folder / f"part-{r:05d}", ignore_errors=True)
+        ranks.publish("data", "ready")
+    else:
+        ranks.wait("data", [0])
+    return load_cache(cache)
+
+
+def save_set(folder: Path, data: TokenizedSet, key: dict) -> None:
+    with atomic_path(folder) as tmp:
         tmp.mkdir(parents=True)
         for name in ("input_ids", "labels", "offsets"):
             np.save(tmp / f"{name}.npy", getattr(data, name))
         (tmp / "meta.json").write_text(json.dumps({"key": key, "stats": data.stats}, indent=2))
-    return data
+
+
+def join_parts(parts: list[Path], cache: Path, key: dict, dataset: Path, max_seq_len: int) -> None:
+    """Concatenate the ranks' parts, in rank order, into the cache (streamed: one part in memory at a time)."""
+    loaded = [load_cache(part) for part in parts]
+    stats = {name: sum(part.stats[name] for part in loaded) for name in loaded[0].stats}
+    if stats["samples"] == 0:
+        raise ValueError(
+            f"{dataset}: none of {stats['samples_in']} samples is left to train on "
+            f"({stats['overlong_dropped']} longer than train.max_seq_len={max_seq_len} were dropped, "
+            f"{stats['no_loss_dropped']} had no assistant token); raise max_seq_len or set train.overlong=truncate."
+        )
+    bases = np.cumsum([0] + [int(part.offsets[-1]) for part in loaded])
+    with atomic_path(cache) as tmp:
+        tmp.mkdir(parents=True)
+        for name in ("input_ids", "labels"):
+            out = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.int32, shape=(int(bases[-1]),))
+            for part, base in zip(loaded, bases):
+                out[base : base + len(getattr(part, name))] = getattr(part, name)
+            out.flush()
+            del out
+        offsets = np.concatenate([[0]] + [part.offsets[1:] + base for part, base in zip(loaded, bases)]).astype(np.int64)
+        np.save(tmp / "offsets.npy", offsets)
+        (tmp / "meta.json").write_text(json.dumps({"key": key, "stats": stats}, indent=2))
 
 
 def load_cache(cache: Path) -> TokenizedSet:

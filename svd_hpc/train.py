@@ -21,10 +21,13 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from functools import partial
 from pathlib import Path
 
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 
 from . import fsdp_utils, models, sft_data
+from .rank_files import RankFiles
 from .rundir import RunDir, atomic_write_json, atomic_write_text
 
 log = logging.getLogger("svd_hpc")
@@ -96,26 +100,19 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def rank0_first(d: fsdp_utils.Dist, fn, then=None):
-    """Run `fn` on rank 0 while the others wait, then `then` (default `fn`) on the others.
+def rank0_first(ranks: RankFiles, name: str, fn):
+    """`fn()` on rank 0 only; every rank gets its (JSON) result, handed over through files.
 
-    A ValueError on rank 0 is re-raised on every rank, so no rank waits on a barrier for ever.
+    No collective waits meanwhile, so `fn` may take longer than the process group's timeout.
+    Call it inside `ranks.reporting()`: an error on rank 0 then reaches every rank.
     """
-    error, result = None, None
-    if d.rank == 0:
-        try:
-            result = fn()
-        except ValueError as err:
-            error = str(err)
-    shared = [error]
-    dist.broadcast_object_list(shared, src=0)
-    if shared[0] is not None:
-        raise ValueError(shared[0])
-    return result if d.rank == 0 else (then or fn)()
+    if ranks.rank == 0:
+        ranks.publish(name, fn())
+    return ranks.wait(name, [0])[0]
 
 
 def local_model_dir(ref: str, revision: str | None) -> str:
-    """A folder with the model's files: local paths as they are, hub ids via the HF cache."""
+    """A folder with the model's files: local paths as they are, hub ids via the HF cache (one lookup)."""
     if Path(ref).is_dir():
         return ref
     from huggingface_hub import snapshot_download
@@ -220,23 +217,35 @@ def reference_loss(model, stream, t, d) -> float:
 
 
 def prepare_data(cfg, d: fsdp_utils.Dist, dataset: Path, out: Path):
-    """Model folder, tokenizer and the packed stream (rank 0 tokenizes into out/data, once)."""
+    """Model folder, tokenizer and the packed stream (all ranks tokenize into out/data, once).
+
+    Rank 0 looks the model up once for the job; ranks hand results over through files in
+    out/.handoff/<attempt>/ (rank_files.py), so no rank sits in a collective while others work.
+    """
     t = cfg.train
     if t.global_batch % (d.world_size * t.micro_batch):
         raise ValueError(
             f"train.global_batch={t.global_batch} is not divisible by world size {d.world_size} × "
             f"train.micro_batch {t.micro_batch}; choose a multiple of {d.world_size * t.micro_batch}."
         )
-    ref = models.resolve(t.model or cfg.model.path)
-    model_dir = rank0_first(d, partial(local_model_dir, ref, cfg.model.revision))
-    tokenizer = sft_data.load_tokenizer(model_dir)
-    template_kwargs = {"enable_thinking": cfg.model.thinking != "off"}
+    attempt = [uuid.uuid4().hex if d.rank == 0 else None]
+    dist.broadcast_object_list(attempt, src=0)  # at once: no rank has work to do before this
+    ranks = RankFiles(out / ".handoff" / attempt[0], d.rank, d.world_size)
     cache = out / "data"
-    data = rank0_first(
-        d,
-        partial(sft_data.prepare, dataset, cache, tokenizer, ref, t.max_seq_len, t.overlong, **template_kwargs),
-        then=partial(sft_data.load_cache, cache),
-    )
+    with ranks.reporting():
+        ref = models.resolve(t.model or cfg.model.path)
+        model_dir = rank0_first(ranks, "model_dir", partial(local_model_dir, ref, cfg.model.revision))
+        if not Path(model_dir).is_dir():
+            raise ValueError(
+                f"rank 0 found model '{ref}' in {model_dir}, which rank {d.rank} on {socket.gethostname()} cannot see; "
+                "put the hub cache (HF_HOME) on a filesystem every node shares."
+            )
+        tokenizer = sft_data.load_tokenizer(model_dir)
+        template_kwargs = {"enable_thinking": cfg.model.thinking != "off"}
+        data = sft_data.prepare(dataset, cache, tokenizer, ref, t.max_seq_len, t.overlong, ranks, **template_kwargs)
+    dist.barrier()  # short: every rank has just read the same last hand-off
+    if d.rank == 0:
+        shutil.rmtree(ranks.folder.parent, ignore_errors=True)  # this attempt's and any failed one's
     stats = data.stats
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stream = sft_data.PackedStream(data, t.max_seq_len, t.seed, pad_id or 0)

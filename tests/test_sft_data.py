@@ -1,5 +1,7 @@
 """SFT data: assistant-only loss, packing boundaries, deterministic order, bad input (in-process, CPU)."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -7,6 +9,7 @@ import pytest
 import torch
 
 from svd_hpc import models, records, sft_data, train
+from svd_hpc.rank_files import RankFiles
 
 QUESTION = "What is 2 + 3?"
 REPLY = "<think>\nadd them\n</think>\n\nThe answer is \\boxed{5}."
@@ -26,13 +29,13 @@ def conversation(question=QUESTION, reply=REPLY):
     return [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
 
 
-def write_sft(path, conversations):
+def write_sft(path, conversations, row_group_size=None):
     rows = [
         {"messages": m, "question_id": str(i), "candidate_index": 0, "domain": "math", "votes_yes": 3, "votes_total": 3}
         for i, m in enumerate(conversations)
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=records.SFT), path)
+    pq.write_table(pa.Table.from_pylist(rows, schema=records.SFT), path, row_group_size=row_group_size)
     return path
 
 
@@ -92,6 +95,34 @@ def test_prepare_caches_and_notices_a_changed_dataset(tmp_path, tiny_dir, tokeni
     assert np.array_equal(first.input_ids, cached.input_ids) and np.array_equal(first.labels, cached.labels)
     write_sft(path, [conversation()] * 5)
     assert len(sft_data.prepare(path, tmp_path / "cache", tokenizer, tiny_dir, 128, "drop")) == 5
+
+
+def test_the_set_is_the_same_however_many_ranks_tokenize_it(tmp_path, tiny_dir, tokenizer):
+    """1, 2 or 3 ranks (threads here, processes in test_train) give the single pass's tokens, labels,
+    offsets, stats, cache key (a checkpoint's `order`) and packs; slices cross parquet row groups."""
+    rows = [conversation(f"What is {i} + 3?", REPLY * (1 + i % 4)) for i in range(11)]
+    rows.insert(5, conversation(reply="word " * 200))  # dropped as overlong, in the middle of a slice
+    path = write_sft(tmp_path / "train.parquet", rows, row_group_size=4)
+    expected = sft_data.tokenize_conversations(tokenizer, rows, 96, "drop")
+    assert 0 < len(expected) < len(rows) - 1  # the check covers drops (overlong and REPLY * 4)
+    key = {"dataset": sft_data.file_digest(path), "model": tiny_dir, "max_seq_len": 96, "overlong": "drop",
+           "template_kwargs": {}, "version": 1}
+    for world in (1, 2, 3):
+        cache, folder = tmp_path / f"cache-{world}", tmp_path / f"handoff-{world}"
+
+        def rank(r, world=world, cache=cache, folder=folder):  # a tokenizer per thread, as per process
+            own = sft_data.load_tokenizer(tiny_dir)
+            return sft_data.prepare(path, cache, own, tiny_dir, 96, "drop", RankFiles(folder, r, world))
+
+        with ThreadPoolExecutor(world) as pool:
+            results = list(pool.map(rank, range(world)))
+        for got in results:
+            for name in ("input_ids", "labels", "offsets"):
+                assert np.array_equal(getattr(got, name), getattr(expected, name)), (world, name)
+            assert got.stats == expected.stats
+        assert sft_data.cache_key(cache) == key
+        assert sft_data.pack(results[0].lengths, 96, seed=3) == sft_data.pack(expected.lengths, 96, seed=3)
+        assert not any(folder.glob("part-*"))  # the parts are deleted once joined
 
 
 def test_packing_is_full_complete_and_seeded():

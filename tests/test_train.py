@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -291,10 +292,120 @@ def test_activation_checkpointing_keeps_the_gradients(monkeypatch):
 
 
 def test_an_error_found_by_rank_0_stops_every_rank(tmp_path):
-    """Rank 0 tokenizes alone; its error reaches the other rank instead of leaving it at a barrier."""
+    """Rank 0 joins the ranks' parts and finds no sample left; its error reaches the other rank too."""
     run = make_run(tmp_path / "run", max_seq_len=16)
     result = torchrun(run)
     assert result.returncode != 0
     for rank in (0, 1):
         assert f"[rank{rank}]: ValueError: " in result.stderr and "none of 40 samples is left" in result.stderr
     assert not RunDir(run).is_done("train", 0)
+
+
+# ----------------------------------------------------------------------------- tokenising across ranks
+
+DRIVER = """
+import os, sys, time
+from functools import partial
+from pathlib import Path
+import huggingface_hub
+from svd_hpc import fsdp_utils, models, sft_data, train
+from svd_hpc.rundir import RunDir
+
+run, rank = Path(sys.argv[1]), os.environ["RANK"]
+encode = sft_data.encode_conversation
+
+
+def counted_encode(*args, **kwargs):  # slow on the ranks in SLOW_RANKS
+    with open(run / f"encoded.rank-{rank}", "a") as handle:
+        handle.write("row\\n")
+    if rank in os.environ.get("SLOW_RANKS", "").split(","):
+        time.sleep(float(os.environ["SLOW_SECONDS"]))
+    return encode(*args, **kwargs)
+
+
+def snapshot_download(repo_id, revision=None, **kwargs):  # the hub, recorded
+    with open(run / "hub_calls", "a") as handle:
+        handle.write(f"rank {rank}: {repo_id}@{revision}\\n")
+    return models.resolve("builtin:tiny-qwen3")
+
+
+sft_data.encode_conversation = counted_encode
+huggingface_hub.snapshot_download = snapshot_download
+if "GROUP_TIMEOUT_SECONDS" in os.environ:
+    timeout = float(os.environ["GROUP_TIMEOUT_SECONDS"]) / 60
+    fsdp_utils.init_distributed = partial(fsdp_utils.init_distributed, timeout_minutes=timeout)
+if sys.argv[2] == "train":
+    train.run_task(str(run), 0)
+else:
+    d = fsdp_utils.init_distributed()
+    ref, model_dir, *_ = train.prepare_data(RunDir(run).load_config(), d, run / "merge" / "sft" / "train.parquet", run / "train")
+    print(f"rank {rank} model_dir {model_dir}", flush=True)
+"""
+
+
+def torchrun_driver(run: Path, what: str, **env) -> subprocess.CompletedProcess:
+    script = run / "driver.py"
+    script.write_text(DRIVER)
+    clean = {k: v for k, v in os.environ.items() if k not in TORCH_ENV}
+    clean.update(PYTHONPATH=str(REPO), **env)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(run), what]
+    return subprocess.run(cmd, env=clean, capture_output=True, text=True, timeout=300)
+
+
+def encoded(run: Path, rank: int) -> int:
+    path = run / f"encoded.rank-{rank}"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_two_ranks_tokenize_the_single_process_set(finished):
+    """The 2-process run's cache holds the one-pass tokens, labels, offsets and key of the whole set."""
+    cfg = RunDir(finished).load_config()
+    model_dir = models.resolve("builtin:tiny-qwen3")
+    template_kwargs = {"enable_thinking": cfg.model.thinking != "off"}
+    expected = sft_data.tokenize_conversations(
+        sft_data.load_tokenizer(model_dir), sft_rows(40), cfg.train.max_seq_len, cfg.train.overlong, **template_kwargs
+    )
+    got = sft_data.load_cache(finished / "train" / "data")
+    for name in ("input_ids", "labels", "offsets"):
+        assert np.array_equal(getattr(got, name), getattr(expected, name)), name
+    assert got.stats == expected.stats
+    dataset = finished / "merge" / "sft" / "train.parquet"
+    key = sft_data.dataset_key(dataset, model_dir, cfg.train.max_seq_len, cfg.train.overlong, template_kwargs)
+    assert sft_data.cache_key(finished / "train" / "data") == key
+    assert not (finished / "train" / ".handoff").exists()  # the hand-off files are cleaned up
+
+
+def test_tokenising_longer_than_the_group_timeout_still_trains(tmp_path):
+    """Process group timeout 8 s, 40 rows at 0.5 s each: no rank may wait in a collective meanwhile."""
+    run = make_run(tmp_path / "run", steps=2)
+    result = torchrun_driver(run, "train", GROUP_TIMEOUT_SECONDS="8", SLOW_RANKS="0,1", SLOW_SECONDS="0.5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["step"] for r in metrics(run)] == [1, 2]
+    assert encoded(run, 0) == encoded(run, 1) == 20  # each rank tokenised its half
+
+
+def test_a_bad_row_on_one_rank_stops_every_rank_at_once(tmp_path):
+    """Rank 1's half has a row without an assistant turn; rank 0 (1 s per row) stops within seconds."""
+    run = make_run(tmp_path / "run")
+    rows = sft_rows(40)
+    rows[30] = rows[30][:1]  # the user turn only
+    from test_sft_data import write_sft
+
+    write_sft(run / "merge" / "sft" / "train.parquet", rows)
+    result = torchrun_driver(run, "prepare", SLOW_RANKS="0", SLOW_SECONDS="1")
+    assert result.returncode != 0
+    for rank in (0, 1):
+        assert f"[rank{rank}]: ValueError: " in result.stderr and "row 30 has no assistant message" in result.stderr
+    assert 0 < encoded(run, 0) < 10 and encoded(run, 1) == 0
+
+
+def test_one_hub_lookup_per_job(tmp_path):
+    """A hub model id: rank 0 calls snapshot_download once; rank 1 uses the folder it found."""
+    run = make_run(tmp_path / "run", model="example-org/tiny-model")
+    result = torchrun_driver(run, "prepare")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run / "hub_calls").read_text().splitlines() == ["rank 0: example-org/tiny-model@None"]
+    tiny = models.resolve("builtin:tiny-qwen3")
+    assert {line for line in result.stdout.splitlines() if "model_dir" in line} == {
+        f"rank {r} model_dir {tiny}" for r in (0, 1)
+    }
