@@ -152,6 +152,12 @@ class VerifyConfig:
     # Stop strings of judge replies (not of inferred questions), kept in the text: with
     # verdict_prefix "[[", judge_stop ["]]"] ends each reply once its verdict is out.
     judge_stop: list[str] = field(default_factory=list)
+    # How a vote is read: "authors" (evalchemy ttc_utils: the whole reply, thinking included, any
+    # case) or "strict" (only after the judge's thinking, capital Y/N as bare letters).
+    verdict_rule: Literal["authors", "strict"] = "authors"
+    # The inferred question kept from a cycle_infer reply: "first_line" after the thinking (the
+    # authors') or "full" (all text after the thinking, for questions that span several lines).
+    inferred_question: Literal["first_line", "full"] = "first_line"
 
 
 @dataclass
@@ -178,6 +184,11 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    # Levanter's schedule (the authors'): warmup, then the peak held, then cosine over this
+    # fraction of the steps. None: cosine over every step after warmup.
+    decay_ratio: Optional[float] = 0.9
+    # Weight decay on embedding tables too (False, as Levanter: only on weight matrices of layers).
+    decay_embeddings: bool = False
     max_seq_len: int = 32768
     overlong: Literal["truncate", "drop"] = "drop"
     seed: int = 42
@@ -392,6 +403,12 @@ def validate(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: model.gpu_memory_utilization must be in (0, 1].")
     if not 0.0 <= cfg.train.warmup_ratio < 1.0 or not 0.0 <= cfg.train.min_lr_ratio <= 1.0:
         raise ConfigError(f"{source}: train.warmup_ratio must be in [0, 1) and train.min_lr_ratio in [0, 1].")
+    decay = cfg.train.decay_ratio
+    if decay is not None and not (0.0 < decay <= 1.0 and cfg.train.warmup_ratio + decay <= 1.0):
+        raise ConfigError(
+            f"{source}: train.decay_ratio must be in (0, 1] with train.warmup_ratio + train.decay_ratio <= 1, "
+            f"got {decay} (warmup_ratio {cfg.train.warmup_ratio}); or null to decay over every step after warmup."
+        )
     if len(cfg.train.betas) != 2:
         raise ConfigError(f"{source}: train.betas must be two numbers, e.g. [0.9, 0.999].")
     names = [b.name for b in cfg.eval.benchmarks]

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from . import prompts
 from .config import VERIFY_STAGES, VerifyConfig
 from .engine import Engine, request_seed, stage_sampling
-from .records import CANDIDATE, VERDICT, VOTE_YES, check_schema
+from .records import CANDIDATE, VERDICT, VOTE_NONE, VOTE_YES, check_schema
 from .rundir import RunDir, atomic_path, atomic_write_json
 
 log = logging.getLogger("svd_hpc")
@@ -52,6 +52,8 @@ class CascadeResult:
     completion_tokens: int = 0
     samples: int = 0  # judge completions drawn: inferred questions plus votes
     judge_texts: dict[str, list[str]] = field(default_factory=dict)
+    # per stage, parallel to votes: whether each vote's reply hit verify.max_tokens (cut off)
+    cut_off: dict[str, list[bool] | None] = field(default_factory=lambda: {s: None for s in VERIFY_STAGES})
 
 
 def aggregate(votes: Sequence[int], rule: str, k: int | None = None) -> bool:
@@ -108,6 +110,9 @@ class _Cascade:
             result.completion_tokens += sum(c.completion_tokens for c in completions)
             result.samples += len(completions)
             texts.append([prefix + c.text for c in completions])
+            if judge:
+                flags = [c.finish_reason == "length" for c in completions]
+                result.cut_off[stage] = (result.cut_off[stage] or []) + flags
             if self.cfg.keep_judge_text:
                 result.judge_texts.setdefault(stage, []).extend(texts[-1])
         return texts
@@ -119,7 +124,7 @@ class _Cascade:
             counts = votes_per_inference(self.cfg.votes, inferences)
             infer = [(i, prompts.infer_question_prompt(self.items[i].answer), inferences, 0) for i in alive]
             for i, texts in zip(alive, self.ask("cycle_infer", infer)):
-                self.results[i].inferred_questions = [prompts.strip_think(t).strip() for t in texts]
+                self.results[i].inferred_questions = [prompts.inferred_question(t, self.cfg.inferred_question) for t in texts]
             requests = [
                 (i, prompts.cycle_judge_prompt(self.items[i].question, q), counts[j], j)
                 for i in alive
@@ -131,7 +136,7 @@ class _Cascade:
         for i in alive:
             self.results[i].votes[stage] = []
         for (i, _, _, _), texts in zip(requests, self.ask(stage, requests)):
-            self.results[i].votes[stage].extend(prompts.parse_verdict(t) for t in texts)
+            self.results[i].votes[stage].extend(prompts.parse_verdict(t, self.cfg.verdict_rule) for t in texts)
 
     def settle(self, stage: str, alive: list[int]) -> list[int]:
         """Apply the aggregation rule; rejected items leave the cascade here."""
@@ -220,6 +225,7 @@ def verdict_table(candidates: pa.Table, results: dict[int, CascadeResult]) -> pa
             result = CascadeResult(status="filtered")
         for stage in VERIFY_STAGES:
             extra[f"{stage}_votes"].append(result.votes[stage])
+            extra[f"{stage}_cut_off"].append(result.cut_off[stage])
         extra["inferred_questions"].append(result.inferred_questions)
         extra["status"].append(result.status)
         extra["failed_stage"].append(result.failed_stage)
@@ -258,6 +264,8 @@ def run_shard(run: RunDir, index: int, engine: Engine | None = None) -> dict:
     )
     for stage in VERIFY_STAGES:
         stats[f"failed_{stage}"] = sum(1 for r in results if r.failed_stage == stage)
+        stats[f"no_verdict_{stage}"] = sum((r.votes[stage] or []).count(VOTE_NONE) for r in results)
+        stats[f"cut_off_{stage}"] = sum(sum(r.cut_off[stage] or []) for r in results)
     log.info(f"verify: shard={index} done {stats}")
     return stats
 

@@ -480,6 +480,10 @@ class CutOffEngine:
     def render(self, conversation, enable_thinking=None, reply_prefix=""):
         return conversation[-1]["content"]
 
+    def chat(self, conversations, samplings, seeds=None, reply_prefix=""):
+        rendered = [self.render(c) for c in conversations]
+        return [completions for _, completions in self.stream(rendered, samplings, seeds)]
+
     def stream(self, rendered, samplings, seeds=None):
         from svd_hpc import prompts
         from svd_hpc.engine import Completion
