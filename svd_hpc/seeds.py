@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import staging
 from .config import RunConfig, SeedsConfig
 from .records import SEED
 from .rundir import RunDir, atomic_path, atomic_write_json
@@ -49,11 +50,18 @@ def detect_format(seeds: SeedsConfig) -> str:
         return "parquet"
     if path.exists():
         raise ValueError(f"seeds.path {seeds.path}: unknown file type; use .jsonl or .parquet, or set seeds.format.")
-    if path.suffix or seeds.path.startswith((".", "/", "~")) or seeds.path.count("/") > 1:
+    # a missing file, unless it reads as "owner/name" (hub names may hold dots: AI-MO/NuminaMath-1.5)
+    is_file_name = path.suffix.lower() in (*JSONL_SUFFIXES, ".parquet", ".csv", ".arrow")
+    if is_file_name or seeds.path.startswith((".", "/", "~")) or seeds.path.count("/") > 1:
         raise ValueError(
             f"seeds.path {seeds.path} does not exist; check the path (relative paths start at the current directory)."
         )
     return "hf"  # "owner/name": a dataset on the hub
+
+
+def is_hub_dataset(seeds: SeedsConfig) -> bool:
+    """Whether the seeds come from a hub dataset (staged at launch, read at seeds.revision)."""
+    return detect_format(seeds) == "hf" and not Path(seeds.path).expanduser().exists()
 
 
 def _read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
@@ -107,7 +115,9 @@ def _read_hf(seeds: SeedsConfig) -> tuple[pa.Table, str]:
         data = datasets.load_from_disk(str(path))  # written by save_to_disk
     else:
         try:
-            data = datasets.load_dataset(str(path) if path.is_dir() else seeds.path, seeds.hf_config)
+            # a hub dataset is read from its snapshot at the pinned revision, the files staging fetched
+            source = path if path.is_dir() else staging.snapshot(seeds.path, "dataset", seeds.revision)
+            data = datasets.load_dataset(str(source), seeds.hf_config)
         except Exception as err:  # the hub client raises many kinds; all mean "cannot get it"
             raise ValueError(
                 f"seeds.path {seeds.path}: cannot load the dataset ({err}); check the id, path and access."

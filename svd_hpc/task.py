@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 from . import plan as plan_mod
+from . import staging
 from .config import ConfigError
 from .rundir import RunDir
 
@@ -107,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--index", type=int, default=None)
     args = parser.parse_args(argv)
+    # first, before any hub client is imported (they read these once): a task never reaches for
+    # the network; it reads the HF cache the launcher staged the run's hub inputs into
+    staging.go_offline(args.run_dir)
     rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
     logging.basicConfig(
         level=logging.INFO if rank == "0" else logging.WARNING,

@@ -233,8 +233,8 @@ def prepare_data(cfg, d: fsdp_utils.Dist, dataset: Path, out: Path):
     ranks = RankFiles(out / ".handoff" / attempt[0], d.rank, d.world_size)
     cache = out / "data"
     with ranks.reporting():
-        ref = models.resolve(t.model or cfg.model.path)
-        model_dir = rank0_first(ranks, "model_dir", partial(local_model_dir, ref, cfg.model.revision))
+        ref, revision = models.train_base(cfg)
+        model_dir = rank0_first(ranks, "model_dir", partial(local_model_dir, ref, revision))
         if not Path(model_dir).is_dir():
             raise ValueError(
                 f"rank 0 found model '{ref}' in {model_dir}, which rank {d.rank} on {socket.gethostname()} cannot see; "
