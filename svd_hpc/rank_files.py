@@ -37,7 +37,8 @@ class RankFiles:
     def __init__(self, folder: Path, rank: int, world_size: int):
         self.folder, self.rank, self.world_size = Path(folder), rank, world_size
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._looked = self._recorded = self._logged = time.monotonic()
+        self._looked = self._logged = time.monotonic()
+        self._recorded = -PROGRESS_SECONDS  # the first progress call is recorded at once
 
     def path(self, name: str, rank: int) -> Path:
         return self.folder / f"{name}.rank-{rank:05d}.json"
@@ -66,7 +67,7 @@ class RankFiles:
                 rank = int(name.split("-")[1].split(".")[0])
                 raise RuntimeError(f"rank {rank} failed: {failure['type']}: {failure['message']}")
 
-    def progress(self, done: int, total: int) -> None:
+    def progress(self, done: int, total: int, what: str = "items done") -> None:
         """Called often by a working rank: records how far it is and stops if another rank failed."""
         now = time.monotonic()
         if now - self._looked >= POLL_SECONDS:
@@ -74,7 +75,7 @@ class RankFiles:
             self.check()
         if now - self._recorded >= PROGRESS_SECONDS or done == total:
             self._recorded = now
-            self.publish("progress", {"done": done, "total": total})
+            self.publish("progress", {"done": done, "total": total, "what": what})
         if self.rank == 0 and now - self._logged >= LOG_SECONDS:
             self._logged = now
             log.info(self.summary())
@@ -98,8 +99,9 @@ class RankFiles:
     def summary(self) -> str:
         """Work done over all ranks, from their progress records."""
         done = total = reporting = 0
+        what = "items done"
         for r in range(self.world_size):
             with contextlib.suppress(FileNotFoundError):
                 record = json.loads(self.path("progress", r).read_text())
-                done, total, reporting = done + record["done"], total + record["total"], reporting + 1
-        return f"{done} of {total} items done on the {reporting} of {self.world_size} rank(s) that reported"
+                done, total, reporting, what = done + record["done"], total + record["total"], reporting + 1, record["what"]
+        return f"{done} of {total} {what} on the {reporting} of {self.world_size} rank(s) that reported"

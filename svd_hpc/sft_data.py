@@ -15,7 +15,10 @@ resumed or not and whatever the world size, sees the same global batch.
 Tokenising is spread over the training ranks: rank r takes the r-th contiguous slice of rows,
 writes its part, and rank 0 joins the parts in rank order into the cache, so the result is
 the single-process one whatever the world size. Ranks hand over through files (rank_files.py),
-never inside a collective, so a large set cannot trip the process group's timeout.
+never inside a collective, so a large set cannot trip the process group's timeout. This runs in
+the train job rather than the CPU merge job: the train job must rebuild a cache that does not
+match anyway (deleted, another tokenizer), it has the model folder at hand (the merge job would
+have to fetch train.model's tokenizer on a CPU node), and its N ranks split the work N ways.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -242,7 +246,8 @@ def prepare(
         return load_cache(cache)
     rows, rank, world = plan["rows"], ranks.rank, ranks.world_size
     conversations = read_conversations(dataset, rows * rank // world, rows * (rank + 1) // world)
-    part = tokenize_conversations(tokenizer, conversations, max_seq_len, overlong, ranks.progress, **template_kwargs)
+    progress = partial(ranks.progress, what="SFT rows tokenised")
+    part = tokenize_conversations(tokenizer, conversations, max_seq_len, overlong, progress, **template_kwargs)
     save_set(ranks.folder / f"part-{rank:05d}", part, plan["key"])
     ranks.publish("part", part.stats)
     if rank == 0:

@@ -1,5 +1,6 @@
 """SFT data: assistant-only loss, packing boundaries, deterministic order, bad input (in-process, CPU)."""
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -123,6 +124,31 @@ def test_the_set_is_the_same_however_many_ranks_tokenize_it(tmp_path, tiny_dir, 
         assert sft_data.cache_key(cache) == key
         assert sft_data.pack(results[0].lengths, 96, seed=3) == sft_data.pack(expected.lengths, 96, seed=3)
         assert not any(folder.glob("part-*"))  # the parts are deleted once joined
+
+
+def test_a_long_wait_logs_progress_and_a_failure_ends_it(tmp_path, monkeypatch, caplog):
+    """Rank 0 waiting for rank 1 logs the ranks' progress; rank 1's error ends the wait within a poll."""
+    from svd_hpc import rank_files
+
+    caplog.set_level("INFO", logger="svd_hpc")
+    monkeypatch.setattr(rank_files, "LOG_SECONDS", 0.0)
+    monkeypatch.setattr(rank_files, "POLL_SECONDS", 0.05)
+    rank0, rank1 = RankFiles(tmp_path, 0, 2), RankFiles(tmp_path, 1, 2)
+    rank1.progress(3, 10, what="SFT rows tokenised")  # the last row has not been reached: recorded at the first call
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(rank0.wait, "part", [0, 1])
+        rank0.publish("part", {"rows": 5})
+        time.sleep(0.3)
+        assert not waiting.done()
+        with pytest.raises(ValueError, match="row 7 is bad"), rank1.reporting():
+            raise ValueError("row 7 is bad")
+        began = time.monotonic()
+        with pytest.raises(ValueError, match="row 7 is bad"):
+            waiting.result(timeout=5)
+        assert time.monotonic() - began < 1
+    assert "waiting" in caplog.text and "for part of rank(s) [1]; 3 of 10 SFT rows tokenised on the 1 of 2 rank(s)" in caplog.text
+    with pytest.raises(ValueError, match="row 7 is bad"):  # a working rank stops too
+        rank0.progress(1, 10)
 
 
 def test_packing_is_full_complete_and_seeded():
