@@ -8,6 +8,13 @@ Naive: every stage of every candidate asked with V separate requests (n=1), no e
 engine without prefix caching, with the same prompts and sampling settings.
 Prompt tokens actually computed come from vLLM's own counters (prompt_tokens_by_source).
 Targets: computed prompt tokens <= 1/3 of naive; never more judge samples than naive.
+
+Two judge settings, one run each: "free" (the judge writes what it likes; a 135M judge seldom
+reaches a verdict, so most candidates leave at the first stage and early exit flatters the
+ratio) and "verdict prefix" (replies open with "[[" and stop at "]]", as the demo runs, so
+candidates pass stages at the demo's rates). Each reports the measured pass rates beside the
+ratio with every stage run on every candidate. Last, the prefill cost of restating the verdict
+format after the answer: every stage on every candidate, with and without the reminder.
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ def naive_verify(engine: Engine, items: list[verify.CascadeItem], cfg: VerifyCon
     )
     requests, seeds = [], []
     for it, inf in zip(items, inferred):
-        question = prompts.strip_think(inf[0].text).strip()
+        question = prompts.inferred_question(inf[0].text, cfg.inferred_question)
         stage_prompts = [
             prompts.cycle_judge_prompt(it.question, question),
             prompts.factuality_prompt(it.question, it.answer),
@@ -64,8 +71,48 @@ def naive_verify(engine: Engine, items: list[verify.CascadeItem], cfg: VerifyCon
             for v in range(cfg.votes):
                 requests.append([{"role": "user", "content": prompt}])
                 seeds.append(request_seed(seed, "naive", s, it.key, v))
-    outs = engine.chat(requests, one, seeds=seeds)
+    judge = dataclasses.replace(one, stop=list(cfg.judge_stop), include_stop=True)
+    outs = engine.chat(requests, judge, seeds=seeds, reply_prefix=cfg.verdict_prefix)
     return len(items) + sum(len(o) for o in outs)
+
+
+def measure(engine: Engine, items: list[verify.CascadeItem], vcfg: VerifyConfig) -> dict:
+    """Our cascade (early exit), then every stage on every candidate; prompt tokens and samples."""
+    out = {}
+    engine.llm.reset_prefix_cache()
+    before = engine.prefill_stats()
+    started = time.perf_counter()
+    results = verify.run_cascade(engine, items, vcfg)
+    out["seconds"] = time.perf_counter() - started
+    after = engine.prefill_stats()
+    out["computed"], out["cached"] = after["computed"] - before["computed"], after["cached"] - before["cached"]
+    out["samples"] = sum(r.samples for r in results)
+    out["reached"] = {s: sum(r.votes[s] is not None for r in results) for s in vcfg.stages}
+    out["passed"] = sum(r.status == "passed" for r in results)
+    out["full_computed"], out["full_cached"], out["full_samples"] = every_stage(engine, items, vcfg)
+    return out
+
+
+def every_stage(engine: Engine, items: list[verify.CascadeItem], vcfg: VerifyConfig) -> tuple[int, int, int]:
+    """The cascade without early exit (each stage on every candidate): what caching and n=V
+    alone save, whatever the judges decide."""
+    engine.llm.reset_prefix_cache()
+    before = engine.prefill_stats()
+    samples = 0
+    for stage in vcfg.stages:
+        full = verify.run_cascade(engine, items, dataclasses.replace(vcfg, stages=[stage]))
+        samples += sum(r.samples for r in full)
+    after = engine.prefill_stats()
+    return after["computed"] - before["computed"], after["cached"] - before["cached"], samples
+
+
+def rates(m: dict, n_items: int) -> str:
+    """Share of candidates passing each stage, of those that reached it."""
+    reached = list(m["reached"].values()) + [m["passed"]]
+    stages = list(m["reached"])
+    return ", ".join(
+        f"{s} {reached[i + 1]}/{reached[i]}" if reached[i] else f"{s} -" for i, s in enumerate(stages)
+    ) + f" (of {n_items} candidates)"
 
 
 def main() -> None:
@@ -87,37 +134,31 @@ def main() -> None:
 
     ours_engine = Engine(model)
     items = make_candidates(ours_engine, questions, args.n, args.answer_tokens)
-    ours_engine.llm.reset_prefix_cache()
-    before = ours_engine.prefill_stats()
-    started = time.perf_counter()
-    results = verify.run_cascade(ours_engine, items, vcfg)
-    ours_seconds = time.perf_counter() - started
-    after = ours_engine.prefill_stats()
-    ours_computed = after["computed"] - before["computed"]
-    ours_cached = after["cached"] - before["cached"]
-    ours_samples = sum(r.samples for r in results)
-    reached = {s: sum(r.votes[s] is not None for r in results) for s in vcfg.stages}
-    passed = sum(r.status == "passed" for r in results)
-    # the same cascade without early exit (each stage on every candidate): what caching and n=V
-    # alone save, whatever the judges decide
-    ours_engine.llm.reset_prefix_cache()
-    before = ours_engine.prefill_stats()
-    full_samples = 0
-    for stage in vcfg.stages:
-        full = verify.run_cascade(ours_engine, items, dataclasses.replace(vcfg, stages=[stage]))
-        full_samples += sum(r.samples for r in full)
-    after = ours_engine.prefill_stats()
-    full_computed = after["computed"] - before["computed"]
-    full_cached = after["cached"] - before["cached"]
+    settings = {
+        "free": vcfg,
+        "verdict prefix": dataclasses.replace(vcfg, verdict_prefix="[[", judge_stop=["]]"]),
+    }
+    measured = {name: measure(ours_engine, items, cfg) for name, cfg in settings.items()}
+    # the verdict format restated after the answer: its prefill cost, every stage on every candidate
+    with_reminder = every_stage(ours_engine, items, settings["verdict prefix"])[0]
+    reminder, prompts.VERDICT_REMINDER = prompts.VERDICT_REMINDER, ""
+    try:
+        without_reminder = every_stage(ours_engine, items, settings["verdict prefix"])[0]
+    finally:
+        prompts.VERDICT_REMINDER = reminder
     del ours_engine  # one engine at a time in this process
 
     naive_engine = Engine(dataclasses.replace(model, enable_prefix_caching=False, block_size=None))
-    before = naive_engine.prefill_stats()
-    started = time.perf_counter()
-    naive_samples = naive_verify(naive_engine, items, vcfg)
-    naive_seconds = time.perf_counter() - started
-    after = naive_engine.prefill_stats()
-    naive_computed = after["computed"] - before["computed"]
+    naive = {}
+    for name, cfg in settings.items():
+        before = naive_engine.prefill_stats()
+        started = time.perf_counter()
+        samples = naive_verify(naive_engine, items, cfg)
+        naive[name] = {
+            "seconds": time.perf_counter() - started,
+            "computed": naive_engine.prefill_stats()["computed"] - before["computed"],
+            "samples": samples,
+        }
 
     print("\n== verify cascade vs naive verifier ==")
     print(f"machine : {machine()}")
@@ -125,20 +166,26 @@ def main() -> None:
     print(
         f"settings: {len(items)} candidates ({len(questions)} questions x n={args.n}, {args.answer_tokens} answer tokens max), "
         f"V={args.votes}, judge max_tokens={args.judge_tokens}, temperature={vcfg.temperature}, top_p={vcfg.top_p}, "
-        f"unanimous; ours: prefix caching on, block_size 32; naive: caching off, V separate requests, no early exit"
+        f"unanimous, verdict rule {vcfg.verdict_rule}; ours: prefix caching on, block_size 32; "
+        f"naive: caching off, V separate requests, no early exit"
     )
-    print(f"ours : candidates reaching each stage {reached}, passed all {passed}")
-    print(
-        f"ours : prompt tokens computed {ours_computed} (+{ours_cached} from cache), judge samples {ours_samples}, {ours_seconds:.1f}s"
-    )
-    print(
-        f"ours without early exit: prompt tokens computed {full_computed} (+{full_cached} from cache), judge samples {full_samples}"
-    )
-    print(f"naive: prompt tokens computed {naive_computed}, judge samples {naive_samples}, {naive_seconds:.1f}s")
-    print(f"ratio computed prompt tokens ours/naive: {ours_computed / naive_computed:.3f} (target <= 0.333)")
-    print(f"ratio computed prompt tokens, ours without early exit/naive: {full_computed / naive_computed:.3f}")
-    print(f"ratio judge samples ours/naive         : {ours_samples / naive_samples:.3f} (target <= 1)")
-    print(f"ratio wall time ours/naive             : {ours_seconds / naive_seconds:.3f}")
+    for name, m in measured.items():
+        n = naive[name]
+        print(f"\n-- judges: {name} --")
+        print(f"ours : pass rates {rates(m, len(items))}")
+        print(f"ours : prompt tokens computed {m['computed']} (+{m['cached']} from cache), judge samples {m['samples']}, {m['seconds']:.1f}s")
+        print(
+            f"ours without early exit: prompt tokens computed {m['full_computed']} (+{m['full_cached']} from cache), "
+            f"judge samples {m['full_samples']}"
+        )
+        print(f"naive: prompt tokens computed {n['computed']}, judge samples {n['samples']}, {n['seconds']:.1f}s")
+        print(f"ratio computed prompt tokens ours/naive at these pass rates: {m['computed'] / n['computed']:.3f} (target <= 0.333)")
+        print(f"ratio computed prompt tokens, every stage on every candidate/naive: {m['full_computed'] / n['computed']:.3f}")
+        print(f"ratio judge samples ours/naive         : {m['samples'] / n['samples']:.3f} (target <= 1)")
+        print(f"ratio wall time ours/naive             : {m['seconds'] / n['seconds']:.3f}")
+    print("\n-- verdict format restated after the answer (every stage on every candidate, verdict prefix) --")
+    print(f"prompt tokens computed with the reminder {with_reminder}, without {without_reminder}: "
+          f"ratio {with_reminder / without_reminder:.3f}")
 
 
 if __name__ == "__main__":
