@@ -96,6 +96,10 @@ class ModelConfig:
     # "auto": sampling settings a stage leaves unset (null) come from the model's own
     # generation_config.json (Qwen3: top_k 20, top_p 0.95, ...); "vllm": vLLM's neutral defaults.
     generation_config: Literal["auto", "vllm"] = "auto"
+    # An engine that finishes no step for this long (a hung GPU, NCCL, or a dead engine process)
+    # ends its task with exit code 70 and one log line, so requeue or `resume` takes over
+    # instead of the allocation idling until its time limit. 0 turns the watchdog off.
+    stall_timeout_s: float = 1800.0
 
 
 @dataclass

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from .models import resolve
 log = logging.getLogger("svd_hpc")
 
 Conversation = list[dict]  # [{"role": "user", "content": "..."}, ...]
+EXIT_ENGINE_FAILED = 70  # the engine hung or its process died; running the task again resumes it
 
 
 # Sampling settings a stage may leave to the model (None): the model's generation_config.json
@@ -101,6 +103,40 @@ def private_cache_root() -> str:
     return root
 
 
+class Watchdog:
+    """Ends the process when one engine step runs for `timeout_s` seconds, or the engine's
+    background process dies during a step: one log line, exit EXIT_ENGINE_FAILED.
+
+    A thread, and a hard exit, because a hung engine holds the main thread inside step().
+    """
+
+    def __init__(self, engine: "Engine", timeout_s: float):
+        self.engine, self.timeout_s = engine, timeout_s
+        self.last_step = time.monotonic()
+        self.watching = False
+        threading.Thread(target=self._watch, name="svd_hpc-engine-watchdog", daemon=True).start()
+
+    def beat(self) -> None:
+        self.last_step = time.monotonic()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(10.0, self.timeout_s / 4))
+            if not self.watching:
+                continue
+            quiet = time.monotonic() - self.last_step
+            if self.engine.background_died():
+                self._end("vLLM's engine process died")
+            elif quiet > self.timeout_s:
+                self._end(f"the engine finished no step for {quiet:.0f}s (model.stall_timeout_s={self.timeout_s:g})")
+
+    def _end(self, why: str) -> None:
+        log.error(f"engine failed: {why}; ending the task (exit {EXIT_ENGINE_FAILED}) so it can be run again")
+        for handler in logging.getLogger().handlers + log.handlers:
+            handler.flush()
+        os._exit(EXIT_ENGINE_FAILED)
+
+
 def template_knows_thinking(tokenizer) -> bool:
     template = getattr(tokenizer, "chat_template", None) or ""
     if isinstance(template, dict):  # several named templates
@@ -136,6 +172,7 @@ class Engine:
                      f"{self.sampling_defaults}")
         if not model_cfg.per_request_seeds:
             log.info("model.per_request_seeds=false: one engine-wide seed; a resumed task samples differently")
+        self.watchdog = Watchdog(self, model_cfg.stall_timeout_s) if model_cfg.stall_timeout_s > 0 else None
         knows = template_knows_thinking(self.tokenizer)
         self.template_knows_thinking = knows
         self.thinking = {"on": True, "off": False, "auto": knows}[model_cfg.thinking]
@@ -145,6 +182,11 @@ class Engine:
             f"engine ready: model={model_cfg.path} device={self.device} "
             f"thinking={self.thinking} in {time.perf_counter() - started:.1f}s"
         )
+
+    def background_died(self) -> bool:
+        """Whether vLLM's EngineCore process (GPU machines run it apart from this one) has died."""
+        client = getattr(self.llm.llm_engine, "engine_core", None)
+        return bool(getattr(getattr(client, "resources", None), "engine_dead", False))
 
     def engine_args(self) -> dict:
         """Keyword arguments for vllm.LLM on this machine (CUDA or CPU)."""
@@ -239,9 +281,23 @@ class Engine:
         # enqueue returns vLLM's internal ids ("<id>-<8 random chars>"); outputs carry the <id> part
         index_of = {rid.rsplit("-", 1)[0]: i for rid, i in zip(ids, runnable)}
         engine = self.llm.llm_engine
+        watchdog = self.watchdog
         try:
             while index_of and engine.has_unfinished_requests():
-                for out in engine.step():
+                if watchdog:  # only time inside step() counts: the caller may save or grade between steps
+                    watchdog.beat()
+                    watchdog.watching = True
+                try:
+                    outputs = engine.step()
+                except Exception:
+                    if not self.background_died():
+                        raise
+                    index_of.clear()  # nothing left to abort in a dead engine
+                    log.error(f"engine failed: vLLM's engine process died; ending the task (exit {EXIT_ENGINE_FAILED})")
+                    raise SystemExit(EXIT_ENGINE_FAILED) from None
+                if watchdog:
+                    watchdog.watching = False
+                for out in outputs:
                     i = index_of.pop(out.request_id, None) if out.finished else None
                     if i is not None:
                         samples = sorted(out.outputs, key=lambda c: c.index)
@@ -253,6 +309,8 @@ class Engine:
             if index_of:
                 raise RuntimeError(f"vLLM finished without answering {len(index_of)} request(s).")
         finally:
+            if watchdog:
+                watchdog.watching = False
             if index_of:  # the caller stopped early (an error, a kill): leave the engine empty
                 engine.abort_request(list(index_of))
 

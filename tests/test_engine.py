@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,48 @@ def test_per_request_seeds_can_give_way_to_the_engine_seed(engine, sent, monkeyp
     outs = engine.chat([CONVERSATION, CONVERSATION], Sampling(max_tokens=4), seeds=[7, 8])
     assert [p.seed for p in sent] == [None, None] and all(len(o) == 1 for o in outs)
     assert "enable_chunked_prefill" not in engine.engine_args()
+
+
+# ----------------------------------------------------------------------------- hung or dead engines
+
+STALL_SCRIPT = textwrap.dedent(
+    """
+    import logging, sys, time, types
+    if __name__ == "__main__":
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+        from svd_hpc.config import ModelConfig
+        from svd_hpc.engine import Engine, Sampling
+        mode, folder = sys.argv[1], sys.argv[2]
+        engine = Engine(ModelConfig(path=folder, max_model_len=512, stall_timeout_s=2))
+        core, real = engine.llm.llm_engine, engine.llm.llm_engine.step
+        steps = []
+        def step():
+            steps.append(1)
+            if len(steps) == 3 and mode == "dead":  # what vLLM's monitor thread sets (core_client.py)
+                core.engine_core.resources = types.SimpleNamespace(engine_dead=True)
+            if len(steps) >= 3 and mode in ("hang", "dead"):
+                time.sleep(600)
+            return real()
+        core.step = step
+        for _ in engine.stream([engine.render([{"role": "user", "content": "hi"}])] * 2, Sampling(max_tokens=40), [1, 2]):
+            if mode == "slow-caller":
+                time.sleep(5)  # a caller saving or grading between steps is no stall
+        print("finished", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["hang", "dead", "slow-caller"])
+def test_a_hung_or_dead_engine_ends_the_task(tmp_path, mode):
+    folder = ensure_tiny_qwen3(tmp_path / "tiny")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", STALL_SCRIPT, mode, str(folder)], capture_output=True, text=True,
+                          cwd=REPO, timeout=600)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
+    if mode == "slow-caller":
+        assert done.returncode == 0 and "finished" in done.stdout and not errors, done.stderr[-2000:]
+        return
+    assert done.returncode == 70 and "finished" not in done.stdout, done.stderr[-2000:]
+    why = "finished no step for" if mode == "hang" else "engine process died"
+    assert len(errors) == 1 and why in errors[0] and "exit 70" in errors[0]
+    assert time.monotonic() - started < 300  # not the 600 s the step would have hung
