@@ -157,6 +157,7 @@ class VerifyConfig:
     # Stop strings of judge replies (not of inferred questions), kept in the text: with
     # verdict_prefix "[[", judge_stop ["]]"] ends each reply once its verdict is out.
     judge_stop: list[str] = field(default_factory=list)
+    chunk_size: int = 256  # judge requests (one candidate's votes of one stage) per checkpointed chunk
     # How a vote is read: "authors" (evalchemy ttc_utils: the whole reply, thinking included, any
     # case) or "strict" (only after the judge's thinking, capital Y/N as bare letters).
     verdict_rule: Literal["authors", "strict"] = "authors"
@@ -382,6 +383,7 @@ def validate(cfg: RunConfig, source: str) -> None:
         "generate.chunk_size": cfg.generate.chunk_size,
         "verify.votes": cfg.verify.votes,
         "verify.cycle_inferences": cfg.verify.cycle_inferences,
+        "verify.chunk_size": cfg.verify.chunk_size,
         "train.steps": cfg.train.steps,
         "train.global_batch": cfg.train.global_batch,
         "train.micro_batch": cfg.train.micro_batch,

@@ -8,6 +8,7 @@ exits at once, so re-running a finished task is a no-op.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -24,23 +25,60 @@ from . import config as config_mod
 _PROCESS_START = time.monotonic()
 
 
+class StorageError(OSError):
+    """The run directory cannot take a write (full, over quota, read-only, not ours)."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+# what the user can do about each: the task's output was not written, so resuming redoes it
+_STORAGE_FAULTS = {
+    errno.ENOSPC: "the filesystem is full; free space there (or move the run directory) and resume the run",
+    errno.EDQUOT: "the disk quota is used up; free space or raise the quota, then resume the run",
+    errno.EROFS: "the filesystem is read-only; make it writable (or move the run directory) and resume the run",
+    errno.EACCES: "permission denied; make the run directory writable for this user and resume the run",
+}
+
+
+def storage_error(err: OSError, path: Path) -> OSError:
+    """`err` as one sentence naming `path` and what to do, when it is a storage fault; else `err`."""
+    what = _STORAGE_FAULTS.get(err.errno)
+    if what is None:
+        return err
+    return StorageError(err.errno, f"cannot write {path}: {what}.")
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
+
+    A full, read-only or foreign filesystem raises StorageError naming `path`; the temporary
+    file is gone and `path` keeps what it held before.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         if tmp.is_dir() and path.exists():
             # os.replace cannot put a directory over a non-empty one; a re-run replaces it whole
             shutil.rmtree(path)
         os.replace(tmp, path)
+    except StorageError:
+        raise
+    except OSError as err:
+        fault = storage_error(err, path)
+        if fault is err:
+            raise
+        raise fault from err
     finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
+        # best effort: on a filesystem gone read-only even this fails, and the error above matters
+        with contextlib.suppress(OSError):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif tmp.exists():
+                tmp.unlink()
 
 
 def atomic_write_text(path: Path, text: str) -> None:

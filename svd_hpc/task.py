@@ -19,12 +19,13 @@ import sys
 from . import plan as plan_mod
 from . import staging
 from .config import ConfigError
-from .rundir import RunDir
+from .rundir import RunDir, StorageError
 
 log = logging.getLogger("svd_hpc")
 
 EXIT_USAGE = 2
 EXIT_NOT_BUILT = 3
+EXIT_STORAGE = 74  # the run directory took no write (full, read-only); resume once it does (EX_IOERR)
 
 
 def task_index(explicit: int | None) -> int:
@@ -126,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as err:
         print(f"error: stage {args.stage} task {index}: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except StorageError as err:
+        print(f"error: stage {args.stage} task {index}: {err}", file=sys.stderr)
+        return EXIT_STORAGE
     return 0
 
 

@@ -3,10 +3,11 @@
 Run as: python -m svd_hpc.task verify --run-dir runs/demo   (task i runs after generate task i)
 
 Stages run in verify.stages order (cycle consistency, factuality, correctness by default). Each
-stage is one batched engine call over every candidate still alive in the shard, with the V votes
+stage is one batched engine run over every candidate still alive in the shard, with the V votes
 of a candidate drawn as one request with n=V, so its prompt is prefilled once and shared through
-the prefix cache. A candidate rejected at a stage goes no further (its later vote lists stay
-null). `run_cascade` is the reusable core: the eval stage's UQ-TTC baseline calls it too.
+the prefix cache. Replies are saved every verify.chunk_size requests as they finish
+(svd_hpc/chunks.py), so a killed task redoes at most one chunk of judging. A candidate rejected
+at a stage goes no further (its later vote lists stay null). `run_cascade` is the reusable core: the eval stage's UQ-TTC baseline calls it too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,10 +26,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import prompts
-from .config import VERIFY_STAGES, VerifyConfig
+from .chunks import Checkpoint
+from .config import VERIFY_STAGES, ModelConfig, VerifyConfig
 from .engine import Engine, request_seed, stage_sampling
 from .records import CANDIDATE, VERDICT, VOTE_NONE, VOTE_YES, check_schema
-from .rundir import RunDir, atomic_path, atomic_write_json
+from .rundir import RunDir, atomic_path
 
 log = logging.getLogger("svd_hpc")
 STAGE = "verify"
@@ -81,38 +84,53 @@ def votes_per_inference(votes: int, inferences: int) -> list[int]:
 class _Cascade:
     """The state of one cascade run: results so far and which items are still alive."""
 
-    def __init__(self, engine: Engine, items: Sequence[CascadeItem], cfg: VerifyConfig):
-        self.engine, self.items, self.cfg = engine, list(items), cfg
+    def __init__(self, engine: Engine, items: Sequence[CascadeItem], cfg: VerifyConfig, checkpoint: Checkpoint):
+        self.engine, self.items, self.cfg, self.checkpoint = engine, list(items), cfg, checkpoint
         self.keys = [it.key or str(i) for i, it in enumerate(self.items)]
         self.results = [CascadeResult() for _ in self.items]
         self.sampling = stage_sampling(cfg, n=cfg.votes)
         self.judge_sampling = dataclasses.replace(self.sampling, stop=list(cfg.judge_stop), include_stop=True)
 
     def ask(self, stage: str, requests: list[tuple[int, str, int, int]]) -> list[list[str]]:
-        """One batched engine call: requests are (item, prompt, n, sub-index); returns texts.
+        """One engine run for a step of the cascade: requests are (item, prompt, n, sub-index);
+        returns texts. Replies already in the checkpoint are not asked again; new ones go to it
+        as they finish.
 
         Judge replies (every stage but cycle_infer) open with verify.verdict_prefix and end at a
         verify.judge_stop string; the texts returned include both, so the verdict parser sees
         the reply as a whole.
         """
-        conversations = [[{"role": "user", "content": prompt}] for _, prompt, _, _ in requests]
         judge = stage != "cycle_infer"
         sampling = self.judge_sampling if judge else self.sampling
-        samplings = [dataclasses.replace(sampling, n=n) for _, _, n, _ in requests]
-        seed = self.engine.model_cfg.seed
-        seeds = [request_seed(seed, STAGE, stage, self.keys[i], sub) for i, _, _, sub in requests]
         prefix = self.cfg.verdict_prefix if judge else ""
-        outputs = self.engine.chat(conversations, samplings, seeds=seeds, reply_prefix=prefix)
+        keys = [f"{stage}/{self.keys[i]}/{sub}" for i, _, _, sub in requests]
+        todo = [j for j, key in enumerate(keys) if key not in self.checkpoint]
+        if todo:
+            seed = self.engine.model_cfg.seed
+            rendered = [self.engine.render([{"role": "user", "content": requests[j][1]}], reply_prefix=prefix) for j in todo]
+            samplings = [dataclasses.replace(sampling, n=requests[j][2]) for j in todo]
+            seeds = [request_seed(seed, STAGE, stage, self.keys[requests[j][0]], requests[j][3]) for j in todo]
+            for t, completions in self.engine.stream(rendered, samplings, seeds):
+                reply = {
+                    "texts": [prefix + c.text for c in completions],
+                    "prompt_tokens": completions[0].prompt_tokens if completions else 0,
+                    "completion_tokens": sum(c.completion_tokens for c in completions),
+                    "cut_off": [c.finish_reason == "length" for c in completions],
+                }
+                self.checkpoint.add(keys[todo[t]], reply)
+            # the next step needs every reply of this one: save the last, partial chunk too
+            self.checkpoint.flush()
         texts = []
-        for (i, _, _, _), completions in zip(requests, outputs):
+        for (i, _, _, _), key in zip(requests, keys):
+            reply = self.checkpoint[key]
             result = self.results[i]
-            result.prompt_tokens += completions[0].prompt_tokens if completions else 0
-            result.completion_tokens += sum(c.completion_tokens for c in completions)
-            result.samples += len(completions)
-            texts.append([prefix + c.text for c in completions])
+            result.prompt_tokens += reply["prompt_tokens"]  # counted once per request (n samples share it)
+            result.completion_tokens += reply["completion_tokens"]
+            result.samples += len(reply["texts"])
+            texts.append(list(reply["texts"]))
             if judge:
-                flags = [c.finish_reason == "length" for c in completions]
-                result.cut_off[stage] = (result.cut_off[stage] or []) + flags
+                flags = reply.get("cut_off", [False] * len(texts[-1]))
+                result.cut_off[stage] = (result.cut_off[stage] or []) + list(flags)
             if self.cfg.keep_judge_text:
                 result.judge_texts.setdefault(stage, []).extend(texts[-1])
         return texts
@@ -150,10 +168,13 @@ class _Cascade:
         return survivors
 
 
-def _fingerprint(cascade: _Cascade) -> str:
-    digest = hashlib.sha256(json.dumps(dataclasses.asdict(cascade.cfg), sort_keys=True).encode())
-    for key, item in zip(cascade.keys, cascade.items):
-        digest.update("\x1f".join((key, item.question, item.answer)).encode())
+def fingerprint(model_cfg: ModelConfig, items: Sequence[CascadeItem], verify_cfg: VerifyConfig) -> str:
+    """What decides the judges' replies: the model, the verify settings and the items judged."""
+    settings = {"model": dataclasses.asdict(model_cfg), "verify": dataclasses.asdict(verify_cfg)}
+    settings["verify"].pop("chunk_size")  # how replies are grouped into files changes none of them
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for i, item in enumerate(items):
+        digest.update("\x1f".join((item.key or str(i), item.question, item.answer, "\x1e")).encode())
     return digest.hexdigest()
 
 
@@ -162,40 +183,29 @@ def run_cascade(
 ) -> list[CascadeResult]:
     """Judge every item through the cascade; one result per item, in order.
 
-    With `checkpoint` (a JSON file), progress is saved after each stage and a later call with
-    the same items and settings continues after the last finished stage.
+    With `checkpoint` (a folder), the judges' replies are saved every verify.chunk_size requests
+    as they finish, and a later call with the same items and settings asks only for the rest.
     """
+    saved = Checkpoint(checkpoint, verify_cfg.chunk_size, fingerprint(engine.model_cfg, items, verify_cfg))
+    return judge(engine, items, verify_cfg, saved)
+
+
+def judge(engine: Engine, items: Sequence[CascadeItem], verify_cfg: VerifyConfig, saved: Checkpoint) -> list[CascadeResult]:
+    """`run_cascade` with the caller's checkpoint (which tells how many replies it resumed)."""
     for stage in verify_cfg.stages:
         if stage not in VERIFY_STAGES:
             raise ValueError(f"verify.stages has '{stage}'; valid stages: {', '.join(VERIFY_STAGES)}.")
     votes_per_inference(verify_cfg.votes, verify_cfg.cycle_inferences)  # check before any sampling
-    cascade = _Cascade(engine, items, verify_cfg)
+    if saved.resumed:
+        log.info(f"verify: resuming with {saved.resumed} judge replies from {saved.folder}")
+    cascade = _Cascade(engine, items, verify_cfg, saved)
     alive = list(range(len(cascade.items)))
-    done: list[str] = []
-    fingerprint = _fingerprint(cascade) if checkpoint else ""
-    if checkpoint and checkpoint.is_file():
-        saved = json.loads(checkpoint.read_text())
-        if saved.get("fingerprint") == fingerprint:
-            done = saved["stages_done"]
-            cascade.results = [CascadeResult(**r) for r in saved["results"]]
-            alive = [i for i, r in enumerate(cascade.results) if r.status == "passed"]
-            log.info(f"verify: resuming after stages {done}")
     for stage in verify_cfg.stages:
-        if stage in done:
-            continue
         started = time.perf_counter()
         if alive:
             cascade.run_stage(stage, alive)
         before, alive = len(alive), cascade.settle(stage, alive)
         log.info(f"verify: {stage=} judged={before} passed={len(alive)} in {time.perf_counter() - started:.1f}s")
-        done.append(stage)
-        if checkpoint:
-            state = {
-                "fingerprint": fingerprint,
-                "stages_done": done,
-                "results": [dataclasses.asdict(r) for r in cascade.results],
-            }
-            atomic_write_json(checkpoint, state)
     return cascade.results
 
 
@@ -203,7 +213,8 @@ def run_cascade(
 
 
 def progress_path(run: RunDir, index: int) -> Path:
-    return run.stage_dir(STAGE) / "progress" / f"{index:05d}.json"
+    """The folder of a task's saved judge replies (removed once its shard is written)."""
+    return run.stage_dir(STAGE) / "progress" / f"{index:05d}"
 
 
 def read_candidates(run: RunDir, index: int) -> pa.Table:
@@ -248,9 +259,12 @@ def run_shard(run: RunDir, index: int, engine: Engine | None = None) -> dict:
     items = [CascadeItem(questions[r], answers[r], key=f"{qids[r]}/{cidx[r]}") for r in rows]
     started = time.perf_counter()
     results: list[CascadeResult] = []
+    resumed = 0
     if items:  # a shard where nothing passed the filter needs no engine
         engine = engine or Engine(cfg.model)
-        results = run_cascade(engine, items, cfg.verify, checkpoint=progress_path(run, index))
+        saved = Checkpoint(progress_path(run, index), cfg.verify.chunk_size, fingerprint(cfg.model, items, cfg.verify))
+        resumed = saved.resumed
+        results = judge(engine, items, cfg.verify, saved)
     table = verdict_table(candidates, dict(zip(rows, results)))
     with atomic_path(run.shard_path(STAGE, index)) as tmp:
         pq.write_table(table, tmp)
@@ -260,6 +274,7 @@ def run_shard(run: RunDir, index: int, engine: Engine | None = None) -> dict:
         candidates=table.num_rows,
         judge_samples=sum(r.samples for r in results),
         judge_prompt_tokens=sum(r.prompt_tokens for r in results),
+        judge_replies_resumed=resumed,
         seconds=round(time.perf_counter() - started, 2),
     )
     for stage in VERIFY_STAGES:
@@ -277,4 +292,4 @@ def run_task(run_dir: str, task_index: int) -> None:
         return
     stats = run_shard(run, task_index)
     run.mark_done(STAGE, task_index, **stats)
-    progress_path(run, task_index).unlink(missing_ok=True)
+    shutil.rmtree(progress_path(run, task_index), ignore_errors=True)

@@ -1,6 +1,7 @@
 """Generate and verify: the engine, the cascade logic, and both stage bodies end to end on real
 vLLM (CPU) with the tiny random Qwen3, a kill-and-resume of generate, and a SmolLM2 smoke run."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -145,26 +146,30 @@ class ScriptedEngine:
 
     "fail:<stage>" in an answer makes one of that stage's votes [[N]]; "mute:<stage>" makes every
     vote a text without a verdict. The inferred question carries the answer along, so cycle votes
-    see the markers too.
+    see the markers too. `fail_after` raises after that many replies (a task killed mid-stage).
     """
 
-    def __init__(self, fail_on_call: int | None = None):
+    def __init__(self, fail_after: int | None = None):
         self.model_cfg = ModelConfig(seed=3)
         self.calls: list[dict] = []
-        self.fail_on_call = fail_on_call
+        self.fail_after = fail_after
+        self.replies = 0
 
-    def chat(self, conversations, sampling, seeds=None, enable_thinking=None, reply_prefix=""):
-        samplings = [sampling] * len(conversations) if isinstance(sampling, Sampling) else list(sampling)
-        prompts_sent = [c[-1]["content"] for c in conversations]
-        self.calls.append(
-            {"prompts": prompts_sent, "n": [s.n for s in samplings], "seeds": list(seeds), "prefix": reply_prefix}
-        )
-        if self.fail_on_call == len(self.calls):
-            raise RuntimeError("preempted")
-        return [
-            [Completion(self.continue_reply(t, reply_prefix), 7, "stop", len(p)) for t in self.respond(p, s.n)]
-            for p, s in zip(prompts_sent, samplings)
-        ]
+    def render(self, conversation, enable_thinking=None, reply_prefix=""):
+        return conversation[-1]["content"], reply_prefix
+
+    def stream(self, rendered, sampling, seeds=None):
+        samplings = [sampling] * len(rendered) if isinstance(sampling, Sampling) else list(sampling)
+        prompts_sent = [p for p, _ in rendered]
+        prefixes = {prefix for _, prefix in rendered}
+        assert len(prefixes) == 1
+        self.calls.append({"prompts": prompts_sent, "n": [s.n for s in samplings], "seeds": list(seeds), "prefix": prefixes.pop()})
+        for i, (p, s) in enumerate(zip(prompts_sent, samplings)):
+            if self.fail_after is not None and self.replies >= self.fail_after:
+                raise RuntimeError("killed")
+            self.replies += 1
+            prefix = rendered[i][1]
+            yield i, [Completion(self.continue_reply(t, prefix), 7, "stop", len(p)) for t in self.respond(p, s.n)]
 
     @staticmethod
     def continue_reply(text: str, prefix: str) -> str:
@@ -263,21 +268,27 @@ def test_cycle_votes_spread_over_several_inferred_questions():
         verify.run_cascade(ScriptedEngine(), ITEMS, VerifyConfig(votes=5, cycle_inferences=6))
 
 
-def test_cascade_resumes_after_the_last_finished_stage(tmp_path):
-    checkpoint = tmp_path / "progress.json"
-    cfg = VerifyConfig(votes=3)
-    with pytest.raises(RuntimeError, match="preempted"):
-        verify.run_cascade(ScriptedEngine(fail_on_call=3), ITEMS, cfg, checkpoint=checkpoint)
-    assert json.loads(checkpoint.read_text())["stages_done"] == ["cycle"]
-    resumed = ScriptedEngine()
-    results = verify.run_cascade(resumed, ITEMS, cfg, checkpoint=checkpoint)
-    assert len(resumed.calls) == 2 and resumed.calls[0]["prompts"][0].startswith(prompts.FACTUALITY_JUDGE)
+def test_cascade_killed_anywhere_redoes_at_most_one_chunk(tmp_path):
+    cfg = VerifyConfig(votes=3, chunk_size=2)
     fresh = verify.run_cascade(ScriptedEngine(), ITEMS, cfg)
-    assert results == fresh
-    # different items make the checkpoint stale: everything runs again
+    total = 5 + 5 + 3 + 2  # replies: inferred questions, then cycle, factuality, correctness votes
+    for killed_after in range(total):
+        checkpoint = tmp_path / f"progress-{killed_after}"
+        with pytest.raises(RuntimeError, match="killed"):
+            verify.run_cascade(ScriptedEngine(fail_after=killed_after), ITEMS, cfg, checkpoint=checkpoint)
+        saved = sum(len(json.loads(p.read_text())) for p in checkpoint.glob("chunk-*.json"))
+        assert killed_after - cfg.chunk_size < saved <= killed_after  # at most one chunk lost
+        resumed = ScriptedEngine()
+        results = verify.run_cascade(resumed, ITEMS, cfg, checkpoint=checkpoint)
+        assert resumed.replies == total - saved  # only what was not saved is asked again
+        assert results == fresh
+    # a changed chunk size keeps the saved replies; different items make them stale
+    again = ScriptedEngine()
+    assert verify.run_cascade(again, ITEMS, VerifyConfig(votes=3, chunk_size=5), checkpoint=checkpoint) == fresh
+    assert again.replies == 0
     other = ScriptedEngine()
     verify.run_cascade(other, ITEMS[:2], cfg, checkpoint=checkpoint)
-    assert len(other.calls) == 4
+    assert len(other.calls) == 4 and other.replies == 2 + 2 + 1 + 1
 
 
 def test_judges_never_see_the_think_block(tmp_path):
@@ -346,7 +357,7 @@ TINY = {
     "model": {"path": "builtin:tiny-qwen3", "block_size": 32, "max_model_len": 1024},
     "seeds": {"id_field": "id", "domain_field": "domain", "shards": 2},
     "generate": {"n": 3, "max_tokens": 48, "chunk_size": 2, "require_think": "off"},
-    "verify": {"votes": 3, "max_tokens": 24, "keep_judge_text": True},
+    "verify": {"votes": 3, "max_tokens": 24, "keep_judge_text": True, "chunk_size": 4},
 }
 
 # science answers pass the static filter whatever the random model writes; math ones need \boxed{}
@@ -423,18 +434,18 @@ def test_killed_generate_task_resumes_to_the_same_records(tmp_path):
     with log.open("wb") as sink:  # a file, not a pipe: a full pipe would stall the task
         proc = subprocess.Popen([sys.executable, "-c", code, str(killed.root)], env=env, stdout=sink, stderr=sink)
     deadline = time.time() + 180
-    while not list(chunks.glob("chunk-*.parquet")):
+    while not list(chunks.glob("chunk-*.json")):
         assert proc.poll() is None, log.read_text(errors="replace")[-2000:]
         assert time.time() < deadline, "the generate task wrote no chunk within 180 s"
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    written = sorted(chunks.glob("chunk-*.parquet"))
-    assert 1 <= len(written) < 4 and not killed.is_done("generate", 0)
+    saved = [q for path in chunks.glob("chunk-*.json") for q in json.loads(path.read_text())]
+    assert 2 <= len(saved) < 8 and not killed.is_done("generate", 0)
 
     generate.run_task(str(killed.root), 0)  # resume
     marker = json.loads(killed.done_marker("generate", 0).read_text())
-    assert marker["chunks_resumed"] == len(written) and marker["chunks"] == 4
+    assert marker["questions_resumed"] == len(saved) and marker["questions"] == 8
 
     whole = prepare_run(tmp_path, "whole", settings, questions)
     generate.run_task(str(whole.root), 0)
@@ -444,17 +455,81 @@ def test_killed_generate_task_resumes_to_the_same_records(tmp_path):
     assert resumed.equals(uninterrupted)
 
 
+def synthetic_candidates(run: RunDir, count: int) -> None:
+    """A finished generate shard of `count` candidates that all passed the filter (no model needed)."""
+    rows = [
+        dict(question_id=f"v{i}", question=f"What is {i} + {i}?", domain="science", candidate_index=0,
+             prompt=f"What is {i} + {i}?", text=f"It is {2 * i}.", answer=f"It is {2 * i}.", prompt_tokens=9,
+             completion_tokens=5, finish_reason="stop", passed_filter=True, filter_reason=None)
+        for i in range(count)
+    ]
+    run.stage_dir("generate").mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=CANDIDATE), run.shard_path("generate", 0))
+    run.mark_done("generate", 0)
+
+
+def start_task(stage: str, run: RunDir, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    code = f"import sys; from svd_hpc import {stage}; {stage}.run_task(sys.argv[1], 0)"
+    with log.open("ab") as sink:  # a file, not a pipe: a full pipe would stall the task
+        return subprocess.Popen([sys.executable, "-c", code, str(run.root)], env=env, stdout=sink, stderr=sink)
+
+
+def saved_replies(folder: Path) -> dict:
+    return {k: v for path in folder.glob("chunk-*.json") for k, v in json.loads(path.read_text()).items()}
+
+
+@pytest.mark.slow  # three engine loads (two killed attempts, then resume and the reference): ~90 s of CPU
+def test_verify_killed_mid_stage_resumes_to_the_same_records(tmp_path):
+    settings = {**TINY, "seeds": {**TINY["seeds"], "shards": 1}}
+    # a few requests decoding at a time, so chunks of 3 replies finish one after another
+    settings["model"] = {**TINY["model"], "max_num_seqs": 4}
+    settings["verify"] = {**TINY["verify"], "max_tokens": 16, "chunk_size": 3}
+    killed = prepare_run(tmp_path, "vkilled", settings, QUESTIONS[:1])
+    whole = prepare_run(tmp_path, "vwhole", settings, QUESTIONS[:1])
+    for run in (killed, whole):
+        synthetic_candidates(run, 12)
+    progress = verify.progress_path(killed, 0)
+    log = tmp_path / "vkilled.log"
+    # kill twice: once in the inferred-question step, once later (the resumed attempt adds chunks)
+    history = []
+    for chunks_before_kill in (1, 6):
+        proc = start_task("verify", killed, log)
+        deadline = time.time() + 300
+        while len(list(progress.glob("chunk-*.json"))) < chunks_before_kill:
+            assert proc.poll() is None, log.read_text(errors="replace")[-2000:]
+            assert time.time() < deadline, f"verify wrote fewer than {chunks_before_kill} chunks within 300 s"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not killed.is_done("verify", 0) and not killed.shard_path("verify", 0).exists()
+        history.append(saved_replies(progress))
+    # what an attempt saved, the next one kept (and did not ask for again)
+    assert history[0].items() <= history[1].items() and len(history[1]) > len(history[0])
+    assert any(key.startswith("cycle_infer/") for key in history[0])
+
+    engine = Engine(killed.load_config().model)  # one engine for both runs: per-request seeds
+    resume_stats = verify.run_shard(killed, 0, engine=engine)
+    whole_stats = verify.run_shard(whole, 0, engine=engine)
+    assert resume_stats["judge_replies_resumed"] == len(history[1]) and whole_stats["judge_replies_resumed"] == 0
+    resumed = pq.read_table(killed.shard_path("verify", 0))
+    uninterrupted = pq.read_table(whole.shard_path("verify", 0))
+    check_verdicts(resumed, killed.load_config())
+    assert resumed.equals(uninterrupted)
+
+
 def test_stale_chunks_are_regenerated(tmp_path):
     settings = {**TINY, "seeds": {**TINY["seeds"], "shards": 1}}
     run = prepare_run(tmp_path, "stale", settings, QUESTIONS[:4])
     folder = generate.chunk_dir(run, 0)
     folder.mkdir(parents=True)
-    # a chunk left by an attempt with another chunk_size holds other questions
-    pq.write_table(pq.read_table(run.shard_path("seeds", 0)).slice(0, 1), folder / "chunk-00000.parquet")
-    (folder / "chunk-00001.parquet").write_bytes(b"truncated by a crash")
+    # chunks of an attempt with other settings (another model seed) are not taken
+    other = dataclasses.replace(run.load_config(), model=dataclasses.replace(run.load_config().model, seed=1))
+    (folder / "fingerprint").write_text(generate.fingerprint(other, pq.read_table(run.shard_path("seeds", 0))))
+    (folder / "chunk-00000.json").write_text(json.dumps({"q0": []}))
     generate.run_task(str(run.root), 0)
     marker = json.loads(run.done_marker("generate", 0).read_text())
-    assert marker["chunks_resumed"] == 0 and marker["candidates"] == 4 * 3
+    assert marker["questions_resumed"] == 0 and marker["candidates"] == 4 * 3
 
 
 # ----------------------------------------------------------------------------- SmolLM2 smoke
