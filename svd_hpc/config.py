@@ -233,6 +233,10 @@ class EvalConfig:
     max_tokens: int = 32768
     uq_ttc: bool = False  # also evaluate the test-time baseline on the base model
     uq_ttc_candidates: int = 8
+    # UQ-TTC as the authors run it (evalchemy ttc_utils.uq_filter_candidates): every candidate goes
+    # to the judges (no static filter), and the judges see the raw question, not the presented one
+    uq_ttc_filter: bool = False
+    uq_ttc_judge_question: Literal["raw", "presented"] = "raw"
     code_timeout_s: float = 6.0
     # Run model-written code even where nothing isolates it (no namespaces, bubblewrap or
     # apptainer): it then has network access and our file permissions.

@@ -138,9 +138,11 @@ def _choose(engine: Engine, cfg: RunConfig, task: EvalTask, chunk: list[Problem]
     think = require_think(cfg, engine)
     items, owners = [], []
     for q, (problem, question, completions) in enumerate(zip(chunk, shown, outputs)):
+        question = problem.question if cfg.eval.uq_ttc_judge_question == "raw" else question
         for k, c in enumerate(completions):
-            # like the verify stage: a candidate the static filter rejects never reaches the judges
-            if prompts.filter_reason(c.text, problem.domain, think, cfg.generate.format_filter) is None:
+            # eval.uq_ttc_filter: like the verify stage, a candidate the static filter rejects never reaches the judges
+            unfiltered = not cfg.eval.uq_ttc_filter
+            if unfiltered or prompts.filter_reason(c.text, problem.domain, think, cfg.generate.format_filter) is None:
                 key = f"eval/{task.benchmark}/{task.seed}/{problem.question_id}/{k}"
                 items.append(CascadeItem(question, prompts.final_answer(c.text), key=key))
                 owners.append((q, k))

@@ -71,3 +71,23 @@ def test_decay_ratio_beyond_what_warmup_leaves_is_refused(tmp_path):
     path.write_text("train: {warmup_ratio: 0.2, decay_ratio: 0.9}\n")
     with pytest.raises(config.ConfigError, match="train.decay_ratio must be in"):
         config.load(path)
+
+
+def test_uq_ttc_judges_every_candidate_against_the_raw_question(monkeypatch):
+    from svd_hpc import evaluate
+    from svd_hpc.benchmarks import Problem
+    from svd_hpc.engine import Completion
+
+    seen = []
+    monkeypatch.setattr(evaluate, "run_cascade", lambda engine, items, cfg, checkpoint=None: seen.extend(items) or [])
+    engine = argparse.Namespace(thinking=True)
+    cfg = config.RunConfig()
+    problem = Problem("q1", "Which gas?", "science", "choice", options=["N2", "O2"])
+    task = argparse.Namespace(benchmark="b", seed=0)
+    outputs = [[Completion("<think>x</think>Answer: A", 5, "stop", 3), Completion("no think block", 5, "stop", 3)]]
+    evaluate._choose(engine, cfg, task, [problem], ["Which gas?\n\nA) N2\nB) O2"], outputs, None)
+    assert [(i.question, i.answer) for i in seen] == [("Which gas?", "Answer: A"), ("Which gas?", "no think block")]
+    seen.clear()
+    cfg.eval.uq_ttc_filter, cfg.eval.uq_ttc_judge_question = True, "presented"  # ours, as knobs
+    evaluate._choose(engine, cfg, task, [problem], ["Which gas?\n\nA) N2\nB) O2"], outputs, None)
+    assert [(i.question, i.answer) for i in seen] == [("Which gas?\n\nA) N2\nB) O2", "Answer: A")]
