@@ -157,13 +157,13 @@ class VerifyConfig:
     # Stop strings of judge replies (not of inferred questions), kept in the text: with
     # verdict_prefix "[[", judge_stop ["]]"] ends each reply once its verdict is out.
     judge_stop: list[str] = field(default_factory=list)
-    chunk_size: int = 256  # judge requests (one candidate's votes of one stage) per checkpointed chunk
     # How a vote is read: "authors" (evalchemy ttc_utils: the whole reply, thinking included, any
     # case) or "strict" (only after the judge's thinking, capital Y/N as bare letters).
     verdict_rule: Literal["authors", "strict"] = "authors"
     # The inferred question kept from a cycle_infer reply: "first_line" after the thinking (the
     # authors') or "full" (all text after the thinking, for questions that span several lines).
     inferred_question: Literal["first_line", "full"] = "first_line"
+    chunk_size: int = 256  # judge requests (one candidate's votes of one stage) per checkpointed chunk
 
 
 @dataclass
@@ -200,7 +200,9 @@ class TrainConfig:
     overlong: Literal["truncate", "drop"] = "drop"
     seed: int = 42
     checkpoint_every: int = 200
-    activation_checkpointing: bool = False
+    # recompute each decoder layer in backward; default (None): on from ACTIVATION_CHECKPOINTING_FROM
+    # tokens of max_seq_len (svd_hpc/train.py says why); true/false wins over the default
+    activation_checkpointing: Optional[bool] = None
     procs_per_node: int = 1  # local scheduler / CPU: torchrun --nproc_per_node
 
 

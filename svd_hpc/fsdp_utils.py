@@ -20,6 +20,7 @@ import math
 import os
 import re
 import shutil
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor, Shard
 
 from .rundir import atomic_path
@@ -60,9 +61,7 @@ def init_distributed(timeout_minutes: int = 30) -> Dist:
     """Join the process group from torchrun/SLURM env vars (RANK, WORLD_SIZE, ...), else a world of 1."""
     cuda = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if cuda:
-        torch.cuda.set_device(local_rank)
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    device = cuda_device(local_rank) if cuda else torch.device("cpu")
     if not dist.is_initialized():
         backend = "nccl" if cuda else "gloo"
         # long timeout: rank 0 may tokenize a large dataset while the others wait at a barrier
@@ -76,16 +75,44 @@ def init_distributed(timeout_minutes: int = 30) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device, mesh)
 
 
-def attention_implementation(device: torch.device) -> str:
-    """flash-attention's varlen kernels on GPU when installed (no L×L mask), else sdpa."""
-    if device.type == "cuda":
-        try:
-            import flash_attn  # noqa: F401
+def cuda_device(local_rank: int) -> torch.device:
+    """This process's GPU, made current: its local rank among the node's GPUs, or the only one it sees.
 
-            return "flash_attention_2"
-        except ImportError:
-            pass
-    return "sdpa"
+    srun --gpus-per-task=1 / --gpu-bind=single:1 gives each task one visible GPU (index 0)
+    while LOCAL_RANK still counts 0..7; set_device(LOCAL_RANK) would then fail.
+    """
+    count = torch.cuda.device_count()
+    if local_rank < count:
+        index = local_rank
+    elif count == 1:
+        index = 0
+    else:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        raise ValueError(
+            f"LOCAL_RANK={local_rank} but this process sees {count} GPUs (CUDA_VISIBLE_DEVICES={visible}); "
+            "give each training process one GPU or all of the node's GPUs."
+        )
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def attention_implementation(device: torch.device) -> str:
+    """An attention that keeps packed samples apart without an L×L mask where training runs.
+
+    GPU: flash-attention's varlen kernels when flash_attn is installed, else torch's own
+    flex_attention, to which transformers hands a block-sparse BlockMask built from the
+    position-id restarts (masking_utils.flex_attention_mask). CPU: sdpa with transformers' dense
+    block-diagonal mask, as flex_attention has no backward on CPU (torch's
+    nn/attention/flex_attention.py, _validate_device) and CPU runs are small.
+    """
+    if device.type != "cuda":
+        return "sdpa"
+    try:
+        import flash_attn  # noqa: F401
+
+        return "flash_attention_2"
+    except ImportError:
+        return "flex_attention"
 
 
 def build_meta_model(model_dir: str, attn_implementation: str):
@@ -127,6 +154,19 @@ def apply_fsdp(model, mesh: DeviceMesh, bf16: bool, activation_checkpointing: bo
         # the last layer's parameters are needed again at once by backward: keep them gathered
         fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=i < len(layers) - 1)
     fully_shard(model, mesh=mesh, mp_policy=mp)
+
+
+def add_root_forward(model, name: str, fn) -> None:
+    """Make `model.<name>(...)` call `fn(model, ...)` as a forward of the FSDP root.
+
+    FSDP2 gathers a module's parameters in hooks around its forward call. The root owns what the
+    decoder layers do not (embeddings, final norm, lm_head, tied in small Qwen3 models); code that
+    calls the decoder and lm_head itself must run inside such a call, or it would see the root's
+    parameters sharded and its gradients would never be reduced (torch's _fully_shard.py,
+    register_fsdp_forward_method).
+    """
+    setattr(model, name, types.MethodType(fn, model))
+    register_fsdp_forward_method(model, name)
 
 
 def _local_rows(param: DTensor) -> tuple[int, int, int]:

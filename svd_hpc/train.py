@@ -8,9 +8,10 @@ else model.path). Outputs under <run>/train/: checkpoints/step-NNNNNN/ every
 train.checkpoint_every steps, final/ (a save_pretrained folder), metrics.jsonl (one line per
 step), summary.json, then the done marker.
 
-On SIGUSR2 (SLURM's time-limit or preemption warning) or SIGTERM, every rank finishes its step,
-all agree, save a checkpoint, and rank 0 requeues the SLURM job (up to the cluster profile's
-requeue_cap); all exit with PREEMPTED_EXIT_CODE. A restart resumes from the newest complete
+When the batch script asks it to stop (on SLURM's time-limit or preemption warning it creates
+<run>/train/stop-requested, which rank 0 checks at every step boundary), or on SIGUSR2/SIGTERM,
+every rank finishes its step, all agree, save a checkpoint and exit with PREEMPTED_EXIT_CODE;
+the batch script then requeues the job (batch_script.py). A restart resumes from the newest complete
 checkpoint with the same data order, optimiser, scheduler and RNG state, so an interrupted run
 ends with the weights of an uninterrupted one.
 """
@@ -24,7 +25,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -39,13 +39,21 @@ from torch.distributed.tensor import DTensor
 from . import fsdp_utils, models, sft_data
 from .rank_files import RankFiles
 from .rundir import RunDir, atomic_write_json, atomic_write_text
+from .task import EXIT_STOPPED, stop_request_path
 
 log = logging.getLogger("svd_hpc")
 
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped with a checkpoint; running again resumes
+PREEMPTED_EXIT_CODE = EXIT_STOPPED  # stopped with a checkpoint; the batch script requeues, running again resumes
 # Preemption drills: rank 0 raises SIGUSR2 on itself after finishing this many steps.
 SIGNAL_AT_STEP_ENV = "SVD_HPC_TRAIN_SIGNAL_AT_STEP"
-LOSS_CHUNK = 4096  # tokens per fp32 cross-entropy chunk (see token_loss_sum)
+LOSS_CHUNK = 1024  # tokens per lm_head + cross-entropy chunk: 0.6 GB of fp32 logits at a 152k vocabulary
+# The sharded model's name for causal_lm_loss_sum, run as a forward of its FSDP root (build_model).
+LOSS_METHOD = "causal_lm_loss_sum"
+# A decoder layer keeps ~34 × hidden_size bytes of bf16 activations per token for backward
+# (Korthikanti et al. 2022, without the attention scores flash/flex never store): from 4,096
+# tokens that is >= 4 GB per sequence for Qwen3-0.6B (1,024 × 28 layers) and ~20 GB for Qwen3-8B
+# (4,096 × 36), while checkpointing keeps only each layer's input (2 × hidden_size bytes).
+ACTIVATION_CHECKPOINTING_FROM = 4096
 KEEP_CHECKPOINTS = 2  # older complete checkpoints are deleted (an 8B one with Adam state is ~100 GB)
 
 
@@ -61,7 +69,8 @@ def run_task(run_dir: str, task_index: int) -> None:
     owns_group = not dist.is_initialized()
     d = fsdp_utils.init_distributed()
     try:
-        with StopFlag() as stop:
+        # rank 0 alone looks for the request; the stop vote in the loop tells the others
+        with StopFlag(stop_request_path(run, "train") if d.rank == 0 else None) as stop:
             train(run, cfg, d, dataset, stop)
     finally:
         if owns_group and dist.is_initialized():
@@ -79,16 +88,29 @@ def check_dataset(dataset: Path) -> None:
 
 
 class StopFlag:
-    """Set by SIGUSR2/SIGTERM; the loop checks it at step boundaries (handlers only set a flag)."""
+    """Set by SIGUSR2/SIGTERM or by the batch script's stop-request file; checked at step boundaries."""
 
     SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 
-    def __init__(self):
+    def __init__(self, request: Path | None = None):
         self.signum: int | None = None
+        self.request = request
         self._previous = {}
 
     def _handle(self, signum, _frame):
         self.signum = signum
+
+    def requested(self) -> bool:
+        """A signal arrived, or the stop-request file exists (one stat per step, on rank 0 only)."""
+        return self.signum is not None or (self.request is not None and self.request.exists())
+
+    def reason(self) -> str:
+        return "a signal" if self.signum is not None else "a stop request"
+
+    def consume(self) -> None:
+        """The request was acted on (checkpoint saved): a later run must not stop on it again."""
+        if self.request is not None:
+            self.request.unlink(missing_ok=True)
 
     def __enter__(self):
         for sig in self.SIGNALS:
@@ -158,28 +180,44 @@ def build_optimizer(model, t) -> tuple[torch.optim.Optimizer, torch.optim.lr_sch
 def loss_sum(model, batch: sft_data.MicroBatch, device) -> torch.Tensor:
     """Summed cross-entropy over the batch's loss tokens (labels are already shifted)."""
     inputs = batch.torch(device)
+    if model.config._attn_implementation.startswith("flash_attention"):
+        # transformers runs flash attention's varlen kernel, which honours the position-id
+        # restarts, only for a single row (modeling_flash_attention_utils._is_packed_sequence);
+        # with more rows it would let packed samples attend to each other. One row it is.
+        inputs = {name: tensor.reshape(1, -1) for name, tensor in inputs.items()}
+    # the FSDP root's registered method when sharded (its parameters gathered), else the function
+    head_loss = getattr(model, LOSS_METHOD, partial(causal_lm_loss_sum, model))
+    return head_loss(inputs["input_ids"], inputs["position_ids"], inputs["labels"])
+
+
+def causal_lm_loss_sum(model, input_ids, position_ids, labels, chunk: int = LOSS_CHUNK) -> torch.Tensor:
+    """The decoder's hidden states, then lm_head + cross-entropy chunk by chunk (never all logits)."""
     # use_cache=False matters: with a cache, transformers drops the packed-sequence mask
-    logits = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], use_cache=False).logits
-    return token_loss_sum(logits.flatten(0, 1), inputs["labels"].flatten())
+    hidden = model.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+    head = model.get_output_embeddings()
+    return token_loss_sum(hidden.flatten(0, 1), head.weight, labels.flatten(), chunk)
 
 
-def _chunk_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = F.linear(hidden, weight)
     return F.cross_entropy(logits.float(), labels, ignore_index=sft_data.IGNORE, reduction="sum")
 
 
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, chunk: int = LOSS_CHUNK) -> torch.Tensor:
-    """Cross-entropy summed in fp32; bf16 logits go in recomputed chunks.
+def token_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int = LOSS_CHUNK) -> torch.Tensor:
+    """Cross-entropy of `hidden @ weight.T` against `labels`, summed in fp32, `chunk` tokens at a time.
 
-    A 32k-token sequence over a 152k vocabulary has 10 GB of bf16 logits; an fp32 copy kept for
-    backward would add 20 GB. Chunks under activation checkpointing keep one fp32 chunk alive.
+    Full logits of 32k tokens over a 152k vocabulary are 10 GB in bf16, 20 GB more in fp32, and
+    as much again for their gradient. Each chunk is checkpointed: forward keeps only its loss,
+    backward recomputes its logits, and what flows back is the gradient of the hidden states
+    (plus the weight's), so at most one chunk's logits exist at any time.
     """
-    if logits.dtype == torch.float32:
-        return _chunk_loss(logits, labels)
     from torch.utils.checkpoint import checkpoint
 
+    # split, not slicing: its backward concatenates the chunks' gradients once, where each
+    # slice's backward would allocate a zero tensor of the full size
     parts = [
-        checkpoint(_chunk_loss, logits[i : i + chunk], labels[i : i + chunk], use_reentrant=False)
-        for i in range(0, logits.shape[0], chunk)
+        checkpoint(_chunk_loss, h, weight, y, use_reentrant=False)
+        for h, y in zip(hidden.split(chunk), labels.split(chunk))
     ]
     return torch.stack(parts).sum()
 
@@ -261,6 +299,13 @@ def prepare_data(cfg, d: fsdp_utils.Dist, dataset: Path, out: Path):
     return ref, model_dir, tokenizer, stream, order
 
 
+def activation_checkpointing(t) -> bool:
+    """train.activation_checkpointing if set, else on for sequences of ACTIVATION_CHECKPOINTING_FROM tokens or more."""
+    if t.activation_checkpointing is not None:
+        return t.activation_checkpointing
+    return t.max_seq_len >= ACTIVATION_CHECKPOINTING_FROM
+
+
 def build_model(model_dir: str, t, d: fsdp_utils.Dist):
     """The sharded model, loaded shard by shard, and the dtype its export is saved in."""
     from transformers import AutoConfig
@@ -269,7 +314,8 @@ def build_model(model_dir: str, t, d: fsdp_utils.Dist):
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     torch.manual_seed(t.seed)
     model = fsdp_utils.build_meta_model(model_dir, fsdp_utils.attention_implementation(d.device))
-    fsdp_utils.apply_fsdp(model, d.mesh, bf16=d.device.type == "cuda", activation_checkpointing=t.activation_checkpointing)
+    fsdp_utils.apply_fsdp(model, d.mesh, bf16=d.device.type == "cuda", activation_checkpointing=activation_checkpointing(t))
+    fsdp_utils.add_root_forward(model, LOSS_METHOD, causal_lm_loss_sum)
     fsdp_utils.materialize(model, model_dir, d.device)
     model.train()
     return model, dtype
@@ -314,8 +360,9 @@ def train(run: RunDir, cfg, d: fsdp_utils.Dist, dataset: Path, stop: StopFlag) -
         if d.rank == 0 and step + 1 == signal_at:
             signal.raise_signal(signal.SIGUSR2)
         # one collective for the loss and the stop vote: a signal on any rank stops all of them
-        tail = torch.tensor([float(loss), 1.0 if stop.signum else 0.0], device=d.device, dtype=torch.float64)
+        tail = torch.tensor([float(loss), 1.0 if stop.requested() else 0.0], device=d.device, dtype=torch.float64)
         dist.all_reduce(tail)
+        check_finite(step + 1, float(tail[0] / counts[0]), float(norm), ckpt_root, metrics)
         seconds = time.perf_counter() - began
         metrics.write(
             step=step + 1,
@@ -333,7 +380,7 @@ def train(run: RunDir, cfg, d: fsdp_utils.Dist, dataset: Path, stop: StopFlag) -
             fsdp_utils.save_checkpoint(fsdp_utils.checkpoint_dir(ckpt_root, step + 1), model, optimizer, extra, d.rank, KEEP_CHECKPOINTS)
         if stopping:
             metrics.close()
-            stop_for_requeue(step + 1, d, cfg.profile.requeue_cap)
+            stop_for_requeue(step + 1, d, stop)
     metrics.close()
 
     final_loss = reference_loss(model, stream, t, d)
@@ -346,18 +393,33 @@ def train(run: RunDir, cfg, d: fsdp_utils.Dist, dataset: Path, stop: StopFlag) -
     dist.barrier()
 
 
-def stop_for_requeue(step: int, d: fsdp_utils.Dist, requeue_cap: int) -> None:
-    """After the stop checkpoint: rank 0 requeues the SLURM job (below the cap); every rank exits."""
+class TrainingDiverged(RuntimeError):
+    """A step's loss or gradient norm is NaN or infinite."""
+
+
+def check_finite(step: int, loss: float, grad_norm: float, ckpt_root: Path, metrics: "MetricsLog") -> None:
+    """Stop before a diverged step is logged, checkpointed or exported.
+
+    Both values are global (all-reduced), so every rank stops at the same step. Checkpoints are
+    only pruned when a new one is saved, so the last good one stays.
+    """
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return
+    metrics.close()
+    latest = fsdp_utils.latest_checkpoint(ckpt_root)
+    kept = f"the last good checkpoint {latest} is kept" if latest else "no checkpoint was saved before it"
+    raise TrainingDiverged(
+        f"training diverged at step {step}: loss {loss}, grad norm {grad_norm}; {kept} and nothing of this "
+        f"step is saved. Lower train.lr and start afresh (delete {ckpt_root}: a resume keeps the saved schedule)."
+    )
+
+
+def stop_for_requeue(step: int, d: fsdp_utils.Dist, stop: StopFlag) -> None:
+    """After the stop checkpoint: every rank exits PREEMPTED_EXIT_CODE; under SLURM the batch script requeues."""
     if d.rank == 0:
-        job = os.environ.get("SLURM_JOB_ID")
-        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-        if job is None:
-            log.warning(f"stopped by a signal after step {step} with a checkpoint; run the train stage again to resume")
-        elif restarts < requeue_cap:
-            log.warning(f"stopped after step {step}; requeueing job {job} (restart {restarts + 1} of at most {requeue_cap})")
-            subprocess.run(["scontrol", "requeue", job], check=False)
-        else:
-            log.error(f"stopped after step {step}; not requeueing job {job}: requeue cap {requeue_cap} reached")
+        stop.consume()
+        how = "the batch script requeues the job" if "SLURM_JOB_ID" in os.environ else "run the train stage again to resume"
+        log.warning(f"stopped by {stop.reason()} after step {step} with a checkpoint; {how}")
     dist.barrier()
     dist.destroy_process_group()
     raise SystemExit(PREEMPTED_EXIT_CODE)

@@ -1,14 +1,12 @@
 """The train stage end to end: 2 processes under torchrun (gloo, CPU, tiny Qwen3), preemption and
-resume, the exported folder, the first step against a single-process reference, bad input; and
-2 nodes × 2 processes on the local SLURM cluster."""
+resume, the exported folder, the first step against a single-process reference, bad input.
+Training across 2 nodes of the local SLURM cluster, stopped by the warning signal: test_sbatch_templates.py."""
 
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -196,78 +194,18 @@ def test_bad_input_fails_before_training(tmp_path, monkeypatch):
     assert not torch.distributed.is_initialized()
 
 
-# ----------------------------------------------------------------------------- SLURM
-
-SLURM_TASK = """
-import logging, os
-logging.basicConfig(level=logging.INFO if os.environ["SLURM_PROCID"] == "0" else logging.WARNING)
-os.environ.update(RANK=os.environ["SLURM_PROCID"], WORLD_SIZE=os.environ["SLURM_NTASKS"],
-                  LOCAL_RANK=os.environ["SLURM_LOCALID"])
-print(f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} on node {os.environ['SLURMD_NODENAME']}", flush=True)
-from svd_hpc.train import run_task
-run_task(os.environ["RUN"], 0)
-"""
+# On SLURM (2 nodes, the warning signal, checkpoint, requeue, same weights): tests/test_sbatch_templates.py
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.mark.slurm
-def test_two_nodes_two_processes_with_requeue(slurm_cluster, finished, tmp_path):
-    """sbatch --nodes=2 --ntasks-per-node=2: trains across both nodes, is stopped at step 7, requeues
-    itself with scontrol and finishes in its second life with the weights of the 2-process run."""
-    run = make_run(tmp_path / "run")
-    (tmp_path / "task.py").write_text(SLURM_TASK)
-    script = tmp_path / "job.sh"
-    script.write_text(
-        "#!/bin/bash\n"
-        f"#SBATCH --nodes=2 --ntasks-per-node=2 --time=10 --requeue --open-mode=append\n"
-        f"#SBATCH --output={tmp_path}/job.out\n"
-        "export MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n1)\n"
-        f"export MASTER_PORT={free_port()} RUN={run} PYTHONPATH={REPO} OMP_NUM_THREADS=1\n"
-        f"export {train.SIGNAL_AT_STEP_ENV}=7\n"
-        "echo \"life $SLURM_RESTART_COUNT\"\n"
-        f"srun {sys.executable} {tmp_path / 'task.py'}\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k not in TORCH_ENV and not k.startswith("SLURM_")}
-    env.update(slurm_cluster)
-    submitted = subprocess.run(["sbatch", "--parsable", str(script)], env=env, capture_output=True, text=True)
-    assert submitted.returncode == 0, submitted.stderr
-    job = submitted.stdout.strip().split(";")[0]
-    deadline = time.time() + 300
-    while time.time() < deadline and not RunDir(run).is_done("train", 0):
-        time.sleep(2)
-    out = (tmp_path / "job.out").read_text() if (tmp_path / "job.out").exists() else ""
-    subprocess.run(["scancel", job], env=env, capture_output=True)
-    assert RunDir(run).is_done("train", 0), out[-4000:]
-    assert {f"on node n{i}" for i in (1, 2)} <= {line[line.index("on node") :] for line in out.splitlines() if "on node" in line}
-    assert "rank 3 of 4" in out and "requeueing job" in out and "resumed from" in out
-    marker = json.loads(RunDir(run).done_marker("train", 0).read_text())
-    assert marker["slurm_job"] == job
-    assert [r["step"] for r in metrics(run)] == list(range(1, 13))
-    expected, got = load_weights(finished / "train" / "final"), load_weights(run / "train" / "final")
-    # 4 ranks reduce gradients in another order than 2: equal up to float rounding
-    assert max((expected[k] - got[k]).abs().max().item() for k in expected) <= 1e-5
-
-
-def test_chunked_bf16_loss_equals_the_fp32_loss():
-    torch.manual_seed(0)
-    logits = torch.randn(300, 50, dtype=torch.bfloat16, requires_grad=True)
-    labels = torch.randint(0, 50, (300,))
-    labels[::7] = sft_data.IGNORE
-    chunked = train.token_loss_sum(logits, labels, chunk=64)
-    chunked.backward()
-    reference_logits = logits.detach().float().requires_grad_()
-    reference = torch.nn.functional.cross_entropy(reference_logits, labels, ignore_index=sft_data.IGNORE, reduction="sum")
-    reference.backward()
-    torch.testing.assert_close(chunked, reference)
-    torch.testing.assert_close(logits.grad.float(), reference_logits.grad, atol=1e-2, rtol=1e-2)
+def test_activation_checkpointing_is_on_for_long_sequences_unless_set():
+    assert train.activation_checkpointing(config.TrainConfig(max_seq_len=train.ACTIVATION_CHECKPOINTING_FROM))
+    assert not train.activation_checkpointing(config.TrainConfig(max_seq_len=train.ACTIVATION_CHECKPOINTING_FROM - 1))
+    assert not train.activation_checkpointing(config.TrainConfig(max_seq_len=32768, activation_checkpointing=False))
+    assert train.activation_checkpointing(config.TrainConfig(max_seq_len=128, activation_checkpointing=True))
 
 
 def test_activation_checkpointing_keeps_the_gradients(monkeypatch):
+    """build_model at max_seq_len 128 (off) and 32768 (on by default): the same gradients."""
     for key in TORCH_ENV:
         monkeypatch.delenv(key, raising=False)
     model_dir = models.resolve("builtin:tiny-qwen3")
@@ -276,19 +214,81 @@ def test_activation_checkpointing_keeps_the_gradients(monkeypatch):
     d = fsdp_utils.init_distributed()
     try:
         grads = []
-        for checkpointing in (False, True):
-            model = fsdp_utils.build_meta_model(model_dir, "sdpa")
-            fsdp_utils.apply_fsdp(model, d.mesh, bf16=False, activation_checkpointing=checkpointing)
-            fsdp_utils.materialize(model, model_dir, d.device)
-            model.train()
+        for max_seq_len, checkpointing in ((128, False), (32768, True)):
+            model, _ = train.build_model(model_dir, config.TrainConfig(max_seq_len=max_seq_len), d)
+            assert model.model.gradient_checkpointing == checkpointing
             train.loss_sum(model, batch, d.device).backward()
             grads.append({n: p.grad.full_tensor() for n, p in model.named_parameters()})
         assert grads[0].keys() == grads[1].keys()
         for name in grads[0]:
             torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
-        assert model.model.gradient_checkpointing
     finally:
         torch.distributed.destroy_process_group()
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """Weights turned NaN after step 3 (as a blow-up would): step 4's loss is NaN; training stops
+    there with the step named, saves nothing of it, and the step-2 checkpoint stays."""
+    for key in TORCH_ENV:
+        monkeypatch.delenv(key, raising=False)
+    run = make_run(tmp_path / "run", n=12, steps=6, global_batch=2, max_seq_len=64, checkpoint_every=2, overlong="truncate")
+    real_step, done = train.train_step, []
+
+    def step_then_poison(model, *args, **kwargs):
+        result = real_step(model, *args, **kwargs)
+        done.append(1)
+        if len(done) == 3:
+            with torch.no_grad():
+                next(model.parameters()).to_local().fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(train, "train_step", step_then_poison)
+    with pytest.raises(train.TrainingDiverged, match="diverged at step 4: loss nan") as err:
+        train.run_task(str(run), 0)
+    ckpt = run / "train" / "checkpoints"
+    assert "step-000002 is kept" in str(err.value)
+    assert fsdp_utils.latest_checkpoint(ckpt) == ckpt / "step-000002"
+    assert not (ckpt / "step-000004").exists() and not (run / "train" / "final").exists()
+    assert not RunDir(run).is_done("train", 0)
+    assert [r["step"] for r in metrics(run)] == [1, 2, 3]
+    assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.parametrize(("local_rank", "visible", "expected"), [(5, 1, 0), (5, 8, 5), (0, 1, 0)])
+def test_set_device_where_each_task_sees_its_own_gpus(monkeypatch, local_rank, visible, expected):
+    """srun --gpus-per-task=1: LOCAL_RANK counts 0..7 but the task sees one GPU, index 0."""
+    selected = []
+
+    def set_device(index):
+        if index >= visible:
+            raise RuntimeError("CUDA error: invalid device ordinal")  # what CUDA answers
+        selected.append(index)
+
+    class Stop(Exception):
+        pass
+
+    def init_process_group(backend, **kwargs):
+        selected.append(backend)
+        raise Stop
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", init_process_group)
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    with pytest.raises(Stop):
+        fsdp_utils.init_distributed()
+    assert selected == [expected, "nccl"]
+
+
+def test_set_device_refuses_a_rank_without_its_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    with pytest.raises(ValueError, match="LOCAL_RANK=5 but this process sees 2 GPUs"):
+        fsdp_utils.init_distributed()
 
 
 def test_an_error_found_by_rank_0_stops_every_rank(tmp_path):

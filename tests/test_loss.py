@@ -1,0 +1,75 @@
+"""The loss head: lm_head + cross-entropy per chunk of hidden states, never the full [tokens, vocab] logits."""
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from svd_hpc import models, sft_data, train
+
+
+def head_inputs(tokens: int, hidden: int, vocab: int, seed: int = 0):
+    torch.manual_seed(seed)
+    states = torch.randn(tokens, hidden, requires_grad=True)
+    weight = (torch.randn(vocab, hidden) / hidden**0.5).requires_grad_()
+    labels = torch.randint(0, vocab, (tokens,))
+    labels[::7] = sft_data.IGNORE
+    return states, weight, labels
+
+
+def full_logits_loss(states, weight, labels):
+    return F.cross_entropy(F.linear(states, weight), labels, ignore_index=sft_data.IGNORE, reduction="sum")
+
+
+def test_chunked_head_loss_and_gradients_equal_the_full_logits_computation():
+    states, weight, labels = head_inputs(tokens=300, hidden=16, vocab=50)
+    chunked = train.token_loss_sum(states, weight, labels, chunk=64)  # 300 = 4 × 64 + a short chunk
+    grads = torch.autograd.grad(chunked, (states, weight))
+    full = full_logits_loss(states, weight, labels)
+    expected = torch.autograd.grad(full, (states, weight))
+    torch.testing.assert_close(chunked, full, rtol=1e-6, atol=1e-5)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any operation produces (forward and backward alike)."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(tensor, torch.Tensor):
+                self.numel = max(self.numel, tensor.numel())
+        return out
+
+
+def test_no_tensor_holds_more_than_one_chunk_of_logits():
+    tokens, vocab, chunk = 512, 1000, 128
+    states, weight, labels = head_inputs(tokens, hidden=8, vocab=vocab)
+    with LargestTensor() as seen:
+        train.token_loss_sum(states, weight, labels, chunk=chunk).backward()
+    assert seen.numel == chunk * vocab  # one chunk's logits (or their gradient), never tokens × vocab
+
+
+def test_model_loss_equals_the_models_own_logits_and_gradients():
+    """Decoder, final norm and the tied lm_head wired as the model's own forward does it."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(models.resolve("builtin:tiny-qwen3"), attn_implementation="sdpa")
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied
+    torch.manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (2, 40))
+    positions = torch.cat([torch.arange(15), torch.arange(25)]).repeat(2, 1)  # two samples per row
+    labels = torch.randint(0, model.config.vocab_size, (2, 40))
+    labels[:, :5] = sft_data.IGNORE
+    chunked = train.causal_lm_loss_sum(model, ids, positions, labels, chunk=16)
+    got = torch.autograd.grad(chunked, list(model.parameters()))
+    logits = model(input_ids=ids, position_ids=positions, use_cache=False).logits
+    full = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=sft_data.IGNORE, reduction="sum")
+    want = torch.autograd.grad(full, list(model.parameters()))
+    torch.testing.assert_close(chunked, full, rtol=1e-6, atol=1e-5)
+    for (name, _), g, w in zip(model.named_parameters(), got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=name)
