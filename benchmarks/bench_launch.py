@@ -5,8 +5,9 @@ Run as:  scripts/local-slurm.sh start && eval "$(scripts/local-slurm.sh env)" &&
 
 Measured in one run, all jobs submitted held (--hold) and cancelled afterwards:
   baseline  bare `sbatch` calls for the same 7 jobs and dependencies (one tiny script each)
-  svd_hpc   slurm.plan_submissions + slurm.submit: render (submitit), write scripts, sbatch
-  submitit  submitit's own map_array for the three arrays (one pickle and folder per task)
+  svd_hpc   slurm.plan_submissions + slurm.submit: render (batch_script), write scripts, sbatch
+  submitit  submitit's own map_array for the three arrays (one pickle and folder per task;
+            `pip install -e ".[bench]"`)
 Prints wall time, sbatch calls, files and directories written, and the ratios to the baseline.
 """
 

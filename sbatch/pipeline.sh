@@ -1,55 +1,49 @@
 #!/usr/bin/env bash
-# The whole Self-Verified Distillation chain as plain sbatch arrays with dependencies.
+# The whole Self-Verified Distillation chain as plain sbatch jobs with dependencies.
 #
-# Run as:  bash sbatch/pipeline.sh configs/X.yaml [key.sub=value ...]
-#          SVD_NO_GPU=1 bash sbatch/pipeline.sh ...   # CPU-only clusters: drop the GPU requests
-#          SVD_SBATCH_SED='s/--time=.*/--time=01:00:00/' bash sbatch/pipeline.sh ...  # edit every template on the fly
+# Run as:  bash sbatch/pipeline.sh configs/X.yaml [key.sub=value ...]   # prepare the run, then submit it
+#          bash sbatch/pipeline.sh RUN_DIR                               # submit scripts prepared (and edited) before
 #
-# It prepares the run directory (config, plan, seed shards) with svd_hpc.launch, then submits
-# the templates next to this file; each task runs `python -m svd_hpc.task STAGE --run-dir DIR`,
-# the same stage bodies `python -m svd_hpc.launch` submits. `launch status RUN_DIR` shows
-# progress from the done markers. Arrays here are not split at MaxArraySize: use svd_hpc.launch
-# for more shards than your site's MaxArraySize allows.
+# `python -m svd_hpc.launch prepare --config X` writes the run directory and one script per stage,
+# RUN_DIR/sbatch/<stage>.sh, rendered from the config and its cluster profile (partition, account,
+# GPUs = tensor parallel size, setup lines, apptainer prefix, requeue on the warning signal): the
+# scripts `python -m svd_hpc.launch` submits, without their dependency lines. Edit the lines marked
+# "site:" if you need to; this script submits them in dependency order with --dependency on the
+# command line. `python -m svd_hpc.launch status RUN_DIR` shows progress. Arrays are not split at
+# MaxArraySize here (prepare refuses larger ones); `svd_hpc.launch` splits them and resumes runs.
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-config=${1:?usage: bash sbatch/pipeline.sh CONFIG [key.sub=value ...]}
-shift
+target=${1:?usage: bash sbatch/pipeline.sh CONFIG [key.sub=value ...] | RUN_DIR}
+if [[ -d $target ]]; then
+    RUN_DIR=$(cd "$target" && pwd)
+else
+    shift
+    eval "$(python -m svd_hpc.launch prepare --config "$target" "$@")"  # sets RUN_DIR
+fi
 
-# RUN_DIR, SHARDS, EVAL_BASE_TASKS, EVAL_TRAINED_TASKS, TRAIN
-eval "$(python -m svd_hpc.launch prepare --config "$config" "$@")"
-
-submit() {  # submit STAGE TEMPLATE [sbatch options...]: print the job id
-    local stage=$1 template=$2
-    shift 2
-    mkdir -p "$RUN_DIR/logs/$stage"
-    local script=${SVD_SBATCH_SED:-}
-    [[ ${SVD_NO_GPU:-0} == 1 ]] && script="/--gpus-per-node/d;$script"
-    local filter=(sed "$script")
-    # the log names `launch status` looks for: JOB_INDEX_0_log.err for array tasks, JOB_0_log.err else
-    local name="%j_0_log"
-    [[ " $* " == *" --array="* ]] && name="%A_%a_0_log"
-    "${filter[@]}" "$here/$template" | sbatch --parsable --output="$RUN_DIR/logs/$stage/$name.out" \
-        --error="$RUN_DIR/logs/$stage/$name.err" "$@" /dev/stdin "$RUN_DIR" | cut -d';' -f1
+has() { [[ -f $RUN_DIR/sbatch/$1.sh ]]; }
+submit() {  # submit STAGE [sbatch options...]: print the job id
+    local stage=$1
+    shift
+    sbatch --parsable "$@" "$RUN_DIR/sbatch/$stage.sh" | cut -d';' -f1
 }
 after() { echo "--dependency=$1 --kill-on-invalid-dep=yes"; }
 
-generate=$(submit generate generate.sbatch --array="0-$((SHARDS - 1))")
-verify=$(submit verify verify.sbatch --array="0-$((SHARDS - 1))" $(after "aftercorr:$generate"))
-merge=$(submit merge merge.sbatch $(after "afterok:$verify"))
+generate=$(submit generate)
+verify=$(submit verify $(after "aftercorr:$generate"))
+merge=$(submit merge $(after "afterok:$verify"))
 report_after="afterok:$merge"
-if (( EVAL_BASE_TASKS > 0 )); then
-    eval_base=$(submit eval_base eval.sbatch --array="0-$((EVAL_BASE_TASKS - 1))" --export=ALL,STAGE=eval_base)
+if has train; then
+    train=$(submit train $(after "afterok:$merge"))
+fi
+if has eval_base; then
+    eval_base=$(submit eval_base)
     report_after+=":$eval_base"
 fi
-if [[ $TRAIN == 1 ]]; then
-    train=$(submit train train.sbatch $(after "afterok:$merge"))
-    report_after+=":$train"
-    if (( EVAL_TRAINED_TASKS > 0 )); then
-        eval_trained=$(submit eval_trained eval.sbatch --array="0-$((EVAL_TRAINED_TASKS - 1))" \
-            --export=ALL,STAGE=eval_trained $(after "afterok:$train"))
-        report_after+=":$eval_trained"
-    fi
+if has eval_trained; then
+    eval_trained=$(submit eval_trained $(after "afterok:$train"))
+    report_after+=":$eval_trained"
 fi
-report=$(submit report report.sbatch $(after "$report_after"))
-echo "submitted: generate $generate, verify $verify, merge $merge, train ${train:--}, report $report"
+report=$(submit report $(after "$report_after"))
+echo "submitted: generate $generate, verify $verify, merge $merge, train ${train:--}, eval_base ${eval_base:--}," \
+    "eval_trained ${eval_trained:--}, report $report"
 echo "follow with: python -m svd_hpc.launch status $RUN_DIR"

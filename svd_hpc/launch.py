@@ -2,6 +2,7 @@
 
 Run as:
     python -m svd_hpc.launch --config configs/demo.yaml [key.sub=value ...] [--dry-run] [--wait]
+    python -m svd_hpc.launch prepare --config configs/X.yaml   # run dir + RUN_DIR/sbatch/<stage>.sh for plain sbatch
     python -m svd_hpc.launch status RUN_DIR
     python -m svd_hpc.launch resume RUN_DIR [--dry-run] [--wait]
     python -m svd_hpc.launch cancel RUN_DIR
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p_run = sub.add_parser("run", help="validate a config and launch its run (default command)")
     p_run.add_argument("--config", required=True)
     p_run.add_argument("overrides", nargs="*", help="key.sub=value")
-    p_prep = sub.add_parser("prepare", help="write the run directory and seed shards; print shell variables for sbatch/pipeline.sh")
+    p_prep = sub.add_parser("prepare", help="write the run directory, seed shards and every stage's sbatch script; print RUN_DIR=...")
     p_prep.add_argument("--config", required=True)
     p_prep.add_argument("overrides", nargs="*", help="key.sub=value")
     for p in (p_run, sub.add_parser("resume", help="re-submit what is missing")):
@@ -235,10 +237,13 @@ def main(argv: list[str] | None = None) -> int:
             _resolve_paths(cfg)
             run = RunDir(Path(cfg.run_root) / cfg.name)
             console.file = sys.stderr  # stdout carries only the variables
-            plan = {s.name: s for s in prepare(cfg, run)}
-            size = lambda name: plan[name].array_size if name in plan else 0  # noqa: E731
-            print(f"RUN_DIR={run.root}\nSHARDS={size('generate')}\nEVAL_BASE_TASKS={size('eval_base')}")
-            print(f"EVAL_TRAINED_TASKS={size('eval_trained')}\nTRAIN={int('train' in plan)}")
+            # one whole array per stage: refuse what the site cannot take before anything is written
+            slurm.check_whole_arrays(build_plan(cfg), slurm.max_array_size(cfg.profile))
+            scripts = slurm.write_stage_scripts(cfg, run, prepare(cfg, run), Path.cwd())
+            console.print(f"sbatch scripts (edit the lines marked site:, then `bash sbatch/pipeline.sh {run.root}`):")
+            for path in scripts:
+                console.print(f"  {path}", markup=False, highlight=False)
+            print(f"RUN_DIR={shlex.quote(str(run.root))}")
             return 0
         if args.command == "resume":
             cfg, run = _open_run(args.run_dir)

@@ -1,10 +1,9 @@
 """SLURM: render each stage of the plan to an sbatch script, submit the chain, read live state.
 
-submitit renders the scripts (its `_make_sbatch_string`, one pure function of the SLURM options)
-and parses sbatch's reply; svd_hpc calls `sbatch` once per array. Every task runs the same
-command, `python -m svd_hpc.task STAGE --run-dir DIR`, which reads its index from
-SLURM_ARRAY_TASK_ID (+ SVD_ARRAY_OFFSET): no per-task pickle, folder or sleep, so a plan with
-thousands of tasks costs a handful of files on a shared filesystem.
+svd_hpc calls `sbatch --parsable` once per array, on a script from batch_script.batch_script.
+Every task runs the same command, `python -m svd_hpc.task STAGE --run-dir DIR`, which reads its
+index from SLURM_ARRAY_TASK_ID (+ SVD_ARRAY_OFFSET): no per-task pickle, folder or sleep, so a
+plan with thousands of tasks costs a handful of files on a shared filesystem.
 """
 
 from __future__ import annotations
@@ -19,11 +18,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from submitit.slurm.slurm import SlurmExecutor, _make_sbatch_string
-
-from .config import RunConfig
+from .batch_script import batch_script
+from .config import ClusterProfile, ConfigError, RunConfig
 from .plan import Stage
 from .rundir import RunDir, atomic_write_text
+from .task import stop_request_path
 
 log = logging.getLogger("svd_hpc")
 
@@ -98,55 +97,68 @@ def _task_command(cfg: RunConfig, run: RunDir, stage: Stage) -> str:
 def render(cfg: RunConfig, run: RunDir, stage: Stage, sub: Submission, cwd: Path) -> str:
     """The exact sbatch script of one submission (what --dry-run writes and what is submitted)."""
     res = stage.resources
-    extra: dict[str, object] = {"chdir": str(cwd)}
-    if sub.dependency:
-        extra["dependency"] = sub.dependency
-        # A failed upstream task must cancel the chain, not leave it PENDING forever.
-        extra["kill-on-invalid-dep"] = "yes"
-    if res["preemptible"]:
-        extra["requeue"] = True
-    else:
-        extra["no-requeue"] = True
-    setup = list(cfg.profile.setup)
-    setup += [f"export SVD_ARRAY_OFFSET={sub.offset}", f"export SVD_REQUEUE_CAP={res['requeue_cap']}"]
-    if stage.kind == "distributed":
-        setup += [
-            # the first node of the allocation hosts the rendezvous
-            'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
-            "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
-        ]
-    params = dict(
+    distributed = stage.kind == "distributed"
+    return batch_script(
+        title=(
+            f"svd_hpc stage '{stage.name}' of run '{cfg.name}', rendered from its config and cluster profile\n"
+            f"'{cfg.profile.name}'. Lines marked site: may be edited for your cluster."
+        ),
         job_name=f"svd-{cfg.name}-{stage.name}",
-        partition=res["partition"],
+        command=_task_command(cfg, run, stage),
+        log_dir=str(run.log_dir(stage.name)),
+        chdir=str(cwd),
         time=res["time"],
+        array=f"{sub.array_spec}%{res['array_parallelism'] or len(sub.indices)}" if stage.is_array else None,
         nodes=res["nodes"],
         ntasks_per_node=res["ntasks_per_node"],
         cpus_per_task=res["cpus_per_task"],
         gpus_per_node=res["gpus_per_node"],
-        mem=res["mem"],
+        partition=res["partition"],
+        account=res["account"],
         qos=res["qos"],
         constraint=res["constraint"],
         exclude=res["exclude"],
-        account=res["account"],
+        mem=res["mem"],
         mail_user=res["mail_user"],
         mail_type=res["mail_type"],
-        signal_delay_s=res["signal_seconds"],
-        setup=setup,
-        wckey="svd_hpc",
-        additional_parameters=extra,
+        dependency=sub.dependency,
+        preemptible=res["preemptible"],
+        signal_seconds=res["signal_seconds"],
+        requeue_cap=res["requeue_cap"],
+        # ranks save a checkpoint before they stop; array tasks have nothing to save beyond their chunks
+        stop_file=str(stop_request_path(run, stage.name)) if distributed else None,
+        done_marker=str(run.done_marker(stage.name, 0)) if distributed else None,
+        rendezvous=distributed,
+        setup=cfg.profile.setup,
+        exports=[("SVD_ARRAY_OFFSET", str(sub.offset))],
     )
-    if stage.is_array:
-        params["map_count"] = len(sub.indices)
-        params["array_parallelism"] = res["array_parallelism"] or len(sub.indices)
-    text = _make_sbatch_string(command=_task_command(cfg, run, stage), folder=run.log_dir(stage.name), **params)
-    if stage.is_array:
-        # submitit numbers array tasks 0..n-1; ours may be a subset (resume) with an offset
-        text = re.sub(r"^#SBATCH --array=\S+", lambda _m: f"#SBATCH --array={_array_flag(sub, params)}", text, flags=re.M)
-    return text
 
 
-def _array_flag(sub: Submission, params: dict) -> str:
-    return f"{sub.array_spec}%{params['array_parallelism']}"
+def max_array_size(profile: ClusterProfile) -> int:
+    """The profile's max_array_size, else the site's MaxArraySize, else Slurm's default."""
+    return profile.max_array_size or (site_max_array_size() if available() else DEFAULT_MAX_ARRAY_SIZE)
+
+
+def check_whole_arrays(plan: list[Stage], max_array_size: int) -> None:
+    """Plain sbatch submits each stage as one array: refuse one the site would reject."""
+    for stage in plan:
+        if stage.is_array and stage.array_size > max_array_size:
+            raise ConfigError(
+                f"stage '{stage.name}' has {stage.array_size} tasks, more than MaxArraySize={max_array_size} allows in "
+                f"one array; submit with `python -m svd_hpc.launch`, which splits arrays, or lower seeds.shards."
+            )
+
+
+def write_stage_scripts(cfg: RunConfig, run: RunDir, plan: list[Stage], cwd: Path) -> list[Path]:
+    """Every stage's whole script, without dependencies, into RUN/sbatch/ for plain sbatch (sbatch/pipeline.sh)."""
+    paths = []
+    for stage in plan:
+        sub = Submission(stage.name, 0, 0, list(range(stage.array_size)))
+        path = run.sbatch_path(stage.name)
+        atomic_write_text(path, render(cfg, run, stage, sub, cwd))
+        run.log_dir(stage.name).mkdir(parents=True, exist_ok=True)  # sbatch does not create log folders
+        paths.append(path)
+    return paths
 
 
 def plan_submissions(
@@ -227,9 +239,9 @@ def submit(
             atomic_write_text(path, sub.script)
             if not dry_run:
                 run.log_dir(sub.stage).mkdir(parents=True, exist_ok=True)
-                command = ["sbatch", *(["--hold"] if hold else []), str(path)]
+                command = ["sbatch", "--parsable", *(["--hold"] if hold else []), str(path)]
                 proc = _run(command, f"sbatch for stage '{sub.stage}' ({path})")
-                sub.job_id = SlurmExecutor._get_job_id_from_submission_command(proc.stdout)
+                sub.job_id = parse_job_id(proc.stdout, sub.stage)
             submitted.setdefault(sub.stage, []).append(sub)
             done.append(sub)
     except Exception:
@@ -237,6 +249,15 @@ def submit(
             cancel([s.job_id for s in done if s.job_id])
         raise
     return done
+
+
+def parse_job_id(reply: str, stage: str) -> str:
+    """The job id from `sbatch --parsable`'s reply: "JOBID" or "JOBID;CLUSTER" (site banners may precede it)."""
+    lines = reply.strip().splitlines()
+    job_id = lines[-1].split(";")[0].strip() if lines else ""
+    if not job_id.isdigit():
+        raise ClusterError(f"sbatch for stage '{stage}' replied {reply.strip()!r}, not a job id; check sbatch on this node.")
+    return job_id
 
 
 def test_only(script: str, stage: str) -> None:

@@ -5,6 +5,10 @@ Run as:  python -m svd_hpc.task STAGE --run-dir DIR [--index I]
 The task index is --index, else SVD_ARRAY_OFFSET + SLURM_ARRAY_TASK_ID, else 0. A task whose
 done marker exists returns at once. A multi-process stage (train) gets the torch.distributed
 variables from SLURM's when srun started it, as torchrun would have set them.
+
+Tasks never requeue themselves: the batch script does (batch_script.py), outside any container.
+It asks a multi-process task to stop by creating stop_request_path; the task then checkpoints
+and exits EXIT_STOPPED, and the script requeues the job.
 """
 
 from __future__ import annotations
@@ -12,9 +16,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
-import subprocess
 import sys
+from pathlib import Path
 
 from . import plan as plan_mod
 from . import staging
@@ -26,6 +29,13 @@ log = logging.getLogger("svd_hpc")
 EXIT_USAGE = 2
 EXIT_NOT_BUILT = 3
 EXIT_STORAGE = 74  # the run directory took no write (full, read-only); resume once it does (EX_IOERR)
+EXIT_STOPPED = 75  # stopped with a checkpoint on request; running the task again resumes (EX_TEMPFAIL)
+STOP_REQUEST = "stop-requested"
+
+
+def stop_request_path(run: RunDir, stage: str) -> Path:
+    """The file by which the batch script asks a running task of `stage` to checkpoint and stop."""
+    return run.stage_dir(stage) / STOP_REQUEST
 
 
 def task_index(explicit: int | None) -> int:
@@ -62,25 +72,6 @@ def fit_threads_to_allocation() -> None:
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
 
-def _requeue_on_signal(signum, _frame) -> None:
-    """Preemption warning: put this task back in the queue (up to the cap), then stop.
-
-    Stage bodies checkpoint as they go (chunks, done markers), so the requeued task resumes.
-    Bodies that need to save first (train) install their own handler.
-    """
-    job = os.environ.get("SLURM_JOB_ID")
-    if "SLURM_ARRAY_JOB_ID" in os.environ:
-        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-    cap = int(os.environ.get("SVD_REQUEUE_CAP", "3"))
-    if job and restarts < cap:
-        log.warning(f"signal {signum}: requeueing {job} (restart {restarts + 1} of at most {cap})")
-        subprocess.run(["scontrol", "requeue", job], check=False)
-    else:
-        log.error(f"signal {signum}: not requeueing {job}: requeue cap {cap} reached")
-    sys.exit(128 + signum)
-
-
 def run(stage: str, run_dir: str, index: int) -> None:
     rd = RunDir(run_dir)
     plan = plan_mod.plan_from_json(rd.load_json(rd.plan_path, default=[]))
@@ -98,8 +89,6 @@ def run(stage: str, run_dir: str, index: int) -> None:
     os.environ["SVD_STAGE"] = stage  # one body may serve two stages (eval_base, eval_trained)
     if spec.kind == "distributed":
         export_torch_env_from_slurm()
-    if "SLURM_JOB_ID" in os.environ:
-        signal.signal(signal.SIGUSR2, _requeue_on_signal)
     body(str(rd.root), index)
 
 

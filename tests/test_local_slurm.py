@@ -119,3 +119,63 @@ def test_start_on_a_running_cluster_is_a_fast_no_op(slurm_cluster):
     assert time.monotonic() - started < 5
     assert "already running" in again.stderr
     assert pid_file.read_text() == pid_before
+
+
+# --- what the batch scripts (svd_hpc/batch_script.py) rely on ----------------------------------
+
+
+def test_batch_signal_reaches_the_shell_and_not_the_tasks(slurm_cluster, tmp_path):
+    # --signal=B:USR2@S and `scancel --batch` signal the batch shell only: a torchrun agent or a task
+    # without a handler would die of USR2; here the task records what reaches it.
+    script = tmp_path / "warned.sh"
+    script.write_text(
+        "#!/bin/bash\n"
+        "trap 'echo shell got USR2' USR2\n"
+        "srun bash -c 'trap \"echo task got USR2\" USR2; echo task ready; for i in $(seq 40); do sleep 0.1; done' &\n"
+        "task=$!\n"
+        'while kill -0 "$task" 2>/dev/null; do wait "$task"; done\n'
+    )
+    job = sbatch(slurm_cluster, tmp_path, "--signal=B:USR2@30", str(script))
+    out = tmp_path / f"slurm-{job}.out"
+    deadline = time.monotonic() + 30
+    while "task ready" not in (out.read_text() if out.exists() else ""):
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.2)
+    run(["scancel", "--batch", "--signal=USR2", job], slurm_cluster)
+
+    assert wait_for_states(slurm_cluster, job, count=1) == {job: "COMPLETED"}
+    text = out.read_text()
+    assert "shell got USR2" in text and "task got USR2" not in text, text
+
+
+def test_a_job_that_requeues_itself_keeps_its_dependents_waiting(slurm_cluster, tmp_path):
+    # The first life requeues itself and exits non-zero; the afterok dependent with
+    # --kill-on-invalid-dep=yes is not cancelled and runs after the second life succeeds.
+    script = tmp_path / "requeue.sh"
+    script.write_text(
+        "#!/bin/bash\n"
+        'if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then scontrol requeue "$SLURM_JOB_ID" && exit 75; fi\n'
+        "echo second life\n"
+    )
+    job = sbatch(slurm_cluster, tmp_path, "--requeue", "--open-mode=append", str(script))
+    dependent = sbatch(slurm_cluster, tmp_path, f"--dependency=afterok:{job}", "--kill-on-invalid-dep=yes",
+                       "--wrap", "echo dependent ran")
+
+    assert wait_for_states(slurm_cluster, dependent, count=1, timeout=120) == {dependent: "COMPLETED"}
+    assert sacct_states(slurm_cluster, job) == {job: "COMPLETED"}
+    assert "second life" in (tmp_path / f"slurm-{job}.out").read_text()
+
+
+def test_srun_reports_the_signal_of_tasks_it_killed_not_their_exit_code(slurm_cluster, tmp_path):
+    # With --kill-on-bad-exit, the first rank to exit 75 gets the others terminated: srun then exits
+    # 143, so the train script decides to requeue from the done marker, not from srun's status.
+    script = tmp_path / "ranks.sh"
+    script.write_text(
+        "#!/bin/bash\n"
+        "srun --kill-on-bad-exit=1 bash -c 'if [ $SLURM_PROCID = 0 ]; then exit 75; fi; sleep 1; exit 75'\n"
+        'echo "srun status $?"\n'
+    )
+    job = sbatch(slurm_cluster, tmp_path, "--nodes=2", "--ntasks-per-node=1", str(script))
+
+    wait_for_states(slurm_cluster, job, count=1)
+    assert "srun status 143" in (tmp_path / f"slurm-{job}.out").read_text()
