@@ -129,7 +129,7 @@ def batch_script(
         "",
         "# --- environment ---",
         "# Slurm 22.05-23.02: srun does not pass --cpus-per-task on; without this each task gets one core",
-        'export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"',
+        'if [[ -n ${SLURM_CPUS_PER_TASK:-} ]]; then export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK; fi',
         *(f"export {name}={shlex.quote(value)}" for name, value in exports),
     ]
     if rendezvous:

@@ -67,7 +67,7 @@ def test_prepare_writes_scripts_that_match_the_config_and_the_site(tmp_path, mon
         # readable: every #SBATCH line follows a comment saying what it is for
         lines = text.splitlines()
         assert all(lines[i - 1].startswith("# ") for i, line in enumerate(lines) if line.startswith("#SBATCH"))
-        assert 'export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"' in text
+        assert "export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK" in text
         assert "srun --kill-on-bad-exit=1 " in text
     for stage in ("generate", "verify", "eval_base", "eval_trained"):  # vLLM tasks: tensor_parallel_size GPUs
         assert header(scripts[stage])["gpus-per-node"] == "2", stage
@@ -131,6 +131,10 @@ def test_srun_gives_each_task_its_cpus(tmp_path, slurm_cluster):
     wait_gone({job}, slurm_cluster, 60)
     log = (tmp_path / f"{job}_0_log.err").read_text()
     assert re.search(r"cpus 6, tasks 2\b", log), log  # without it: "cpus 2, tasks 2", one core per task
+    # a site that deletes the --cpus-per-task line: srun must not be handed an empty value
+    job = submit(re.sub(r"^#SBATCH --cpus-per-task=.*\n", "", text, flags=re.M), tmp_path, slurm_cluster)
+    wait_gone({job}, slurm_cluster, 60)
+    assert sacct_states(job, slurm_cluster) == ["COMPLETED"], (tmp_path / f"{job}_0_log.err").read_text()
 
 
 @pytest.mark.slurm

@@ -54,7 +54,7 @@ export HF_HOME="$SCRATCH/hf"
 
 # --- environment ---
 # Slurm 22.05-23.02: srun does not pass --cpus-per-task on; without this each task gets one core
-export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"
+if [[ -n ${SLURM_CPUS_PER_TASK:-} ]]; then export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK; fi
 export SVD_ARRAY_OFFSET=0
 
 # --- warning signal and requeue (here, not in the task: its container may have no scontrol) ---
