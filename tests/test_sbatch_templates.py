@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from svd_hpc import batch_script, launch
+from svd_hpc import batch_script, fsdp_utils, launch, task, train
 from svd_hpc.rundir import RunDir
 from tests import toy_stages
 from tests.test_launcher import (
@@ -223,6 +223,25 @@ def assert_stopped_requeued_and_finished(run: RunDir, job: str, env: dict, refer
     assert [r["step"] for r in metrics(run.root)] == list(range(1, TRAIN["steps"] + 1))
     expected, got = load_weights(reference / "train" / "final"), load_weights(run.stage_dir("train") / "final")
     assert max((expected[k] - got[k]).abs().max().item() for k in expected) <= 1e-5
+
+
+def test_a_stop_request_makes_train_checkpoint_and_exit_for_a_requeue(tmp_path, monkeypatch):
+    """The batch script's side of the contract, in one process: the file it creates on the warning."""
+    from tests.test_train import TORCH_ENV, make_run
+
+    for key in (*TORCH_ENV, "SLURM_JOB_ID"):
+        monkeypatch.delenv(key, raising=False)
+    run = RunDir(make_run(tmp_path / "run", n=12, steps=3, global_batch=2))
+    request = task.stop_request_path(run, "train")
+    request.parent.mkdir(parents=True, exist_ok=True)
+    request.touch()
+    with pytest.raises(SystemExit) as stopped:
+        train.run_task(str(run.root), 0)
+    assert stopped.value.code == task.EXIT_STOPPED
+    assert fsdp_utils.latest_checkpoint(run.stage_dir("train") / "checkpoints").name == "step-000001"
+    assert not request.exists() and not run.is_done("train", 0)  # consumed: the next life trains on
+    train.run_task(str(run.root), 0)
+    assert run.is_done("train", 0)
 
 
 @pytest.mark.slurm
