@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .config import RunConfig, train_procs_per_node
 from .plan import Stage
 from .rundir import RunDir, atomic_write_json
+from .task_env import without_secrets
 
 
 class TaskFailed(RuntimeError):
@@ -48,7 +49,7 @@ def run_plan(cfg: RunConfig, run: RunDir, plan: list[Stage], console: Console | 
     """Run every incomplete task of `plan` here, in order; returns wall seconds per stage."""
     console = console or Console(stderr=True)
     timings: dict[str, float] = {}
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**without_secrets(), "PYTHONUNBUFFERED": "1"}
     # a multi-process stage here gets a rendezvous of its own, never a cluster's leftovers
     for key in ("SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID", "RANK", "WORLD_SIZE"):
         env.pop(key, None)

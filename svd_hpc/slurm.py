@@ -23,6 +23,7 @@ from .config import ClusterProfile, ConfigError, RunConfig
 from .plan import Stage
 from .rundir import RunDir, atomic_write_text
 from .task import stop_request_path
+from .task_env import without_secrets
 
 log = logging.getLogger("svd_hpc")
 
@@ -39,7 +40,8 @@ def available() -> bool:
 
 def _run(cmd: list[str], what: str, check: bool = True) -> subprocess.CompletedProcess:
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        # sbatch hands its environment to the job (--export=ALL) and slurmctld keeps a copy
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=without_secrets())
     except FileNotFoundError:
         raise ClusterError(f"{cmd[0]} is not installed here; run on a SLURM login node or use cluster=local.") from None
     if check and proc.returncode != 0:

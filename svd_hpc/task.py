@@ -23,6 +23,7 @@ from . import plan as plan_mod
 from . import staging
 from .config import ConfigError
 from .rundir import RunDir, StorageError
+from .task_env import drop_secrets
 
 log = logging.getLogger("svd_hpc")
 
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--index", type=int, default=None)
     args = parser.parse_args(argv)
+    drop_secrets()  # a task needs none (the hub is offline for it); under plain sbatch it may get them
     # first, before any hub client is imported (they read these once): a task never reaches for
     # the network; it reads the HF cache the launcher staged the run's hub inputs into
     staging.go_offline(args.run_dir)
