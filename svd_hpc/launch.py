@@ -3,6 +3,7 @@
 Run as:
     python -m svd_hpc.launch --config configs/demo.yaml [key.sub=value ...] [--dry-run] [--wait]
     python -m svd_hpc.launch prepare --config configs/X.yaml   # run dir + RUN_DIR/sbatch/<stage>.sh for plain sbatch
+    python -m svd_hpc.launch smoke --config configs/X.yaml   # the same cluster settings, a tiny model, minutes: checks
     python -m svd_hpc.launch status RUN_DIR
     python -m svd_hpc.launch resume RUN_DIR [--dry-run] [--wait]
     python -m svd_hpc.launch cancel RUN_DIR
@@ -18,6 +19,7 @@ import argparse
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -28,7 +30,7 @@ from rich.table import Table
 
 from . import __version__
 from . import config as config_mod
-from . import local, slurm, staging, status
+from . import local, slurm, smoke, staging, status
 from .config import ConfigError, RunConfig
 from .plan import Stage, build_plan, downstream, plan_to_json
 from .rundir import RunDir, atomic_write_json
@@ -36,7 +38,7 @@ from .rundir import RunDir, atomic_write_json
 log = logging.getLogger("svd_hpc")
 console = Console(stderr=False)
 EXIT_USER_ERROR = 2
-COMMANDS = ("run", "prepare", "status", "resume", "cancel", "report")
+COMMANDS = ("run", "prepare", "smoke", "status", "resume", "cancel", "report")
 
 
 def _git_commit() -> str | None:
@@ -197,6 +199,21 @@ def launch(cfg: RunConfig, run: RunDir, dry_run: bool = False, wait: bool = Fals
     return 0
 
 
+def run_smoke(cfg: RunConfig) -> int:
+    """Run the smoke version of a config to the end, then print one table of checks; 0 if all passed."""
+    run = RunDir(Path(cfg.run_root) / cfg.name)
+    if smoke.is_smoke(run):  # a smoke run starts afresh: its checks describe the nodes as they are now
+        slurm.cancel(sorted({str(s["job_id"]) for s in status.submissions(run)}))
+        shutil.rmtree(run.root)
+    prepare(cfg, run)
+    smoke.mark(run)
+    try:
+        launch(cfg, run, wait=True)
+    except local.TaskFailed as err:  # the local scheduler stops at the first failure; the table says which
+        console.print(f"{err}", markup=False)
+    return 0 if smoke.render(run, smoke.summarize(run), console) else 1
+
+
 def _stage(plan: list[Stage], name: str) -> Stage:
     return next(s for s in plan if s.name == name)
 
@@ -218,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     p_prep = sub.add_parser("prepare", help="write the run directory, seed shards and every stage's sbatch script; print RUN_DIR=...")
     p_prep.add_argument("--config", required=True)
     p_prep.add_argument("overrides", nargs="*", help="key.sub=value")
+    p_smoke = sub.add_parser("smoke", help="a tiny run with the config's cluster settings, checked on the compute nodes; waits and prints the checks")
+    p_smoke.add_argument("--config", required=True)
+    p_smoke.add_argument("--model", default=smoke.SMOKE_MODEL, help=f"the small model it runs (default {smoke.SMOKE_MODEL})")
+    p_smoke.add_argument("overrides", nargs="*", help="key.sub=value")
     for p in (p_run, sub.add_parser("resume", help="re-submit what is missing")):
         p.add_argument("--dry-run", action="store_true", help="write and print the sbatch scripts; submit nothing")
         p.add_argument("--wait", action="store_true", help="block until the submitted jobs end")
@@ -245,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(f"  {path}", markup=False, highlight=False)
             print(f"RUN_DIR={shlex.quote(str(run.root))}")
             return 0
+        if args.command == "smoke":
+            cfg = config_mod.load(args.config, args.overrides)
+            _resolve_paths(cfg)
+            return run_smoke(smoke.shrink(cfg, args.model))
         if args.command == "resume":
             cfg, run = _open_run(args.run_dir)
             return launch(cfg, run, dry_run=args.dry_run, wait=args.wait)

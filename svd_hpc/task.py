@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from . import plan as plan_mod
-from . import staging
+from . import smoke, staging
 from .config import ConfigError
 from .rundir import RunDir, StorageError
 from .task_env import drop_secrets
@@ -90,6 +90,8 @@ def run(stage: str, run_dir: str, index: int) -> None:
     os.environ["SVD_STAGE"] = stage  # one body may serve two stages (eval_base, eval_trained)
     if spec.kind == "distributed":
         export_torch_env_from_slurm()
+    if smoke.is_smoke(rd):
+        smoke.record(rd, spec, index)  # what this node gives the task, recorded before the body runs
     body(str(rd.root), index)
 
 
