@@ -254,14 +254,22 @@ def why_line(tail: str) -> str:
 
 
 def render(run: RunDir, rows: list[tuple[str, Check]], console) -> bool:
-    """Print the table and write smoke/summary.json; True when every check passed."""
+    """Print one row per check (over every task that made it), write smoke/summary.json; True if all passed."""
     from rich.table import Table
 
-    table = Table(title=f"smoke run {run.root}")
-    for column in ("task", "check", "result", "why"):
-        table.add_column(column, overflow="fold")
+    by_check: dict[str, list[tuple[str, Check]]] = {}
     for task, check in rows:
-        table.add_row(task, check.name, "[green]pass" if check.ok else "[red]FAIL", check.detail)
+        by_check.setdefault(check.name, []).append((task, check))
+    table = Table(title=f"smoke run {run.root}")
+    for column in ("check", "tasks", "result", "why"):
+        table.add_column(column, overflow="fold")
+    for name, results in by_check.items():
+        failed = [(task, c) for task, c in results if not c.ok]
+        if failed:
+            tasks = ", ".join(task for task, _ in failed[:4]) + (f" (+{len(failed) - 4})" if len(failed) > 4 else "")
+            table.add_row(name, f"{len(failed)} of {len(results)}", "[red]FAIL", f"{tasks}: {failed[0][1].detail}")
+        else:
+            table.add_row(name, str(len(results)), "[green]pass", results[-1][1].detail)
     console.print(table)
     passed = bool(rows) and all(c.ok for _, c in rows)
     atomic_write_json(
