@@ -7,6 +7,10 @@ and chunked prefill off because per-request seeds crash a prefill split across s
     engine = Engine(cfg.model)
     outs = engine.chat([[{"role": "user", "content": "2+2?"}]], Sampling(n=4, max_tokens=64), seeds=[7])
     outs[0][3].text   # the fourth sample of the first conversation
+
+A poison request (a prompt of max_model_len+ tokens, a conversation the chat template refuses,
+a request vLLM rejects) never stops the others: its samples come back empty with `skip_reason`
+set ("<kind>: <detail>", kind one of SKIP_KINDS), and the caller records the item as skipped.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .config import ModelConfig
@@ -63,8 +68,37 @@ class Completion:
 
     text: str
     completion_tokens: int
-    finish_reason: str  # stop | length | abort
+    finish_reason: str  # stop | length | abort | skipped
     prompt_tokens: int  # of the conversation it answers
+    skip_reason: str | None = None  # set when the request never ran (then text is empty)
+
+
+# Why a request was skipped, the first word of its skip_reason
+SKIP_KINDS = ("prompt_too_long", "template_error", "engine_rejected")
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A conversation that could not become a prompt (`render` returns it; `stream` skips it)."""
+
+    reason: str
+
+
+def skip_kind(reason: str) -> str:
+    return reason.split(":", 1)[0]
+
+
+def skip_stats(reasons: Iterable[tuple[str, str | None]]) -> dict:
+    """Done-marker counts of skipped items from (item id, skip reason or None) pairs: how many,
+    how many per kind, and the first item's reason of each kind (what `status` shows)."""
+    kinds: Counter = Counter()
+    examples: dict[str, str] = {}
+    for item, reason in reasons:
+        if reason:
+            kind = skip_kind(reason)
+            kinds[kind] += 1
+            examples.setdefault(kind, f"{item}: {reason}")
+    return {"skipped": sum(kinds.values()), "skip_reasons": dict(kinds), "skip_examples": examples}
 
 
 def request_seed(*parts: object) -> int:
@@ -221,12 +255,25 @@ class Engine:
                 args["enable_chunked_prefill"] = False
         return args
 
-    def render(self, conversation: Conversation, enable_thinking: bool | None = None, reply_prefix: str = "") -> list[int]:
+    def render(
+        self, conversation: Conversation, enable_thinking: bool | None = None, reply_prefix: str = ""
+    ) -> list[int] | Refused:
         """Token ids of a conversation under the model's chat template, generation prompt added,
-        then `reply_prefix`: the start of the assistant's reply, which the model continues."""
+        then `reply_prefix`: the start of the assistant's reply, which the model continues.
+
+        A conversation the template refuses (its raise_exception, an undefined value) gives a
+        Refused, which `stream` turns into skipped samples: one bad row must not end the task.
+        """
+        import jinja2
+
         thinking = self.thinking if enable_thinking is None else enable_thinking
         kwargs = {"enable_thinking": thinking} if self.template_knows_thinking else {}
-        text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True, **kwargs)
+        try:
+            text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True, **kwargs)
+        except jinja2.TemplateSyntaxError as err:  # fails every row alike: a broken template, not a bad row
+            raise ValueError(f"the chat template of {self.model_cfg.path} does not parse ({err}); fix or replace it.") from err
+        except jinja2.TemplateError as err:
+            return Refused(f"template_error: {err}")
         text += reply_prefix
         # the template already wrote any BOS; encoding must not add a second one
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -250,39 +297,53 @@ class Engine:
         )
 
     def stream(
-        self, prompts: Sequence[list[int]], sampling: Sampling | Sequence[Sampling], seeds: Sequence[int] | None = None
+        self,
+        prompts: Sequence[list[int] | Refused],
+        sampling: Sampling | Sequence[Sampling],
+        seeds: Sequence[int] | None = None,
     ) -> Iterator[tuple[int, list[Completion]]]:
         """Sample from rendered prompts, yielding (prompt index, its samples) as each finishes.
 
         Everything is queued at once, so the engine batches as fully as a single generate call
         while the caller can save finished work early. `sampling` is one for all or one per prompt.
+        A prompt that cannot run (Refused, max_model_len+ tokens, rejected by vLLM) is yielded
+        first, as `n` empty samples with skip_reason set.
         """
         per_prompt = [sampling] * len(prompts) if isinstance(sampling, Sampling) else list(sampling)
         if len(per_prompt) != len(prompts) or (seeds is not None and len(seeds) != len(prompts)):
             raise ValueError("Engine.stream needs one sampling and one seed per prompt.")
-        # a prompt that leaves no room to generate would make vLLM fail the whole batch; it gets
-        # empty "abort" samples instead (a judge then finds no verdict, which rejects)
-        limit = self.model_cfg.max_model_len
-        runnable = [i for i, p in enumerate(prompts) if len(p) < limit]
-        if len(runnable) < len(prompts):
-            log.warning(
-                f"{len(prompts) - len(runnable)} prompt(s) of {limit}+ tokens skipped (model.max_model_len={limit})"
-            )
-        for i, prompt in enumerate(prompts):
-            if len(prompt) >= limit:
-                yield i, [Completion("", 0, "abort", len(prompt)) for _ in range(per_prompt[i].n)]
-        if not runnable:
-            return
+        from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
 
-        params = [self.sampling_params(per_prompt[i], None if seeds is None else seeds[i]) for i in runnable]
-        inputs = [TokensPrompt(prompt_token_ids=list(prompts[i])) for i in runnable]
-        ids = self.llm.enqueue(inputs, params, use_tqdm=False)
-        # enqueue returns vLLM's internal ids ("<id>-<8 random chars>"); outputs carry the <id> part
-        index_of = {rid.rsplit("-", 1)[0]: i for rid, i in zip(ids, runnable)}
+        limit = self.model_cfg.max_model_len
+        skipped: dict[int, str] = {}
+        for i, prompt in enumerate(prompts):
+            if isinstance(prompt, Refused):
+                skipped[i] = prompt.reason
+            elif len(prompt) >= limit:  # vLLM would reject it; said here in our own words
+                skipped[i] = f"prompt_too_long: {len(prompt)} prompt tokens leave no room to generate (model.max_model_len={limit})"
+        # built before anything is queued: a sampling setting vLLM refuses is no bad row but a bad
+        # config, so it stops the task here instead of skipping every request
+        params = {i: self.sampling_params(per_prompt[i], None if seeds is None else seeds[i])
+                  for i in range(len(prompts)) if i not in skipped}
         engine = self.llm.llm_engine
         watchdog = self.watchdog
+        index_of: dict[str, int] = {}
         try:
+            for i, param in params.items():
+                # one request per call: vLLM drops the whole call when one of its requests fails validation
+                try:
+                    [rid] = self.llm.enqueue([TokensPrompt(prompt_token_ids=list(prompts[i]))], [param], use_tqdm=False)
+                except (ValueError, VLLMClientError) as err:
+                    skipped[i] = f"engine_rejected: {err}"
+                    continue
+                # enqueue returns vLLM's internal id ("<id>-<8 random chars>"); outputs carry the <id> part
+                index_of[rid.rsplit("-", 1)[0]] = i
+            for i in sorted(skipped):
+                reason = skipped[i]
+                log.warning(f"request {i} skipped: {reason[:300]}")
+                tokens = 0 if isinstance(prompts[i], Refused) else len(prompts[i])
+                yield i, [Completion("", 0, "skipped", tokens, reason) for _ in range(per_prompt[i].n)]
             while index_of and engine.has_unfinished_requests():
                 if watchdog:  # only time inside step() counts: the caller may save or grade between steps
                     watchdog.beat()
@@ -315,7 +376,7 @@ class Engine:
                 engine.abort_request(list(index_of))
 
     def generate_tokens(
-        self, prompts: Sequence[list[int]], sampling: Sampling | Sequence[Sampling], seeds: Sequence[int] | None = None
+        self, prompts: Sequence[list[int] | Refused], sampling: Sampling | Sequence[Sampling], seeds: Sequence[int] | None = None
     ) -> list[list[Completion]]:
         """All samples of rendered prompts, in prompt order (see `stream`)."""
         results: list[list[Completion]] = [[] for _ in prompts]

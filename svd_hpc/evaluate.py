@@ -16,6 +16,9 @@ saved as soon as its last question finishes: the engine never waits for one chun
 sample, nor idles while a chunk is graded (code is graded in a background thread). UQ-TTC judges
 each chunk's candidates through the cascade, one chunk after another.
 
+A question the engine cannot run (too long, refused by the template or vLLM) is recorded with its
+skip_reason and graded incorrect: dropping it would score models on different question sets.
+
 Every request's seed comes from the eval seed and the question id only: base and trained models
 sample with the same seeds, and UQ-TTC's candidate 0 is the direct answer of the base model.
 """
@@ -39,7 +42,7 @@ import pyarrow.parquet as pq
 from . import benchmarks, prompts
 from .benchmarks import Problem
 from .config import ConfigError, ModelConfig, RunConfig
-from .engine import Completion, Engine, Sampling, request_seed, stage_sampling
+from .engine import Completion, Engine, Sampling, request_seed, skip_stats, stage_sampling
 from .generate import require_think
 from .grading import GradeResult
 from .grading.choice import grade_choice
@@ -140,6 +143,8 @@ def _choose(engine: Engine, cfg: RunConfig, task: EvalTask, chunk: list[Problem]
     for q, (problem, question, completions) in enumerate(zip(chunk, shown, outputs)):
         question = problem.question if cfg.eval.uq_ttc_judge_question == "raw" else question
         for k, c in enumerate(completions):
+            if c.skip_reason:  # never sampled: nothing to judge
+                continue
             # eval.uq_ttc_filter: like the verify stage, a candidate the static filter rejects never reaches the judges
             unfiltered = not cfg.eval.uq_ttc_filter
             if unfiltered or prompts.filter_reason(c.text, problem.domain, think, cfg.generate.format_filter) is None:
@@ -172,14 +177,24 @@ def evaluate_chunk(engine: Engine, cfg: RunConfig, model: str, task: EvalTask, c
 
 def chunk_table(cfg: RunConfig, model: str, task: EvalTask, chunk: list[Problem], outputs: list[list[Completion]],
                 chosen: list[int], judged: list[list[CascadeResult]]) -> pa.Table:
-    """Grade the chosen answers of one chunk: its EVAL records."""
+    """Grade the chosen answers of one chunk: its EVAL records.
+
+    A question the engine could not run is recorded as skipped and incorrect: it stays in the
+    benchmark's denominator, so base and trained models are scored on the same questions.
+    """
     presented = [p.present(task.seed) for p in chunk]
     shown, references = [q for q, _ in presented], [r for _, r in presented]
     responses = [completions[k].text for completions, k in zip(outputs, chosen)]
-    grades = grade_all(chunk, references, responses, cfg.eval.code_timeout_s)
+    skips = [completions[k].skip_reason for completions, k in zip(outputs, chosen)]
+    ran = [q for q, skip in enumerate(skips) if not skip]
+    graded = grade_all([chunk[q] for q in ran], [references[q] for q in ran], [responses[q] for q in ran],
+                       cfg.eval.code_timeout_s)
+    grades = [GradeResult(False, None, "skipped")] * len(chunk)
+    for q, result in zip(ran, graded):
+        grades[q] = result
     rows = []
-    for problem, question, reference, completions, k, results, response, result in zip(
-        chunk, shown, references, outputs, chosen, judged, responses, grades
+    for problem, question, reference, completions, k, results, response, result, skip in zip(
+        chunk, shown, references, outputs, chosen, judged, responses, grades, skips
     ):
         rows.append({
             "benchmark": task.benchmark, "model": model, "mode": task.mode, "seed": task.seed,
@@ -188,7 +203,7 @@ def chunk_table(cfg: RunConfig, model: str, task: EvalTask, chunk: list[Problem]
             # everything generated for this question: its candidates and, for UQ-TTC, the judges
             "completion_tokens": sum(c.completion_tokens for c in completions) + sum(r.completion_tokens for r in results),
             "samples": len(completions) + sum(r.samples for r in results),
-            "chosen_candidate": k,
+            "chosen_candidate": k, "skip_reason": skip,
         })
     return pa.Table.from_pylist(rows, schema=EVAL)
 
@@ -299,7 +314,8 @@ def run_eval_task(run: RunDir, stage: str, index: int, engine: Engine | None = N
         pq.write_table(table, tmp)
     atomic_write_json(summary_path(out), summary)
     run.mark_done(stage, index, benchmark=task.benchmark, seed=task.seed, mode=task.mode,
-                  pass_at_1=summary["pass_at_1"], questions=summary["questions"], seconds=summary["seconds"])
+                  pass_at_1=summary["pass_at_1"], questions=summary["questions"], seconds=summary["seconds"],
+                  **{k: summary[k] for k in ("skipped", "skip_reasons", "skip_examples")})
     remove_progress(progress)
     log.info(f"eval: {stage=} {task=} pass@1={summary['pass_at_1']:.3f} over {summary['questions']} questions")
     return summary
@@ -325,6 +341,8 @@ def summarize(table: pa.Table, task: EvalTask, model: str, benchmark: str, examp
         "domain": example.domain, "grader": example.grader, "questions": len(rows), "correct": correct,
         "pass_at_1": correct / len(rows), "completion_tokens": sum(r["completion_tokens"] for r in rows),
         "samples": sum(r["samples"] for r in rows), "grade_reasons": dict(Counter(r["grade_reason"] for r in rows)),
+        # skipped questions count as incorrect (in "questions", not in "correct")
+        **skip_stats((r["question_id"], r["skip_reason"]) for r in rows),
     }
     if task.mode == "uq_ttc":
         summary["chosen_not_first"] = sum(r["chosen_candidate"] != 0 for r in rows)

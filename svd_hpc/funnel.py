@@ -5,6 +5,8 @@ Counts, overall and per domain:
   duplicate_questions  seeds merged into an identical earlier question (whitespace and case ignored)
   candidates           verify records
   filtered             candidates the static filter rejected (status "filtered")
+  skipped              candidates the engine could not run, at generate or as judged (status "skipped");
+                       skipped_<kind> splits them by reason (engine.SKIP_KINDS); none of them passes
   passed_<stage>       candidates that met the threshold of this and every earlier enabled stage
   valid                candidates that passed every enabled stage
   selected             valid candidates picked by the selection rule
@@ -27,6 +29,7 @@ import pyarrow.compute as pc
 
 from . import records
 from .config import RunConfig
+from .engine import SKIP_KINDS
 from .selection import enabled_stages
 
 
@@ -60,6 +63,16 @@ class Counts:
         self.add_rows(domain, {"seeds": np.ones(len(question_ids), bool), "duplicate_questions": duplicate})
 
 
+def skip_stats(table: pa.Table) -> dict[str, np.ndarray]:
+    """Per row: whether it was skipped for each kind of reason (the reason's first word)."""
+    skipped = pc.equal(pc.fill_null(table["status"], ""), "skipped")
+    reason = pc.fill_null(table["skip_reason"], "")
+    return {
+        f"skipped_{k}": pc.and_(skipped, pc.starts_with(reason, f"{k}:")).to_numpy(zero_copy_only=False)
+        for k in SKIP_KINDS
+    }
+
+
 def vote_stats(table: pa.Table, stages: list[str]) -> dict[str, np.ndarray]:
     """Per row: votes cast, votes without a verdict and votes cut off, for each stage."""
     out = {}
@@ -90,6 +103,8 @@ def metric_names(cfg: RunConfig) -> list[str]:
         "duplicate_questions",
         "candidates",
         "filtered",
+        "skipped",
+        *(f"skipped_{kind}" for kind in SKIP_KINDS),
         *stages,
         "valid",
         "selected",

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from . import prompts
 from .chunks import Checkpoint
 from .config import RunConfig
-from .engine import Completion, Engine, request_seed, stage_sampling
+from .engine import Completion, Engine, request_seed, skip_stats, stage_sampling
 from .records import CANDIDATE, SEED, check_schema
 from .rundir import RunDir, atomic_path
 
@@ -54,11 +54,14 @@ def require_think(cfg: RunConfig, engine: Engine) -> bool:
 def candidate_rows(
     row: dict, user: str, completions: list[Completion], think: bool, require_format: bool = True
 ) -> list[dict]:
-    """CANDIDATE records of one question: its N samples, in sampling order, filtered."""
+    """CANDIDATE records of one question: its N samples, in sampling order, filtered.
+
+    A question the engine could not run (skip_reason) keeps its N rows, empty and skipped, so it
+    is counted downstream instead of vanishing; skipped rows never pass the filter.
+    """
     out = []
     for k, c in enumerate(completions):
-        too_long = c.finish_reason == "abort" and not c.completion_tokens  # never sent (engine.py)
-        reason = "prompt_too_long" if too_long else prompts.filter_reason(c.text, row["domain"], think, require_format)
+        reason = None if c.skip_reason else prompts.filter_reason(c.text, row["domain"], think, require_format)
         out.append(
             dict(
                 question_id=row["question_id"],
@@ -71,8 +74,9 @@ def candidate_rows(
                 prompt_tokens=c.prompt_tokens,
                 completion_tokens=c.completion_tokens,
                 finish_reason=c.finish_reason,
-                passed_filter=reason is None,
+                passed_filter=reason is None and not c.skip_reason,
                 filter_reason=reason,
+                skip_reason=c.skip_reason,
             )
         )
     return out
@@ -140,6 +144,8 @@ def run_shard(run: RunDir, index: int, engine: Engine | None = None) -> dict:
         completion_tokens_generated=tokens,
         seconds=round(seconds, 2),
     )
+    # counted per question (its candidates share the reason)
+    stats.update(skip_stats((r["question_id"], r.get("skip_reason")) for r in records if r["candidate_index"] == 0))
     log.info(f"generate: shard={index} done {stats}")
     return stats
 

@@ -42,7 +42,8 @@ log = logging.getLogger("svd_hpc")
 VOTE_COLUMNS = [f"{stage}_votes" for stage in VERIFY_STAGES]
 CUT_OFF_COLUMNS = [f"{stage}_cut_off" for stage in VERIFY_STAGES]
 READ_COLUMNS = [
-    "question_id", "question", "domain", "candidate_index", "status", *VOTE_COLUMNS, *CUT_OFF_COLUMNS, "prompt", "text"
+    "question_id", "question", "domain", "candidate_index", "status", "skip_reason", *VOTE_COLUMNS, *CUT_OFF_COLUMNS,
+    "prompt", "text",
 ]
 # repeated once per candidate: read as dictionaries, so each distinct value is decoded (and hashed) once
 DICTIONARY_COLUMNS = ["question_id", "question", "prompt"]
@@ -229,9 +230,12 @@ def _scan_shard(table, index, cfg, limit, counts, spill, next_row) -> pa.Table:
     masks = selection.stage_funnel(table, cfg.merge, stages, votes)
     valid = masks[list(masks)[-1]]
     domain = pc.fill_null(table["domain"], "unknown")
+    status = pc.fill_null(table["status"], "")
     counts.add_rows(
         domain,
-        {"candidates": np.ones(table.num_rows, bool), "filtered": ~masks["unfiltered"], "valid": valid}
+        {"candidates": np.ones(table.num_rows, bool), "valid": valid}
+        | {name: pc.equal(status, name).to_numpy(zero_copy_only=False) for name in ("filtered", "skipped")}
+        | funnel.skip_stats(table)
         | {f"passed_{stage}": masks[stage] for stage in selection.enabled_stages(cfg.merge, stages)}
         | funnel.vote_stats(table, stages),
     )

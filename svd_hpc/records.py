@@ -9,6 +9,11 @@ eval/<model>/<benchmark>/seed-K[-uq_ttc].parquet  EVAL (eval -> report)
 Votes are int8: 1 = yes ([[Y]]), 0 = no, -1 = no verdict found (counts as a rejection). A stage's
 vote list is null when the candidate never reached that stage (early exit or static filter); its
 cut-off list, parallel to the votes, says which replies hit verify.max_tokens before they ended.
+
+skip_reason is null unless the engine could not run the item (see engine.py): "<kind>: <detail>",
+kind prompt_too_long | template_error | engine_rejected. A skipped question keeps its N candidate
+rows (empty text, passed_filter false); in VERDICT a candidate whose own judge request could not
+run is skipped too (failed_stage names the stage), and a skipped candidate never passes.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ CANDIDATE = pa.schema(
         ("finish_reason", pa.string()),  # stop | length | abort
         ("passed_filter", pa.bool_()),
         ("filter_reason", pa.string()),  # null when passed; e.g. "no_boxed", "unclosed_think", "no_code_block"
+        ("skip_reason", pa.string()),  # null unless the engine could not run the question
     ]
 )
 
@@ -53,8 +59,8 @@ VERDICT = pa.schema(
     + [pa.field(f"{stage}_cut_off", pa.list_(pa.bool_())) for stage in VERIFY_STAGES]
     + [
         ("inferred_questions", pa.list_(pa.string())),  # cycle stage: questions inferred from the answer
-        ("status", pa.string()),  # passed | rejected | filtered
-        ("failed_stage", pa.string()),  # null unless rejected: cycle | factuality | correctness
+        ("status", pa.string()),  # passed | rejected | filtered | skipped
+        ("failed_stage", pa.string()),  # rejected, or skipped while judged: cycle | factuality | correctness
         ("judge_prompt_tokens", pa.int64()),
         ("judge_completion_tokens", pa.int64()),
         ("judge_samples", pa.int32()),  # judge completions drawn for this candidate (inferences + votes)
@@ -91,6 +97,7 @@ EVAL = pa.schema(
         ("completion_tokens", pa.int64()),
         ("samples", pa.int32()),  # samples drawn for this question (1 direct; N + judges for uq_ttc)
         ("chosen_candidate", pa.int32()),  # uq_ttc: index of the answer used; direct: 0
+        ("skip_reason", pa.string()),  # null unless the engine could not run the question (then correct is false)
     ]
 )
 

@@ -31,13 +31,15 @@ from rich.table import Table as RichTable
 
 from . import benchmarks, metrics, status
 from .config import STAGE_NAMES, VERIFY_STAGES, RunConfig
+from .engine import SKIP_KINDS, skip_kind
 from .records import EVAL, check_schema
 from .rundir import RunDir, atomic_path, atomic_write_json, atomic_write_text
 
 # (model, mode) of each column, in report order
 VARIANTS = {"base": ("base", "direct"), "SVD": ("trained", "direct"), "UQ-TTC": ("base", "uq_ttc")}
 Score = tuple[float, "float | None"]  # mean, standard error (None with a single seed)
-FUNNEL_ORDER = ["seeds", "duplicate_questions", "candidates", "filtered", *(f"passed_{s}" for s in VERIFY_STAGES),
+FUNNEL_ORDER = ["seeds", "duplicate_questions", "candidates", "filtered", "skipped", *(f"skipped_{k}" for k in SKIP_KINDS),
+                *(f"passed_{s}" for s in VERIFY_STAGES),
                 "valid", "selected", "duplicate_solutions", "kept", "train", "validation"]
 
 
@@ -185,6 +187,56 @@ def pass_k_section(scores: EvalScores) -> Section:
     for (variant, bench), values in sorted(scores.pass_k.items(), key=lambda kv: (kv[0][1], list(VARIANTS).index(kv[0][0]))):
         section.rows.append([bench, variant] + [f"{100 * values[k]:.1f}" if k in values else "—" for k in ks])
     section.note = "Unbiased estimator 1 - C(n-c, k) / C(n, k) per question, averaged over questions."
+    return section
+
+
+# ----------------------------------------------------------------------------- skipped requests
+
+
+def _skipped_rows(paths: list[Path], columns: list[str], keep) -> list[dict]:
+    """Rows of the shards at `paths` that `keep` picks (an Arrow mask of a table); unreadable shards are passed over."""
+    rows = []
+    for path in paths:
+        try:
+            table = pq.read_table(path, columns=columns)
+        except (OSError, KeyError, pa.ArrowInvalid):
+            continue
+        rows += table.filter(keep(table)).to_pylist()
+    return rows
+
+
+def skipped_section(run: RunDir, table: pa.Table | None) -> Section:
+    """Items the engine could not run (a prompt too long, a template or vLLM refusing it), per
+    stage and reason, from the records: skipped, never silently dropped."""
+    section = Section("Skipped requests", ["stage", "item", "reason", "count", "first example"])
+    has_reason = lambda t: pc.invert(pc.is_null(t["skip_reason"]))  # noqa: E731
+    generated = _skipped_rows(sorted(run.stage_dir("generate").glob("shard-*.parquet")),
+                              ["question_id", "candidate_index", "skip_reason"],
+                              lambda t: pc.and_(has_reason(t), pc.equal(t["candidate_index"], 0)))
+    judged = _skipped_rows(sorted(run.stage_dir("verify").glob("shard-*.parquet")),
+                           ["question_id", "candidate_index", "status", "failed_stage", "skip_reason"],
+                           lambda t: pc.and_(pc.equal(t["status"], "skipped"), pc.invert(pc.is_null(t["failed_stage"]))))
+    groups: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    for row in generated:
+        groups[("generate", "question")].append((row["question_id"], row["skip_reason"]))
+    for row in judged:
+        groups[(f"verify ({row['failed_stage']})", "candidate")].append(
+            (f"{row['question_id']}/{row['candidate_index']}", row["skip_reason"]))
+    if table is not None:
+        for row in table.filter(has_reason(table)).select(["model", "mode", "benchmark", "question_id", "skip_reason"]).to_pylist():
+            groups[(f"eval {row['model']} {row['mode']} {row['benchmark']}", "question")].append(
+                (row["question_id"], row["skip_reason"]))
+    for (stage, item), skips in groups.items():
+        by_kind: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for key, reason in skips:
+            by_kind[skip_kind(reason)].append((key, reason))
+        for kind, found in sorted(by_kind.items()):
+            key, reason = found[0]
+            example = f"`{key}`: {reason[:160]}".replace("|", "\\|").replace("\n", " ")
+            section.rows.append([stage, item, kind, f"{len(found):,}", example])
+    section.note = ("Requests the engine could not run are recorded with their reason and never pass the cascade; "
+                    "a skipped eval question counts as incorrect (it stays in pass@1's denominator, so every "
+                    "model is scored on the same questions)." if section.rows else "Every request ran: none was skipped.")
     return section
 
 
@@ -378,7 +430,7 @@ def build(run: RunDir, console: Console | None = None) -> Path:
             sections.append(pass_k_section(scores))
     else:
         sections.append(Section("pass@1 (%)", [], note="No eval results yet."))
-    sections += [funnel_section(run), votes_section(run), cost_section(run, cfg, table)]
+    sections += [skipped_section(run, table), funnel_section(run), votes_section(run), cost_section(run, cfg, table)]
     lines = [f"# Report: {cfg.name}", "",
              (f"Run directory `{run.root}`, built {time.strftime('%Y-%m-%d %H:%M:%S')}. Model `{cfg.model.path}`; "
               "every number below is computed from the run's records."), ""]

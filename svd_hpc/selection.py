@@ -1,7 +1,7 @@
 """The merge rules as pure functions on Arrow data: vote thresholds, selection per question, dedup.
 
 Every rule depends only on the candidates themselves, never on the order shards are read in:
-- A candidate passes when its status is not "filtered" and every enabled stage (verify.stages minus
+- A candidate passes when its status is not "filtered" or "skipped" and every enabled stage (verify.stages minus
   merge.disabled_stages) meets the threshold over the votes recorded for that stage: unanimous (all
   yes, at least one vote), majority (more than half yes) or k_of_v (at least k yes). A -1 vote (no
   verdict) counts as no; a stage never reached (null) fails.
@@ -133,9 +133,11 @@ def stage_votes(table: pa.Table) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def stage_funnel(table: pa.Table, merge_cfg: MergeConfig, stages: list[str], votes=None) -> dict[str, np.ndarray]:
-    """Cumulative masks in cascade order: not filtered, then passed each enabled stage so far."""
+    """Cumulative masks in cascade order: not filtered (nor skipped), then passed each enabled stage so far."""
     votes = votes if votes is not None else stage_votes(table)
-    ok = pc.fill_null(pc.not_equal(table["status"], "filtered"), True).to_numpy(zero_copy_only=False)
+    # a skipped candidate was never judged in full: it must not pass, even with its stage disabled
+    judged = pc.invert(pc.is_in(table["status"], value_set=pa.array(["filtered", "skipped"])))
+    ok = pc.fill_null(judged, True).to_numpy(zero_copy_only=False)
     masks = {"unfiltered": ok}
     for stage in enabled_stages(merge_cfg, stages):
         ok = ok & meets_threshold(*votes[stage], merge_cfg)

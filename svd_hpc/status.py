@@ -6,6 +6,7 @@ works while the run is live, after it ended, and from any login node.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,9 @@ class StageStatus:
     failed: list[FailedTask] = field(default_factory=list)
     job_ids: list[str] = field(default_factory=list)
     elapsed: str = ""
+    skipped: int = 0  # items the engine could not run, from the done markers
+    skip_reasons: dict[str, int] = field(default_factory=dict)  # kind -> count
+    skip_examples: dict[str, str] = field(default_factory=dict)  # kind -> the first item's reason
 
     @property
     def live(self) -> list[int]:
@@ -83,6 +87,7 @@ def collect(run: RunDir) -> list[StageStatus]:
         for index in range(stage.array_size):
             if run.is_done(stage.name, index):
                 st.done.append(index)
+                _add_skips(st, run.done_marker(stage.name, index))
                 continue
             sub = latest.get(index)
             if sub is None:
@@ -104,6 +109,21 @@ def collect(run: RunDir) -> list[StageStatus]:
     return out
 
 
+def _add_skips(st: StageStatus, path: Path) -> None:
+    """Add a finished task's skipped items (its done marker's skip counts) to its stage."""
+    try:
+        marker = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # an older or foreign marker: nothing to add
+    if not isinstance(marker, dict) or not marker.get("skipped"):
+        return
+    st.skipped += int(marker["skipped"])
+    for kind, count in (marker.get("skip_reasons") or {}).items():
+        st.skip_reasons[kind] = st.skip_reasons.get(kind, 0) + int(count)
+    for kind, example in (marker.get("skip_examples") or {}).items():
+        st.skip_examples.setdefault(kind, example)
+
+
 def live_tasks(run: RunDir) -> dict[str, tuple[list[int], list[str]]]:
     """Per stage: task indices queued or running now, and the job ids holding them."""
     result = {}
@@ -118,7 +138,7 @@ def live_tasks(run: RunDir) -> dict[str, tuple[list[int], list[str]]]:
 
 def render(run: RunDir, statuses: list[StageStatus], console: Console) -> None:
     table = Table(title=f"run {run.root}")
-    for column in ("stage", "tasks", "done", "running", "pending", "failed", "jobs", "elapsed"):
+    for column in ("stage", "tasks", "done", "running", "pending", "failed", "skipped", "jobs", "elapsed"):
         table.add_column(column, justify="right" if column not in ("stage", "jobs") else "left", no_wrap=column == "stage")
     for st in statuses:
         table.add_row(
@@ -128,11 +148,17 @@ def render(run: RunDir, statuses: list[StageStatus], console: Console) -> None:
             str(len(st.running)),
             str(len(st.pending)),
             f"[red]{len(st.failed)}" if st.failed else "0",
+            f"[yellow]{st.skipped}" if st.skipped else "0",
             ",".join(st.job_ids[-3:]) + ("…" if len(st.job_ids) > 3 else ""),
             st.elapsed,
         )
     console.print(table)
     for st in statuses:
+        for kind, count in sorted(st.skip_reasons.items()):
+            # items the engine could not run: recorded in the stage's records with skip_reason
+            example = st.skip_examples.get(kind, "")
+            console.print(f"[yellow]{st.name}: {count} skipped ({kind})[/yellow] e.g. ", end="", soft_wrap=True)
+            console.print(example[:300], markup=False, highlight=False, soft_wrap=True)
         for task in st.failed:
             console.print(f"[red]{st.name} task {task.index}[/red] ({task.job_id}, {task.state}) log: {task.log}", soft_wrap=True)
             if task.tail:

@@ -7,7 +7,10 @@ stage is one batched engine run over every candidate still alive in the shard, w
 of a candidate drawn as one request with n=V, so its prompt is prefilled once and shared through
 the prefix cache. Replies are saved every verify.chunk_size requests as they finish
 (svd_hpc/chunks.py), so a killed task redoes at most one chunk of judging. A candidate rejected
-at a stage goes no further (its later vote lists stay null). `run_cascade` is the reusable core: the eval stage's UQ-TTC baseline calls it too.
+at a stage goes no further (its later vote lists stay null). A candidate whose judge request the
+engine cannot run (too long, refused by the template or vLLM) leaves the cascade there as
+"skipped", with the reason: never passed, never silently rejected. `run_cascade` is the
+reusable core: the eval stage's UQ-TTC baseline calls it too.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import pyarrow.parquet as pq
 from . import prompts
 from .chunks import Checkpoint
 from .config import VERIFY_STAGES, ModelConfig, VerifyConfig
-from .engine import Engine, request_seed, stage_sampling
+from .engine import Engine, request_seed, skip_stats, stage_sampling
 from .records import CANDIDATE, VERDICT, VOTE_NONE, VOTE_YES, check_schema
 from .rundir import RunDir, atomic_path
 
@@ -49,8 +52,9 @@ class CascadeItem:
 class CascadeResult:
     votes: dict[str, list[int] | None] = field(default_factory=lambda: {s: None for s in VERIFY_STAGES})
     inferred_questions: list[str] | None = None
-    status: str = "passed"  # passed | rejected
+    status: str = "passed"  # passed | rejected | skipped
     failed_stage: str | None = None
+    skip_reason: str | None = None  # a judge request of this item the engine could not run
     prompt_tokens: int = 0  # judge prompt tokens, counted once per request (n samples share it)
     completion_tokens: int = 0
     samples: int = 0  # judge completions drawn: inferred questions plus votes
@@ -111,11 +115,13 @@ class _Cascade:
             samplings = [dataclasses.replace(sampling, n=requests[j][2]) for j in todo]
             seeds = [request_seed(seed, STAGE, stage, self.keys[requests[j][0]], requests[j][3]) for j in todo]
             for t, completions in self.engine.stream(rendered, samplings, seeds):
+                skipped = completions[0].skip_reason if completions else None
                 reply = {
-                    "texts": [prefix + c.text for c in completions],
-                    "prompt_tokens": completions[0].prompt_tokens if completions else 0,
+                    "texts": [] if skipped else [prefix + c.text for c in completions],
+                    "prompt_tokens": completions[0].prompt_tokens if completions and not skipped else 0,
                     "completion_tokens": sum(c.completion_tokens for c in completions),
-                    "cut_off": [c.finish_reason == "length" for c in completions],
+                    "cut_off": [] if skipped else [c.finish_reason == "length" for c in completions],
+                    "skipped": skipped,
                 }
                 self.checkpoint.add(keys[todo[t]], reply)
             # the next step needs every reply of this one: save the last, partial chunk too
@@ -128,6 +134,8 @@ class _Cascade:
             result.completion_tokens += reply["completion_tokens"]
             result.samples += len(reply["texts"])
             texts.append(list(reply["texts"]))
+            if reply.get("skipped") and not result.skip_reason:
+                result.skip_reason = reply["skipped"]  # the item leaves the cascade at this stage
             if judge:
                 flags = reply.get("cut_off", [False] * len(texts[-1]))
                 result.cut_off[stage] = (result.cut_off[stage] or []) + list(flags)
@@ -157,11 +165,14 @@ class _Cascade:
             self.results[i].votes[stage].extend(prompts.parse_verdict(t, self.cfg.verdict_rule) for t in texts)
 
     def settle(self, stage: str, alive: list[int]) -> list[int]:
-        """Apply the aggregation rule; rejected items leave the cascade here."""
+        """Apply the aggregation rule; rejected and skipped items leave the cascade here."""
         survivors = []
         for i in alive:
             result = self.results[i]
-            if aggregate(result.votes[stage], self.cfg.aggregation, self.cfg.k):
+            if result.skip_reason:  # never judged in full at this stage: not a candidate, whatever its votes
+                result.status, result.failed_stage = "skipped", stage
+                result.votes[stage] = result.cut_off[stage] = None
+            elif aggregate(result.votes[stage], self.cfg.aggregation, self.cfg.k):
                 survivors.append(i)
             else:
                 result.status, result.failed_stage = "rejected", stage
@@ -227,13 +238,18 @@ def read_candidates(run: RunDir, index: int) -> pa.Table:
 
 
 def verdict_table(candidates: pa.Table, results: dict[int, CascadeResult]) -> pa.Table:
-    """VERDICT records: every candidate column, plus the judges' record (row -> result)."""
+    """VERDICT records: every candidate column, plus the judges' record (row -> result).
+
+    skip_reason stays generate's, or becomes the reason a judge request of the row could not run.
+    """
     out = {name: candidates.column(name).to_pylist() for name in CANDIDATE.names}
     extra = {name: [] for name in VERDICT.names if name not in out}
     for row in range(candidates.num_rows):
         result = results.get(row)
-        if result is None:  # failed the static filter: never judged
-            result = CascadeResult(status="filtered")
+        if result is None:  # never judged: failed the static filter, or skipped at generate
+            result = CascadeResult(status="skipped" if out["skip_reason"][row] else "filtered")
+        elif result.skip_reason:
+            out["skip_reason"][row] = result.skip_reason
         for stage in VERIFY_STAGES:
             extra[f"{stage}_votes"].append(result.votes[stage])
             extra[f"{stage}_cut_off"].append(result.cut_off[stage])
@@ -270,6 +286,9 @@ def run_shard(run: RunDir, index: int, engine: Engine | None = None) -> dict:
         pq.write_table(table, tmp)
     statuses = table.column("status").to_pylist()
     stats = {status: statuses.count(status) for status in ("passed", "rejected", "filtered")}
+    keys = [f"{q}/{c}" for q, c in zip(qids, cidx)]
+    stats.update(skip_stats(zip(keys, table.column("skip_reason").to_pylist())))
+    stats["skipped_judging"] = sum(1 for r in results if r.status == "skipped")
     stats.update(
         candidates=table.num_rows,
         judge_samples=sum(r.samples for r in results),

@@ -112,7 +112,8 @@ def test_engine_survives_prompts_and_budgets_beyond_the_context(engine):
     nearly_full = conversation(int(1000 / per_repeat))  # leaves a few tokens of room
     assert len(engine.render(too_long)) >= 1024 > len(engine.render(nearly_full)) > 950
     outs = engine.chat([too_long, nearly_full], Sampling(n=2, max_tokens=2000), seeds=[1, 2])
-    assert [(c.text, c.completion_tokens, c.finish_reason) for c in outs[0]] == [("", 0, "abort")] * 2
+    assert [(c.text, c.completion_tokens, c.finish_reason) for c in outs[0]] == [("", 0, "skipped")] * 2
+    assert outs[0][0].skip_reason.startswith("prompt_too_long: ")
     assert all(c.completion_tokens > 0 and c.prompt_tokens + c.completion_tokens <= 1024 for c in outs[1])
 
 
