@@ -218,3 +218,17 @@ def test_stages_record_poison_items_as_skipped_and_complete(rejecting, guarded_m
         assert line in section, section
     assert "a skipped eval question counts as incorrect" in section
     assert "| skipped | 8 |" in text.split("## Merge funnel")[1]
+
+
+def test_a_skipped_candidate_never_passes_merge(tmp_path):
+    """Even with all its yes votes, or with the stage it was skipped at disabled."""
+    from tests.test_merge import cand, merged
+
+    skipped = cand("q1", 0, {"correctness": None}, status="skipped") | {
+        "failed_stage": "correctness", "skip_reason": "prompt_too_long: 9000 prompt tokens"}
+    shards = [[skipped, cand("q1", 1), cand("q2", 0, status="skipped") | {"skip_reason": "template_error: no"}]]
+    kept, stats, _ = merged(tmp_path, shards, disabled_stages=["correctness"])
+    assert kept == [("q1", 1)]
+    overall = stats["overall"]
+    assert (overall["skipped"], overall["skipped_prompt_too_long"], overall["skipped_template_error"]) == (2, 1, 1)
+    assert (overall["filtered"], overall["valid"]) == (0, 1)
