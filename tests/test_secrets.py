@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,9 +113,11 @@ def test_dry_run_scripts_and_run_dir_hold_no_secret(tmp_path):
     assert files_with_secrets(tmp_path, {"launch stdout": done.stdout, "launch stderr": done.stderr}) == []
 
 
-@pytest.mark.slow  # the whole tiny pipeline (engines, training, eval): minutes on 2 shared cores
+@pytest.mark.slow  # the whole tiny pipeline (engines, training, eval): 8-10 min on 2 busy cores
 def test_tiny_run_writes_no_secret(tmp_path):
-    done = run_launch(["--config", str(CONFIG), f"run_root={tmp_path}"], SECRETS)
+    command = [sys.executable, "-m", "svd_hpc.launch", "--config", str(CONFIG), f"run_root={tmp_path}"]
+    env = {**os.environ, **SECRETS}
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=3600)
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "tiny"
     status = run_launch(["status", str(run)], SECRETS)
