@@ -3,7 +3,9 @@ hold in one shape for every grader.
 
 A benchmark (config `eval.benchmarks[]`) is a preset, a local copy (JSONL, JSON, parquet, CSV, an
 HF `save_to_disk` folder or a downloaded hub snapshot), or a hub id. A preset fills every field
-left at its default. Sources are tried in this order: the hub copy, then the local copy in
+left at its default: where its rows are, its eval prompt, its repeats (eval seeds), its option
+order and, for LiveCodeBench, its contest window — each as the authors' evalchemy has it
+(docs/PROTOCOL.md). Sources are tried in this order: the hub copy, then the local copy in
 `path`; when neither works the error names both and what to do. The launch stages the hub copy
 (staging.py: a snapshot in the HF cache, its commit pinned in `revision`); tasks run offline and
 read that snapshot, or the local copy when the hub copy was not staged.
@@ -12,11 +14,15 @@ Row layouts:
 - math: `question_field`, `answer_field` (the reference answer).
 - choice: `question_field`, a list field `options`, and `answer_field` holding the correct
   option's index (or its letter, or its text). GPQA (correct + three incorrect answers) and HLE
-  (options inside the question after "Answer Choices:") have their own readers.
+  (options inside the question after "Answer Choices:", the answer a letter) have their own
+  readers. An HLE row whose options cannot be split off is kept (shown verbatim, graded by its
+  letter) and counted as `options_unparsed`; rows with an image or a free-form answer are left out
+  and counted by reason.
 - code (LiveCodeBench): `question_content`, `starter_code`, `public_test_cases` and
   `private_test_cases` (JSON, or LiveCodeBench's base64 + zlib + pickle packing), `metadata`
-  with `func_name`; without the test-case fields, `answer_field` holds the list of tests.
-  Every test is {"input", "output", "testtype": "stdin" | "functional"}.
+  with `func_name`, `contest_date` (for the contest window); without the test-case fields,
+  `answer_field` holds the list of tests (all private). Every test is {"input", "output",
+  "testtype": "stdin" | "functional"}.
 """
 
 from __future__ import annotations
@@ -29,14 +35,15 @@ import os
 import pickle
 import re
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from . import staging
-from .config import BenchmarkSpec, ConfigError
-from .grading.choice import LETTERS, format_choice_question, shuffle_options
+from .config import BenchmarkSpec, ConfigError, EvalConfig
+from .grading.choice import LETTERS, format_choice_question, order_options
 from .seeds import JSONL_SUFFIXES, _read_jsonl, question_id
 
 log = logging.getLogger("svd_hpc")
@@ -54,24 +61,36 @@ class Preset:
     layout: str = "plain"  # plain | gpqa | hle | lcb
     hf_config: str | None = None  # lcb: the version tag
     access: str = ""  # what the hub needs beyond a connection
+    # as the authors' evalchemy eval/chat_benchmarks/<benchmark>/eval_instruct.py has them
+    prompt: str = "sft"  # the eval prompt (eval_prompts.py)
+    repeats: int = 1  # n_repeat: samples per question, one per eval seed
+    option_order: str = "seeded"
+    contest_from: str | None = None  # lcb: filter_by_contest_date's months
+    contest_to: str | None = None
 
 
 _LCB = {"hub_id": "livecodebench/code_generation_lite", "split": "test", "question_field": "question_content",
-        "answer_field": "public_test_cases", "id_field": "question_id", "domain": "code", "grader": "code", "layout": "lcb"}
+        "answer_field": "public_test_cases", "id_field": "question_id", "domain": "code", "grader": "code", "layout": "lcb",
+        "prompt": "lcb", "repeats": 3}
+_GATED = "it is gated: accept its terms on huggingface.co and export HF_TOKEN"
 PRESETS = {
-    "aime26": Preset("MathArena/aime_2026", "train", "problem", "answer", "problem_idx", "math", "math"),
-    "hmmt_feb_2025": Preset("MathArena/hmmt_feb_2025", "train", "problem", "answer", "problem_idx", "math", "math"),
+    "aime26": Preset("MathArena/aime_2026", "train", "problem", "answer", "problem_idx", "math", "math",
+                     prompt="aime", repeats=1),
+    "hmmt_feb_2025": Preset("MathArena/hmmt_feb_2025", "train", "problem", "answer", "problem_idx", "math", "math",
+                            prompt="hmmt", repeats=10),
+    # the authors' fixed42 order puts the correct option at D every time: ours shuffles per (seed, question)
     "gpqa_diamond": Preset("Idavidrein/gpqa", "train", "Question", "Correct Answer", "Record ID", "science", "choice",
-                           layout="gpqa", hf_config="gpqa_diamond",
-                           access="it is gated: accept its terms on huggingface.co and export HF_TOKEN"),
-    "hle_mc": Preset("cais/hle", "test", "question", "answer", "id", "science", "choice", layout="hle",
-                     access="it is gated: accept its terms on huggingface.co and export HF_TOKEN"),
-    # version tags as LiveCodeBench names them: vN = the problems added in release N
-    # (testN.jsonl), release_vN = releases 1..N, vA_vB = releases A..B
-    "lcb_v5": Preset(**_LCB, hf_config="v5"),
-    "lcb_v6": Preset(**_LCB, hf_config="v6"),
+                           layout="gpqa", hf_config="gpqa_diamond", access=_GATED, prompt="gpqa", repeats=3),
+    "hle_mc": Preset("cais/hle", "test", "question", "answer", "id", "science", "choice", layout="hle", access=_GATED,
+                     prompt="hle", repeats=3, option_order="original"),
+    # version tags as LiveCodeBench names them: release_vN = releases 1..N (test.jsonl ... testN.jsonl),
+    # vN = only the problems added in release N, vA_vB = releases A..B; the authors take a release
+    # and keep the problems of a contest window
+    "lcb_v5": Preset(**_LCB, hf_config="release_v5", contest_from="2024-08", contest_to="2025-01"),
+    "lcb_v6": Preset(**_LCB, hf_config="release_v6", contest_from="2025-01", contest_to="2025-04"),
 }
 _FILLED = ("hf_config", "split", "question_field", "answer_field", "id_field", "domain", "grader")
+_UNSET_IS_NONE = ("prompt", "option_order", "contest_from", "contest_to")  # spec None: the preset's
 _DEFAULTS = BenchmarkSpec()
 
 
@@ -80,29 +99,56 @@ class Problem:
     """One benchmark problem, whatever its grader."""
 
     question_id: str
-    question: str  # as the dataset has it; code: with the starter-code or stdin note
+    question: str  # as the dataset has it (HLE: with its answer choices; code: the statement alone)
     domain: str
     grader: str  # math | choice | code
     answer: str | None = None  # math: the reference
-    options: list[str] | None = None  # choice: in the dataset's order
+    prompt: str = "sft"  # the eval prompt it is asked with (eval_prompts.py)
+    stem: str | None = None  # choice: the question without its options
+    options: list[str] | None = None  # choice: in the dataset's order; None: not parsed (HLE), shown verbatim
     correct_index: int | None = None
-    tests: list[dict] | None = None  # code: [{"input", "output"}]
+    correct_letter: str | None = None  # choice with unparsed options: the dataset's letter
+    option_order: str = "seeded"  # choice: seeded | fixed42 | original
+    tests: list[dict] | None = None  # code: the private tests (all, when the row does not split them)
+    public_tests: list[dict] | None = None  # code: the public ones, shown in the statement
     mode: str = "stdin"  # code: stdin | functional
     fn_name: str | None = None
+    starter_code: str = ""
+
+    def choices(self, seed: int) -> tuple[list[str] | None, str]:
+        """The options in the order shown under eval seed `seed` (None: the question text shows them
+        itself, in the dataset's order) and the correct letter."""
+        if self.options is None:
+            return None, self.correct_letter
+        if self.option_order == "original" and self.stem != self.question:
+            return None, LETTERS[self.correct_index]  # HLE as the authors ask it: the question verbatim
+        return order_options(self.options, self.correct_index, self.option_order, seed, self.question_id)
 
     def present(self, seed: int) -> tuple[str, str]:
         """The question as the model sees it under eval seed `seed`, and the reference to grade against.
 
-        Choice options are shuffled per (seed, question): base and trained models see the same
+        Seeded options are shuffled per (seed, question): base and trained models see the same
         order for a seed, and the seeds average out any position bias.
         """
         if self.grader == "choice":
-            shown, letter = shuffle_options(self.options, self.correct_index, seed, self.question_id)
-            return format_choice_question(self.question, shown), letter
+            shown, letter = self.choices(seed)
+            return (self.question if shown is None else format_choice_question(self.stem, shown)), letter
         if self.grader == "code":
             fn = f" calling {self.fn_name}" if self.fn_name else ""
-            return self.question, f"{len(self.tests)} {self.mode} tests{fn}"
+            reference = f"{len(self.tests)} {self.mode} tests{fn}"
+            if self.prompt == "lcb":  # the authors' prompt: the statement alone, no starter code
+                return self.question, reference
+            if self.starter_code:
+                return f"{self.question}\n\nComplete this starter code:\n```python\n{self.starter_code}\n```", reference
+            if self.mode == "stdin":
+                return f"{self.question}\n\nRead the input from standard input and write the answer to standard output.", reference
+            return self.question, reference
         return self.question, self.answer
+
+    @property
+    def n_options(self) -> int:
+        """How many letters an answer may name (every letter when the options were not parsed)."""
+        return len(self.options) if self.options is not None else len(LETTERS)
 
 
 @dataclass(frozen=True)
@@ -118,7 +164,8 @@ class Source(Preset):
 def resolve(spec: BenchmarkSpec) -> Source:
     """Apply the preset (fields left at their defaults take the preset's); ConfigError if unknown."""
     values = {f: getattr(spec, f) for f in _FILLED}
-    hub_id, layout, access = None, "plain", ""
+    preset = Preset(None, "", "", "", None, "", "")  # no preset: the Preset defaults (sft prompt, one repeat)
+    hub_id = None
     if spec.preset:
         if spec.preset not in PRESETS:
             raise ConfigError(f"eval.benchmarks '{spec.name}': unknown preset '{spec.preset}'; "
@@ -127,25 +174,51 @@ def resolve(spec: BenchmarkSpec) -> Source:
         for f in _FILLED:
             if values[f] == getattr(_DEFAULTS, f):
                 values[f] = getattr(preset, f)
-        hub_id, layout, access = preset.hub_id, preset.layout, preset.access
+        hub_id = preset.hub_id
     elif not spec.path:
         raise ConfigError(f"eval.benchmarks '{spec.name}' needs a preset ({', '.join(PRESETS)}) or a path.")
     elif _looks_like_hub_id(spec.path):
         hub_id = spec.path
-    return Source(name=spec.name, path=spec.path, hub_id=hub_id, layout=layout, access=access, limit=spec.limit,
-                  revision=spec.revision, **values)
+    for f in _UNSET_IS_NONE:
+        values[f] = getattr(preset, f) if getattr(spec, f) is None else getattr(spec, f)
+    return Source(name=spec.name, path=spec.path, hub_id=hub_id, layout=preset.layout, access=preset.access,
+                  repeats=preset.repeats, limit=spec.limit, revision=spec.revision, **values)
+
+
+def seeds_of(eval_cfg: EvalConfig, spec: BenchmarkSpec) -> list[int]:
+    """A benchmark's eval seeds: its own, else eval.seeds, else its preset's repeats as seeds 0..R-1."""
+    if spec.seeds is not None:
+        return list(spec.seeds)
+    if eval_cfg.seeds is not None:
+        return list(eval_cfg.seeds)
+    return list(range(PRESETS[spec.preset].repeats if spec.preset in PRESETS else 1))
+
+
+def from_rows(spec: BenchmarkSpec, rows: list[dict]) -> list[Problem]:
+    """The problems of rows already in memory, read as the benchmark's layout and preset say."""
+    return _problems(resolve(spec), rows, "the given rows", Counter())
 
 
 def load(spec: BenchmarkSpec) -> list[Problem]:
     """The problems of a benchmark, in dataset order, `limit` applied; ValueError names what failed."""
+    return load_counted(spec)[0]
+
+
+def load_counted(spec: BenchmarkSpec) -> tuple[list[Problem], dict[str, int]]:
+    """The problems, and the rows left out per reason (an image, not multiple choice, outside the
+    contest window, ...) plus `options_unparsed`: choice problems kept with their options unsplit."""
     src = resolve(spec)
-    rows, label = _rows(src)
-    problems = _problems(src, rows, label)
+    left_out: Counter = Counter()
+    rows, label = _rows(src, left_out)
+    problems = _problems(src, rows, label, left_out)
     if src.limit is not None:
         problems = problems[: src.limit]
     if not problems:
         raise ValueError(f"benchmark '{src.name}': {label} holds no usable problems; check its fields and filters.")
-    return problems
+    unparsed = sum(p.grader == "choice" and p.options is None for p in problems)
+    if unparsed:
+        log.info(f"benchmark {src.name}: {unparsed} questions whose options could not be split off are shown verbatim")
+    return problems, {**dict(sorted(left_out.items())), "options_unparsed": unparsed}
 
 
 # ----------------------------------------------------------------------------- sources
@@ -159,7 +232,7 @@ def _looks_like_hub_id(path: str) -> bool:
 hub_unreachable = staging.hub_unreachable
 
 
-def _rows(src: Source) -> tuple[list[dict], str]:
+def _rows(src: Source, left_out: Counter) -> tuple[list[dict], str]:
     """A benchmark's rows: the hub copy (offline: only a staged one), else the local copy (`path`)."""
     tried = []
     if src.hub_id:
@@ -169,7 +242,7 @@ def _rows(src: Source) -> tuple[list[dict], str]:
             reason = "it was not staged at launch (the hub is offline here)"
         if reason is None:
             try:
-                return _read_hub(src), f"{src.hub_id} [{src.split}]"
+                return _read_hub(src, left_out), f"{src.hub_id} [{src.split}]"
             except Exception as err:  # noqa: BLE001  the hub client raises many kinds; all mean "cannot get it"
                 reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         tried.append(f"the hub copy {src.hub_id} failed: {reason}")
@@ -177,7 +250,7 @@ def _rows(src: Source) -> tuple[list[dict], str]:
         local = Path(src.path).expanduser()
         if tried:
             log.info(f"benchmark '{src.name}': {tried[0]}; reading the local copy {local}")
-        return _read_local(local, src), str(local)
+        return _read_local(local, src, left_out), str(local)
     if src.path and src.path != src.hub_id:
         tried.insert(0, f"the local copy {src.path} does not exist")
     elif not src.path:
@@ -210,13 +283,25 @@ def hub_files(src: Source) -> list[str] | None:
     return lcb_files(src.hf_config) if src.layout == "lcb" else None
 
 
-def _read_hub(src: Source) -> list[dict]:
+def _read_hub(src: Source, left_out: Counter) -> list[dict]:
     """The hub copy's rows, from its snapshot at `revision` (what staging fetched at launch)."""
     folder = staging.snapshot(src.hub_id, "dataset", src.revision, hub_files(src))
-    return _read_local(folder, src)
+    return _read_local(folder, src, left_out)
 
 
-def _read_local(path: Path, src: Source) -> list[dict]:
+def in_contest_window(row: dict, src: Source, where: str) -> bool:
+    """Whether a LiveCodeBench row's contest month lies in [contest_from, contest_to] (no window: True)."""
+    if src.contest_from is None and src.contest_to is None:
+        return True
+    date = row.get("contest_date")
+    if not isinstance(date, str) or not re.match(r"\d{4}-\d{2}", date):
+        raise ValueError(f"{where}: a contest window is set (contest_from/contest_to) but the row has no "
+                         f"contest_date (YYYY-MM...); remove the window or use LiveCodeBench's files.")
+    month = date[:7]
+    return (src.contest_from is None or month >= src.contest_from) and (src.contest_to is None or month <= src.contest_to)
+
+
+def _read_local(path: Path, src: Source, left_out: Counter) -> list[dict]:
     suffix = path.suffix.lower()
     if path.is_file():
         if suffix in JSONL_SUFFIXES:
@@ -232,7 +317,14 @@ def _read_local(path: Path, src: Source) -> list[dict]:
         missing = [f for f in lcb_files(src.hf_config) if not (path / f).is_file()]
         if missing:
             raise ValueError(f"benchmark '{src.name}': {path} lacks {', '.join(missing)} for version {src.hf_config}.")
-        return [row for f in lcb_files(src.hf_config) for row in _read_jsonl(path / f)[0]]
+        rows = []
+        for f in lcb_files(src.hf_config):  # one release file at a time: only the window's rows stay in memory
+            for index, row in enumerate(_read_jsonl(path / f)[0]):
+                if in_contest_window(row, src, f"benchmark '{src.name}': {path / f} row {index}"):
+                    rows.append(row)
+                else:
+                    left_out["outside_contest_window"] += 1
+        return rows
     import datasets
 
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
@@ -251,13 +343,16 @@ def _read_local(path: Path, src: Source) -> list[dict]:
 # ----------------------------------------------------------------------------- rows -> problems
 
 
-def _problems(src: Source, rows: list[dict], label: str) -> list[Problem]:
+def _problems(src: Source, rows: list[dict], label: str, left_out: Counter) -> list[Problem]:
     if rows and src.question_field not in rows[0]:
         raise ValueError(f"benchmark '{src.name}': {label} has no field '{src.question_field}' (question_field); "
                          f"its fields are: {', '.join(rows[0])}.")
-    problems, seen, skipped = [], {}, 0
+    problems, seen = [], {}
     for index, row in enumerate(rows):
         where = f"benchmark '{src.name}': {label} row {index}"
+        if src.grader == "code" and src.layout != "lcb" and not in_contest_window(row, src, where):
+            left_out["outside_contest_window"] += 1  # LiveCodeBench's own files were filtered as read
+            continue
         question = row.get(src.question_field)
         if not isinstance(question, str) or not question.strip():
             raise ValueError(f"{where}: field '{src.question_field}' is missing or empty.")
@@ -267,12 +362,13 @@ def _problems(src: Source, rows: list[dict], label: str) -> list[Problem]:
             qid = str(row[src.id_field])
         else:
             qid = question_id(question)
-        problem = Problem(qid, question, src.domain, src.grader)
+        problem = Problem(qid, question, src.domain, src.grader, prompt=src.prompt, option_order=src.option_order)
         if src.grader in ("math", "math_last_number"):
             problem.answer = _required(row, src.answer_field, where)
         elif src.grader == "choice":
-            if not _fill_choice(problem, row, src, where):
-                skipped += 1
+            reason = _fill_choice(problem, row, src, where)
+            if reason:
+                left_out[reason] += 1
                 continue
         else:
             _fill_code(problem, row, src, where)
@@ -280,8 +376,8 @@ def _problems(src: Source, rows: list[dict], label: str) -> list[Problem]:
             raise ValueError(f"{where}: question id '{qid}' repeats row {seen[qid]}; set id_field to a unique field.")
         seen[qid] = index
         problems.append(problem)
-    if skipped:
-        log.info(f"benchmark {src.name}: skipped {skipped} rows that are not text-only multiple choice")
+    if left_out:
+        log.info(f"benchmark {src.name}: rows left out: {dict(left_out)}")
     return problems
 
 
@@ -292,23 +388,31 @@ def _required(row: dict, field: str, where: str) -> str:
     return str(value).strip()
 
 
-def _fill_choice(problem: Problem, row: dict, src: Source, where: str) -> bool:
-    """Options and the correct index; False for a row the benchmark leaves out (HLE images, free answers)."""
+def _fill_choice(problem: Problem, row: dict, src: Source, where: str) -> str | None:
+    """Stem, options and the correct answer; or why the benchmark leaves the row out (HLE: an image,
+    not multiple choice, an answer that is no letter)."""
+    problem.stem = problem.question
     if src.layout == "gpqa":
         keys = [src.answer_field, "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3"]
         problem.options = [_required(row, k, where) for k in keys]
         problem.correct_index = 0
-        return True
+        return None
     if src.layout == "hle":
-        if row.get("answer_type") != "multipleChoice" or row.get("image"):
-            return False
-        split = split_answer_choices(problem.question)
+        # the authors' filter (HLE/eval_instruct.py load_questions): multiple choice, no image
+        if row.get("answer_type") != "multipleChoice":
+            return "not_multiple_choice"
+        if row.get("image"):
+            return "image"
         letter = str(row.get(src.answer_field, "")).strip()
+        if len(letter) != 1 or letter not in LETTERS:
+            return "answer_not_a_letter"
+        split = split_answer_choices(problem.question)
         if split is None or letter not in LETTERS[: len(split[1])]:
-            return False
-        problem.question, problem.options = split
+            problem.correct_letter = letter  # kept: shown verbatim, graded by its letter
+            return None
+        problem.stem, problem.options = split
         problem.correct_index = LETTERS.index(letter)
-        return True
+        return None
     options = row.get("options")
     if not isinstance(options, list) or len(options) < 2:
         raise ValueError(f"{where}: a choice question needs a list field 'options' with at least two entries.")
@@ -323,7 +427,7 @@ def _fill_choice(problem: Problem, row: dict, src: Source, where: str) -> bool:
     else:
         raise ValueError(f"{where}: field '{src.answer_field}' must be the correct option's index, letter or text, "
                          f"got {answer!r}.")
-    return True
+    return None
 
 
 _CHOICES_HEADER = re.compile(r"\n\s*Answer Choices:\s*\n", re.IGNORECASE)
@@ -355,9 +459,14 @@ def split_answer_choices(question: str) -> tuple[str, list[str]] | None:
 
 def _fill_code(problem: Problem, row: dict, src: Source, where: str) -> None:
     if "public_test_cases" in row or "private_test_cases" in row:
-        raw = _decode_tests(row.get("public_test_cases"), where) + _decode_tests(row.get("private_test_cases"), where)
+        public = _decode_tests(row.get("public_test_cases"), where)
+        private = _decode_tests(row.get("private_test_cases"), where)
+        if not private:  # graded on what there is, rather than on no test at all
+            log.info(f"{where}: no private tests; its public tests are graded as private")
+            public, private = [], public
     else:
-        raw = _decode_tests(row.get(src.answer_field), where)
+        public, private = [], _decode_tests(row.get(src.answer_field), where)
+    raw = public + private
     if not raw:
         raise ValueError(f"{where}: no tests found (public_test_cases/private_test_cases or '{src.answer_field}').")
     modes = {t.get("testtype", "stdin") for t in raw}
@@ -370,12 +479,9 @@ def _fill_code(problem: Problem, row: dict, src: Source, where: str) -> None:
     problem.fn_name = metadata.get("func_name") or row.get("fn_name")
     if problem.mode == "functional" and not problem.fn_name:
         raise ValueError(f"{where}: functional tests need the method name (metadata.func_name or fn_name).")
-    problem.tests = [{"input": str(t["input"]), "output": str(t["output"])} for t in raw]
-    starter = (row.get("starter_code") or "").strip()
-    if starter:
-        problem.question += f"\n\nComplete this starter code:\n```python\n{starter}\n```"
-    elif problem.mode == "stdin":
-        problem.question += "\n\nRead the input from standard input and write the answer to standard output."
+    problem.public_tests = [{"input": str(t["input"]), "output": str(t["output"])} for t in public]
+    problem.tests = [{"input": str(t["input"]), "output": str(t["output"])} for t in private]
+    problem.starter_code = (row.get("starter_code") or "").strip()
 
 
 class _StringsOnly(pickle.Unpickler):

@@ -8,6 +8,7 @@ sentence that names the file and the key, as a ConfigError (exit code 2 at the C
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -221,14 +222,28 @@ class BenchmarkSpec:
     # math_last_number: math, but an answer without \boxed{} is read as its last number (weak models)
     grader: Literal["math", "math_last_number", "choice", "code"] = "math"
     limit: Optional[int] = None
+    # Left at None, these take the preset's value (docs/PROTOCOL.md), else the value after "else".
+    # The eval prompt: the benchmark's own (the authors' evalchemy), or sft = our generation prompt. Else sft.
+    prompt: Optional[Literal["sft", "aime", "hmmt", "gpqa", "hle", "lcb"]] = None
+    # This benchmark's eval seeds (one sample per question each). Else eval.seeds, else the preset's
+    # repeats as seeds 0..R-1, else [0].
+    seeds: Optional[list[int]] = None
+    # Choice options: seeded = shuffled per (eval seed, question); fixed42 = the authors' GPQA order
+    # (Random(42) per question: the correct option always at D); original = the dataset's order. Else seeded.
+    option_order: Optional[Literal["seeded", "fixed42", "original"]] = None
+    # LiveCodeBench: keep problems whose contest month ("YYYY-MM") lies in [contest_from, contest_to].
+    contest_from: Optional[str] = None
+    contest_to: Optional[str] = None
 
 
 @dataclass
 class EvalConfig:
     benchmarks: list[BenchmarkSpec] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=lambda: [0])
-    temperature: Optional[float] = 0.7  # sampling knobs as in generate
-    top_p: Optional[float] = 0.95
+    # Seeds of every benchmark (a benchmark's own `seeds` wins); None: each benchmark repeats as its
+    # preset does (the authors': AIME26 1, HMMT 10, GPQA/HLE/LCB 3), a benchmark without preset once.
+    seeds: Optional[list[int]] = None
+    temperature: Optional[float] = 0.7  # sampling knobs as in generate; the authors' T 0.7, top_p 1.0
+    top_p: Optional[float] = 1.0
     top_k: Optional[int] = None
     min_p: Optional[float] = None
     repetition_penalty: Optional[float] = None
@@ -240,6 +255,11 @@ class EvalConfig:
     uq_ttc_filter: bool = False
     uq_ttc_judge_question: Literal["raw", "presented"] = "raw"
     code_timeout_s: float = 6.0
+    # Code grading: private = the private tests only (the authors'; all = public and private), and
+    # total = one budget of (code_timeout_s + 1) × tests + 5 s for all of a problem's tests (the
+    # authors' lcb_run; per_test = code_timeout_s for each test).
+    code_tests: Literal["private", "all"] = "private"
+    code_time_limit: Literal["total", "per_test"] = "total"
     # Run model-written code even where nothing isolates it (no namespaces, bubblewrap or
     # apptainer): it then has network access and our file permissions.
     allow_unisolated_code: bool = False
@@ -429,8 +449,15 @@ def validate(cfg: RunConfig, source: str) -> None:
     names = [b.name for b in cfg.eval.benchmarks]
     if any(not n for n in names) or len(set(names)) != len(names):
         raise ConfigError(f"{source}: every eval.benchmarks entry needs a unique 'name'.")
-    if not cfg.eval.seeds:
-        raise ConfigError(f"{source}: eval.seeds must list at least one seed.")
+    if cfg.eval.seeds is not None and not cfg.eval.seeds:
+        raise ConfigError(f"{source}: eval.seeds must list at least one seed, or be left out (each preset's repeats).")
+    for bench in cfg.eval.benchmarks:
+        if bench.seeds is not None and not bench.seeds:
+            raise ConfigError(f"{source}: eval.benchmarks '{bench.name}': seeds must list at least one seed, or be left out.")
+        for key in ("contest_from", "contest_to"):
+            month = getattr(bench, key)
+            if month is not None and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
+                raise ConfigError(f"{source}: eval.benchmarks '{bench.name}': {key} is {month!r}; write a month as YYYY-MM.")
     for stage, res in cfg.resources.items():
         if res.time:
             _check_time(res.time, f"resources.{stage}.time", source)

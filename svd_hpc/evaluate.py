@@ -4,7 +4,7 @@ Run as: python -m svd_hpc.task eval_base --run-dir runs/demo --index I   (or eva
 
 One body serves both stages; the task runner names the stage in SVD_STAGE. Task i is entry i of
 `plan.eval_tasks(cfg, model)`: a (benchmark, seed, mode). The model is loaded once in vLLM and
-asked one call per question (mode "direct"), or, for the UQ-TTC baseline (mode "uq_ttc", base
+asked one call per question with the benchmark's own prompt (`eval_prompts`; mode "direct"), or, for the UQ-TTC baseline (mode "uq_ttc", base
 model only), `eval.uq_ttc_candidates` candidates whose final answers go through the verify
 stage's own cascade (`verify.run_cascade`); the first candidate that passes is the answer, else
 candidate 0. Output: eval/<model>/<benchmark>/seed-K[-uq_ttc].parquet (EVAL records) and a JSON
@@ -39,7 +39,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import benchmarks, prompts
+from . import benchmarks, eval_prompts, prompts
 from .benchmarks import Problem
 from .config import ConfigError, ModelConfig, RunConfig
 from .engine import Completion, Engine, Sampling, request_seed, skip_stats, stage_sampling
@@ -100,18 +100,27 @@ def _box_last_number(response: str) -> str:
     return f"{response}\n\\boxed{{{numbers[-1].replace(',', '')}}}" if numbers else response
 
 
-def grade(problem: Problem, reference: str, response: str, timeout_s: float) -> GradeResult:
-    """Grade one response with the problem's grader against the reference it was presented with."""
+def grade(problem: Problem, reference: str, response: str, timeout_s: float,
+          code_tests: str = "private", time_limit: str = "total") -> GradeResult:
+    """Grade one response with the problem's grader against the reference it was presented with.
+
+    Code (eval.code_tests, eval.code_time_limit): the private tests, or public and private; one
+    budget of (timeout_s + 1) × tests + 5 s for all of them (the authors' lcb_run), or timeout_s each.
+    """
     if problem.grader == "math":
         return grade_math(response, reference)
     if problem.grader == "math_last_number":
         return grade_math(_box_last_number(response), reference)
     if problem.grader == "choice":
-        return grade_choice(response, reference, len(problem.options))
-    return grade_code(response, problem.tests, timeout_s=timeout_s, mode=problem.mode, fn_name=problem.fn_name)
+        return grade_choice(response, reference, problem.n_options, eval_prompts.letter_rule(problem))
+    tests = problem.tests if code_tests == "private" else (problem.public_tests or []) + problem.tests
+    budget = (timeout_s + 1) * len(tests) + 5 if time_limit == "total" else None
+    return grade_code(response, tests, timeout_s=timeout_s, mode=problem.mode, fn_name=problem.fn_name,
+                      total_budget_s=budget)
 
 
-def grade_all(problems: list[Problem], references: list[str], responses: list[str], timeout_s: float) -> list[GradeResult]:
+def grade_all(problems: list[Problem], references: list[str], responses: list[str], timeout_s: float,
+              code_tests: str = "private", time_limit: str = "total") -> list[GradeResult]:
     """Grade in order; code runs in sandboxed child processes, several at once (one per core)."""
     jobs = list(zip(problems, references, responses))
     if not any(p.grader == "code" for p in problems):
@@ -119,7 +128,7 @@ def grade_all(problems: list[Problem], references: list[str], responses: list[st
         return [grade(p, ref, resp, timeout_s) for p, ref, resp in jobs]
     workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(lambda job: grade(*job, timeout_s), jobs))
+        return list(pool.map(lambda job: grade(*job, timeout_s, code_tests, time_limit), jobs))
 
 
 # ----------------------------------------------------------------------------- one chunk
@@ -129,8 +138,8 @@ def _sampling(cfg: RunConfig, n: int) -> Sampling:
     return stage_sampling(cfg.eval, n=n)
 
 
-def _ask(engine: Engine, cfg: RunConfig, task: EvalTask, chunk: list[Problem], shown: list[str], n: int):
-    conversations = [[{"role": "user", "content": prompts.user_prompt(q, p.domain)}] for p, q in zip(chunk, shown)]
+def _ask(engine: Engine, cfg: RunConfig, task: EvalTask, chunk: list[Problem], n: int):
+    conversations = [[{"role": "user", "content": eval_prompts.user_prompt(p, task.seed)}] for p in chunk]
     seeds = [request_seed(task.seed, "eval", task.benchmark, p.question_id) for p in chunk]
     return engine.chat(conversations, _sampling(cfg, n), seeds=seeds)
 
@@ -167,7 +176,7 @@ def evaluate_chunk(engine: Engine, cfg: RunConfig, model: str, task: EvalTask, c
     presented = [p.present(task.seed) for p in chunk]
     shown = [q for q, _ in presented]
     n = 1 if task.mode == "direct" else cfg.eval.uq_ttc_candidates
-    outputs = _ask(engine, cfg, task, chunk, shown, n)
+    outputs = _ask(engine, cfg, task, chunk, n)
     if task.mode == "direct":
         chosen, judged = [0] * len(chunk), [[] for _ in chunk]
     else:
@@ -188,7 +197,7 @@ def chunk_table(cfg: RunConfig, model: str, task: EvalTask, chunk: list[Problem]
     skips = [completions[k].skip_reason for completions, k in zip(outputs, chosen)]
     ran = [q for q, skip in enumerate(skips) if not skip]
     graded = grade_all([chunk[q] for q in ran], [references[q] for q in ran], [responses[q] for q in ran],
-                       cfg.eval.code_timeout_s)
+                       cfg.eval.code_timeout_s, cfg.eval.code_tests, cfg.eval.code_time_limit)
     grades = [GradeResult(False, None, "skipped")] * len(chunk)
     for q, result in zip(ran, graded):
         grades[q] = result
@@ -214,9 +223,7 @@ def answer_chunks(engine: Engine, cfg: RunConfig, model: str, task: EvalTask, to
     chunk is graded and saved to `progress` as soon as its last question finishes."""
     owner = [c for c, chunk in todo.items() for _ in chunk]
     problems = [p for chunk in todo.values() for p in chunk]
-    shown = [p.present(task.seed)[0] for p in problems]
-    rendered = [engine.render([{"role": "user", "content": prompts.user_prompt(q, p.domain)}])
-                for p, q in zip(problems, shown)]
+    rendered = [engine.render([{"role": "user", "content": eval_prompts.user_prompt(p, task.seed)}]) for p in problems]
     seeds = [request_seed(task.seed, "eval", task.benchmark, p.question_id) for p in problems]
     waiting = Counter(owner)
     answers: dict[int, dict[int, list[Completion]]] = {c: {} for c in todo}
@@ -285,7 +292,7 @@ def run_eval_task(run: RunDir, stage: str, index: int, engine: Engine | None = N
     model, task = eval_task(cfg, stage, index)
     model_cfg = model_config(run, cfg, model)
     spec = next(b for b in cfg.eval.benchmarks if b.name == task.benchmark)
-    problems = benchmarks.load(spec)
+    problems, left_out = benchmarks.load_counted(spec)
     if any(p.grader == "code" for p in problems):  # refuse before loading a model, where the code would run
         require_isolation(cfg.eval.allow_unisolated_code, f"code benchmark '{spec.name}'")
     out = output_path(run, model, task)
@@ -309,7 +316,9 @@ def run_eval_task(run: RunDir, stage: str, index: int, engine: Engine | None = N
         log.info(f"eval: {stage=} {task=} chunk={c + 1}/{len(chunks)} correct={sum(table.column('correct').to_pylist())}")
     table = pa.concat_tables([pq.read_table(progress / f"chunk-{c:05d}.parquet") for c in range(len(chunks))]).cast(EVAL)
     summary = summarize(table, task, model, spec.name, problems[0], model_cfg.path)
-    summary.update(seconds=round(time.perf_counter() - started, 2), chunks_resumed=resumed)
+    summary.update(seconds=round(time.perf_counter() - started, 2), chunks_resumed=resumed, rows_left_out=left_out)
+    if problems[0].grader == "code":
+        summary.update(code_tests=cfg.eval.code_tests, code_time_limit=cfg.eval.code_time_limit)
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp)
     atomic_write_json(summary_path(out), summary)
@@ -338,7 +347,8 @@ def summarize(table: pa.Table, task: EvalTask, model: str, benchmark: str, examp
     correct = sum(r["correct"] for r in rows)
     summary = {
         "benchmark": benchmark, "model": model, "model_path": model_path, "mode": task.mode, "seed": task.seed,
-        "domain": example.domain, "grader": example.grader, "questions": len(rows), "correct": correct,
+        "domain": example.domain, "grader": example.grader, "prompt": example.prompt, "questions": len(rows),
+        "correct": correct,
         "pass_at_1": correct / len(rows), "completion_tokens": sum(r["completion_tokens"] for r in rows),
         "samples": sum(r["samples"] for r in rows), "grade_reasons": dict(Counter(r["grade_reason"] for r in rows)),
         # skipped questions count as incorrect (in "questions", not in "correct")
@@ -346,6 +356,8 @@ def summarize(table: pa.Table, task: EvalTask, model: str, benchmark: str, examp
     }
     if task.mode == "uq_ttc":
         summary["chosen_not_first"] = sum(r["chosen_candidate"] != 0 for r in rows)
+    if example.grader == "choice":
+        summary["option_order"] = example.option_order
     if example.grader == "code":
         # stated with the results: the isolation used, and what bounded the programs' memory
         summary["sandbox"] = isolation_record()

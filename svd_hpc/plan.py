@@ -14,6 +14,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .benchmarks import seeds_of
 from .config import RunConfig, train_procs_per_node
 
 # Where each stage's body lives: a function (run_dir, task_index) -> None.
@@ -67,7 +68,8 @@ def eval_tasks(cfg: RunConfig, model: str) -> list[EvalTask]:
     """The eval array of `model` (base | trained), in task-index order."""
     modes = ["direct"] + (["uq_ttc"] if model == "base" and cfg.eval.uq_ttc else [])
     return [
-        EvalTask(bench.name, seed, mode) for mode in modes for bench in cfg.eval.benchmarks for seed in cfg.eval.seeds
+        EvalTask(bench.name, seed, mode) for mode in modes for bench in cfg.eval.benchmarks
+        for seed in seeds_of(cfg.eval, bench)
     ]
 
 

@@ -4,6 +4,7 @@ tiny random Qwen3 (it answers nonsense: these tests check formats, counts and th
 comes from the grader), the UQ-TTC path, and one task through the local scheduler."""
 
 import base64
+import dataclasses
 import json
 import os
 import pickle
@@ -16,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from svd_hpc import benchmarks, config, evaluate, local, models
+from svd_hpc import benchmarks, config, evaluate, local, models, prompts
 from svd_hpc.config import BenchmarkSpec, ConfigError, ModelConfig
-from svd_hpc.engine import Engine
+from svd_hpc.engine import Completion, Engine
 from svd_hpc.grading.choice import grade_choice
 from svd_hpc.grading.math import grade_math
 from svd_hpc.plan import build_plan, eval_tasks, plan_to_json
@@ -87,11 +88,15 @@ def test_choice_options_shuffle_per_seed_and_keep_the_right_answer():
 
 def test_code_tests_are_read_from_livecodebench_fields(tmp_path):
     problems = {p.question_id: p for p in benchmarks.load(BenchmarkSpec(**CODE))}
-    assert problems["code-max"].tests == [{"input": "3\n1 9 4\n", "output": "9\n"}, {"input": "1\n-7\n", "output": "-7\n"},
+    assert problems["code-max"].public_tests == [{"input": "3\n1 9 4\n", "output": "9\n"}]
+    assert problems["code-max"].tests == [{"input": "1\n-7\n", "output": "-7\n"},
                                           {"input": "5\n3 3 3 3 3\n", "output": "3\n"}]  # private ones were packed
     assert problems["code-maxsub"].mode == "functional" and problems["code-maxsub"].fn_name == "maxSubArray"
-    assert "```python\nclass Solution:" in problems["code-maxsub"].question
-    assert "standard input" in problems["code-sum"].question
+    # our SFT prompt shows the starter code or the stdin note; the authors' LiveCodeBench prompt neither
+    assert "```python\nclass Solution:" in problems["code-maxsub"].present(0)[0]
+    assert "standard input" in problems["code-sum"].present(0)[0]
+    lcb = {p.question_id: p for p in benchmarks.load(BenchmarkSpec(**CODE, prompt="lcb"))}
+    assert lcb["code-maxsub"].present(0)[0] == lcb["code-maxsub"].question == read_jsonl(SAMPLES / "code.jsonl")[3]["question_content"]
     # a packed payload that would build an object is refused, never run
     marker = tmp_path / "ran"
 
@@ -117,13 +122,25 @@ def test_presets_read_local_copies_in_the_hub_layouts(tmp_path, monkeypatch):
         {"id": "h3", "question": "See the figure.\n\nAnswer Choices:\nA. x\nB. y", "answer": "A",
          "answer_type": "multipleChoice", "image": "data:image/png;base64,AAAA"},
         {"id": "h4", "question": "What is 2+2?", "answer": "4", "answer_type": "exactMatch", "image": ""},
+        # options not in the "Answer Choices:" layout: kept, shown verbatim, counted
+        {"id": "h5", "question": "Which is even?\n(A) 3 (B) 8", "answer": "B", "answer_type": "multipleChoice", "image": ""},
     ]
     pq.write_table(pa.Table.from_pylist(hle), tmp_path / "hle.parquet")
-    problems = benchmarks.load(BenchmarkSpec(name="hle", preset="hle_mc", path=str(tmp_path / "hle.parquet")))
-    assert [(p.question_id, p.question, p.options, p.correct_index, p.domain) for p in problems] == [
+    problems, left_out = benchmarks.load_counted(BenchmarkSpec(name="hle", preset="hle_mc", path=str(tmp_path / "hle.parquet")))
+    assert [(p.question_id, p.stem, p.options, p.correct_index, p.domain) for p in problems] == [
         ("h1", "Pick the prime.", ["4", "7", "9"], 1, "science"),
         ("h2", "Which holds?", ["one\nline two", "three"], 0, "science"),
+        ("h5", "Which is even?\n(A) 3 (B) 8", None, None, "science"),
     ]
+    assert left_out == {"image": 1, "not_multiple_choice": 1, "options_unparsed": 1}
+    # the authors' handling: the question verbatim, options in their original order, for every seed
+    for seed in range(3):
+        assert [p.present(seed) for p in problems] == [(hle[0]["question"], "B"), (hle[1]["question"], "A"),
+                                                       (hle[4]["question"], "B")]
+    seeded = benchmarks.load(BenchmarkSpec(name="hle", preset="hle_mc", path=str(tmp_path / "hle.parquet"),
+                                           option_order="seeded"))
+    assert {seeded[0].present(s)[0] for s in range(8)} != {hle[0]["question"]}  # ours, as a knob
+    assert seeded[2].present(5) == (hle[4]["question"], "B")  # unparsed options stay as they are
 
     (tmp_path / "gpqa.csv").write_text(
         "Record ID,Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"
@@ -132,16 +149,27 @@ def test_presets_read_local_copies_in_the_hub_layouts(tmp_path, monkeypatch):
     shown, letter = gpqa.present(3)
     assert gpqa.question_id == "rec1" and f"{letter}) lead" in shown
 
+    # LiveCodeBench as the authors cut it: a release file set, then a contest-month window
     lcb = tmp_path / "lcb"
     lcb.mkdir()
-    for i, name in enumerate(["test5.jsonl", "test6.jsonl"]):
-        row = read_jsonl(SAMPLES / "code.jsonl")[i]
-        (lcb / name).write_text(json.dumps(row) + "\n")
-    v5 = benchmarks.load(BenchmarkSpec(name="v5", preset="lcb_v5", path=str(lcb)))
+    rows = {r["question_id"]: r for r in read_jsonl(SAMPLES / "code.jsonl")}
+    files = {"test.jsonl": ["code-words"], "test4.jsonl": ["code-maxsub"], "test5.jsonl": ["code-sum"],
+             "test6.jsonl": ["code-max"]}  # contest months 2023-05, 2025-01, 2024-09, 2025-02
+    for n in range(1, 7):
+        name = "test.jsonl" if n == 1 else f"test{n}.jsonl"
+        (lcb / name).write_text("".join(json.dumps(rows[q]) + "\n" for q in files.get(name, [])))
+    v5, v5_out = benchmarks.load_counted(BenchmarkSpec(name="v5", preset="lcb_v5", path=str(lcb)))
     v6 = benchmarks.load(BenchmarkSpec(name="v6", preset="lcb_v6", path=str(lcb)))
-    assert [p.question_id for p in v5] == ["code-sum"] and [p.question_id for p in v6] == ["code-max"]
-    with pytest.raises(ValueError, match="lacks test.jsonl, test2.jsonl"):
-        benchmarks.load(BenchmarkSpec(name="all", preset="lcb_v5", hf_config="release_v5", path=str(lcb)))
+    assert [p.question_id for p in v5] == ["code-maxsub", "code-sum"] and v5_out["outside_contest_window"] == 1
+    assert [p.question_id for p in v6] == ["code-maxsub", "code-max"]  # 2025-01 lies in both windows, as theirs
+    wider = benchmarks.load(BenchmarkSpec(name="v5", preset="lcb_v5", path=str(lcb), contest_from="2023-01"))
+    assert [p.question_id for p in wider] == ["code-words", "code-maxsub", "code-sum"]
+    only_new = benchmarks.load(BenchmarkSpec(name="v6", preset="lcb_v6", path=str(lcb), hf_config="v6",
+                                             contest_from="2000-01", contest_to="2099-12"))
+    assert [p.question_id for p in only_new] == ["code-max"]  # ours before: the problems new in test6.jsonl
+    (lcb / "test2.jsonl").unlink()
+    with pytest.raises(ValueError, match="lacks test2.jsonl for version release_v5"):
+        benchmarks.load(BenchmarkSpec(name="v5", preset="lcb_v5", path=str(lcb)))
 
 
 def test_presets_prefer_the_hub_and_fall_back_to_the_local_copy(tmp_path, monkeypatch):
@@ -151,10 +179,10 @@ def test_presets_prefer_the_hub_and_fall_back_to_the_local_copy(tmp_path, monkey
     hub_row = {"Record ID": "hub1", "Question": "Which is a metal?", "Correct Answer": "iron",
                "Incorrect Answer 1": "wood", "Incorrect Answer 2": "glass", "Incorrect Answer 3": "salt"}
     monkeypatch.setattr(benchmarks, "hub_unreachable", lambda: None)
-    monkeypatch.setattr(benchmarks, "_read_hub", lambda src: [hub_row])
+    monkeypatch.setattr(benchmarks, "_read_hub", lambda src, left_out: [hub_row])
     assert [p.question_id for p in benchmarks.load(spec)] == ["hub1"]
 
-    def gated(src):
+    def gated(src, left_out):
         raise ConnectionError("401 Client Error: gated dataset")
 
     monkeypatch.setattr(benchmarks, "_read_hub", gated)
@@ -426,3 +454,118 @@ def test_math_last_number_grader_reads_unboxed_answers():
     assert evaluate.grade(problem, "83", "So 80 + 3 gives \\boxed{83}", 6.0).correct
     strict = Problem("q", "What is 36 + 47?", "math", "math")
     assert not evaluate.grade(strict, "83", "The answer is: 83.", 6.0).correct
+
+
+# ----------------------------------------------------------------------------- the authors' eval protocol
+
+
+class PromptRecorder:
+    """An engine that records what it is asked (conversations, sampling) and answers \\boxed{7}."""
+
+    def __init__(self):
+        self.conversations, self.samplings = [], []
+
+    def render(self, conversation, enable_thinking=None, reply_prefix=""):
+        self.conversations.append(conversation)
+        return [len(self.conversations)]
+
+    def stream(self, prompts, sampling, seeds):
+        self.samplings.append(sampling)
+        for i, _ in enumerate(prompts):
+            yield i, [Completion("<think>x</think>So \\boxed{7}", 3, "stop", 5)]
+
+
+def test_eval_asks_each_benchmark_with_its_own_prompt_repeats_and_sampling(tmp_path, monkeypatch):
+    monkeypatch.setattr(benchmarks, "hub_unreachable", lambda: "no hub in this test")
+    (tmp_path / "hmmt.jsonl").write_text(json.dumps({"problem_idx": 1, "problem": "Compute 1 * 7.", "answer": "7"}) + "\n")
+    (tmp_path / "gpqa.csv").write_text(
+        "Record ID,Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"
+        "rec1,What is heavier?,lead,feathers,air,helium\n")
+    run = prepare_run(tmp_path, {"benchmarks": [
+        {"name": "hmmt", "preset": "hmmt_feb_2025", "path": str(tmp_path / "hmmt.jsonl")},
+        {"name": "gpqa", "preset": "gpqa_diamond", "path": str(tmp_path / "gpqa.csv")},
+        {"name": "math", **{k: v for k, v in MATH.items() if k != "name"}, "limit": 1}]})  # no preset: our prompt
+    cfg = run.load_config()
+    tasks = eval_tasks(cfg, "base")
+    # the authors' repeats: HMMT 10, GPQA 3; a benchmark without preset once
+    assert [(t.benchmark, t.seed) for t in tasks] == [("hmmt", s) for s in range(10)] + [("gpqa", s) for s in range(3)] + [("math", 0)]
+    engine = PromptRecorder()
+    for index in (0, 11, 13):
+        evaluate.run_eval_task(run, "eval_base", index, engine=engine)
+    hmmt, gpqa, math = (c[0]["content"] for c in engine.conversations)
+    assert hmmt == "Problem: Compute 1 * 7.\nPlease reason step by step, and put your final answer within \\boxed{}.\nAnswer:"
+    shown, letter = benchmarks.load(cfg.eval.benchmarks[1])[0].present(1)
+    options = ", ".join(line for line in shown.split("\n\n")[1].split("\n"))
+    assert gpqa == ("Return your final response within \\boxed{} and only include the letter choice (A, B, C, or D) "
+                    f"as your final response.\nProblem: What is heavier?\nOptions: {options}\nAnswer:")
+    assert f"{letter}) lead" in gpqa
+    assert math == prompts.user_prompt(read_jsonl(SAMPLES / "math.jsonl")[0]["question"], "math")
+    assert {(s.temperature, s.top_p, s.n) for s in engine.samplings} == {(0.7, 1.0, 1)}  # the authors' T and top_p
+    summary = json.loads(evaluate.summary_path(evaluate.output_path(run, "base", tasks[11])).read_text())
+    assert (summary["prompt"], summary["option_order"], summary["rows_left_out"]) == ("gpqa", "seeded", {"options_unparsed": 0})
+
+
+def test_eval_seeds_per_benchmark_and_the_qwen3_configs():
+    spec = lambda **kw: BenchmarkSpec(name="b", **kw)  # noqa: E731
+    default = config.EvalConfig()
+    assert [benchmarks.seeds_of(default, spec(preset=p)) for p in benchmarks.PRESETS] == [
+        [0], list(range(10)), [0, 1, 2], [0, 1, 2], [0, 1, 2], [0, 1, 2]]  # aime26 hmmt gpqa hle lcb_v5 lcb_v6
+    assert benchmarks.seeds_of(default, spec(path="x.jsonl")) == [0]
+    assert benchmarks.seeds_of(config.EvalConfig(seeds=[4, 5]), spec(preset="hmmt_feb_2025")) == [4, 5]  # eval.seeds
+    assert benchmarks.seeds_of(config.EvalConfig(seeds=[4, 5]), spec(preset="hmmt_feb_2025", seeds=[9])) == [9]
+    for path in sorted((REPO / "configs").glob("qwen3-*.yaml")):
+        cfg = config.load(path)
+        assert (cfg.eval.temperature, cfg.eval.top_p, cfg.eval.code_tests, cfg.eval.code_time_limit) == (
+            0.7, 1.0, "private", "total"), path.name
+        for bench in cfg.eval.benchmarks:
+            src = benchmarks.resolve(bench)
+            assert src.prompt == {"aime26": "aime", "hmmt_feb_2025": "hmmt", "gpqa_diamond": "gpqa", "hle_mc": "hle",
+                                  "lcb_v5": "lcb", "lcb_v6": "lcb"}[bench.preset], path.name
+            assert len(benchmarks.seeds_of(cfg.eval, bench)) == benchmarks.PRESETS[bench.preset].repeats
+        assert eval_tasks(cfg, "trained") == [t for t in eval_tasks(cfg, "base") if t.mode == "direct"]
+    math = config.load(REPO / "configs" / "qwen3-4b-math.yaml")
+    assert [(t.benchmark, t.seed) for t in eval_tasks(math, "trained")] == [("aime26", 0)] + [("hmmt_feb_2025", s) for s in range(10)]
+
+
+def test_gpqa_option_orders():
+    header = "Record ID,Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"
+    rows = "".join(f"r{i},Question {i}?,right{i},w{i}a,w{i}b,w{i}c\n" for i in range(12))
+
+    def letters(order: str | None) -> set[str]:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "g.csv").write_text(header + rows)
+            problems = benchmarks.load(BenchmarkSpec(name="g", preset="gpqa_diamond", path=str(Path(folder) / "g.csv"),
+                                                     option_order=order))
+        return {p.present(seed)[1] for p in problems for seed in range(3)}
+
+    assert letters("fixed42") == {"D"}  # the authors' Random(42) per question: always D
+    assert letters("original") == {"A"}  # the correct answer is listed first
+    assert letters(None) == set("ABCD")  # ours (the preset default): per (seed, question)
+
+
+def test_hle_answers_are_read_at_the_first_answer_line():
+    from svd_hpc.benchmarks import Problem
+
+    hle = Problem("h", "Q?\n\nAnswer Choices:\nA. x\nB. y\nC. z", "science", "choice", prompt="hle", stem="Q?",
+                  options=["x", "y", "z"], correct_index=2, option_order="original")
+    response = "<think>Answer: A</think>Answer: C\nOn reflection, the answer is: B"
+    assert evaluate.grade(hle, "C", response, 6.0).correct  # the first "Answer: X" after the thinking
+    ours = dataclasses.replace(hle, prompt="sft")
+    assert evaluate.grade(ours, "C", response, 6.0).extracted == "B"  # ours: the last stated answer
+    assert evaluate.grade(hle, "C", "Answer: The option C", 6.0).extracted == "C"  # "The" is no letter
+    unparsed = dataclasses.replace(hle, options=None, correct_index=None, correct_letter="E")
+    assert evaluate.grade(unparsed, "E", "Answer: E", 6.0).correct  # options not parsed: any letter may be named
+
+
+def test_code_is_graded_on_private_tests_within_one_budget(tmp_path):
+    problems = {p.question_id: p for p in benchmarks.load(BenchmarkSpec(**CODE))}
+    # right on the private tests of code-max, wrong on its public one (3 1 9 4 -> 9)
+    fits_private = fenced("n = int(input())\nxs = list(map(int, input().split()))\nprint(xs[0] if n != 3 else 0)")
+    assert evaluate.grade(problems["code-max"], "", fits_private, 6.0).correct
+    assert evaluate.grade(problems["code-max"], "", fits_private, 6.0, code_tests="all").reason == "wrong_answer"
+    # two tests of 0.8 s each: over a 0.5 s limit per test, within the budget (0.5 + 1) * 2 + 5 s
+    slow = fenced("import time\ntime.sleep(0.8)\ninput()\nprint(max(map(int, input().split())))")
+    assert evaluate.grade(problems["code-max"], "", slow, 0.5).correct
+    assert evaluate.grade(problems["code-max"], "", slow, 0.5, time_limit="per_test").reason == "timeout"

@@ -261,3 +261,33 @@ def test_functional_program_cannot_touch_the_grader():
 def test_functional_needs_fn_name():
     with pytest.raises(ValueError, match="fn_name"):
         grade_code(fenced(SOLUTION), TWO_SUM, mode="functional")
+
+
+def test_functional_answer_without_starter_code_is_called_by_its_own_name():
+    # asked with the authors' LiveCodeBench prompt (no starter code), a model names the function itself
+    top_level = "from typing import List\n\ndef two_sum(nums, target):\n" + "\n".join(
+        line[4:] for line in SOLUTION.split("def twoSum(self, nums: List[int], target: int) -> List[int]:\n")[1].splitlines())
+    assert grade_code(fenced(top_level), TWO_SUM, mode="functional", fn_name="twoSum").correct
+    method = SOLUTION.replace("def twoSum(self, nums: List[int]", "def two_sum(self, nums: List[int]")
+    assert grade_code(fenced(method), TWO_SUM, mode="functional", fn_name="twoSum").correct
+    assert grade_code(fenced("x = 1"), TWO_SUM, mode="functional", fn_name="twoSum").reason == "runtime_error"
+
+
+def test_total_time_budget_is_shared_by_the_tests():
+    slow = fenced("import time\ntime.sleep(0.7)\nn = int(input())\nprint(n * 2)")
+    three = DOUBLE[:1] * 3
+    # each test fits a 2.5 s limit, but the three sleep 2.1 s, more than one 1.8 s budget
+    assert grade_code(slow, three, timeout_s=2.5).correct
+    spent = grade_code(slow, three, timeout_s=2.5, total_budget_s=1.8)
+    assert (spent.correct, spent.reason) == (False, "timeout")
+
+
+def test_hle_reads_the_first_answer_line():
+    from svd_hpc.grading.choice import first_answer_letter
+
+    assert first_answer_letter("Answer: B\nthen Answer: C", 4) == "B"  # the first, not the last
+    assert first_answer_letter("answer: \\boxed{c}", 4) == "C"  # any case, boxed
+    assert first_answer_letter("<think>Answer: A</think>Answer: D", 4) == "D"  # after the thinking only
+    assert first_answer_letter("Answer: The option is C", 4) == "C"  # "The" is a word: the last capital letter
+    assert first_answer_letter("Answer: E", 4) is None  # a letter beyond the options
+    assert grade_choice("Answer: B", "B", 4, rule="first_answer").correct

@@ -1,5 +1,6 @@
 """Prompt building, the static filter and verdict parsing (no model needed)."""
 
+import json
 import os
 import re
 from pathlib import Path
@@ -224,9 +225,42 @@ FREE = "Which gas makes up most of Earth's atmosphere?"
 CODE = "Read two integers a and b from standard input and print their sum."
 
 
+LCB_TEST = json.dumps([{"input": "1 2\n", "output": "3\n", "testtype": "stdin"}])
+LCB_CALL = json.dumps([{"input": "2\n3", "output": "5", "testtype": "functional"}])
+# one fixed row per eval preset, in the layout of the benchmark's dataset
+EVAL_ROWS = {
+    "aime26": {"problem_idx": 1, "problem": QUESTION, "answer": "80"},
+    "hmmt_feb_2025": {"problem_idx": 1, "problem": QUESTION, "answer": "80"},
+    "gpqa_diamond": {"Record ID": "rec1", "Question": FREE, "Correct Answer": "Nitrogen", "Incorrect Answer 1": "Oxygen",
+                     "Incorrect Answer 2": "Argon", "Incorrect Answer 3": "Carbon dioxide"},
+    "hle_mc": {"id": "h1", "question": FREE + "\n\nAnswer Choices:\nA. Oxygen\nB. Nitrogen\nC. Argon\nD. Carbon dioxide",
+               "answer": "B", "answer_type": "multipleChoice", "image": ""},
+    "lcb_v5": {"question_id": "s1", "question_content": CODE, "starter_code": "", "metadata": "{}",
+               "public_test_cases": LCB_TEST, "private_test_cases": LCB_TEST, "contest_date": "2024-09-01T00:00:00"},
+    "lcb_v6": {"question_id": "f1", "question_content": "Return the sum of two integers a and b.",
+               "starter_code": "class Solution:\n    def add(self, a: int, b: int) -> int:\n        ",
+               "metadata": json.dumps({"func_name": "add"}), "public_test_cases": LCB_CALL, "private_test_cases": LCB_CALL,
+               "contest_date": "2025-02-01T00:00:00"},
+}
+
+
+def eval_prompts_rendered() -> dict[str, str]:
+    """Each eval preset's prompt for its fixed row under eval seed 0 (options in that seed's order)."""
+    from svd_hpc import benchmarks, eval_prompts
+    from svd_hpc.config import BenchmarkSpec
+
+    out = {}
+    for preset, row in EVAL_ROWS.items():
+        [problem] = benchmarks.from_rows(BenchmarkSpec(name=preset, preset=preset), [row])
+        out[f"eval-{preset}"] = eval_prompts.user_prompt(problem, 0)
+    return out
+
+
 def rendered_prompts() -> dict[str, str]:
-    """Every prompt the method sends, for one fixed example: generation per domain, each judge step."""
+    """Every prompt the method sends, for one fixed example: generation per domain, each judge step,
+    each eval benchmark."""
     return {
+        **eval_prompts_rendered(),
         "generate-math": prompts.user_prompt(QUESTION, "math"),
         "generate-science-options": prompts.user_prompt(CHOICE, "science"),
         "generate-science-free-form": prompts.user_prompt(FREE, "science"),

@@ -168,6 +168,8 @@ def hub(tmp_path, monkeypatch, tiny_model_files) -> FakeHub:
     fake.add("dataset", "MathArena/aime_2026", {"data/train-00000-of-00001.parquet": _parquet(aime)})
     code = (REPO / "data" / "eval_samples" / "code.jsonl").read_text().splitlines()
     fake.add("dataset", "livecodebench/code_generation_lite", {
+        # release_v5 = test.jsonl .. test5.jsonl; code-words (2023) lies outside lcb_v5's contest window
+        "test.jsonl": (code[2] + "\n").encode(), **{f"test{n}.jsonl": b"" for n in (2, 3, 4)},
         "test5.jsonl": (code[0] + "\n").encode(), "test6.jsonl": (code[1] + "\n").encode(),
         "code_generation_lite.py": b"# a loading script the task never reads",
     })
@@ -176,6 +178,9 @@ def hub(tmp_path, monkeypatch, tiny_model_files) -> FakeHub:
     fake.add("dataset", "Idavidrein/gpqa", {"README.md": GPQA_CARD.encode(), "gpqa_diamond.csv": gpqa.encode(),
                                             "gpqa_main.csv": gpqa.encode()}, gated=True)
     return fake
+
+
+RELEASE_V5 = ["test.jsonl", "test2.jsonl", "test3.jsonl", "test4.jsonl", "test5.jsonl"]
 
 
 def write_config(tmp_path: Path, **overrides) -> Path:
@@ -259,9 +264,9 @@ def test_launch_pins_hub_inputs_and_tasks_read_them_offline(hub, tmp_path, monke
     online = [(c.repo_id, c.allow_patterns) for c in hub.calls if c.online]
     assert sorted(online, key=str) == sorted([
         ("org/tiny", None), ("org/student", None), ("org/seeds", None), ("MathArena/aime_2026", None),
-        ("livecodebench/code_generation_lite", ["test5.jsonl"]), ("Idavidrein/gpqa", None)], key=str)
+        ("livecodebench/code_generation_lite", RELEASE_V5), ("Idavidrein/gpqa", None)], key=str)
     lcb = hub.folder("dataset", "livecodebench/code_generation_lite")
-    assert sorted(p.name for p in lcb.iterdir()) == ["test5.jsonl"]  # only the release lcb_v5 reads
+    assert sorted(p.name for p in lcb.iterdir()) == sorted(RELEASE_V5)  # only the release lcb_v5 reads
     seeds = [pq.read_table(run.shard_path("seeds", i)).column("question").to_pylist() for i in range(2)]
     assert sum(seeds, []) == ["What is 0 + 0?", "What is 1 + 1?", "What is 2 + 2?"]
     for path in run.root.rglob("*"):

@@ -1,7 +1,10 @@
-"""Multiple-choice answers (GPQA Diamond, HLE multiple choice): shuffled options, one letter.
+"""Multiple-choice answers (GPQA Diamond, HLE multiple choice): option order, one letter.
 
-Options are shuffled once per (seed, question) so the correct one is not always "A", and the
-same seed gives the same order in every process and every run.
+Option orders (`option_order`): seeded shuffles once per (eval seed, question), so the correct
+option is not always at one letter and the same seed gives the same order in every process and
+run; fixed42 is the authors' GPQA order (evalchemy GPQADiamond/eval_instruct.py re-seeds
+Random(42) for every question, which puts the correct option, listed first, at D every time);
+original keeps the dataset's order (the authors' HLE).
 """
 
 from __future__ import annotations
@@ -25,6 +28,24 @@ def shuffle_options(options: list[str], correct_index: int, seed: int, question_
     order = list(range(len(options)))
     random.Random(f"{seed}:{question_id}").shuffle(order)
     return [options[i] for i in order], LETTERS[order.index(correct_index)]
+
+
+def authors_order(options: list[str], correct_index: int) -> tuple[list[str], str]:
+    """The authors' GPQA order: `Random(42).shuffle` of the options, the same for every question."""
+    order = list(range(len(options)))
+    random.Random(42).shuffle(order)
+    return [options[i] for i in order], LETTERS[order.index(correct_index)]
+
+
+def order_options(options: list[str], correct_index: int, rule: str, seed: int, question_id: str) -> tuple[list[str], str]:
+    """The options in the order `rule` shows them (seeded | fixed42 | original), and the correct letter."""
+    if rule == "seeded":
+        return shuffle_options(options, correct_index, seed, question_id)
+    if rule == "fixed42":
+        return authors_order(options, correct_index)
+    if rule == "original":
+        return list(options), LETTERS[correct_index]
+    raise ValueError(f"unknown option order '{rule}'; choose seeded, fixed42 or original.")
 
 
 def format_choice_question(question: str, options: list[str]) -> str:
@@ -63,10 +84,32 @@ def extract_letter(text: str, n_options: int) -> str | None:
     return None
 
 
-def grade_choice(response: str, correct_letter: str, n_options: int) -> GradeResult:
+# HLE (the authors' evalchemy HLE/testing_utils.py): the first "Answer: X" (any case, X may be
+# boxed or braced); ours also requires X to stand alone, where theirs reads "Answer: The..." as T
+_FIRST_ANSWER = re.compile(r"(?:Exact\s+)?Answer:\s*(?:\\boxed)?\{?([A-Z])\}?(?![A-Za-z])", re.IGNORECASE)
+_CAPITAL = re.compile(r"(?<![A-Z])([A-Z])(?![A-Z])")
+
+
+def first_answer_letter(text: str, n_options: int) -> str | None:
+    """The letter of the first "Answer: X" of the final part, else its last standalone letter
+    (upper-cased, as the authors' HLE check does); only a letter among the first `n_options`."""
+    valid = LETTERS[:n_options]
+    final = final_part(text)
+    m = _FIRST_ANSWER.search(final)
+    if m and m.group(1).upper() in valid:
+        return m.group(1).upper()
+    letters = [x for x in _CAPITAL.findall(final.upper()) if x in valid]
+    return letters[-1] if letters else None
+
+
+LETTER_RULES = {"last": extract_letter, "first_answer": first_answer_letter}
+
+
+def grade_choice(response: str, correct_letter: str, n_options: int, rule: str = "last") -> GradeResult:
+    """Correct when the response's letter (read by `rule`: last = ours, first_answer = the authors' HLE) is the correct one."""
     if unfinished_thinking(response):
         return GradeResult(False, None, "unfinished_thinking")
-    letter = extract_letter(response, n_options)
+    letter = LETTER_RULES[rule](response, n_options)
     if letter is None:
         return GradeResult(False, None, "no_letter")
     correct = letter == correct_letter.strip().upper()

@@ -6,7 +6,9 @@ Two kinds of tests, as LiveCodeBench has them (each a dict with "input" and "out
 - "functional" (LeetCode style): `class Solution` with method `fn_name`; the input is one JSON
   value per line (one per argument), the output a JSON value. A harness calls the method
   inside the sandbox: the candidate's code never runs in our process.
-Grading stops at the first failing test.
+Grading stops at the first failing test. Time: `timeout_s` per test, or one budget for all of a
+problem's tests (`total_budget_s`, the authors' lcb_run: (6 + 1) × tests + 5 s), each test getting
+what the tests before it left.
 """
 
 from __future__ import annotations
@@ -46,10 +48,17 @@ namespace = {{"__name__": "solution"}}
 exec(compile({header!r}, "<header>", "exec"), namespace)
 exec(compile({solution!r}, "solution.py", "exec"), namespace)
 args = [json.loads(line) for line in sys.stdin.read().split("\\n") if line.strip()]
-if "Solution" in namespace:
+if "Solution" in namespace and hasattr(namespace["Solution"], {fn_name!r}):
     target = getattr(namespace["Solution"](), {fn_name!r})
-else:
+elif {fn_name!r} in namespace:
     target = namespace[{fn_name!r}]
+else:
+    # asked without starter code (the authors' prompt), a model names the function itself: call the
+    # first function the code defines, as the authors' check does (the name before the first "(")
+    # (or a method of that name of class Solution)
+    name = {solution!r}.split("(")[0].split()[-1]
+    holder = namespace["Solution"]() if hasattr(namespace.get("Solution"), name) else None
+    target = getattr(holder, name) if holder is not None else namespace[name]
 result = target(*args)
 answer_stream.write(json.dumps(result, default=lambda o: sorted(o) if isinstance(o, (set, frozenset)) else repr(o)))
 """
@@ -73,6 +82,7 @@ def grade_code(
     timeout_s: float = 6.0,
     mode: Literal["stdin", "functional"] = "stdin",
     fn_name: str | None = None,
+    total_budget_s: float | None = None,
 ) -> GradeResult:
     """Correct when the last code block of the final part passes every test.
 
@@ -91,9 +101,14 @@ def grade_code(
     if code is None or not code.strip():
         return GradeResult(False, None, "no_code")
     program = code if mode == "stdin" else functional_harness(code, fn_name)
+    left = total_budget_s
     for number, test in enumerate(tests, 1):
         where = f"test {number}/{len(tests)}"
-        result = run_program(program, stdin=test["input"], timeout_s=timeout_s)
+        if left is not None and left <= 0:
+            return GradeResult(False, code, "timeout", f"{where}: the {total_budget_s:g} s budget of all tests is spent")
+        result = run_program(program, stdin=test["input"], timeout_s=timeout_s if left is None else left)
+        if left is not None:
+            left -= result.wall_s
         if result.status != "ok":
             if result.status == "sandbox_error":
                 log.warning(f"sandbox could not run a program: {result.stderr[-300:]!r}")
