@@ -1,4 +1,5 @@
-"""Scores of the eval stage: pass@k with the unbiased estimator, and means with standard errors.
+"""Scores of the eval stage: pass@k with the unbiased estimator, means with standard errors, and
+paired bootstrap intervals of deltas.
 
 pass@k (Chen et al., 2021): with n samples of a question of which c are correct, the chance that
 at least one of k samples drawn without replacement is correct is 1 - C(n-c, k) / C(n, k). It
@@ -55,3 +56,29 @@ def delta(a: tuple[float, float | None], b: tuple[float, float | None]) -> tuple
     """b - a for two (mean, stderr) pairs; the errors of independent runs add in quadrature."""
     err = None if a[1] is None or b[1] is None else math.hypot(a[1], b[1])
     return b[0] - a[0], err
+
+
+def paired_bootstrap_ci(differences: Sequence[float], level: float = 0.95, resamples: int = 10_000,
+                        seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of the mean paired difference, resampling questions with replacement.
+
+    `differences` holds one value per question: the mean over its seeds of (variant − base) on the
+    same question and seed (both sampled with the same request seed). The question is the unit
+    resampled: each (question, seed) request has its own seed, so seeds share nothing across
+    questions, and a question's seed-to-seed spread is already in its mean. A fixed `seed` makes
+    the interval the same on every rebuild of the report.
+    """
+    import numpy as np
+
+    values = np.asarray(differences, dtype=float)
+    if values.size == 0:
+        raise ValueError("a bootstrap interval of no paired questions")
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    block = max(1, 2_000_000 // values.size)  # bounded memory: questions × resamples per block
+    for start in range(0, resamples, block):
+        stop = min(resamples, start + block)
+        means[start:stop] = values[rng.integers(0, values.size, size=(stop - start, values.size))].mean(axis=1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)

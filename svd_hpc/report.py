@@ -6,8 +6,10 @@ Reads only the run directory (plus `sacct` when jobs.json lists SLURM jobs) and 
 whatever exists: a run without eval still gets its funnel and costs. Every number is computed
 here from the records: pass@1 per benchmark and per domain for the base model, the trained (SVD)
 model and the UQ-TTC baseline, as the mean over eval seeds with its standard error; deltas
-against the base; pass@k (unbiased) when a question has several samples (one per seed); the
-merge funnel from merge/stats.json; tokens, samples and task hours per stage.
+against the base, with a paired bootstrap interval over questions (the same question and seed
+answered by both); pass@k (unbiased) when a question has several samples (one per seed); the
+rows each benchmark left out; the merge funnel from merge/stats.json; tokens, samples and task
+hours per stage.
 Writes report.md, report.png (pass@1 with error bars) and eval/summary.json (the scores as JSON), and
 prints the same tables.
 """
@@ -101,33 +103,85 @@ def domains_of(cfg: RunConfig, run: RunDir) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class PairedDelta:
+    """variant − base over the (question, seed) pairs both answered, with its bootstrap interval."""
+
+    mean: float
+    low: float
+    high: float
+    questions: int
+    pairs: int
+
+
 @dataclass
 class EvalScores:
     pass1: dict[tuple[str, str], Score]  # (variant, benchmark or "domain:<d>") -> score
-    seeds: dict[tuple[str, str], int]
+    seeds: dict[tuple[str, str], int]  # 0: a domain whose benchmarks repeat a different number of times
     questions: dict[str, int]  # benchmark or "domain:<d>" -> distinct questions
     pass_k: dict[tuple[str, str], dict[int, float]]  # (variant, benchmark) -> {k: pass@k}
+    deltas: dict[tuple[str, str], PairedDelta] = field(default_factory=dict)  # (SVD | UQ-TTC, group)
+
+
+def paired_deltas(records: dict[tuple[str, str, str, int], bool], groups_of) -> dict[tuple[str, str], PairedDelta]:
+    """SVD − base and UQ-TTC − base per group: per question, the mean over the seeds both answered of
+    the paired difference; its mean over questions and a 95% paired bootstrap interval."""
+    out = {}
+    for variant in ("SVD", "UQ-TTC"):
+        per_question: dict[str, dict[tuple[str, str], list[float]]] = defaultdict(lambda: defaultdict(list))
+        for (name, bench, qid, seed), correct in records.items():
+            if name != variant or ("base", bench, qid, seed) not in records:
+                continue
+            for group in groups_of(bench):
+                per_question[group][(bench, qid)].append(float(correct) - float(records[("base", bench, qid, seed)]))
+        for group, diffs in per_question.items():
+            means = [sum(d) / len(d) for d in diffs.values()]
+            low, high = metrics.paired_bootstrap_ci(means)
+            out[(variant, group)] = PairedDelta(sum(means) / len(means), low, high, len(means),
+                                                sum(len(d) for d in diffs.values()))
+    return out
 
 
 def score(table: pa.Table, domain_of: dict[str, str]) -> EvalScores:
-    """pass@1 per seed, then mean ± stderr over seeds; domains pool their benchmarks' questions."""
+    """pass@1 per seed, then mean ± stderr over seeds; domains pool their benchmarks' questions.
+
+    A domain whose benchmarks repeat a different number of times (AIME26 once, HMMT ten times)
+    weighs every question once: the mean over questions of each question's mean over its seeds,
+    without a seed-level error (its seeds do not pool into one set).
+    """
     correct: dict[tuple[str, str, int], list[bool]] = defaultdict(list)
     per_question: dict[tuple[str, str, str], list[bool]] = defaultdict(list)
     questions: dict[str, set] = defaultdict(set)
+    records: dict[tuple[str, str, str, int], bool] = {}
     names = {v: k for k, v in VARIANTS.items()}
+    groups_of = lambda bench: (bench, f"domain:{domain_of.get(bench, 'unknown')}")  # noqa: E731
     for row in table.select(["benchmark", "model", "mode", "seed", "question_id", "correct"]).to_pylist():
         variant = names.get((row["model"], row["mode"]))
         if variant is None:
             continue
         bench = row["benchmark"]
-        groups = (bench, f"domain:{domain_of.get(bench, 'unknown')}")
-        for group in groups:
+        for group in groups_of(bench):
             correct[(variant, group, row["seed"])].append(bool(row["correct"]))
             questions[group].add((bench, row["question_id"]))
         per_question[(variant, bench, row["question_id"])].append(bool(row["correct"]))
+        records[(variant, bench, row["question_id"], row["seed"])] = bool(row["correct"])
     by_group: dict[tuple[str, str], list[float]] = defaultdict(list)
     for (variant, group, _seed), values in sorted(correct.items()):
         by_group[(variant, group)].append(sum(values) / len(values))
+    pass1 = {key: metrics.mean_stderr(values) for key, values in by_group.items()}
+    seeds = {key: len(values) for key, values in by_group.items()}
+    seed_sets: dict[tuple[str, str], set] = defaultdict(set)  # (variant, domain) -> each benchmark's seeds
+    for (variant, group, seed) in correct:
+        if not group.startswith("domain:"):
+            seed_sets[(variant, f"domain:{domain_of.get(group, 'unknown')}", group)].add(seed)
+    for (variant, domain) in list(pass1):
+        if not domain.startswith("domain:"):
+            continue
+        sets = {frozenset(v) for (var, dom, _b), v in seed_sets.items() if (var, dom) == (variant, domain)}
+        if len(sets) > 1:
+            means = [sum(v) / len(v) for (var, b, _q), v in per_question.items()
+                     if var == variant and f"domain:{domain_of.get(b, 'unknown')}" == domain]
+            pass1[(variant, domain)], seeds[(variant, domain)] = (sum(means) / len(means), None), 0
     counts: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
     for (variant, bench, _q), values in per_question.items():
         counts[(variant, bench)].append((len(values), sum(values)))
@@ -136,12 +190,8 @@ def score(table: pa.Table, domain_of: dict[str, str]) -> EvalScores:
         n = min(n for n, _ in nc)
         if n >= 2:
             pass_k[key] = {k: metrics.mean_pass_at_k(nc, k) for k in metrics.ks_for(n)}
-    return EvalScores(
-        pass1={key: metrics.mean_stderr(values) for key, values in by_group.items()},
-        seeds={key: len(values) for key, values in by_group.items()},
-        questions={group: len(qs) for group, qs in questions.items()},
-        pass_k=pass_k,
-    )
+    return EvalScores(pass1=pass1, seeds=seeds, questions={group: len(qs) for group, qs in questions.items()},
+                      pass_k=pass_k, deltas=paired_deltas(records, groups_of))
 
 
 def scores_json(scores: EvalScores) -> dict:
@@ -150,6 +200,12 @@ def scores_json(scores: EvalScores) -> dict:
     for (variant, group), (mean, err) in scores.pass1.items():
         out[group][variant] = {"pass_at_1": mean, "stderr": err, "seeds": scores.seeds[(variant, group)],
                                "pass_at_k": {str(k): v for k, v in scores.pass_k.get((variant, group), {}).items()}}
+    for (variant, group), d in scores.deltas.items():
+        out[group].setdefault("delta", {})[variant] = {
+            "vs": "base", "mean": d.mean, "stderr": metrics.delta(scores.pass1[("base", group)],
+                                                                  scores.pass1[(variant, group)])[1],
+            "ci95": [d.low, d.high], "ci_method": "paired bootstrap over questions, 10000 resamples",
+            "paired_questions": d.questions, "paired_samples": d.pairs}
     return {group: {"questions": scores.questions[group], **variants} for group, variants in out.items()}
 
 
@@ -161,8 +217,13 @@ def _pct(value: Score | None, signed: bool = False) -> str:
     return text + (f" ± {100 * err:.1f}" if err is not None else "")
 
 
+def _ci(delta: PairedDelta | None) -> str:
+    return "—" if delta is None else f"[{100 * delta.low:+.1f}, {100 * delta.high:+.1f}]"
+
+
 def pass1_section(scores: EvalScores, domain_of: dict[str, str]) -> Section:
-    section = Section("pass@1 (%)", ["benchmark", "domain", "questions", "seeds", "base", "SVD", "Δ SVD", "UQ-TTC", "Δ UQ-TTC"])
+    section = Section("pass@1 (%)", ["benchmark", "domain", "questions", "seeds", "base", "SVD", "Δ SVD",
+                                     "Δ SVD 95% CI", "UQ-TTC", "Δ UQ-TTC", "Δ UQ-TTC 95% CI"])
     groups = sorted({g for _, g in scores.pass1}, key=lambda g: (g.startswith("domain:"), domain_of.get(g, ""), g))
     for group in groups:
         base, svd, ttc = (scores.pass1.get((v, group)) for v in VARIANTS)
@@ -172,12 +233,16 @@ def pass1_section(scores: EvalScores, domain_of: dict[str, str]) -> Section:
             f"all {group[7:]}" if is_domain else group,
             group[7:] if is_domain else domain_of.get(group, "unknown"),
             str(scores.questions[group]),
-            "/".join(map(str, seeds)),
+            "/".join(str(s) if s else "mixed" for s in seeds),
             _pct(base), _pct(svd), _pct(metrics.delta(base, svd) if base and svd else None, True),
+            _ci(scores.deltas.get(("SVD", group))),
             _pct(ttc), _pct(metrics.delta(base, ttc) if base and ttc else None, True),
+            _ci(scores.deltas.get(("UQ-TTC", group))),
         ])
     section.note = ("Mean over eval seeds ± standard error of that mean (none with one seed); a domain row pools "
-                    "the questions of its benchmarks; deltas are against the base model, errors added in quadrature.")
+                    "the questions of its benchmarks (seeds 'mixed': each question weighs once, no seed-level "
+                    "error); deltas are against the base model, errors added in quadrature. 95% CI: paired "
+                    "bootstrap over questions of (variant − base) on the same question and seed, 10,000 resamples.")
     return section
 
 
@@ -187,6 +252,31 @@ def pass_k_section(scores: EvalScores) -> Section:
     for (variant, bench), values in sorted(scores.pass_k.items(), key=lambda kv: (kv[0][1], list(VARIANTS).index(kv[0][0]))):
         section.rows.append([bench, variant] + [f"{100 * values[k]:.1f}" if k in values else "—" for k in ks])
     section.note = "Unbiased estimator 1 - C(n-c, k) / C(n, k) per question, averaged over questions."
+    return section
+
+
+# ----------------------------------------------------------------------------- benchmark rows
+
+
+def benchmarks_section(run: RunDir) -> Section:
+    """Per benchmark, from the eval summaries: its prompt, its questions, the dataset rows it left out
+    (by reason) and the choice questions whose options could not be split off (shown verbatim)."""
+    section = Section("Benchmarks", ["benchmark", "prompt", "questions", "rows left out", "options not parsed"])
+    seen: dict[str, dict] = {}
+    for path in sorted(run.stage_dir("eval").glob("*/*/seed-*.json")):
+        try:
+            summary = json.loads(path.read_text())
+            seen.setdefault(summary["benchmark"], summary)
+        except (OSError, ValueError, KeyError):
+            continue
+    for name, summary in sorted(seen.items()):
+        left = dict(summary.get("rows_left_out") or {})
+        unparsed = left.pop("options_unparsed", 0)
+        section.rows.append([name, summary.get("prompt", "—"), str(summary.get("questions", "—")),
+                             ", ".join(f"{reason}: {n:,}" for reason, n in left.items()) or "0", f"{unparsed:,}"])
+    section.note = ("The prompt each benchmark was asked with (docs/PROTOCOL.md); rows left out are those the "
+                    "benchmark's filter excludes (an image, not multiple choice, outside the contest window); "
+                    "questions whose options were not parsed are asked verbatim and graded by their letter.")
     return section
 
 
@@ -430,6 +520,8 @@ def build(run: RunDir, console: Console | None = None) -> Path:
             sections.append(pass_k_section(scores))
     else:
         sections.append(Section("pass@1 (%)", [], note="No eval results yet."))
+    if scores is not None:
+        sections.append(benchmarks_section(run))
     sections += [skipped_section(run, table), funnel_section(run), votes_section(run), cost_section(run, cfg, table)]
     lines = [f"# Report: {cfg.name}", "",
              (f"Run directory `{run.root}`, built {time.strftime('%Y-%m-%d %H:%M:%S')}. Model `{cfg.model.path}`; "

@@ -81,6 +81,21 @@ def seed_scores(bench_list, variant):
     return np.array(out)
 
 
+def exact_bootstrap_interval(bench: str, variant: str) -> tuple[float, float]:
+    """The 95% percentile interval of the paired bootstrap, from every equally likely resample of
+    the questions (enumerated, not sampled): per question, the mean over seeds of variant − base."""
+    base, other = RESULTS[bench]["base"], RESULTS[bench][variant]
+    seeds = sorted(set(base) & set(other))
+    per_question = [np.mean([other[s][q] - base[s][q] for s in seeds]) for q in range(len(base[seeds[0]]))]
+    means = [np.mean(pick) for pick in itertools.product(per_question, repeat=len(per_question))]
+    low, high = np.quantile(means, [0.025, 0.975], method="inverted_cdf")  # the quantiles of that distribution
+    return float(low), float(high)
+
+
+def saved_delta(run: RunDir, group: str, variant: str) -> dict:
+    return json.loads((run.root / "eval" / "summary.json").read_text())[group]["delta"][variant]
+
+
 def brute_pass_at_k(correct: list[int], k: int) -> float:
     subsets = list(itertools.combinations(correct, k))
     return sum(any(s) for s in subsets) / len(subsets)
@@ -139,19 +154,25 @@ def test_report_numbers_match_the_records(tmp_path, fake_sacct):
             assert scores.pass1[(variant, bench)] == pytest.approx((mean, err))
             cells[variant] = fmt(mean, err)
         base = seed_scores([bench], "base")
-        deltas = {}
+        deltas, intervals = {}, {}
         for variant in ("SVD", "UQ-TTC"):
             other = seed_scores([bench], variant)
             if len(other):
                 d = other.mean() - base.mean()
                 e = np.sqrt(base.var(ddof=1) / len(base) + other.var(ddof=1) / len(other))
                 deltas[variant] = fmt(d, e, signed=True)
+                low, high = exact_bootstrap_interval(bench, variant)
+                paired = scores.deltas[(variant, bench)]
+                assert paired.mean == pytest.approx(d)  # same questions and seeds: the delta of the means
+                assert (paired.low, paired.high) == pytest.approx((low, high), abs=0.03)
+                intervals[variant] = f"[{100 * paired.low:+.1f}, {100 * paired.high:+.1f}]"
+                assert saved_delta(run, bench, variant)["ci95"] == pytest.approx([paired.low, paired.high])
             else:
-                deltas[variant] = "—"
+                deltas[variant] = intervals[variant] = "—"
         seeds = "/".join(str(n) for n in sorted({len(RESULTS[bench][v]) for v in RESULTS[bench]}))
         questions = len(RESULTS[bench]["base"][0])
         row = (f"| {bench} | {domain} | {questions} | {seeds} | {cells['base']} | {cells['SVD']} | {deltas['SVD']} | "
-               f"{cells['UQ-TTC']} | {deltas['UQ-TTC']} |")
+               f"{intervals['SVD']} | {cells['UQ-TTC']} | {deltas['UQ-TTC']} | {intervals['UQ-TTC']} |")
         assert row in text
 
     # the math domain pools m1 and m2 per seed before averaging over seeds
@@ -234,3 +255,34 @@ def test_pass_at_k_and_standard_error():
     assert metrics.delta((0.5, 0.03), (0.6, 0.04)) == pytest.approx((0.1, 0.05))
     with pytest.raises(ValueError):
         metrics.pass_at_k(3, 4, 1)
+
+
+def test_paired_bootstrap_interval():
+    assert metrics.paired_bootstrap_ci([0.25] * 7) == (0.25, 0.25)  # no spread, no width
+    low, high = metrics.paired_bootstrap_ci([1.0, 0.0] * 50)
+    # the mean of 100 fair coin flips: 0.5 ± 1.96 × 0.05
+    assert (low, high) == pytest.approx((0.5 - 1.96 * 0.05, 0.5 + 1.96 * 0.05), abs=0.015)
+    assert metrics.paired_bootstrap_ci([0.1, 0.3, 0.9]) == metrics.paired_bootstrap_ci([0.1, 0.3, 0.9])  # fixed seed
+    with pytest.raises(ValueError, match="no paired questions"):
+        metrics.paired_bootstrap_ci([])
+
+
+def test_domain_of_benchmarks_with_different_repeats_weighs_each_question_once(tmp_path):
+    # AIME-like: 2 questions asked once; HMMT-like: 1 question asked 4 times
+    rows = [("a", 0, "a-q0", 1, 1), ("a", 0, "a-q1", 0, 1)]
+    rows += [("h", seed, "h-q0", base, svd) for seed, base, svd in ((0, 0, 1), (1, 0, 0), (2, 1, 1), (3, 0, 1))]
+    records = []
+    for bench, seed, qid, base, svd in rows:
+        for (model, mode), correct in ((("base", "direct"), base), (("trained", "direct"), svd)):
+            records.append({"benchmark": bench, "model": model, "mode": mode, "seed": seed, "question_id": qid,
+                            "question": "q", "reference": "1", "response": "r", "extracted": "1", "correct": bool(correct),
+                            "grade_reason": "correct", "completion_tokens": 1, "samples": 1, "chosen_candidate": 0})
+    scores = report.score(pa.Table.from_pylist(records, schema=EVAL), {"a": "math", "h": "math"})
+    # per question means: base a-q0 1, a-q1 0, h-q0 1/4; SVD 1, 1, 3/4
+    assert scores.pass1[("base", "domain:math")] == pytest.approx((np.mean([1, 0, 0.25]), None))
+    assert scores.pass1[("SVD", "domain:math")] == pytest.approx((np.mean([1, 1, 0.75]), None))
+    assert scores.seeds[("SVD", "domain:math")] == 0 and scores.seeds[("SVD", "h")] == 4
+    paired = scores.deltas[("SVD", "domain:math")]
+    assert (paired.mean, paired.questions, paired.pairs) == pytest.approx((np.mean([0, 1, 0.5]), 3, 6))
+    section = report.pass1_section(scores, {"a": "math", "h": "math"})
+    assert [row[3] for row in section.rows if row[0] == "all math"] == ["mixed"]
