@@ -114,6 +114,11 @@ def _question_text(pool, q, q_start, q_len, q_copy) -> str:
     return text.upper() + "  " if q_copy[q] >= 0 else text
 
 
+def _no_cut_off(votes: pa.Array) -> pa.Array:
+    cut = [None if v is None else [False] * len(v) for v in votes.to_pylist()]
+    return pa.array(cut, pa.list_(pa.bool_()))
+
+
 def _shard_rows(rng, pool, qs, ids, domains, q_start, q_len, q_copy, t_start, t_len, t_copy, per_question, votes):
     n = len(qs) * per_question
     qrow = np.repeat(qs, per_question)
@@ -151,7 +156,10 @@ def _shard_rows(rng, pool, qs, ids, domains, q_start, q_len, q_copy, t_start, t_
         "finish_reason": pa.array(["stop"] * n),
         "passed_filter": pa.array(~filtered),
         "filter_reason": pa.array([("no_boxed" if f else None) for f in filtered], pa.string()),
+        "skip_reason": pa.nulls(n, pa.string()),
         **{f"{s}_votes": votes_by_stage[s] for s in VERIFY_STAGES},
+        # no judge was cut off by its length limit: one False per vote drawn
+        **{f"{s}_cut_off": _no_cut_off(votes_by_stage[s]) for s in VERIFY_STAGES},
         "inferred_questions": pa.array(
             [[q[:200]] if r else None for q, r in zip(q_list, reached)], pa.list_(pa.string())
         ),
