@@ -202,7 +202,7 @@ class TrainConfig:
     seed: int = 42
     checkpoint_every: int = 200
     # recompute each decoder layer in backward; default (None): on from ACTIVATION_CHECKPOINTING_FROM
-    # tokens of max_seq_len (svd_hpc/train.py says why); true/false wins over the default
+    # tokens of max_seq_len (svd_hpc/train/train.py says why); true/false wins over the default
     activation_checkpointing: Optional[bool] = None
     procs_per_node: int = 1  # local scheduler / CPU: torchrun --nproc_per_node
 

@@ -14,18 +14,24 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .benchmarks import seeds_of
+from .eval.benchmarks import seeds_of
 from .config import RunConfig, train_procs_per_node
 
 # Where each stage's body lives: a function (run_dir, task_index) -> None.
 BODIES = {
-    "eval_base": "svd_hpc.evaluate:run_task",
+    "eval_base": "svd_hpc.eval.evaluate:run_task",
     "generate": "svd_hpc.generate:run_task",
     "verify": "svd_hpc.verify:run_task",
-    "merge": "svd_hpc.merge:run_task",
-    "train": "svd_hpc.train:run_task",
-    "eval_trained": "svd_hpc.evaluate:run_task",
+    "merge": "svd_hpc.merge.merge:run_task",
+    "train": "svd_hpc.train.train:run_task",
+    "eval_trained": "svd_hpc.eval.evaluate:run_task",
     "report": "svd_hpc.report:run_task",
+}
+# Bodies by the paths a plan.json written before svd_hpc grew stage folders names them: such a run resumes.
+MOVED_BODIES = {
+    "svd_hpc.evaluate:run_task": BODIES["eval_base"],
+    "svd_hpc.merge:run_task": BODIES["merge"],
+    "svd_hpc.train:run_task": BODIES["train"],
 }
 CPU_STAGES = ("merge", "report")
 PREEMPTIBLE_DEFAULT = ("generate", "verify", "train", "eval_base", "eval_trained")
@@ -161,7 +167,7 @@ def plan_from_json(data: list[dict]) -> list[Stage]:
 
 def load_body(spec: str, stage: str) -> Callable[[str, int], None]:
     """Import a stage body from "module:function"; a missing one says the stage is not built yet."""
-    module_name, _, func_name = spec.partition(":")
+    module_name, _, func_name = MOVED_BODIES.get(spec, spec).partition(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:

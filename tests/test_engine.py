@@ -58,7 +58,8 @@ BOUNDARY_SCRIPT = textwrap.dedent(
 
     import vllm
     vllm.LLM = RecordingLLM
-    from svd_hpc import evaluate, generate, verify  # every stage body that starts an engine
+    from svd_hpc import generate, verify  # every stage body that starts an engine
+    from svd_hpc.eval import evaluate
     from svd_hpc.config import ModelConfig
     from svd_hpc.engine import Engine
     from svd_hpc.rundir import RunDir

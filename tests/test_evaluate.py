@@ -17,11 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from svd_hpc import benchmarks, config, evaluate, local, models, prompts
+from svd_hpc import config, local, models, prompts
+from svd_hpc.eval import benchmarks, evaluate
 from svd_hpc.config import BenchmarkSpec, ConfigError, ModelConfig
 from svd_hpc.engine import Completion, Engine
-from svd_hpc.grading.choice import grade_choice
-from svd_hpc.grading.math import grade_math
+from svd_hpc.eval.grading.choice import grade_choice
+from svd_hpc.eval.grading.math import grade_math
 from svd_hpc.plan import build_plan, eval_tasks, plan_to_json
 from svd_hpc.records import EVAL
 from svd_hpc.rundir import RunDir, atomic_write_json
@@ -446,7 +447,7 @@ def test_run_task_needs_an_eval_stage(tmp_path, monkeypatch):
 
 
 def test_math_last_number_grader_reads_unboxed_answers():
-    from svd_hpc.benchmarks import Problem
+    from svd_hpc.eval.benchmarks import Problem
 
     problem = Problem("q", "What is 36 + 47?", "math", "math_last_number")
     assert evaluate.grade(problem, "83", "36 + 47 = 83\n\nThe answer is: 83.", 6.0).correct
@@ -546,7 +547,7 @@ def test_gpqa_option_orders():
 
 
 def test_hle_answers_are_read_at_the_first_answer_line():
-    from svd_hpc.benchmarks import Problem
+    from svd_hpc.eval.benchmarks import Problem
 
     hle = Problem("h", "Q?\n\nAnswer Choices:\nA. x\nB. y\nC. z", "science", "choice", prompt="hle", stem="Q?",
                   options=["x", "y", "z"], correct_index=2, option_order="original")

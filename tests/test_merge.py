@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from svd_hpc import merge, records, selection
+from svd_hpc import records
+from svd_hpc.merge import merge, selection
 from svd_hpc.config import VERIFY_STAGES, MergeConfig, RunConfig
 from svd_hpc.rundir import RunDir
 
@@ -535,7 +536,7 @@ def test_funnel_counts_votes_without_verdict_and_cut_off(tmp_path):
     }
     assert stats["per_domain"]["math"]["cut_off_cycle"] == 4
     assert stats["overall"]["valid"] == 1  # a2: its cut-off cycle votes still said yes (the authors' rule)
-    from svd_hpc import funnel
+    from svd_hpc.merge import funnel
 
     funnel.chart(stats, tmp_path / "funnel.png")
     assert (tmp_path / "funnel.png").stat().st_size > 0

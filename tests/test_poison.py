@@ -16,7 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
-from svd_hpc import evaluate, generate, merge, prompts, report, status, verify
+from svd_hpc import generate, prompts, report, status, verify
+from svd_hpc.eval import evaluate
+from svd_hpc.merge import merge
 from svd_hpc.config import ModelConfig
 from svd_hpc.engine import Engine, Refused, Sampling
 from svd_hpc.models import ensure_tiny_qwen3

@@ -246,7 +246,7 @@ EVAL_ROWS = {
 
 def eval_prompts_rendered() -> dict[str, str]:
     """Each eval preset's prompt for its fixed row under eval seed 0 (options in that seed's order)."""
-    from svd_hpc import benchmarks, eval_prompts
+    from svd_hpc.eval import benchmarks, prompts as eval_prompts
     from svd_hpc.config import BenchmarkSpec
 
     out = {}

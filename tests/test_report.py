@@ -15,7 +15,8 @@ import pytest
 import yaml
 from rich.console import Console
 
-from svd_hpc import config, metrics, report
+from svd_hpc import config, report
+from svd_hpc.eval import scoring
 from svd_hpc.plan import build_plan, plan_to_json
 from svd_hpc.records import EVAL
 from svd_hpc.rundir import RunDir, atomic_write_json
@@ -247,24 +248,24 @@ def test_pass_at_k_and_standard_error():
     for n in range(1, 7):
         for c in range(n + 1):
             for k in range(1, n + 1):
-                assert metrics.pass_at_k(n, c, k) == pytest.approx(brute_pass_at_k([1] * c + [0] * (n - c), k))
-    assert metrics.ks_for(8) == [1, 2, 4, 8] and metrics.ks_for(3) == [1, 2, 3]
-    assert metrics.mean_stderr([0.5]) == (0.5, None)
-    mean, err = metrics.mean_stderr([0.2, 0.4, 0.9])
+                assert scoring.pass_at_k(n, c, k) == pytest.approx(brute_pass_at_k([1] * c + [0] * (n - c), k))
+    assert scoring.ks_for(8) == [1, 2, 4, 8] and scoring.ks_for(3) == [1, 2, 3]
+    assert scoring.mean_stderr([0.5]) == (0.5, None)
+    mean, err = scoring.mean_stderr([0.2, 0.4, 0.9])
     assert (mean, err) == pytest.approx((0.5, np.std([0.2, 0.4, 0.9], ddof=1) / np.sqrt(3)))
-    assert metrics.delta((0.5, 0.03), (0.6, 0.04)) == pytest.approx((0.1, 0.05))
+    assert scoring.delta((0.5, 0.03), (0.6, 0.04)) == pytest.approx((0.1, 0.05))
     with pytest.raises(ValueError):
-        metrics.pass_at_k(3, 4, 1)
+        scoring.pass_at_k(3, 4, 1)
 
 
 def test_paired_bootstrap_interval():
-    assert metrics.paired_bootstrap_ci([0.25] * 7) == (0.25, 0.25)  # no spread, no width
-    low, high = metrics.paired_bootstrap_ci([1.0, 0.0] * 50)
+    assert scoring.paired_bootstrap_ci([0.25] * 7) == (0.25, 0.25)  # no spread, no width
+    low, high = scoring.paired_bootstrap_ci([1.0, 0.0] * 50)
     # the mean of 100 fair coin flips: 0.5 ± 1.96 × 0.05
     assert (low, high) == pytest.approx((0.5 - 1.96 * 0.05, 0.5 + 1.96 * 0.05), abs=0.015)
-    assert metrics.paired_bootstrap_ci([0.1, 0.3, 0.9]) == metrics.paired_bootstrap_ci([0.1, 0.3, 0.9])  # fixed seed
+    assert scoring.paired_bootstrap_ci([0.1, 0.3, 0.9]) == scoring.paired_bootstrap_ci([0.1, 0.3, 0.9])  # fixed seed
     with pytest.raises(ValueError, match="no paired questions"):
-        metrics.paired_bootstrap_ci([])
+        scoring.paired_bootstrap_ci([])
 
 
 def test_domain_of_benchmarks_with_different_repeats_weighs_each_question_once(tmp_path):

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from svd_hpc import batch_script, fsdp_utils, launch, task, train
+from svd_hpc import batch_script, launch, task
+from svd_hpc.train import fsdp, train
 from svd_hpc.rundir import RunDir
 from tests import toy_stages
 from tests.test_launcher import (
@@ -193,7 +194,7 @@ def train_config(tmp_path: Path, name: str) -> tuple[Path, RunDir]:
 
     path = write_config(
         tmp_path, 1, cluster="local-slurm", name=name,
-        stage_bodies={**toy_stages.BODIES, "train": "svd_hpc.train:run_task"},
+        stage_bodies={**toy_stages.BODIES, "train": "svd_hpc.train.train:run_task"},
         train=TRAIN, **{"resources.train": {"nodes": 2, "preemptible": True}},
     )
     run = RunDir(tmp_path / "runs" / name)
@@ -238,7 +239,7 @@ def test_a_stop_request_makes_train_checkpoint_and_exit_for_a_requeue(tmp_path, 
     with pytest.raises(SystemExit) as stopped:
         train.run_task(str(run.root), 0)
     assert stopped.value.code == task.EXIT_STOPPED
-    assert fsdp_utils.latest_checkpoint(run.stage_dir("train") / "checkpoints").name == "step-000001"
+    assert fsdp.latest_checkpoint(run.stage_dir("train") / "checkpoints").name == "step-000001"
     assert not request.exists() and not run.is_done("train", 0)  # consumed: the next life trains on
     train.run_task(str(run.root), 0)
     assert run.is_done("train", 0)

@@ -210,8 +210,8 @@ def read_inputs_offline(run_dir: str, index: int) -> None:
     import datasets
     import transformers
 
-    from svd_hpc import benchmarks
-    from svd_hpc.train import local_model_dir
+    from svd_hpc.eval import benchmarks
+    from svd_hpc.train.train import local_model_dir
 
     run = RunDir(run_dir)
     cfg = run.load_config()
@@ -357,7 +357,7 @@ def test_local_and_builtin_inputs_pass_through(hub, tmp_path):
 
 
 def test_benchmark_falls_back_to_its_local_copy_and_tasks_never_read_unpinned_hub_rows(hub, tmp_path, monkeypatch):
-    from svd_hpc import benchmarks
+    from svd_hpc.eval import benchmarks
     from svd_hpc.config import BenchmarkSpec
 
     local = tmp_path / "gpqa.csv"

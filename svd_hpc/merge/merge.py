@@ -33,9 +33,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import funnel, records, selection
-from .config import VERIFY_STAGES, RunConfig
-from .rundir import RunDir, atomic_path, atomic_write_json
+from .. import records
+from . import funnel, selection
+from ..config import VERIFY_STAGES, RunConfig
+from ..rundir import RunDir, atomic_path, atomic_write_json
 
 log = logging.getLogger("svd_hpc")
 

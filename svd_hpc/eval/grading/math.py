@@ -11,7 +11,7 @@ import logging
 import re
 import threading
 
-from svd_hpc.grading import GradeResult, final_part, unfinished_thinking
+from . import GradeResult, final_part, unfinished_thinking
 
 log = logging.getLogger("svd_hpc")
 

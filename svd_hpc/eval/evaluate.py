@@ -4,7 +4,7 @@ Run as: python -m svd_hpc.task eval_base --run-dir runs/demo --index I   (or eva
 
 One body serves both stages; the task runner names the stage in SVD_STAGE. Task i is entry i of
 `plan.eval_tasks(cfg, model)`: a (benchmark, seed, mode). The model is loaded once in vLLM and
-asked one call per question with the benchmark's own prompt (`eval_prompts`; mode "direct"), or, for the UQ-TTC baseline (mode "uq_ttc", base
+asked one call per question with the benchmark's own prompt (`eval/prompts.py`; mode "direct"), or, for the UQ-TTC baseline (mode "uq_ttc", base
 model only), `eval.uq_ttc_candidates` candidates whose final answers go through the verify
 stage's own cascade (`verify.run_cascade`); the first candidate that passes is the answer, else
 candidate 0. Output: eval/<model>/<benchmark>/seed-K[-uq_ttc].parquet (EVAL records) and a JSON
@@ -39,20 +39,22 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import benchmarks, eval_prompts, prompts
+from .. import prompts
+from . import benchmarks
+from . import prompts as eval_prompts
 from .benchmarks import Problem
-from .config import ConfigError, ModelConfig, RunConfig
-from .engine import Completion, Engine, Sampling, request_seed, skip_stats, stage_sampling
-from .generate import require_think
+from ..config import ConfigError, ModelConfig, RunConfig
+from ..engine import Completion, Engine, Sampling, request_seed, skip_stats, stage_sampling
+from ..generate import require_think
 from .grading import GradeResult
 from .grading.choice import grade_choice
 from .grading.code import grade_code
 from .grading.math import grade_math
-from .plan import EvalTask, eval_tasks
-from .records import EVAL
-from .rundir import RunDir, atomic_path, atomic_write_json
+from ..plan import EvalTask, eval_tasks
+from ..records import EVAL
+from ..rundir import RunDir, atomic_path, atomic_write_json
 from .sandbox import isolation_record, require_isolation
-from .verify import CascadeItem, CascadeResult, run_cascade
+from ..verify import CascadeItem, CascadeResult, run_cascade
 
 log = logging.getLogger("svd_hpc")
 MODEL_OF_STAGE = {"eval_base": "base", "eval_trained": "trained"}
