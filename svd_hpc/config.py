@@ -278,8 +278,6 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     resources: dict[str, StageResources] = field(default_factory=dict)
-    # Stage bodies ("module:function") replacing the built-in ones: for tests and experiments.
-    stage_bodies: dict[str, str] = field(default_factory=dict)
     # Filled in at load time from `cluster`; not a user key in the run config itself.
     profile: ClusterProfile = field(default_factory=ClusterProfile)
 
@@ -399,7 +397,7 @@ def _check_time(value: str, where: str, source: str) -> None:
 
 def validate(cfg: RunConfig, source: str) -> None:
     """Cross-field checks that types alone cannot express."""
-    for stage in list(cfg.resources) + list(cfg.stage_bodies):
+    for stage in cfg.resources:
         if stage not in STAGE_NAMES:
             raise ConfigError(f"{source}: unknown stage 'resources.{stage}'; stages are: {', '.join(STAGE_NAMES)}.")
     positive = {

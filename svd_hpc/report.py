@@ -573,10 +573,6 @@ def _sandbox_notes(run: RunDir) -> list[str]:
     return lines
 
 
-def run_task(run_dir: str, task_index: int) -> None:
+def run_task(run: RunDir, index: int) -> dict:
     """Stage body of `report` (a single task)."""
-    run = RunDir(run_dir)
-    if run.is_done("report", task_index):
-        return
-    path = build(run)
-    run.mark_done("report", task_index, report=str(path))
+    return {"report": str(build(run))}

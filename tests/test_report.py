@@ -20,6 +20,7 @@ from svd_hpc.eval import scoring
 from svd_hpc.plan import build_plan, plan_to_json
 from svd_hpc.records import EVAL
 from svd_hpc.rundir import RunDir, atomic_write_json
+from svd_hpc.task import run_once
 
 SEEDS = [0, 1, 2]
 # benchmark -> variant -> seed -> correctness per question
@@ -217,7 +218,7 @@ def test_report_of_a_run_without_eval_or_training(tmp_path):
     run = prepare_run(tmp_path, train={"enabled": False})
     # whatever the merge stage wrote, read defensively: a flat mapping with stray entries
     atomic_write_json(run.root / "merge" / "stats.json", {"candidates": 0, "kept": 0, "note": "empty", "per_domain": "?"})
-    report.run_task(str(run.root), 0)
+    run_once(run.root, "report", 0)
     text = (run.root / "report.md").read_text()
     assert "No eval results yet." in text and "| candidates | 0 | — |" in text and "| kept | 0 | — |" in text
     assert "note" not in text.split("## Merge funnel")[1].split("##")[0]
@@ -225,7 +226,7 @@ def test_report_of_a_run_without_eval_or_training(tmp_path):
     assert (run.root / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert run.is_done("report", 0)
     before = (run.root / "report.md").stat().st_mtime_ns
-    report.run_task(str(run.root), 0)  # done: a no-op
+    run_once(run.root, "report", 0)  # done: a no-op
     assert (run.root / "report.md").stat().st_mtime_ns == before
 
 
@@ -234,7 +235,7 @@ def test_report_shows_judge_votes_without_verdict_and_cut_off(tmp_path):
     overall = {"candidates": 8, "kept": 1, "votes_correctness": 5, "no_verdict_correctness": 0, "cut_off_correctness": 0,
                "votes_cycle": 40, "no_verdict_cycle": 6, "cut_off_cycle": 10}
     atomic_write_json(run.root / "merge" / "stats.json", {"overall": overall, "per_domain": {"math": overall}})
-    report.run_task(str(run.root), 0)
+    run_once(run.root, "report", 0)
     text = (run.root / "report.md").read_text()
     funnel_part = text.split("## Merge funnel")[1].split("##")[0]
     assert "votes_cycle" not in funnel_part and "cut_off_cycle" not in funnel_part  # not candidate counts

@@ -22,6 +22,7 @@ import pytest
 
 from svd_hpc.eval import sandbox
 from svd_hpc.eval.sandbox import SandboxLimits, run_program
+from tests.conftest import run_eval
 
 REPO = Path(__file__).resolve().parent.parent
 # Each isolating backend, probed once: those that cannot run here are skipped with the reason.
@@ -608,7 +609,7 @@ def test_code_benchmark_task_refuses_before_loading_a_model(tmp_path, monkeypatc
     started = []
     monkeypatch.setattr(evaluate, "Engine", lambda *a, **k: started.append(1) or pytest.fail("engine started"))
     with pytest.raises(sandbox.IsolationMissing, match="eval.allow_unisolated_code: true"):
-        evaluate.run_eval_task(run, "eval_base", 0)
+        run_eval(run, "eval_base", 0)
     assert started == []
 
 

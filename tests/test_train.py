@@ -17,6 +17,7 @@ import yaml
 from svd_hpc import config, models
 from svd_hpc.train import fsdp, sft_data, train
 from svd_hpc.rundir import RunDir
+from svd_hpc.task import run_once
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = {
@@ -167,12 +168,12 @@ def test_single_process_run_and_overlong_report(tmp_path, monkeypatch):
     for key in TORCH_ENV:
         monkeypatch.delenv(key, raising=False)
     run = make_run(tmp_path / "run", n=12, steps=3, global_batch=2, max_seq_len=40, overlong="truncate")
-    train.run_task(str(run), 0)
+    run_once(run, "train", 0)
     summary = json.loads((run / "train" / "summary.json").read_text())
     assert summary["world_size"] == 1 and summary["data"]["overlong_truncated"] > 0
     assert RunDir(run).is_done("train", 0) and len(metrics(run)) == 3
     before = (run / "train" / "final" / "model.safetensors").stat().st_mtime_ns
-    train.run_task(str(run), 0)  # done: a no-op
+    run_once(run, "train", 0)  # done: a no-op
     assert (run / "train" / "final" / "model.safetensors").stat().st_mtime_ns == before
 
 
@@ -184,14 +185,14 @@ def test_bad_input_fails_before_training(tmp_path, monkeypatch):
     run = make_run(tmp_path / "empty")
     write_sft(run / "merge" / "sft" / "train.parquet", [])
     with pytest.raises(ValueError, match="has no rows"):
-        train.run_task(str(run), 0)
+        run_once(run, "train", 0)
     no_tokenizer = tmp_path / "weights"
     no_tokenizer.mkdir()
     for name in ("config.json", "model.safetensors"):
         (no_tokenizer / name).write_bytes((Path(models.resolve("builtin:tiny-qwen3")) / name).read_bytes())
     run = make_run(tmp_path / "run", model=str(no_tokenizer))
     with pytest.raises(ValueError, match="has no tokenizer"):
-        train.run_task(str(run), 0)
+        run_once(run, "train", 0)
     assert not torch.distributed.is_initialized()
 
 
@@ -245,7 +246,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
 
     monkeypatch.setattr(train, "train_step", step_then_poison)
     with pytest.raises(train.TrainingDiverged, match="diverged at step 4: loss nan") as err:
-        train.run_task(str(run), 0)
+        run_once(run, "train", 0)
     ckpt = run / "train" / "checkpoints"
     assert "step-000002 is kept" in str(err.value)
     assert fsdp.latest_checkpoint(ckpt) == ckpt / "step-000002"
@@ -312,6 +313,7 @@ import huggingface_hub
 from svd_hpc import models
 from svd_hpc.train import fsdp, sft_data, train
 from svd_hpc.rundir import RunDir
+from svd_hpc.task import run_once
 
 run, rank = Path(sys.argv[1]), os.environ["RANK"]
 encode = sft_data.encode_conversation
@@ -337,7 +339,7 @@ if "GROUP_TIMEOUT_SECONDS" in os.environ:
     timeout = float(os.environ["GROUP_TIMEOUT_SECONDS"]) / 60
     fsdp.init_distributed = partial(fsdp.init_distributed, timeout_minutes=timeout)
 if sys.argv[2] == "train":
-    train.run_task(str(run), 0)
+    run_once(run, "train", 0)
 else:
     d = fsdp.init_distributed()
     ref, model_dir, *_ = train.prepare_data(RunDir(run).load_config(), d, run / "merge" / "sft" / "train.parquet", run / "train")

@@ -6,7 +6,7 @@ Run as:  torchrun --nproc_per_node=2 -m svd_hpc.train RUN_DIR
 Every process calls run_task. Inputs: <run>/merge/sft/train.parquet and the model (train.model,
 else model.path). Outputs under <run>/train/: checkpoints/step-NNNNNN/ every
 train.checkpoint_every steps, final/ (a save_pretrained folder), metrics.jsonl (one line per
-step), summary.json, then the done marker.
+step), summary.json; rank 0 returns the stats the task runner writes as the done marker.
 
 When the batch script asks it to stop (on SLURM's time-limit or preemption warning it creates
 <run>/train/stop-requested, which rank 0 checks at every step boundary), or on SIGUSR2/SIGTERM,
@@ -58,12 +58,8 @@ ACTIVATION_CHECKPOINTING_FROM = 4096
 KEEP_CHECKPOINTS = 2  # older complete checkpoints are deleted (an 8B one with Adam state is ~100 GB)
 
 
-def run_task(run_dir: str, task_index: int) -> None:
-    """Train the run's model on its SFT set (called in every training process)."""
-    run = RunDir(run_dir)
-    if run.is_done("train", 0):
-        log.info("train already done")
-        return
+def run_task(run: RunDir, index: int) -> dict | None:
+    """Train the run's model on its SFT set (called in every training process); rank 0 returns the stats."""
     cfg = run.load_config()
     dataset = run.stage_dir("merge") / "sft" / "train.parquet"
     check_dataset(dataset)
@@ -72,7 +68,7 @@ def run_task(run_dir: str, task_index: int) -> None:
     try:
         # rank 0 alone looks for the request; the stop vote in the loop tells the others
         with StopFlag(stop_request_path(run, "train") if d.rank == 0 else None) as stop:
-            train(run, cfg, d, dataset, stop)
+            return train(run, cfg, d, dataset, stop)
     finally:
         if owns_group and dist.is_initialized():
             dist.destroy_process_group()
@@ -337,7 +333,7 @@ def resume(ckpt_root: Path, model, optimizer, scheduler, order: dict, rank: int)
     return extra["step"]
 
 
-def train(run: RunDir, cfg, d: fsdp.Dist, dataset: Path, stop: StopFlag) -> None:
+def train(run: RunDir, cfg, d: fsdp.Dist, dataset: Path, stop: StopFlag) -> dict | None:
     t = cfg.train
     out = run.stage_dir("train")
     ckpt_root = out / "checkpoints"
@@ -389,9 +385,9 @@ def train(run: RunDir, cfg, d: fsdp.Dist, dataset: Path, stop: StopFlag) -> None
     if d.rank == 0:
         summary = {"steps": t.steps, "world_size": d.world_size, "reference_loss": final_loss, "data": stream.data.stats, "model": ref}
         atomic_write_json(out / "summary.json", summary)
-        run.mark_done("train", 0, steps=t.steps, reference_loss=final_loss)
         log.info(f"train done: {out / 'final'} (loss on the first batch {final_loss:.4f})")
     dist.barrier()
+    return {"steps": t.steps, "reference_loss": final_loss} if d.rank == 0 else None
 
 
 class TrainingDiverged(RuntimeError):
