@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import prompts
+from ..answers import last_boxed
 from . import benchmarks
 from . import prompts as eval_prompts
 from .benchmarks import Problem
@@ -96,7 +97,7 @@ def model_config(run: RunDir, cfg: RunConfig, model: str) -> ModelConfig:
 def _box_last_number(response: str) -> str:
     """An answer without \\boxed{} gets its last number boxed, so the math grader can read it."""
     final = prompts.final_answer(response)
-    if "\\boxed" in final:
+    if last_boxed(final) is not None:
         return response
     numbers = re.findall(r"-?\d+(?:[.,]\d+)*(?:/\d+)?", final)
     return f"{response}\n\\boxed{{{numbers[-1].replace(',', '')}}}" if numbers else response

@@ -13,8 +13,8 @@ import random
 import re
 import string
 
+from ...answers import last_boxed
 from . import GradeResult, final_part, unfinished_thinking
-from .math import last_boxed
 
 LETTERS = string.ascii_uppercase
 
