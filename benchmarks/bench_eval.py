@@ -31,7 +31,8 @@ sys.path.insert(0, str(REPO))
 
 import pyarrow.parquet as pq
 
-from svd_hpc import config, evaluate
+from svd_hpc import config
+from svd_hpc.eval import evaluate
 from svd_hpc.engine import Engine
 from svd_hpc.plan import build_plan, eval_tasks, plan_to_json
 from svd_hpc.rundir import RunDir, atomic_path, atomic_write_json

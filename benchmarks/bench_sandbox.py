@@ -6,7 +6,7 @@ Measured in one run, on the same small program (read a line of numbers, print th
   baseline   `subprocess.run([sys.executable, prog])`: a bare child process, no isolation
   same-exe   `subprocess.run([<sandbox interpreter>, "-I", "-B", prog])`: bare, but the same
              interpreter the sandbox picked, so the ratio to it is the sandbox's own cost
-  sandbox    `svd_hpc.sandbox.run_program(prog)`: namespaces, rlimits, fresh uid and tmpfs cwd
+  sandbox    `svd_hpc.eval.sandbox.run_program(prog)`: namespaces, rlimits, fresh uid and tmpfs cwd
   <backend>  each other isolating backend that runs here (e.g. bubblewrap), same program
 Runs alternate between the three; medians of wall time and of CPU time (ours plus reaped
 children's) are reported (target: sandbox <= 1.5x baseline). On a shared machine the wall-time
@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from svd_hpc import sandbox  # noqa: E402
-from svd_hpc.grading.code import grade_code  # noqa: E402
+from svd_hpc.eval import sandbox  # noqa: E402
+from svd_hpc.eval.grading.code import grade_code  # noqa: E402
 
 PROGRAM = "import sys\nprint(sum(int(x) for x in sys.stdin.readline().split()))\n"
 STDIN = "1 2 3 4 5 6 7 8 9 10\n"

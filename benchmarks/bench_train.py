@@ -5,7 +5,7 @@ Run as:  .venv/bin/python benchmarks/bench_train.py [--models tiny-qwen3 smollm2
 Measured in one run, one process (a world of one, gloo), fp32, on the same packed batches:
   baseline  a bare FSDP2 loop: from_pretrained, fully_shard per layer and root, forward,
             mean cross-entropy, backward, AdamW step; nothing else
-  svd_hpc   train.train_step on a model built by fsdp_utils (meta device, shard-wise load):
+  svd_hpc   train.train_step on a model built by fsdp (meta device, shard-wise load):
             token counts all-reduced, loss scaled to the global batch, grad clipping, AdamW
 Steps of the two alternate (A B B A ...) so machine noise hits both alike; the ratio is
 svd_hpc tokens/s over baseline tokens/s (target >= 0.9), from the median step and from the best one.
@@ -35,7 +35,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from svd_hpc import fsdp_utils, models, sft_data, train  # noqa: E402
+from svd_hpc import models  # noqa: E402
+from svd_hpc.train import fsdp, sft_data, train  # noqa: E402
 
 WARMUP = 2  # steps per side not measured: first-touch of optimiser state and allocator warm-up
 WORDS = "the sum of two numbers is found by adding them so we add step by step and check the result".split()
@@ -101,11 +102,11 @@ def bench_model(name: str, max_seq_len: int, accumulation: int, steps: int, pad_
         "packing_eff": float(np.mean([packing_efficiency(lengths, max_seq_len, s) for s in range(5)])),
     }
     stream = sft_data.PackedStream(data, max_seq_len, seed=0, pad_id=tokenizer.pad_token_id or 0)
-    d = fsdp_utils.init_distributed()
+    d = fsdp.init_distributed()
     try:
-        ours = fsdp_utils.build_meta_model(model_dir, "sdpa")
-        fsdp_utils.apply_fsdp(ours, d.mesh, bf16=False)
-        fsdp_utils.materialize(ours, model_dir, d.device)
+        ours = fsdp.build_meta_model(model_dir, "sdpa")
+        fsdp.apply_fsdp(ours, d.mesh, bf16=False)
+        fsdp.materialize(ours, model_dir, d.device)
         ours.train()
         t = argparse.Namespace(weight_decay=0.01, lr=1e-5, betas=[0.9, 0.999], warmup_ratio=0.0, steps=steps, min_lr_ratio=0.1)
         our_opt, _ = train.build_optimizer(ours, t)

@@ -202,7 +202,7 @@ class TrainConfig:
     seed: int = 42
     checkpoint_every: int = 200
     # recompute each decoder layer in backward; default (None): on from ACTIVATION_CHECKPOINTING_FROM
-    # tokens of max_seq_len (svd_hpc/train.py says why); true/false wins over the default
+    # tokens of max_seq_len (svd_hpc/train/train.py says why); true/false wins over the default
     activation_checkpointing: Optional[bool] = None
     procs_per_node: int = 1  # local scheduler / CPU: torchrun --nproc_per_node
 
@@ -278,8 +278,6 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     resources: dict[str, StageResources] = field(default_factory=dict)
-    # Stage bodies ("module:function") replacing the built-in ones: for tests and experiments.
-    stage_bodies: dict[str, str] = field(default_factory=dict)
     # Filled in at load time from `cluster`; not a user key in the run config itself.
     profile: ClusterProfile = field(default_factory=ClusterProfile)
 
@@ -399,7 +397,7 @@ def _check_time(value: str, where: str, source: str) -> None:
 
 def validate(cfg: RunConfig, source: str) -> None:
     """Cross-field checks that types alone cannot express."""
-    for stage in list(cfg.resources) + list(cfg.stage_bodies):
+    for stage in cfg.resources:
         if stage not in STAGE_NAMES:
             raise ConfigError(f"{source}: unknown stage 'resources.{stage}'; stages are: {', '.join(STAGE_NAMES)}.")
     positive = {

@@ -59,11 +59,12 @@ def dialogues(n: int) -> list[list[dict]]:
 def check_train() -> bool:
     import torch
 
-    from . import config, fsdp_utils, models, sft_data, train
+    from . import config, models
+    from .train import fsdp, sft_data, train
 
     for key in TORCH_ENV:  # a world of one, whatever the shell exported
         os.environ.pop(key, None)
-    d = fsdp_utils.init_distributed()
+    d = fsdp.init_distributed()
     model_dir = models.resolve(MODEL)
     tokenizer = sft_data.load_tokenizer(model_dir)
     data = sft_data.tokenize_conversations(tokenizer, dialogues(64), SEQ_LEN, "drop")

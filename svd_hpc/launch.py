@@ -134,7 +134,8 @@ def prepare(cfg: RunConfig, run: RunDir, dry_run: bool = False) -> list[Stage]:
                 f"run directory {run.root} holds a different config; resume it with "
                 f"`python -m svd_hpc.launch resume {run.root}` or choose another name=..."
             )
-    from . import benchmarks, seeds
+    from . import seeds
+    from .eval import benchmarks
 
     for bench in cfg.eval.benchmarks:
         benchmarks.resolve(bench)  # an unknown preset or a spec without a source stops us here

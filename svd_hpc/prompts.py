@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import re
 
+from .answers import THINK_CLOSE, THINK_OPEN, after_think, last_boxed
 from .records import VOTE_NO, VOTE_NONE, VOTE_YES
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 DOMAIN_INSTRUCTIONS = {
     "math": "Work through the problem step by step, then write the final answer inside \\boxed{}.",
@@ -52,11 +52,10 @@ def user_prompt(question: str, domain: str) -> str:
 
 
 def final_answer(text: str) -> str:
-    """The final answer part of a completion: the text after the last </think> (all of it if none)."""
-    return text.rsplit(THINK_CLOSE, 1)[-1].strip()
+    """The final answer part of a completion (answers.after_think), without surrounding space."""
+    return after_think(text).strip()
 
 
-_BOXED = re.compile(r"\\boxed\s*\{")
 _FENCED = re.compile(r"```[^\n]*\n.*?```", re.DOTALL)
 
 
@@ -72,7 +71,7 @@ def filter_reason(text: str, domain: str, require_think: bool, require_format: b
     answer = final_answer(text)
     if not answer:
         return "empty_answer"
-    if require_format and domain == "math" and not _BOXED.search(answer):
+    if require_format and domain == "math" and last_boxed(answer) is None:
         return "no_boxed"
     if require_format and domain == "code" and not _FENCED.search(answer):
         return "no_code_block"
@@ -154,7 +153,7 @@ def inferred_question(text: str, rule: str = "first_line") -> str:
         body = text.rsplit(THINK_CLOSE, 1)[-1] if THINK_CLOSE in text else text
         return body.strip().split("\n", 1)[0].strip()
     if rule == "full":
-        return strip_think(text).strip()
+        return after_think(text).strip()
     raise ValueError(f"unknown inferred-question rule '{rule}'; choose first_line or full.")
 
 
@@ -170,14 +169,6 @@ _WORD = re.compile(r"(?<![A-Za-z0-9_])(yes|no)(?![A-Za-z0-9_])", re.IGNORECASE)
 VERDICT_RULES = {"authors": (_BRACKETED, _ANY_LETTER, _ANY_WORD), "strict": (_BRACKETED, _LETTER, _WORD)}
 
 
-def strip_think(text: str) -> str:
-    """A judge's output without its own reasoning: after the last </think>; an unclosed think
-    block (the judge ran out of tokens while thinking) leaves only what came before it."""
-    if THINK_CLOSE in text:
-        return text.rsplit(THINK_CLOSE, 1)[1]
-    return text.split(THINK_OPEN, 1)[0]
-
-
 def parse_verdict(text: str, rule: str = "authors") -> int:
     """VOTE_YES, VOTE_NO, or VOTE_NONE (a rejection) for one judge output.
 
@@ -191,7 +182,7 @@ def parse_verdict(text: str, rule: str = "authors") -> int:
     if rule not in VERDICT_RULES:
         raise ValueError(f"unknown verdict rule '{rule}'; choose {' or '.join(VERDICT_RULES)}.")
     # the authors upper-case the reply first, which also changes what stands alone ("ß" -> "SS")
-    text = strip_think(text) if rule == "strict" else text.upper()
+    text = after_think(text) if rule == "strict" else text.upper()
     for pattern in VERDICT_RULES[rule]:
         found = pattern.findall(text)
         if found:

@@ -31,7 +31,8 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from . import benchmarks, metrics, status
+from . import status
+from .eval import benchmarks, scoring
 from .config import STAGE_NAMES, VERIFY_STAGES, RunConfig
 from .engine import SKIP_KINDS, skip_kind
 from .records import EVAL, check_schema
@@ -136,7 +137,7 @@ def paired_deltas(records: dict[tuple[str, str, str, int], bool], groups_of) -> 
                 per_question[group][(bench, qid)].append(float(correct) - float(records[("base", bench, qid, seed)]))
         for group, diffs in per_question.items():
             means = [sum(d) / len(d) for d in diffs.values()]
-            low, high = metrics.paired_bootstrap_ci(means)
+            low, high = scoring.paired_bootstrap_ci(means)
             out[(variant, group)] = PairedDelta(sum(means) / len(means), low, high, len(means),
                                                 sum(len(d) for d in diffs.values()))
     return out
@@ -168,7 +169,7 @@ def score(table: pa.Table, domain_of: dict[str, str]) -> EvalScores:
     by_group: dict[tuple[str, str], list[float]] = defaultdict(list)
     for (variant, group, _seed), values in sorted(correct.items()):
         by_group[(variant, group)].append(sum(values) / len(values))
-    pass1 = {key: metrics.mean_stderr(values) for key, values in by_group.items()}
+    pass1 = {key: scoring.mean_stderr(values) for key, values in by_group.items()}
     seeds = {key: len(values) for key, values in by_group.items()}
     seed_sets: dict[tuple[str, str], set] = defaultdict(set)  # (variant, domain) -> each benchmark's seeds
     for (variant, group, seed) in correct:
@@ -189,7 +190,7 @@ def score(table: pa.Table, domain_of: dict[str, str]) -> EvalScores:
     for key, nc in counts.items():
         n = min(n for n, _ in nc)
         if n >= 2:
-            pass_k[key] = {k: metrics.mean_pass_at_k(nc, k) for k in metrics.ks_for(n)}
+            pass_k[key] = {k: scoring.mean_pass_at_k(nc, k) for k in scoring.ks_for(n)}
     return EvalScores(pass1=pass1, seeds=seeds, questions={group: len(qs) for group, qs in questions.items()},
                       pass_k=pass_k, deltas=paired_deltas(records, groups_of))
 
@@ -202,7 +203,7 @@ def scores_json(scores: EvalScores) -> dict:
                                "pass_at_k": {str(k): v for k, v in scores.pass_k.get((variant, group), {}).items()}}
     for (variant, group), d in scores.deltas.items():
         out[group].setdefault("delta", {})[variant] = {
-            "vs": "base", "mean": d.mean, "stderr": metrics.delta(scores.pass1[("base", group)],
+            "vs": "base", "mean": d.mean, "stderr": scoring.delta(scores.pass1[("base", group)],
                                                                   scores.pass1[(variant, group)])[1],
             "ci95": [d.low, d.high], "ci_method": "paired bootstrap over questions, 10000 resamples",
             "paired_questions": d.questions, "paired_samples": d.pairs}
@@ -234,9 +235,9 @@ def pass1_section(scores: EvalScores, domain_of: dict[str, str]) -> Section:
             group[7:] if is_domain else domain_of.get(group, "unknown"),
             str(scores.questions[group]),
             "/".join(str(s) if s else "mixed" for s in seeds),
-            _pct(base), _pct(svd), _pct(metrics.delta(base, svd) if base and svd else None, True),
+            _pct(base), _pct(svd), _pct(scoring.delta(base, svd) if base and svd else None, True),
             _ci(scores.deltas.get(("SVD", group))),
-            _pct(ttc), _pct(metrics.delta(base, ttc) if base and ttc else None, True),
+            _pct(ttc), _pct(scoring.delta(base, ttc) if base and ttc else None, True),
             _ci(scores.deltas.get(("UQ-TTC", group))),
         ])
     section.note = ("Mean over eval seeds ± standard error of that mean (none with one seed); a domain row pools "
@@ -572,10 +573,6 @@ def _sandbox_notes(run: RunDir) -> list[str]:
     return lines
 
 
-def run_task(run_dir: str, task_index: int) -> None:
+def run_task(run: RunDir, index: int) -> dict:
     """Stage body of `report` (a single task)."""
-    run = RunDir(run_dir)
-    if run.is_done("report", task_index):
-        return
-    path = build(run)
-    run.mark_done("report", task_index, report=str(path))
+    return {"report": str(build(run))}

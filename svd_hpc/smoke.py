@@ -173,7 +173,7 @@ def model_check(run: RunDir) -> Check:
 
 def sandbox_check(run: RunDir) -> Check:
     """The isolation model-written code would get on this node, as code benchmarks would demand it."""
-    from . import sandbox
+    from .eval import sandbox
 
     allow = run.load_config().eval.allow_unisolated_code
     try:
@@ -188,7 +188,7 @@ def allreduce_check(resources: dict) -> Check:
     import torch
     import torch.distributed as dist
 
-    from .fsdp_utils import init_distributed
+    from .train.fsdp import init_distributed
 
     d = init_distributed()
     nodes: list[str] = [""] * d.world_size

@@ -142,7 +142,8 @@ class HubInput:
 
 def hub_inputs(cfg: RunConfig) -> list[HubInput]:
     """The inputs of `cfg` that come from the hub; ConfigError/ValueError for a path that is nothing."""
-    from . import benchmarks, models, seeds
+    from . import models, seeds
+    from .eval import benchmarks
 
     found = []
     model_inputs = [("model.path", cfg.model, "path", "revision")]

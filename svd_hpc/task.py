@@ -2,9 +2,12 @@
 
 Run as:  python -m svd_hpc.task STAGE --run-dir DIR [--index I]
 
-The task index is --index, else SVD_ARRAY_OFFSET + SLURM_ARRAY_TASK_ID, else 0. A task whose
-done marker exists returns at once. A multi-process stage (train) gets the torch.distributed
-variables from SLURM's when srun started it, as torchrun would have set them.
+The task index is --index, else SVD_ARRAY_OFFSET + SLURM_ARRAY_TASK_ID, else 0. This runner owns
+completion: a task whose done marker exists returns at once; otherwise the stage body
+(plan.stage_body) runs and returns its stats, and the runner writes them as the done marker. A
+body never touches markers; one that returns None (a training rank other than 0) writes none.
+A multi-process stage (train) gets the torch.distributed variables from SLURM's when srun
+started it, as torchrun would have set them.
 
 Tasks never requeue themselves: the batch script does (batch_script.py), outside any container.
 It asks a multi-process task to stop by creating stop_request_path; the task then checkpoints
@@ -18,6 +21,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 from . import plan as plan_mod
 from . import smoke, staging
@@ -28,7 +32,6 @@ from .task_env import drop_secrets
 log = logging.getLogger("svd_hpc")
 
 EXIT_USAGE = 2
-EXIT_NOT_BUILT = 3
 EXIT_STORAGE = 74  # the run directory took no write (full, read-only); resume once it does (EX_IOERR)
 EXIT_STOPPED = 75  # stopped with a checkpoint on request; running the task again resumes (EX_TEMPFAIL)
 STOP_REQUEST = "stop-requested"
@@ -86,13 +89,31 @@ def run(stage: str, run_dir: str, index: int) -> None:
         log.info(f"{stage=} {index=} already done")
         return
     fit_threads_to_allocation()
-    body = plan_mod.load_body(spec.body, stage)
-    os.environ["SVD_STAGE"] = stage  # one body may serve two stages (eval_base, eval_trained)
     if spec.kind == "distributed":
         export_torch_env_from_slurm()
     if smoke.is_smoke(rd):
         smoke.record(rd, spec, index)  # what this node gives the task, recorded before the body runs
-    body(str(rd.root), index)
+    run_once(rd, stage, index)
+
+
+def run_once(run: RunDir | str | Path, stage: str, index: int, body: Callable | None = None) -> dict | None:
+    """Task `index` of `stage`, unless done: the body's stats become the done marker; returns them.
+
+    A finished task returns its marker's contents. `body` replaces the stage's own (tests pass
+    one holding a loaded engine). After the marker, the stage's scratch (chunks of a resumable
+    task) is dropped: a task that dies before its marker resumes from it.
+    """
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    marker = run.done_marker(stage, index)
+    if marker.exists():
+        log.info(f"{stage=} {index=} already done")
+        return run.load_json(marker, default={})
+    stats = (body or plan_mod.stage_body(stage))(run, index)
+    if stats is None:
+        return None
+    run.mark_done(stage, index, **stats)
+    plan_mod.drop_scratch(stage, run, index)
+    return stats
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,9 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     index = task_index(args.index)
     try:
         run(args.stage, args.run_dir, index)
-    except plan_mod.StageNotBuilt as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_NOT_BUILT
     except (ConfigError, ValueError) as err:
         print(f"error: stage {args.stage} task {index}: {err}", file=sys.stderr)
         return EXIT_USAGE

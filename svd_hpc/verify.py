@@ -304,11 +304,11 @@ def run_shard(run: RunDir, index: int, engine: Engine | None = None) -> dict:
     return stats
 
 
-def run_task(run_dir: str, task_index: int) -> None:
-    """Stage body: verify shard `task_index` of the run in `run_dir` (a no-op once done)."""
-    run = RunDir(run_dir)
-    if run.is_done(STAGE, task_index):
-        return
-    stats = run_shard(run, task_index)
-    run.mark_done(STAGE, task_index, **stats)
-    shutil.rmtree(progress_path(run, task_index), ignore_errors=True)
+def run_task(run: RunDir, index: int) -> dict:
+    """Stage body: verify shard `index`; returns its stats."""
+    return run_shard(run, index)
+
+
+def drop_scratch(run: RunDir, stage: str, index: int) -> None:
+    """The saved judge replies of a finished shard."""
+    shutil.rmtree(progress_path(run, index), ignore_errors=True)

@@ -6,6 +6,18 @@ from pathlib import Path
 
 import pytest
 
+# --- toy_bodies: toy stage bodies in place of the real ones ------------------------------------
+
+
+@pytest.fixture
+def toy_bodies(monkeypatch) -> None:
+    """The toy stage bodies (tests/toy_stages.py), here and in every task this test starts.
+
+    Set in the environment (plan.TEST_BODIES), which the local scheduler and sbatch pass on.
+    """
+    monkeypatch.setenv("SVD_HPC_TEST_BODIES", "tests.toy_stages:BODIES")
+
+
 # --- slurm_cluster: the real single-machine Slurm cluster of scripts/local-slurm.sh ---------------
 
 LOCAL_SLURM = Path(__file__).resolve().parent.parent / "scripts" / "local-slurm.sh"
@@ -44,3 +56,14 @@ def slurm_cluster() -> dict[str, str]:
         if start.returncode != 0:
             pytest.fail(f"`scripts/local-slurm.sh start` failed:\n{start.stderr}", pytrace=False)
     return env
+
+
+# --- run_eval: an eval task through the task runner, on an engine the test already loaded ------
+
+
+def run_eval(run, stage: str, index: int, engine=None) -> dict:
+    """Eval task `index` of `stage` as svd_hpc.task runs it (done marker included); returns its summary."""
+    from svd_hpc.eval import evaluate
+    from svd_hpc.task import run_once
+
+    return run_once(run, stage, index, body=lambda r, i: evaluate.run_eval_task(r, stage, i, engine=engine))

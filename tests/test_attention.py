@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM
 from transformers.modeling_flash_attention_utils import _is_packed_sequence
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from svd_hpc import fsdp_utils, models, sft_data, train
+from svd_hpc import models
+from svd_hpc.train import fsdp, sft_data, train
 
 SEQ_LEN = 128
 
@@ -115,8 +116,8 @@ def test_sdpa_on_cpu_builds_the_dense_mask_flex_avoids(stream, monkeypatch):
 
 
 def test_attention_choice(monkeypatch):
-    assert fsdp_utils.attention_implementation(torch.device("cpu")) == "sdpa"
+    assert fsdp.attention_implementation(torch.device("cpu")) == "sdpa"
     monkeypatch.setitem(sys.modules, "flash_attn", None)  # not installed: import fails
-    assert fsdp_utils.attention_implementation(torch.device("cuda", 0)) == "flex_attention"
+    assert fsdp.attention_implementation(torch.device("cuda", 0)) == "flex_attention"
     monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
-    assert fsdp_utils.attention_implementation(torch.device("cuda", 0)) == "flash_attention_2"
+    assert fsdp.attention_implementation(torch.device("cuda", 0)) == "flash_attention_2"

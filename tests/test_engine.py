@@ -58,15 +58,15 @@ BOUNDARY_SCRIPT = textwrap.dedent(
 
     import vllm
     vllm.LLM = RecordingLLM
-    from svd_hpc import evaluate, generate, verify  # every stage body that starts an engine
+    from svd_hpc import generate, verify  # every stage body that starts an engine
+    from svd_hpc.eval import evaluate
     from svd_hpc.config import ModelConfig
     from svd_hpc.engine import Engine
     from svd_hpc.rundir import RunDir
-    os.environ["SVD_STAGE"] = "eval_base"
     starts = {
         "engine": lambda: Engine(ModelConfig(path=target)),
-        "generate": lambda: generate.run_task(target, 0),
-        "eval_base": lambda: evaluate.run_task(target, 0),
+        "generate": lambda: generate.run_task(RunDir(target), 0),
+        "eval_base": lambda: evaluate.run_base(RunDir(target), 0),
     }
     for name in body.split(","):
         try:

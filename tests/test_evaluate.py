@@ -17,15 +17,17 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from svd_hpc import benchmarks, config, evaluate, local, models, prompts
+from svd_hpc import config, local, models, prompts
+from svd_hpc.eval import benchmarks, evaluate
 from svd_hpc.config import BenchmarkSpec, ConfigError, ModelConfig
 from svd_hpc.engine import Completion, Engine
-from svd_hpc.grading.choice import grade_choice
-from svd_hpc.grading.math import grade_math
+from svd_hpc.eval.grading.choice import grade_choice
+from svd_hpc.eval.grading.math import grade_math
 from svd_hpc.plan import build_plan, eval_tasks, plan_to_json
 from svd_hpc.records import EVAL
 from svd_hpc.rundir import RunDir, atomic_write_json
 from svd_hpc.verify import CascadeResult
+from tests.conftest import run_eval
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "data" / "eval_samples"
@@ -287,7 +289,7 @@ def test_direct_eval_tasks_write_graded_records(tmp_path, engine):
     tasks = eval_tasks(cfg, "base")
     assert len(tasks) == 6 and {s.name: s.array_size for s in build_plan(cfg)}["eval_base"] == 6
     for index, task in enumerate(tasks):
-        summary = evaluate.run_eval_task(run, "eval_base", index, engine=engine)
+        summary = run_eval(run, "eval_base", index, engine=engine)
         out = evaluate.output_path(run, "base", task)
         assert out == run.root / "eval" / "base" / task.benchmark / f"seed-{task.seed}.parquet"
         spec = next(b for b in cfg.eval.benchmarks if b.name == task.benchmark)
@@ -312,14 +314,14 @@ def test_direct_eval_tasks_write_graded_records(tmp_path, engine):
     assert json.loads(next(run.root.glob("eval/base/code/seed-0.json")).read_text())["sandbox"]["isolation"]
     # a finished task is a no-op: no engine needed, nothing rewritten
     before = evaluate.output_path(run, "base", tasks[0]).stat().st_mtime_ns
-    assert evaluate.run_eval_task(run, "eval_base", 0)["questions"] == 5
+    assert run_eval(run, "eval_base", 0)["questions"] == 5
     assert evaluate.output_path(run, "base", tasks[0]).stat().st_mtime_ns == before
 
     # the trained model is read from train/final and samples with the same per-question seeds
     with pytest.raises(ValueError, match="train/final is missing; run \\(or resume\\) the train stage"):
-        evaluate.run_eval_task(run, "eval_trained", 0, engine=engine)
+        run_eval(run, "eval_trained", 0, engine=engine)
     shutil.copytree(models.resolve("builtin:tiny-qwen3"), run.root / "train" / "final")
-    evaluate.run_eval_task(run, "eval_trained", 0, engine=engine)
+    run_eval(run, "eval_trained", 0, engine=engine)
     base = pq.read_table(run.root / "eval" / "base" / "math" / "seed-0.parquet").column("response").to_pylist()
     trained = pq.read_table(run.root / "eval" / "trained" / "math" / "seed-0.parquet").column("response").to_pylist()
     assert trained == base  # same weights, same seeds
@@ -345,16 +347,16 @@ def test_resume_redoes_only_missing_chunks(tmp_path, engine, monkeypatch):
     monkeypatch.setattr(evaluate, "chunk_table", failing_second)
     monkeypatch.setattr(engine, "stream", counting)
     with pytest.raises(RuntimeError, match="preempted"):
-        evaluate.run_eval_task(run, "eval_base", 0, engine=engine)
+        run_eval(run, "eval_base", 0, engine=engine)
     assert not run.is_done("eval_base", 0) and not evaluate.output_path(run, "base", task).exists()
     first = saved[0]  # whichever chunk finished first was saved; the other one is redone
-    summary = evaluate.run_eval_task(run, "eval_base", 0, engine=engine)
+    summary = run_eval(run, "eval_base", 0, engine=engine)
     assert asked == [5, 5 - len(first)] and saved[2] == saved[1]
     assert summary["chunks_resumed"] == 1 and summary["questions"] == 5
     # the resumed records equal an uninterrupted run's: every question has its own seed
     monkeypatch.undo()
     fresh = prepare_run(tmp_path, {"benchmarks": [MATH], "seeds": [3]}, name="fresh")
-    evaluate.run_eval_task(fresh, "eval_base", 0, engine=engine)
+    run_eval(fresh, "eval_base", 0, engine=engine)
     read = lambda r: pq.read_table(evaluate.output_path(r, "base", task)).drop_columns(["question"]).to_pylist()
     assert read(run) == read(fresh)
 
@@ -375,7 +377,7 @@ def test_direct_eval_queues_every_chunk_in_one_engine_run(tmp_path, engine, monk
 
     monkeypatch.setattr(engine, "stream", recording)
     monkeypatch.setattr(evaluate, "chunk_table", saving)
-    evaluate.run_eval_task(run, "eval_base", 0, engine=engine)
+    run_eval(run, "eval_base", 0, engine=engine)
     assert runs == [5] and len(saved_while_sampling) == 2
 
 
@@ -386,9 +388,9 @@ def test_uq_ttc_answers_with_the_first_verified_candidate(tmp_path, engine, monk
     cfg = run.load_config()
     tasks = eval_tasks(cfg, "base")
     assert [t.mode for t in tasks] == ["direct", "uq_ttc"]
-    evaluate.run_eval_task(run, "eval_base", 0, engine=engine)
+    run_eval(run, "eval_base", 0, engine=engine)
     # the real cascade on the tiny model: whatever it decides, the records are consistent
-    summary = evaluate.run_eval_task(run, "eval_base", 1, engine=engine)
+    summary = run_eval(run, "eval_base", 1, engine=engine)
     out = evaluate.output_path(run, "base", tasks[1])
     assert out.name == "seed-0-uq_ttc.parquet"
     rows = check_records(pq.read_table(out), "base", "uq_ttc", 0, 2)
@@ -413,7 +415,7 @@ def test_uq_ttc_answers_with_the_first_verified_candidate(tmp_path, engine, monk
     # every candidate reaches the judges here (the real static filter may drop an empty one)
     monkeypatch.setattr(evaluate.prompts, "filter_reason", lambda text, domain, require_think, require_format=True: None)
     (run.root / "eval_base" / "done" / "00001").unlink()
-    evaluate.run_eval_task(run, "eval_base", 1, engine=engine)
+    run_eval(run, "eval_base", 1, engine=engine)
     rows = {r["question_id"]: r for r in pq.read_table(out).to_pylist()}
     direct = {r["question_id"]: r for r in pq.read_table(evaluate.output_path(run, "base", tasks[0])).to_pylist()}
     assert sorted(judged) == [f"eval/choice/0/choice-{q}/{k}" for q in (1, 2) for k in range(3)]
@@ -435,18 +437,14 @@ def test_eval_task_through_the_local_scheduler(tmp_path):
     assert "| math | math | 2 | 1 |" in (run.root / "report.md").read_text()
 
 
-def test_run_task_needs_an_eval_stage(tmp_path, monkeypatch):
+def test_eval_task_index_must_exist(tmp_path):
     run = prepare_run(tmp_path, {"benchmarks": [MATH], "seeds": [0]})
-    monkeypatch.delenv("SVD_STAGE", raising=False)
-    with pytest.raises(ConfigError, match="SVD_STAGE is None"):
-        evaluate.run_task(str(run.root), 0)
-    monkeypatch.setenv("SVD_STAGE", "eval_base")
     with pytest.raises(ConfigError, match="eval_base has 1 tasks .* task 4 does not exist"):
-        evaluate.run_task(str(run.root), 4)
+        evaluate.run_base(run, 4)
 
 
 def test_math_last_number_grader_reads_unboxed_answers():
-    from svd_hpc.benchmarks import Problem
+    from svd_hpc.eval.benchmarks import Problem
 
     problem = Problem("q", "What is 36 + 47?", "math", "math_last_number")
     assert evaluate.grade(problem, "83", "36 + 47 = 83\n\nThe answer is: 83.", 6.0).correct
@@ -491,7 +489,7 @@ def test_eval_asks_each_benchmark_with_its_own_prompt_repeats_and_sampling(tmp_p
     assert [(t.benchmark, t.seed) for t in tasks] == [("hmmt", s) for s in range(10)] + [("gpqa", s) for s in range(3)] + [("math", 0)]
     engine = PromptRecorder()
     for index in (0, 11, 13):
-        evaluate.run_eval_task(run, "eval_base", index, engine=engine)
+        run_eval(run, "eval_base", index, engine=engine)
     hmmt, gpqa, math = (c[0]["content"] for c in engine.conversations)
     assert hmmt == "Problem: Compute 1 * 7.\nPlease reason step by step, and put your final answer within \\boxed{}.\nAnswer:"
     shown, letter = benchmarks.load(cfg.eval.benchmarks[1])[0].present(1)
@@ -546,7 +544,7 @@ def test_gpqa_option_orders():
 
 
 def test_hle_answers_are_read_at_the_first_answer_line():
-    from svd_hpc.benchmarks import Problem
+    from svd_hpc.eval.benchmarks import Problem
 
     hle = Problem("h", "Q?\n\nAnswer Choices:\nA. x\nB. y\nC. z", "science", "choice", prompt="hle", stem="Q?",
                   options=["x", "y", "z"], correct_index=2, option_order="original")

@@ -19,6 +19,7 @@ import pytest
 from svd_hpc import verify
 from svd_hpc.config import VerifyConfig
 from svd_hpc.rundir import RunDir, StorageError, atomic_write_text
+from svd_hpc.task import run_once
 from tests.test_generate_verify import ITEMS, ScriptedEngine, prepare_run, synthetic_candidates
 from tests.test_launcher import REPO, run_launch
 
@@ -103,7 +104,7 @@ def test_verify_task_fails_clearly_mid_stage_and_resumes(small_fs, tmp_path, mon
     monkeypatch.setattr(verify, "Engine", lambda model_cfg: FaultyEngine(strike, after=5))
     message = "the filesystem is full; free space" if fault == "full" else "the filesystem is read-only"
     with pytest.raises(StorageError, match=rf"^cannot write {progress}/chunk-\d+\.json: {message}"):
-        verify.run_task(str(run.root), 0)
+        run_once(run.root, "verify", 0)
     # nothing partial under a final name: every chunk is whole, no shard, no done marker
     saved = {k: v for p in progress.glob("chunk-*.json") for k, v in json.loads(p.read_text()).items()}
     assert 4 <= len(saved) <= 5 and not leftovers(run.root)
@@ -114,10 +115,10 @@ def test_verify_task_fails_clearly_mid_stage_and_resumes(small_fs, tmp_path, mon
     else:
         remount(small_fs, "rw")
     monkeypatch.setattr(verify, "Engine", lambda model_cfg: ScriptedEngine())
-    verify.run_task(str(run.root), 0)
+    run_once(run.root, "verify", 0)
     marker = json.loads(run.done_marker("verify", 0).read_text())
     assert marker["judge_replies_resumed"] == len(saved)
-    verify.run_task(str(reference.root), 0)
+    run_once(reference.root, "verify", 0)
     assert pq.read_table(run.shard_path("verify", 0)).equals(pq.read_table(reference.shard_path("verify", 0)))
 
 

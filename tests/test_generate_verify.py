@@ -20,6 +20,7 @@ from svd_hpc.config import ModelConfig, VerifyConfig
 from svd_hpc.engine import Completion, Engine, Sampling
 from svd_hpc.records import CANDIDATE, VERDICT, VOTE_NO, VOTE_NONE, VOTE_YES
 from svd_hpc.rundir import RunDir
+from svd_hpc.task import run_once
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -338,8 +339,8 @@ def test_an_empty_shard_finishes_without_loading_a_model(tmp_path, monkeypatch):
 
     monkeypatch.setattr(generate, "Engine", no_engine)
     monkeypatch.setattr(verify, "Engine", no_engine)
-    generate.run_task(str(run.root), 0)
-    verify.run_task(str(run.root), 0)
+    run_once(run.root, "generate", 0)
+    run_once(run.root, "verify", 0)
     assert pq.read_table(run.shard_path("generate", 0)).schema.equals(CANDIDATE)
     table = pq.read_table(run.shard_path("verify", 0))
     assert table.num_rows == 0 and table.schema.equals(VERDICT)
@@ -349,7 +350,7 @@ def test_an_empty_shard_finishes_without_loading_a_model(tmp_path, monkeypatch):
 def test_verify_refuses_an_unfinished_generate_shard(tmp_path):
     run = prepare_run(tmp_path, "early", {}, [{"question": "Q?"}])
     with pytest.raises(ValueError, match=r"generate shard 0 is not finished"):
-        verify.run_task(str(run.root), 0)
+        run_once(run.root, "verify", 0)
 
 
 # ----------------------------------------------------------------------------- end to end, real vLLM
@@ -382,8 +383,8 @@ def test_generate_and_verify_shards_end_to_end(tmp_path):
     run = prepare_run(tmp_path, "e2e", TINY, QUESTIONS)
     cfg = run.load_config()
     for index in range(2):
-        generate.run_task(str(run.root), index)
-        verify.run_task(str(run.root), index)
+        run_once(run.root, "generate", index)
+        run_once(run.root, "verify", index)
     shard_seeds = [pq.read_table(run.shard_path("seeds", i)) for i in range(2)]
     for index in range(2):
         assert run.is_done("generate", index) and run.is_done("verify", index)
@@ -416,8 +417,8 @@ def test_generate_and_verify_shards_end_to_end(tmp_path):
     assert sorted(set(generated.column("question").to_pylist())) == sorted(q["question"] for q in QUESTIONS)
     # finished tasks are no-ops
     stamp = run.shard_path("verify", 0).stat().st_mtime_ns
-    generate.run_task(str(run.root), 0)
-    verify.run_task(str(run.root), 0)
+    run_once(run.root, "generate", 0)
+    run_once(run.root, "verify", 0)
     assert run.shard_path("verify", 0).stat().st_mtime_ns == stamp
 
 
@@ -430,7 +431,7 @@ def test_killed_generate_task_resumes_to_the_same_records(tmp_path):
     killed = prepare_run(tmp_path, "killed", settings, questions)
     chunks = generate.chunk_dir(killed, 0)
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    code = "import sys; from svd_hpc import generate; generate.run_task(sys.argv[1], 0)"
+    code = "import sys; from svd_hpc.task import run_once; run_once(sys.argv[1], 'generate', 0)"
     log = tmp_path / "killed.log"
     with log.open("wb") as sink:  # a file, not a pipe: a full pipe would stall the task
         proc = subprocess.Popen([sys.executable, "-c", code, str(killed.root)], env=env, stdout=sink, stderr=sink)
@@ -444,12 +445,12 @@ def test_killed_generate_task_resumes_to_the_same_records(tmp_path):
     saved = [q for path in chunks.glob("chunk-*.json") for q in json.loads(path.read_text())]
     assert 2 <= len(saved) < 8 and not killed.is_done("generate", 0)
 
-    generate.run_task(str(killed.root), 0)  # resume
+    run_once(killed.root, "generate", 0)  # resume
     marker = json.loads(killed.done_marker("generate", 0).read_text())
     assert marker["questions_resumed"] == len(saved) and marker["questions"] == 8
 
     whole = prepare_run(tmp_path, "whole", settings, questions)
-    generate.run_task(str(whole.root), 0)
+    run_once(whole.root, "generate", 0)
     resumed = pq.read_table(killed.shard_path("generate", 0))
     uninterrupted = pq.read_table(whole.shard_path("generate", 0))
     assert resumed.num_rows == 8 * 3
@@ -471,7 +472,7 @@ def synthetic_candidates(run: RunDir, count: int) -> None:
 
 def start_task(stage: str, run: RunDir, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    code = f"import sys; from svd_hpc import {stage}; {stage}.run_task(sys.argv[1], 0)"
+    code = f"import sys; from svd_hpc.task import run_once; run_once(sys.argv[1], '{stage}', 0)"
     with log.open("ab") as sink:  # a file, not a pipe: a full pipe would stall the task
         return subprocess.Popen([sys.executable, "-c", code, str(run.root)], env=env, stdout=sink, stderr=sink)
 
@@ -528,7 +529,7 @@ def test_stale_chunks_are_regenerated(tmp_path):
     other = dataclasses.replace(run.load_config(), model=dataclasses.replace(run.load_config().model, seed=1))
     (folder / "fingerprint").write_text(generate.fingerprint(other, pq.read_table(run.shard_path("seeds", 0))))
     (folder / "chunk-00000.json").write_text(json.dumps({"q0": []}))
-    generate.run_task(str(run.root), 0)
+    run_once(run.root, "generate", 0)
     marker = json.loads(run.done_marker("generate", 0).read_text())
     assert marker["questions_resumed"] == 0 and marker["candidates"] == 4 * 3
 
@@ -549,8 +550,8 @@ def test_smollm2_smoke_formats(tmp_path):
     questions = [{**q, "domain": d} for q, d in zip(demo, ("math", "science", "science"))]
     settings["seeds"]["domain_field"] = "domain"
     run = prepare_run(tmp_path, "smol", settings, questions)
-    generate.run_task(str(run.root), 0)
-    verify.run_task(str(run.root), 0)
+    run_once(run.root, "generate", 0)
+    run_once(run.root, "verify", 0)
     table = pq.read_table(run.shard_path("verify", 0))
     check_verdicts(table, run.load_config())
     assert table.num_rows == 3 * 2

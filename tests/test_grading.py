@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from svd_hpc.grading import final_part
-from svd_hpc.grading.choice import extract_letter, format_choice_question, grade_choice, shuffle_options
-from svd_hpc.grading.code import grade_code, last_code_block
-from svd_hpc.grading.math import grade_math, last_boxed
+from svd_hpc.eval.grading import final_part
+from svd_hpc.eval.grading.choice import extract_letter, format_choice_question, grade_choice, shuffle_options
+from svd_hpc.eval.grading.code import grade_code, last_code_block
+from svd_hpc.eval.grading.math import grade_math, last_boxed
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -119,7 +119,7 @@ def test_shuffle_is_deterministic_per_seed_and_question():
 
 def test_shuffle_is_stable_across_processes():
     # hash() is salted per process; the shuffle must not be.
-    code = "from svd_hpc.grading.choice import shuffle_options; print(shuffle_options(list('abcde'), 3, 7, 'gpqa-17'))"
+    code = "from svd_hpc.eval.grading.choice import shuffle_options; print(shuffle_options(list('abcde'), 3, 7, 'gpqa-17'))"
     outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
                for _ in range(2)}
     assert outputs == {str(shuffle_options(list("abcde"), 3, 7, "gpqa-17")) + "\n"}
@@ -283,7 +283,7 @@ def test_total_time_budget_is_shared_by_the_tests():
 
 
 def test_hle_reads_the_first_answer_line():
-    from svd_hpc.grading.choice import first_answer_letter
+    from svd_hpc.eval.grading.choice import first_answer_letter
 
     assert first_answer_letter("Answer: B\nthen Answer: C", 4) == "B"  # the first, not the last
     assert first_answer_letter("answer: \\boxed{c}", 4) == "C"  # any case, boxed

@@ -19,6 +19,7 @@ from svd_hpc.rundir import RunDir
 from tests import toy_stages
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.usefixtures("toy_bodies")
 
 
 def write_config(tmp_path: Path, shards: int, cluster: str = "local", name: str = "toy", **extra) -> Path:
@@ -32,7 +33,6 @@ def write_config(tmp_path: Path, shards: int, cluster: str = "local", name: str 
         "seeds": {"path": str(seeds), "shards": shards},
         "train": {"global_batch": 4, "procs_per_node": 2},
         "eval": {"benchmarks": [{"name": "b1", "path": str(seeds)}], "seeds": [0, 1]},
-        "stage_bodies": toy_stages.BODIES,
         "resources": {"train": {"nodes": 1}},
     }
     for key, value in extra.items():
@@ -129,6 +129,36 @@ def test_local_scheduler_runs_the_chain_and_resumes(tmp_path):
     assert (run.root / "report.md").read_text().endswith("merged rows: 6\n")
 
 
+def test_the_runner_writes_the_marker_from_the_body_stats(tmp_path):
+    run = RunDir(tmp_path)
+    calls = []
+
+    def body(run: RunDir, index: int) -> dict:
+        calls.append(index)
+        assert not run.is_done("merge", index)  # the body never sees its own marker
+        return {"kept": 3}
+
+    assert task.run_once(run, "merge", 0, body=body) == {"kept": 3}
+    assert run.load_json(run.done_marker("merge", 0))["kept"] == 3
+    assert task.run_once(run, "merge", 0, body=body)["kept"] == 3 and calls == [0]  # done: the body is not run
+    assert task.run_once(run, "train", 0, body=lambda run, index: None) is None  # a rank other than 0
+    assert not run.is_done("train", 0)
+
+
+def test_a_run_whose_plan_names_body_paths_still_resumes(tmp_path):
+    """plan.json written before the stage folders named each body ("svd_hpc.merge:run_task")."""
+    path = write_config(tmp_path, 1)
+    assert run_launch(["--config", str(path)]).returncode == 0
+    run = RunDir(tmp_path / "runs" / "toy")
+    old = {"merge": "svd_hpc.merge:run_task", "report": "svd_hpc.report:run_task", "train": "svd_hpc.train:run_task"}
+    plan = [{**stage, "body": old.get(stage["name"], "svd_hpc.evaluate:run_task")} for stage in run.load_json(run.plan_path)]
+    run.plan_path.write_text(json.dumps(plan))
+    run.done_marker("report", 0).unlink()
+    proc = run_launch(["resume", str(run.root)])
+    assert proc.returncode == 0, proc.stderr
+    assert run.is_done("report", 0)
+
+
 @pytest.mark.parametrize(
     "allowed, cpus, expected",
     [({0, 1, 2, 3}, "2", ("2", "nobind")), ({0, 1}, "2", (None, None)), ({0, 1, 2, 3}, None, (None, None))],
@@ -141,15 +171,6 @@ def test_threads_follow_the_slurm_allocation_when_the_site_does_not_pin(monkeypa
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: allowed)
     task.fit_threads_to_allocation()
     assert (os.environ.get("OMP_NUM_THREADS"), os.environ.get("VLLM_CPU_OMP_THREADS_BIND")) == expected
-
-
-def test_unbuilt_stage_says_so(tmp_path):
-    bodies = {**toy_stages.BODIES, "merge": "svd_hpc.not_a_stage:run_task"}
-    path = write_config(tmp_path, 1, stage_bodies=bodies)
-    proc = run_launch(["--config", str(path)])
-    assert proc.returncode == 1
-    log = (tmp_path / "runs" / "toy" / "logs" / "merge" / "local_0.log").read_text()
-    assert "stage 'merge' is not built yet" in log
 
 
 def test_dry_run_renders_scripts_without_slurm(tmp_path):

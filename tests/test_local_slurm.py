@@ -9,6 +9,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slurm  # every test here uses the cluster: `-m "not slurm"` never starts it
+
 LOCAL_SLURM = Path(__file__).resolve().parent.parent / "scripts" / "local-slurm.sh"
 
 # States after which a job never changes again (sacct's spelling; CANCELLED may read "CANCELLED by 0").

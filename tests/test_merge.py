@@ -15,9 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from svd_hpc import merge, records, selection
+from svd_hpc import records
+from svd_hpc.merge import merge, selection
 from svd_hpc.config import VERIFY_STAGES, MergeConfig, RunConfig
 from svd_hpc.rundir import RunDir
+from svd_hpc.task import run_once
 
 YES5 = [1, 1, 1, 1, 1]
 INSTRUCTION = "\nPut the final answer in \\boxed{}."
@@ -348,16 +350,16 @@ def two_shards():
 
 def test_run_task_writes_outputs_then_marker_and_reruns_identically(tmp_path):
     run = make_run(tmp_path, two_shards(), validation_fraction=0.0)
-    merge.run_task(str(run.root), 0)
+    run_once(run.root, "merge", 0)
     out = run.stage_dir("merge")
     assert run.is_done("merge", 0)
     assert {p.name for p in out.iterdir()} == {"sft", "stats.json", "funnel.png", "done"}
     assert (out / "funnel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     first = (out / "sft/train.parquet").read_bytes()
-    merge.run_task(str(run.root), 0)  # done: a no-op
+    run_once(run.root, "merge", 0)  # done: a no-op
     assert (out / "sft/train.parquet").read_bytes() == first
     run.done_marker("merge", 0).unlink()
-    merge.run_task(str(run.root), 0)
+    run_once(run.root, "merge", 0)
     assert (out / "sft/train.parquet").read_bytes() == first
     assert not list(run.root.glob(".merge.tmp-*"))
 
@@ -378,7 +380,7 @@ def test_unreadable_shard_names_it_and_the_way_out(tmp_path, damage):
     else:
         shard.write_bytes(hashlib.sha256(b"x").digest() * 100)
     with pytest.raises(ValueError) as err:
-        merge.run_task(str(run.root), 0)
+        run_once(run.root, "merge", 0)
     message = str(err.value)
     assert str(shard) in message and "launch resume" in message and "merge.allow_missing=true" in message
     _assert_nothing_written(run)
@@ -387,7 +389,7 @@ def test_unreadable_shard_names_it_and_the_way_out(tmp_path, damage):
 def test_allow_missing_proceeds_and_records_the_skipped_shard(tmp_path):
     run = make_run(tmp_path, two_shards(), allow_missing=True)
     run.shard_path("verify", 1).unlink()
-    merge.run_task(str(run.root), 0)
+    run_once(run.root, "merge", 0)
     stats = json.loads((run.stage_dir("merge") / "stats.json").read_text())
     assert stats["skipped_shards"] == [{"shard": "shard-00001.parquet", "reason": "is missing"}]
     assert stats["overall"]["kept"] == 1 and stats["overall"]["candidates"] == 2
@@ -415,7 +417,7 @@ def test_wrong_schema_names_shard_and_field(tmp_path, field, change):
         bad = bad.set_column(bad.schema.get_field_index(field), field, bad[field].cast(pa.string()))
     pq.write_table(bad, shard)
     with pytest.raises(ValueError, match=rf"shard-00000\.parquet.*'{field}'"):
-        merge.run_task(str(run.root), 0)
+        run_once(run.root, "merge", 0)
     _assert_nothing_written(run)
 
 
@@ -535,7 +537,7 @@ def test_funnel_counts_votes_without_verdict_and_cut_off(tmp_path):
     }
     assert stats["per_domain"]["math"]["cut_off_cycle"] == 4
     assert stats["overall"]["valid"] == 1  # a2: its cut-off cycle votes still said yes (the authors' rule)
-    from svd_hpc import funnel
+    from svd_hpc.merge import funnel
 
     funnel.chart(stats, tmp_path / "funnel.png")
     assert (tmp_path / "funnel.png").stat().st_size > 0

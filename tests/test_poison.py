@@ -16,7 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
-from svd_hpc import evaluate, generate, merge, prompts, report, status, verify
+from svd_hpc import generate, prompts, report, status, verify
+from svd_hpc.eval import evaluate
+from svd_hpc.merge import merge
 from svd_hpc.config import ModelConfig
 from svd_hpc.engine import Engine, Refused, Sampling
 from svd_hpc.models import ensure_tiny_qwen3
@@ -24,6 +26,7 @@ from svd_hpc.plan import build_plan, plan_to_json
 from svd_hpc.rundir import atomic_write_json
 
 from tests.test_generate_verify import prepare_run
+from tests.conftest import run_eval
 
 MAX_LEN = 512
 GUARD = (
@@ -186,7 +189,7 @@ def test_stages_record_poison_items_as_skipped_and_complete(rejecting, guarded_m
 
     # eval, direct and UQ-TTC: skipped questions stay in the denominator as incorrect
     for index, mode in enumerate(("direct", "uq_ttc")):
-        summary = evaluate.run_eval_task(run, "eval_base", index, engine=engine)
+        summary = run_eval(run, "eval_base", index, engine=engine)
         path = evaluate.output_path(run, "base", evaluate.eval_task(cfg, "eval_base", index)[1])
         rows = dict(zip(["ok", "long", "template", "rejected"], pq.read_table(path).to_pylist(), strict=True))
         assert summary["questions"] == 4

@@ -195,6 +195,10 @@ def test_final_answer_is_text_after_last_think_close():
         ("<think>2+2 and then", "math", False, "unclosed_think"),  # opened, never closed
         ("<think>\\boxed{4}</think>four", "math", True, "no_boxed"),  # boxed only in the reasoning
         ("<think>x</think>   ", "science", True, "empty_answer"),
+        # one rule with the grader (answers.last_boxed): `\boxed 5` is TeX's boxed 5, a cut-off box is none
+        ("<think>x</think>So \\boxed 5", "math", True, None),
+        ("<think>x</think>So \\fbox{5}", "math", True, None),
+        ("<think>x</think>So \\boxed{\\frac{1}{2", "math", True, "no_boxed"),
         ("<think>x</think>Answer: C", "science", True, None),
         ("<think>x</think>```python\nprint(1)\n```", "code", True, None),
         ("<think>x</think>```python\nprint(1)", "code", True, "no_code_block"),  # unclosed fence
@@ -203,6 +207,20 @@ def test_final_answer_is_text_after_last_think_close():
 )
 def test_filter_reason(text, domain, require_think, reason):
     assert prompts.filter_reason(text, domain, require_think) == reason
+
+
+def test_the_filter_passes_what_the_grader_reads_as_an_answer():
+    from svd_hpc.eval.grading.math import grade_math
+
+    for reply in ("<think>x</think>So \\boxed 5", "<think>x</think>So \\boxed{5}", "<think>x</think>So \\fbox{5}"):
+        assert prompts.filter_reason(reply, "math", True) is None and grade_math(reply, "5").correct
+    for reply in ("<think>x</think>So 5", "<think>x</think>So \\boxed{5", "<think>So \\boxed{5}"):
+        assert prompts.filter_reason(reply, "math", False) is not None and not grade_math(reply, "5").correct
+
+
+def test_final_answer_of_a_reply_cut_off_while_thinking_is_what_came_before():
+    assert prompts.final_answer("<think>draft \\boxed{4}") == ""
+    assert prompts.final_answer("Intro <think>draft") == "Intro"
 
 
 def test_user_prompt_is_question_newline_instruction():
@@ -246,7 +264,7 @@ EVAL_ROWS = {
 
 def eval_prompts_rendered() -> dict[str, str]:
     """Each eval preset's prompt for its fixed row under eval seed 0 (options in that seed's order)."""
-    from svd_hpc import benchmarks, eval_prompts
+    from svd_hpc.eval import benchmarks, prompts as eval_prompts
     from svd_hpc.config import BenchmarkSpec
 
     out = {}

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from svd_hpc import config, train
+from svd_hpc import config
+from svd_hpc.train import train
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("qwen3-*.yaml"))
 SEEDS = {  # marin experiments/self_instill/ (instruction_seed = the user turn, answers dropped)
@@ -74,8 +75,8 @@ def test_decay_ratio_beyond_what_warmup_leaves_is_refused(tmp_path):
 
 
 def test_uq_ttc_judges_every_candidate_against_the_raw_question(monkeypatch):
-    from svd_hpc import evaluate
-    from svd_hpc.benchmarks import Problem
+    from svd_hpc.eval import evaluate
+    from svd_hpc.eval.benchmarks import Problem
     from svd_hpc.engine import Completion
 
     seen = []

@@ -15,10 +15,12 @@ import pytest
 import yaml
 from rich.console import Console
 
-from svd_hpc import config, metrics, report
+from svd_hpc import config, report
+from svd_hpc.eval import scoring
 from svd_hpc.plan import build_plan, plan_to_json
 from svd_hpc.records import EVAL
 from svd_hpc.rundir import RunDir, atomic_write_json
+from svd_hpc.task import run_once
 
 SEEDS = [0, 1, 2]
 # benchmark -> variant -> seed -> correctness per question
@@ -216,7 +218,7 @@ def test_report_of_a_run_without_eval_or_training(tmp_path):
     run = prepare_run(tmp_path, train={"enabled": False})
     # whatever the merge stage wrote, read defensively: a flat mapping with stray entries
     atomic_write_json(run.root / "merge" / "stats.json", {"candidates": 0, "kept": 0, "note": "empty", "per_domain": "?"})
-    report.run_task(str(run.root), 0)
+    run_once(run.root, "report", 0)
     text = (run.root / "report.md").read_text()
     assert "No eval results yet." in text and "| candidates | 0 | — |" in text and "| kept | 0 | — |" in text
     assert "note" not in text.split("## Merge funnel")[1].split("##")[0]
@@ -224,7 +226,7 @@ def test_report_of_a_run_without_eval_or_training(tmp_path):
     assert (run.root / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert run.is_done("report", 0)
     before = (run.root / "report.md").stat().st_mtime_ns
-    report.run_task(str(run.root), 0)  # done: a no-op
+    run_once(run.root, "report", 0)  # done: a no-op
     assert (run.root / "report.md").stat().st_mtime_ns == before
 
 
@@ -233,7 +235,7 @@ def test_report_shows_judge_votes_without_verdict_and_cut_off(tmp_path):
     overall = {"candidates": 8, "kept": 1, "votes_correctness": 5, "no_verdict_correctness": 0, "cut_off_correctness": 0,
                "votes_cycle": 40, "no_verdict_cycle": 6, "cut_off_cycle": 10}
     atomic_write_json(run.root / "merge" / "stats.json", {"overall": overall, "per_domain": {"math": overall}})
-    report.run_task(str(run.root), 0)
+    run_once(run.root, "report", 0)
     text = (run.root / "report.md").read_text()
     funnel_part = text.split("## Merge funnel")[1].split("##")[0]
     assert "votes_cycle" not in funnel_part and "cut_off_cycle" not in funnel_part  # not candidate counts
@@ -247,24 +249,24 @@ def test_pass_at_k_and_standard_error():
     for n in range(1, 7):
         for c in range(n + 1):
             for k in range(1, n + 1):
-                assert metrics.pass_at_k(n, c, k) == pytest.approx(brute_pass_at_k([1] * c + [0] * (n - c), k))
-    assert metrics.ks_for(8) == [1, 2, 4, 8] and metrics.ks_for(3) == [1, 2, 3]
-    assert metrics.mean_stderr([0.5]) == (0.5, None)
-    mean, err = metrics.mean_stderr([0.2, 0.4, 0.9])
+                assert scoring.pass_at_k(n, c, k) == pytest.approx(brute_pass_at_k([1] * c + [0] * (n - c), k))
+    assert scoring.ks_for(8) == [1, 2, 4, 8] and scoring.ks_for(3) == [1, 2, 3]
+    assert scoring.mean_stderr([0.5]) == (0.5, None)
+    mean, err = scoring.mean_stderr([0.2, 0.4, 0.9])
     assert (mean, err) == pytest.approx((0.5, np.std([0.2, 0.4, 0.9], ddof=1) / np.sqrt(3)))
-    assert metrics.delta((0.5, 0.03), (0.6, 0.04)) == pytest.approx((0.1, 0.05))
+    assert scoring.delta((0.5, 0.03), (0.6, 0.04)) == pytest.approx((0.1, 0.05))
     with pytest.raises(ValueError):
-        metrics.pass_at_k(3, 4, 1)
+        scoring.pass_at_k(3, 4, 1)
 
 
 def test_paired_bootstrap_interval():
-    assert metrics.paired_bootstrap_ci([0.25] * 7) == (0.25, 0.25)  # no spread, no width
-    low, high = metrics.paired_bootstrap_ci([1.0, 0.0] * 50)
+    assert scoring.paired_bootstrap_ci([0.25] * 7) == (0.25, 0.25)  # no spread, no width
+    low, high = scoring.paired_bootstrap_ci([1.0, 0.0] * 50)
     # the mean of 100 fair coin flips: 0.5 ± 1.96 × 0.05
     assert (low, high) == pytest.approx((0.5 - 1.96 * 0.05, 0.5 + 1.96 * 0.05), abs=0.015)
-    assert metrics.paired_bootstrap_ci([0.1, 0.3, 0.9]) == metrics.paired_bootstrap_ci([0.1, 0.3, 0.9])  # fixed seed
+    assert scoring.paired_bootstrap_ci([0.1, 0.3, 0.9]) == scoring.paired_bootstrap_ci([0.1, 0.3, 0.9])  # fixed seed
     with pytest.raises(ValueError, match="no paired questions"):
-        metrics.paired_bootstrap_ci([])
+        scoring.paired_bootstrap_ci([])
 
 
 def test_domain_of_benchmarks_with_different_repeats_weighs_each_question_once(tmp_path):

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from svd_hpc import sandbox
-from svd_hpc.sandbox import SandboxLimits, run_program
+from svd_hpc.eval import sandbox
+from svd_hpc.eval.sandbox import SandboxLimits, run_program
+from tests.conftest import run_eval
 
 REPO = Path(__file__).resolve().parent.parent
 # Each isolating backend, probed once: those that cannot run here are skipped with the reason.
@@ -204,7 +205,7 @@ def test_daemon_does_not_outlive_the_run(backend, then, marker):
 GRADER = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])
-    from svd_hpc.sandbox import run_program
+    from svd_hpc.eval.sandbox import run_program
     run_program(sys.argv[2], timeout_s=60)
 """)
 
@@ -362,8 +363,8 @@ def test_process_group_mode_still_kills_daemons_and_loops(marker):
 
 USERNS_CHECK = textwrap.dedent("""
     import json, sys
-    sys.path.insert(0, sys.argv[1])  # the repository: svd_hpc.sandbox needs only the standard library
-    from svd_hpc import sandbox
+    sys.path.insert(0, sys.argv[1])  # the repository: svd_hpc.eval.sandbox needs only the standard library
+    from svd_hpc.eval import sandbox
     target, secret = sys.argv[2], sys.argv[3]
     writer = f"open({target!r}, 'w').write('x')"
     out = {
@@ -437,8 +438,8 @@ def test_fake_root_as_the_issue_ran_it_detects_a_mode():
 
 FAKE_ROOT_SUITE = textwrap.dedent("""
     import json, os, shutil, sys
-    sys.path.insert(0, sys.argv[1])  # the repository: svd_hpc.sandbox needs only the standard library
-    from svd_hpc import sandbox
+    sys.path.insert(0, sys.argv[1])  # the repository: svd_hpc.eval.sandbox needs only the standard library
+    from svd_hpc.eval import sandbox
     target, token, port, hide_bwrap = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
     if hide_bwrap:
         which = shutil.which
@@ -531,7 +532,7 @@ def test_hostile_programs_under_a_fake_root(nested, tmp_path, request, monkeypat
 THREADS_ON_A_BUSY_ACCOUNT = textwrap.dedent("""
     import sys, threading
     sys.path.insert(0, sys.argv[1])
-    from svd_hpc import sandbox
+    from svd_hpc.eval import sandbox
     # A busy account, like a grader with a loaded engine: many threads of our uid.
     stop = threading.Event()
     for _ in range(150):
@@ -589,7 +590,8 @@ def test_code_benchmark_task_refuses_before_loading_a_model(tmp_path, monkeypatc
     """The refusal is a task error (exit 2 through svd_hpc.task), raised before any engine starts."""
     import yaml
 
-    from svd_hpc import config, evaluate
+    from svd_hpc import config
+    from svd_hpc.eval import evaluate
     from svd_hpc.plan import build_plan, plan_to_json
     from svd_hpc.rundir import RunDir, atomic_write_json
 
@@ -607,7 +609,7 @@ def test_code_benchmark_task_refuses_before_loading_a_model(tmp_path, monkeypatc
     started = []
     monkeypatch.setattr(evaluate, "Engine", lambda *a, **k: started.append(1) or pytest.fail("engine started"))
     with pytest.raises(sandbox.IsolationMissing, match="eval.allow_unisolated_code: true"):
-        evaluate.run_eval_task(run, "eval_base", 0)
+        run_eval(run, "eval_base", 0)
     assert started == []
 
 

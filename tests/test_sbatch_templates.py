@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from svd_hpc import batch_script, fsdp_utils, launch, task, train
+from svd_hpc import batch_script, launch, task
+from svd_hpc.train import fsdp, train
 from svd_hpc.rundir import RunDir
+from svd_hpc.task import run_once
 from tests import toy_stages
 from tests.test_launcher import (
     REPO, merged_rows, restarts, run_launch, sacct_states, send_warning, squeue_ids, write_config,
@@ -151,7 +153,7 @@ def test_a_failing_rank_ends_the_job_at_once(tmp_path, slurm_cluster):
 
 
 @pytest.mark.slurm
-def test_pipeline_sh_runs_every_stage(tmp_path, slurm_cluster):
+def test_pipeline_sh_runs_every_stage(tmp_path, slurm_cluster, toy_bodies):
     path = write_config(tmp_path, 3, cluster="local-slurm", name="plain", **{"resources.train": {"nodes": 2}})
     env = {**os.environ, **slurm_cluster, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.run(
@@ -186,14 +188,14 @@ def uninterrupted(tmp_path_factory) -> Path:
     return run
 
 
-def train_config(tmp_path: Path, name: str) -> tuple[Path, RunDir]:
+def train_config(tmp_path: Path, name: str, monkeypatch) -> tuple[Path, RunDir]:
     """Toy stages around the real train stage, 2 nodes × 1 process, preemptible; the SFT set in place."""
+    monkeypatch.setenv("SVD_HPC_TEST_BODIES", "tests.toy_stages:BODIES_BUT_TRAIN")
     from tests.test_train import sft_rows
     from test_sft_data import write_sft
 
     path = write_config(
         tmp_path, 1, cluster="local-slurm", name=name,
-        stage_bodies={**toy_stages.BODIES, "train": "svd_hpc.train:run_task"},
         train=TRAIN, **{"resources.train": {"nodes": 2, "preemptible": True}},
     )
     run = RunDir(tmp_path / "runs" / name)
@@ -236,18 +238,18 @@ def test_a_stop_request_makes_train_checkpoint_and_exit_for_a_requeue(tmp_path, 
     request.parent.mkdir(parents=True, exist_ok=True)
     request.touch()
     with pytest.raises(SystemExit) as stopped:
-        train.run_task(str(run.root), 0)
+        run_once(run.root, "train", 0)
     assert stopped.value.code == task.EXIT_STOPPED
-    assert fsdp_utils.latest_checkpoint(run.stage_dir("train") / "checkpoints").name == "step-000001"
+    assert fsdp.latest_checkpoint(run.stage_dir("train") / "checkpoints").name == "step-000001"
     assert not request.exists() and not run.is_done("train", 0)  # consumed: the next life trains on
-    train.run_task(str(run.root), 0)
+    run_once(run.root, "train", 0)
     assert run.is_done("train", 0)
 
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_launched_train_checkpoints_and_requeues_on_the_warning(tmp_path, slurm_cluster, uninterrupted):
-    path, run = train_config(tmp_path, "warned")
+def test_launched_train_checkpoints_and_requeues_on_the_warning(tmp_path, slurm_cluster, uninterrupted, monkeypatch):
+    path, run = train_config(tmp_path, "warned", monkeypatch)
     assert run_launch(["--config", str(path)], env=slurm_cluster).returncode == 0
     subs = json.loads(run.jobs_path.read_text())["submissions"]
     job = next(str(s["job_id"]) for s in subs if s["stage"] == "train")
@@ -260,8 +262,8 @@ def test_launched_train_checkpoints_and_requeues_on_the_warning(tmp_path, slurm_
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_prepared_train_script_checkpoints_and_requeues_on_the_warning(tmp_path, slurm_cluster, uninterrupted):
-    path, run = train_config(tmp_path, "plain-train")
+def test_prepared_train_script_checkpoints_and_requeues_on_the_warning(tmp_path, slurm_cluster, uninterrupted, monkeypatch):
+    path, run = train_config(tmp_path, "plain-train", monkeypatch)
     proc = run_launch(["prepare", "--config", str(path)], env=slurm_cluster)
     assert proc.returncode == 0, proc.stderr
     submitted = subprocess.run(

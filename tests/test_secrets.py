@@ -54,28 +54,31 @@ def test_secret_names():
     assert without_secrets({n: "x" for n in secret + kept}) == {n: "x" for n in kept}
 
 
-def leaky_generate(run_dir: str, index: int) -> None:
+def leaky_generate(run: RunDir, index: int) -> dict:
     """A generate body that writes its whole environment into the run directory (as a careless
     debug dump would), then does the toy generate's work."""
-    atomic_write_json(RunDir(run_dir).root / "logs" / f"environment-{index}.json", dict(os.environ))
-    toy_stages.generate(run_dir, index)
+    atomic_write_json(run.root / "logs" / f"environment-{index}.json", dict(os.environ))
+    return toy_stages.generate(run, index)
 
 
-def leaky_config(tmp_path: Path, cluster: str) -> Path:
-    bodies = {**toy_stages.BODIES, "generate": "tests.test_secrets:leaky_generate"}
-    return write_config(tmp_path, 1, cluster=cluster, stage_bodies=bodies)
+LEAKY_BODIES = {**toy_stages.BODIES, "generate": leaky_generate}
 
 
-def test_local_tasks_never_get_the_secrets(tmp_path):
-    done = run_launch(["--config", str(leaky_config(tmp_path, "local"))], SECRETS)
+def leaky_config(tmp_path: Path, cluster: str, monkeypatch) -> Path:
+    monkeypatch.setenv("SVD_HPC_TEST_BODIES", "tests.test_secrets:LEAKY_BODIES")
+    return write_config(tmp_path, 1, cluster=cluster)
+
+
+def test_local_tasks_never_get_the_secrets(tmp_path, monkeypatch):
+    done = run_launch(["--config", str(leaky_config(tmp_path, "local", monkeypatch))], SECRETS)
     assert done.returncode == 0, done.stderr[-3000:]
     dump = json.loads((tmp_path / "runs" / "toy" / "logs" / "environment-0.json").read_text())
     assert dump["PATH"] and not [name for name in dump if is_secret(name)]
     assert files_with_secrets(tmp_path, {"launch": done.stdout + done.stderr}) == []
 
 
-def test_slurm_jobs_never_get_the_secrets(tmp_path, slurm_cluster):
-    done = run_launch(["--config", str(leaky_config(tmp_path, "local-slurm"))], {**SECRETS, **slurm_cluster})
+def test_slurm_jobs_never_get_the_secrets(tmp_path, slurm_cluster, monkeypatch):
+    done = run_launch(["--config", str(leaky_config(tmp_path, "local-slurm", monkeypatch))], {**SECRETS, **slurm_cluster})
     assert done.returncode == 0, done.stderr[-3000:]
     run = RunDir(tmp_path / "runs" / "toy")
     wait_jobs(run, slurm_cluster)

@@ -9,8 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from svd_hpc import models, records, sft_data, train
-from svd_hpc.rank_files import RankFiles
+from svd_hpc import models, records
+from svd_hpc.train import sft_data, train
+from svd_hpc.train.rank_files import RankFiles
 
 QUESTION = "What is 2 + 3?"
 REPLY = "<think>\nadd them\n</think>\n\nThe answer is \\boxed{5}."
@@ -128,7 +129,7 @@ def test_the_set_is_the_same_however_many_ranks_tokenize_it(tmp_path, tiny_dir, 
 
 def test_a_long_wait_logs_progress_and_a_failure_ends_it(tmp_path, monkeypatch, caplog):
     """Rank 0 waiting for rank 1 logs the ranks' progress; rank 1's error ends the wait within a poll."""
-    from svd_hpc import rank_files
+    from svd_hpc.train import rank_files
 
     caplog.set_level("INFO", logger="svd_hpc")
     monkeypatch.setattr(rank_files, "LOG_SECONDS", 0.0)

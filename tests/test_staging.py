@@ -192,7 +192,6 @@ def write_config(tmp_path: Path, **overrides) -> Path:
         "train": {"model": "org/student", "global_batch": 4},
         "eval": {"benchmarks": [{"name": "aime26", "preset": "aime26"}, {"name": "lcb_v5", "preset": "lcb_v5"},
                                 {"name": "gpqa_diamond", "preset": "gpqa_diamond"}]},
-        "stage_bodies": {"eval_base": "tests.test_staging:read_inputs_offline"},
     }
     for key, value in overrides.items():
         node = cfg
@@ -205,15 +204,14 @@ def write_config(tmp_path: Path, **overrides) -> Path:
     return path
 
 
-def read_inputs_offline(run_dir: str, index: int) -> None:
+def read_inputs_offline(run: RunDir, index: int) -> dict:
     """Stage body of the task test: every hub input through the loaders tasks use, offline."""
     import datasets
     import transformers
 
-    from svd_hpc import benchmarks
-    from svd_hpc.train import local_model_dir
+    from svd_hpc.eval import benchmarks
+    from svd_hpc.train.train import local_model_dir
 
-    run = RunDir(run_dir)
     cfg = run.load_config()
     tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.model.path, revision=cfg.model.revision)
     config = transformers.AutoConfig.from_pretrained(cfg.model.path, revision=cfg.model.revision)
@@ -229,12 +227,17 @@ def read_inputs_offline(run_dir: str, index: int) -> None:
         "train_dir": local_model_dir(*models.train_base(cfg)),  # as train.prepare_data looks it up
         "benchmarks": {spec.name: [p.question_id for p in benchmarks.load(spec)] for spec in cfg.eval.benchmarks},
     })
+    return {}
+
+
+OFFLINE_BODIES = {"eval_base": read_inputs_offline}
 
 
 def task_env(tmp_path: Path) -> dict[str, str]:
     """A compute node's environment: no hub, no token, no HF settings of its own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
-    env.update(HF_HOME=str(tmp_path / "node-home"), HF_ENDPOINT="http://127.0.0.1:9")
+    env.update(HF_HOME=str(tmp_path / "node-home"), HF_ENDPOINT="http://127.0.0.1:9",
+               SVD_HPC_TEST_BODIES="tests.test_staging:OFFLINE_BODIES")
     return env
 
 
@@ -357,7 +360,7 @@ def test_local_and_builtin_inputs_pass_through(hub, tmp_path):
 
 
 def test_benchmark_falls_back_to_its_local_copy_and_tasks_never_read_unpinned_hub_rows(hub, tmp_path, monkeypatch):
-    from svd_hpc import benchmarks
+    from svd_hpc.eval import benchmarks
     from svd_hpc.config import BenchmarkSpec
 
     local = tmp_path / "gpqa.csv"

@@ -14,8 +14,10 @@ import pytest
 import torch
 import yaml
 
-from svd_hpc import config, fsdp_utils, models, sft_data, train
+from svd_hpc import config, models
+from svd_hpc.train import fsdp, sft_data, train
 from svd_hpc.rundir import RunDir
+from svd_hpc.task import run_once
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = {
@@ -133,7 +135,7 @@ def test_preempted_run_resumes_to_the_same_weights(finished, tmp_path):
     assert f"exitcode  : {train.PREEMPTED_EXIT_CODE}" in stopped.stderr
     assert "stopped by a signal after step 7" in stopped.stderr
     ckpt = run / "train" / "checkpoints"
-    assert fsdp_utils.latest_checkpoint(ckpt) == ckpt / "step-000007"
+    assert fsdp.latest_checkpoint(ckpt) == ckpt / "step-000007"
     assert not RunDir(run).is_done("train", 0) and not (run / "train" / "final").exists()
     resumed = torchrun(run)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -146,12 +148,12 @@ def test_preempted_run_resumes_to_the_same_weights(finished, tmp_path):
 
 def test_incomplete_checkpoints_do_not_count(tmp_path):
     for step, complete in ((5, True), (10, True), (15, False)):
-        folder = fsdp_utils.checkpoint_dir(tmp_path, step)
+        folder = fsdp.checkpoint_dir(tmp_path, step)
         folder.mkdir()
         if complete:
             (folder / ".metadata").write_bytes(b"")
-    assert fsdp_utils.latest_checkpoint(tmp_path) == tmp_path / "step-000010"
-    assert fsdp_utils.latest_checkpoint(tmp_path / "none") is None
+    assert fsdp.latest_checkpoint(tmp_path) == tmp_path / "step-000010"
+    assert fsdp.latest_checkpoint(tmp_path / "none") is None
 
 
 def test_schedule_warms_up_then_decays_to_min_lr():
@@ -166,12 +168,12 @@ def test_single_process_run_and_overlong_report(tmp_path, monkeypatch):
     for key in TORCH_ENV:
         monkeypatch.delenv(key, raising=False)
     run = make_run(tmp_path / "run", n=12, steps=3, global_batch=2, max_seq_len=40, overlong="truncate")
-    train.run_task(str(run), 0)
+    run_once(run, "train", 0)
     summary = json.loads((run / "train" / "summary.json").read_text())
     assert summary["world_size"] == 1 and summary["data"]["overlong_truncated"] > 0
     assert RunDir(run).is_done("train", 0) and len(metrics(run)) == 3
     before = (run / "train" / "final" / "model.safetensors").stat().st_mtime_ns
-    train.run_task(str(run), 0)  # done: a no-op
+    run_once(run, "train", 0)  # done: a no-op
     assert (run / "train" / "final" / "model.safetensors").stat().st_mtime_ns == before
 
 
@@ -183,14 +185,14 @@ def test_bad_input_fails_before_training(tmp_path, monkeypatch):
     run = make_run(tmp_path / "empty")
     write_sft(run / "merge" / "sft" / "train.parquet", [])
     with pytest.raises(ValueError, match="has no rows"):
-        train.run_task(str(run), 0)
+        run_once(run, "train", 0)
     no_tokenizer = tmp_path / "weights"
     no_tokenizer.mkdir()
     for name in ("config.json", "model.safetensors"):
         (no_tokenizer / name).write_bytes((Path(models.resolve("builtin:tiny-qwen3")) / name).read_bytes())
     run = make_run(tmp_path / "run", model=str(no_tokenizer))
     with pytest.raises(ValueError, match="has no tokenizer"):
-        train.run_task(str(run), 0)
+        run_once(run, "train", 0)
     assert not torch.distributed.is_initialized()
 
 
@@ -211,7 +213,7 @@ def test_activation_checkpointing_keeps_the_gradients(monkeypatch):
     model_dir = models.resolve("builtin:tiny-qwen3")
     data = sft_data.tokenize_conversations(sft_data.load_tokenizer(model_dir), sft_rows(6), 128, "drop")
     batch = sft_data.PackedStream(data, 128, seed=0, pad_id=0).micro_batch([0])
-    d = fsdp_utils.init_distributed()
+    d = fsdp.init_distributed()
     try:
         grads = []
         for max_seq_len, checkpointing in ((128, False), (32768, True)):
@@ -244,10 +246,10 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
 
     monkeypatch.setattr(train, "train_step", step_then_poison)
     with pytest.raises(train.TrainingDiverged, match="diverged at step 4: loss nan") as err:
-        train.run_task(str(run), 0)
+        run_once(run, "train", 0)
     ckpt = run / "train" / "checkpoints"
     assert "step-000002 is kept" in str(err.value)
-    assert fsdp_utils.latest_checkpoint(ckpt) == ckpt / "step-000002"
+    assert fsdp.latest_checkpoint(ckpt) == ckpt / "step-000002"
     assert not (ckpt / "step-000004").exists() and not (run / "train" / "final").exists()
     assert not RunDir(run).is_done("train", 0)
     assert [r["step"] for r in metrics(run)] == [1, 2, 3]
@@ -279,7 +281,7 @@ def test_set_device_where_each_task_sees_its_own_gpus(monkeypatch, local_rank, v
     monkeypatch.setenv("LOCAL_RANK", str(local_rank))
     monkeypatch.setenv("WORLD_SIZE", "8")
     with pytest.raises(Stop):
-        fsdp_utils.init_distributed()
+        fsdp.init_distributed()
     assert selected == [expected, "nccl"]
 
 
@@ -288,7 +290,7 @@ def test_set_device_refuses_a_rank_without_its_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setenv("LOCAL_RANK", "5")
     with pytest.raises(ValueError, match="LOCAL_RANK=5 but this process sees 2 GPUs"):
-        fsdp_utils.init_distributed()
+        fsdp.init_distributed()
 
 
 def test_an_error_found_by_rank_0_stops_every_rank(tmp_path):
@@ -308,8 +310,10 @@ import os, sys, time
 from functools import partial
 from pathlib import Path
 import huggingface_hub
-from svd_hpc import fsdp_utils, models, sft_data, train
+from svd_hpc import models
+from svd_hpc.train import fsdp, sft_data, train
 from svd_hpc.rundir import RunDir
+from svd_hpc.task import run_once
 
 run, rank = Path(sys.argv[1]), os.environ["RANK"]
 encode = sft_data.encode_conversation
@@ -333,11 +337,11 @@ sft_data.encode_conversation = counted_encode
 huggingface_hub.snapshot_download = snapshot_download
 if "GROUP_TIMEOUT_SECONDS" in os.environ:
     timeout = float(os.environ["GROUP_TIMEOUT_SECONDS"]) / 60
-    fsdp_utils.init_distributed = partial(fsdp_utils.init_distributed, timeout_minutes=timeout)
+    fsdp.init_distributed = partial(fsdp.init_distributed, timeout_minutes=timeout)
 if sys.argv[2] == "train":
-    train.run_task(str(run), 0)
+    run_once(run, "train", 0)
 else:
-    d = fsdp_utils.init_distributed()
+    d = fsdp.init_distributed()
     ref, model_dir, *_ = train.prepare_data(RunDir(run).load_config(), d, run / "merge" / "sft" / "train.parquet", run / "train")
     print(f"rank {rank} model_dir {model_dir}", flush=True)
 """

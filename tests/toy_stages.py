@@ -1,7 +1,9 @@
 """Small stage bodies that exercise the launcher's chain without a model.
 
-They follow the stage contract (read inputs, write output atomically, then the done marker)
-and leave a trace the tests check: start/end times per task, the nodes and ranks of `train`.
+They follow the stage contract (read inputs, write output atomically, return the stats the task
+runner writes as the done marker) and leave a trace the tests check: start/end times per task,
+the nodes and ranks of `train`. Tests put them in place of the real bodies through the
+environment: SVD_HPC_TEST_BODIES=tests.toy_stages:BODIES (plan.TEST_BODIES).
 Knobs come from the environment, which sbatch passes on to the jobs:
   TOY_SLEEP_<STAGE>=seconds   per task (e.g. TOY_SLEEP_GENERATE=2)
   TOY_FAIL=<stage>:<index>    that task fails once (a file in the run dir remembers it failed)
@@ -20,12 +22,6 @@ import pyarrow.parquet as pq
 
 from svd_hpc.rundir import RunDir, atomic_path, atomic_write_json
 
-BODIES = {
-    stage: f"tests.toy_stages:{stage}"
-    for stage in ("eval_base", "generate", "verify", "merge", "train", "eval_trained", "report")
-}
-
-
 def _begin(run: RunDir, stage: str, index: int) -> float:
     start = time.time()
     time.sleep(float(os.environ.get(f"TOY_SLEEP_{stage.upper()}", "0")))
@@ -38,7 +34,7 @@ def _begin(run: RunDir, stage: str, index: int) -> float:
     return start
 
 
-def _finish(run: RunDir, stage: str, index: int, start: float) -> None:
+def _finish(run: RunDir, stage: str, index: int, start: float) -> dict:
     trace = {
         "start": start,
         "end": time.time(),
@@ -47,7 +43,7 @@ def _finish(run: RunDir, stage: str, index: int, start: float) -> None:
         "omp_threads": os.environ.get("OMP_NUM_THREADS"),
     }
     atomic_write_json(run.root / "trace" / f"{stage}-{index:05d}.json", trace)
-    run.mark_done(stage, index)
+    return {}
 
 
 def _write_table(path: Path, table: pa.Table) -> None:
@@ -56,13 +52,12 @@ def _write_table(path: Path, table: pa.Table) -> None:
 
 
 def _transform(stage: str, upstream: str):
-    def body(run_dir: str, index: int) -> None:
-        run = RunDir(run_dir)
+    def body(run: RunDir, index: int) -> dict:
         start = _begin(run, stage, index)
         table = pq.read_table(run.shard_path(upstream, index))
         out = table.append_column(stage, pa.array([f"{stage}({q})" for q in table.column(0).to_pylist()]))
         _write_table(run.shard_path(stage, index), out)
-        _finish(run, stage, index, start)
+        return _finish(run, stage, index, start)
 
     return body
 
@@ -71,18 +66,16 @@ generate = _transform("generate", "seeds")
 verify = _transform("verify", "generate")
 
 
-def merge(run_dir: str, index: int) -> None:
-    run = RunDir(run_dir)
+def merge(run: RunDir, index: int) -> dict:
     start = _begin(run, "merge", index)
     shards = run.load_config().seeds.shards
     table = pa.concat_tables([pq.read_table(run.shard_path("verify", i)) for i in range(shards)])
     _write_table(run.stage_dir("merge") / "merged.parquet", table)
-    _finish(run, "merge", index, start)
+    return _finish(run, "merge", index, start)
 
 
-def train(run_dir: str, index: int) -> None:
+def train(run: RunDir, index: int) -> dict | None:
     """Every rank records where it ran; rank 0 finishes once all ranks have reported."""
-    run = RunDir(run_dir)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     start = _begin(run, "train", index) if rank == 0 else time.time()
     ranks_dir = run.stage_dir("train") / "ranks"
@@ -94,15 +87,14 @@ def train(run_dir: str, index: int) -> None:
             if time.time() > deadline:
                 raise RuntimeError("not every rank reported")
             time.sleep(0.2)
-        _finish(run, "train", index, start)
+        return _finish(run, "train", index, start)
 
 
 def _record(stage: str):
-    def body(run_dir: str, index: int) -> None:
-        run = RunDir(run_dir)
+    def body(run: RunDir, index: int) -> dict:
         start = _begin(run, stage, index)
         atomic_write_json(run.stage_dir(stage) / f"result-{index}.json", {"index": index})
-        _finish(run, stage, index, start)
+        return _finish(run, stage, index, start)
 
     return body
 
@@ -111,14 +103,22 @@ eval_base = _record("eval_base")
 eval_trained = _record("eval_trained")
 
 
-def report(run_dir: str, index: int) -> None:
-    run = RunDir(run_dir)
+def report(run: RunDir, index: int) -> dict:
     start = _begin(run, "report", index)
     rows = pq.read_table(run.stage_dir("merge") / "merged.parquet").num_rows
     with atomic_path(run.root / "report.md") as tmp:
         tmp.write_text(f"# toy report\nmerged rows: {rows}\n")
-    _finish(run, "report", index, start)
+    return _finish(run, "report", index, start)
 
 
 def trace(run: RunDir, stage: str, index: int) -> dict:
     return json.loads((run.root / "trace" / f"{stage}-{index:05d}.json").read_text())
+
+
+BODIES = {
+    "generate": generate, "verify": verify, "merge": merge, "train": train,
+    "eval_base": eval_base, "eval_trained": eval_trained, "report": report,
+}
+# the real train stage among toy ones (tests of the sbatch train template)
+BODIES_BUT_TRAIN = {stage: body for stage, body in BODIES.items() if stage != "train"}
+ENV = {"SVD_HPC_TEST_BODIES": "tests.toy_stages:BODIES"}

@@ -33,9 +33,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import funnel, records, selection
-from .config import VERIFY_STAGES, RunConfig
-from .rundir import RunDir, atomic_path, atomic_write_json
+from .. import records
+from . import funnel, selection
+from ..config import VERIFY_STAGES, RunConfig
+from ..rundir import RunDir, atomic_path, atomic_write_json
 
 log = logging.getLogger("svd_hpc")
 
@@ -388,15 +389,12 @@ def _write_sft(sft_dir, cfg, spill, bucket_ids, candidates, result, counts, ques
     return written
 
 
-def run_task(run_dir: str, task_index: int) -> None:
+def run_task(run: RunDir, index: int) -> dict:
     """The merge stage body: one task (index 0) over all verify shards of the run."""
-    run = RunDir(run_dir)
-    if run.is_done("merge", task_index):
-        return
     cfg = run.load_config()
     paths = [run.shard_path("verify", i) for i in range(cfg.seeds.shards)]
     with atomic_path(run.stage_dir("merge")) as tmp:
         stats = merge_shards(paths, cfg, tmp)
         funnel.chart(stats, tmp / "funnel.png")
     funnel.print_table(stats)
-    run.mark_done("merge", task_index, kept=stats["overall"]["kept"], skipped_shards=len(stats["skipped_shards"]))
+    return {"kept": stats["overall"]["kept"], "skipped_shards": len(stats["skipped_shards"])}

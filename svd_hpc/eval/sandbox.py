@@ -36,9 +36,9 @@ limits bound it: RLIMIT_AS x RLIMIT_NPROC (`memory_bound` says which applies). N
 reading world-readable host files, and kernel exploits (no seccomp filter).
 
 The child's own setup between fork and exec (namespaces, ids, the private filesystem) lives in
-`svd_hpc.sandbox_child`; this module detects the isolation, starts, watches and reaps the child.
+`svd_hpc.eval.sandbox_child`; this module detects the isolation, starts, watches and reaps the child.
 
-Run as: ``python -c "from svd_hpc.sandbox import run_program; print(run_program('print(1)'))"``
+Run as: ``python -c "from svd_hpc.eval.sandbox import run_program; print(run_program('print(1)'))"``
 """
 
 from __future__ import annotations

@@ -27,9 +27,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import records
-from .config import RunConfig
-from .engine import SKIP_KINDS
+from .. import records
+from ..config import RunConfig
+from ..engine import SKIP_KINDS
 from .selection import enabled_stages
 
 

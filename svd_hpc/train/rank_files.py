@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .rundir import atomic_write_json
+from ..rundir import atomic_write_json
 
 log = logging.getLogger("svd_hpc")
 

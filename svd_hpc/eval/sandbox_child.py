@@ -1,6 +1,6 @@
 """The sandboxed child's own setup, between fork and exec: namespaces, ids, a private filesystem.
 
-Everything here runs in the forked child (Popen's preexec_fn) for `svd_hpc.sandbox`. It makes
+Everything here runs in the forked child (Popen's preexec_fn) for `svd_hpc.eval.sandbox`. It makes
 system calls and nothing else: no imports, no logging, no locks another thread of the parent
 might have held at fork.
 """

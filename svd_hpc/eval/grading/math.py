@@ -11,49 +11,14 @@ import logging
 import re
 import threading
 
-from svd_hpc.grading import GradeResult, final_part, unfinished_thinking
+from ...answers import last_boxed
+from . import GradeResult, final_part, unfinished_thinking
 
 log = logging.getLogger("svd_hpc")
 
-# \boxed and \fbox, but not a longer command such as \boxedtext.
-_BOXED = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _MATH_VERIFY_TIMEOUT_S = 5
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last well-formed \\boxed{...} (or \\fbox{...}, or `\\boxed 5`) in `text`."""
-    for match in reversed(list(_BOXED.finditer(text))):
-        content = _argument(text, match.end())
-        if content is not None:
-            return content.strip()
-    return None
-
-
-def _argument(text: str, start: int) -> str | None:
-    i = start
-    while i < len(text) and text[i] in " \t":
-        i += 1
-    if i >= len(text):
-        return None
-    if text[i] != "{":
-        # `\boxed 5`: TeX takes the next token; we take up to whitespace or a closing $.
-        token = re.match(r"[^\s$]+", text[i:]) if i > start else None
-        return token.group(0) if token else None
-    depth = 0
-    j = i
-    while j < len(text):
-        ch = text[j]
-        if ch == "\\":
-            j += 2  # \{ and \} are literal braces (sets), not grouping
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1 : j]
-        j += 1
-    return None  # unbalanced: the response was cut off inside the box
 
 
 def grade_math(response: str, reference: str) -> GradeResult:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...answers import after_think as final_part  # noqa: F401  (the graders read only the answer part)
+
 
 @dataclass(frozen=True)
 class GradeResult:
@@ -16,18 +18,6 @@ class GradeResult:
     extracted: str | None  # the answer taken from the response: a boxed expression, a letter, code
     reason: str  # "correct", or why not: "wrong_answer", "no_boxed", "no_letter", "no_code", "timeout", ...
     detail: str = ""  # human-readable context for the reason (which test failed, what was printed)
-
-
-def final_part(response: str) -> str:
-    """The text a grader may look at: what follows the last `</think>`.
-
-    A response that opened a think block and never closed it has no final part (""): it
-    stopped while reasoning, and a \\boxed{} in a draft is not an answer.
-    """
-    end = response.rfind("</think>")
-    if end >= 0:
-        return response[end + len("</think>"):]
-    return "" if "<think>" in response else response
 
 
 def unfinished_thinking(response: str) -> bool:

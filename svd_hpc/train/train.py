@@ -6,7 +6,7 @@ Run as:  torchrun --nproc_per_node=2 -m svd_hpc.train RUN_DIR
 Every process calls run_task. Inputs: <run>/merge/sft/train.parquet and the model (train.model,
 else model.path). Outputs under <run>/train/: checkpoints/step-NNNNNN/ every
 train.checkpoint_every steps, final/ (a save_pretrained folder), metrics.jsonl (one line per
-step), summary.json, then the done marker.
+step), summary.json; rank 0 returns the stats the task runner writes as the done marker.
 
 When the batch script asks it to stop (on SLURM's time-limit or preemption warning it creates
 <run>/train/stop-requested, which rank 0 checks at every step boundary), or on SIGUSR2/SIGTERM,
@@ -36,10 +36,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 
-from . import fsdp_utils, models, sft_data
+from .. import models
+from . import fsdp, sft_data
 from .rank_files import RankFiles
-from .rundir import RunDir, atomic_write_json, atomic_write_text
-from .task import EXIT_STOPPED, stop_request_path
+from ..rundir import RunDir, atomic_write_json, atomic_write_text
+from ..task import EXIT_STOPPED, stop_request_path
 
 log = logging.getLogger("svd_hpc")
 
@@ -57,21 +58,17 @@ ACTIVATION_CHECKPOINTING_FROM = 4096
 KEEP_CHECKPOINTS = 2  # older complete checkpoints are deleted (an 8B one with Adam state is ~100 GB)
 
 
-def run_task(run_dir: str, task_index: int) -> None:
-    """Train the run's model on its SFT set (called in every training process)."""
-    run = RunDir(run_dir)
-    if run.is_done("train", 0):
-        log.info("train already done")
-        return
+def run_task(run: RunDir, index: int) -> dict | None:
+    """Train the run's model on its SFT set (called in every training process); rank 0 returns the stats."""
     cfg = run.load_config()
     dataset = run.stage_dir("merge") / "sft" / "train.parquet"
     check_dataset(dataset)
     owns_group = not dist.is_initialized()
-    d = fsdp_utils.init_distributed()
+    d = fsdp.init_distributed()
     try:
         # rank 0 alone looks for the request; the stop vote in the loop tells the others
         with StopFlag(stop_request_path(run, "train") if d.rank == 0 else None) as stop:
-            train(run, cfg, d, dataset, stop)
+            return train(run, cfg, d, dataset, stop)
     finally:
         if owns_group and dist.is_initialized():
             dist.destroy_process_group()
@@ -254,7 +251,7 @@ def reference_loss(model, stream, t, d) -> float:
     return float(sums[0] / sums[1])
 
 
-def prepare_data(cfg, d: fsdp_utils.Dist, dataset: Path, out: Path):
+def prepare_data(cfg, d: fsdp.Dist, dataset: Path, out: Path):
     """Model folder, tokenizer and the packed stream (all ranks tokenize into out/data, once).
 
     Rank 0 looks the model up once for the job; ranks hand results over through files in
@@ -306,27 +303,27 @@ def activation_checkpointing(t) -> bool:
     return t.max_seq_len >= ACTIVATION_CHECKPOINTING_FROM
 
 
-def build_model(model_dir: str, t, d: fsdp_utils.Dist):
+def build_model(model_dir: str, t, d: fsdp.Dist):
     """The sharded model, loaded shard by shard, and the dtype its export is saved in."""
     from transformers import AutoConfig
 
     dtype = AutoConfig.from_pretrained(model_dir).dtype or torch.float32
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     torch.manual_seed(t.seed)
-    model = fsdp_utils.build_meta_model(model_dir, fsdp_utils.attention_implementation(d.device))
-    fsdp_utils.apply_fsdp(model, d.mesh, bf16=d.device.type == "cuda", activation_checkpointing=activation_checkpointing(t))
-    fsdp_utils.add_root_forward(model, LOSS_METHOD, causal_lm_loss_sum)
-    fsdp_utils.materialize(model, model_dir, d.device)
+    model = fsdp.build_meta_model(model_dir, fsdp.attention_implementation(d.device))
+    fsdp.apply_fsdp(model, d.mesh, bf16=d.device.type == "cuda", activation_checkpointing=activation_checkpointing(t))
+    fsdp.add_root_forward(model, LOSS_METHOD, causal_lm_loss_sum)
+    fsdp.materialize(model, model_dir, d.device)
     model.train()
     return model, dtype
 
 
 def resume(ckpt_root: Path, model, optimizer, scheduler, order: dict, rank: int) -> int:
     """Load the newest complete checkpoint, if any; the step to continue from."""
-    latest = fsdp_utils.latest_checkpoint(ckpt_root)
+    latest = fsdp.latest_checkpoint(ckpt_root)
     if latest is None:
         return 0
-    extra = fsdp_utils.load_checkpoint(latest, model, optimizer, rank)
+    extra = fsdp.load_checkpoint(latest, model, optimizer, rank)
     if extra["order"] != order:
         raise ValueError(
             f"{latest} was trained on a different SFT set, seed or global batch; restore them or delete {ckpt_root}."
@@ -336,7 +333,7 @@ def resume(ckpt_root: Path, model, optimizer, scheduler, order: dict, rank: int)
     return extra["step"]
 
 
-def train(run: RunDir, cfg, d: fsdp_utils.Dist, dataset: Path, stop: StopFlag) -> None:
+def train(run: RunDir, cfg, d: fsdp.Dist, dataset: Path, stop: StopFlag) -> dict | None:
     t = cfg.train
     out = run.stage_dir("train")
     ckpt_root = out / "checkpoints"
@@ -377,20 +374,20 @@ def train(run: RunDir, cfg, d: fsdp_utils.Dist, dataset: Path, stop: StopFlag) -
         stopping = bool(tail[1] > 0)
         if stopping or (step + 1) % t.checkpoint_every == 0:
             extra = {"step": step + 1, "scheduler": scheduler.state_dict(), "order": order}
-            fsdp_utils.save_checkpoint(fsdp_utils.checkpoint_dir(ckpt_root, step + 1), model, optimizer, extra, d.rank, KEEP_CHECKPOINTS)
+            fsdp.save_checkpoint(fsdp.checkpoint_dir(ckpt_root, step + 1), model, optimizer, extra, d.rank, KEEP_CHECKPOINTS)
         if stopping:
             metrics.close()
             stop_for_requeue(step + 1, d, stop)
     metrics.close()
 
     final_loss = reference_loss(model, stream, t, d)
-    fsdp_utils.export_pretrained(model, out / "final", model_dir, tokenizer, export_dtype, d.rank)
+    fsdp.export_pretrained(model, out / "final", model_dir, tokenizer, export_dtype, d.rank)
     if d.rank == 0:
         summary = {"steps": t.steps, "world_size": d.world_size, "reference_loss": final_loss, "data": stream.data.stats, "model": ref}
         atomic_write_json(out / "summary.json", summary)
-        run.mark_done("train", 0, steps=t.steps, reference_loss=final_loss)
         log.info(f"train done: {out / 'final'} (loss on the first batch {final_loss:.4f})")
     dist.barrier()
+    return {"steps": t.steps, "reference_loss": final_loss} if d.rank == 0 else None
 
 
 class TrainingDiverged(RuntimeError):
@@ -406,7 +403,7 @@ def check_finite(step: int, loss: float, grad_norm: float, ckpt_root: Path, metr
     if math.isfinite(loss) and math.isfinite(grad_norm):
         return
     metrics.close()
-    latest = fsdp_utils.latest_checkpoint(ckpt_root)
+    latest = fsdp.latest_checkpoint(ckpt_root)
     kept = f"the last good checkpoint {latest} is kept" if latest else "no checkpoint was saved before it"
     raise TrainingDiverged(
         f"training diverged at step {step}: loss {loss}, grad norm {grad_norm}; {kept} and nothing of this "
@@ -414,7 +411,7 @@ def check_finite(step: int, loss: float, grad_norm: float, ckpt_root: Path, metr
     )
 
 
-def stop_for_requeue(step: int, d: fsdp_utils.Dist, stop: StopFlag) -> None:
+def stop_for_requeue(step: int, d: fsdp.Dist, stop: StopFlag) -> None:
     """After the stop checkpoint: every rank exits PREEMPTED_EXIT_CODE; under SLURM the batch script requeues."""
     if d.rank == 0:
         stop.consume()
@@ -475,10 +472,3 @@ class MetricsLog:
         if self.bar:
             self.bar.stop()
 
-
-if __name__ == "__main__":
-    rank = os.environ.get("RANK", "0")
-    logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING, format=f"%(asctime)s [train rank{rank}] %(message)s")
-    if len(sys.argv) != 2:
-        sys.exit("usage: torchrun --nproc_per_node=N -m svd_hpc.train RUN_DIR")
-    run_task(sys.argv[1], 0)

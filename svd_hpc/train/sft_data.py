@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from . import records
+from .. import records
 from .rank_files import RankFiles
-from .rundir import atomic_path
+from ..rundir import atomic_path
 
 log = logging.getLogger("svd_hpc")
 

@@ -2,9 +2,9 @@
 
 Run as: python -m svd_hpc.task eval_base --run-dir runs/demo --index I   (or eval_trained)
 
-One body serves both stages; the task runner names the stage in SVD_STAGE. Task i is entry i of
+run_base and run_trained are the bodies of the two stages. Task i is entry i of
 `plan.eval_tasks(cfg, model)`: a (benchmark, seed, mode). The model is loaded once in vLLM and
-asked one call per question with the benchmark's own prompt (`eval_prompts`; mode "direct"), or, for the UQ-TTC baseline (mode "uq_ttc", base
+asked one call per question with the benchmark's own prompt (`eval/prompts.py`; mode "direct"), or, for the UQ-TTC baseline (mode "uq_ttc", base
 model only), `eval.uq_ttc_candidates` candidates whose final answers go through the verify
 stage's own cascade (`verify.run_cascade`); the first candidate that passes is the answer, else
 candidate 0. Output: eval/<model>/<benchmark>/seed-K[-uq_ttc].parquet (EVAL records) and a JSON
@@ -39,20 +39,23 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import benchmarks, eval_prompts, prompts
+from .. import prompts
+from ..answers import last_boxed
+from . import benchmarks
+from . import prompts as eval_prompts
 from .benchmarks import Problem
-from .config import ConfigError, ModelConfig, RunConfig
-from .engine import Completion, Engine, Sampling, request_seed, skip_stats, stage_sampling
-from .generate import require_think
+from ..config import ConfigError, ModelConfig, RunConfig
+from ..engine import Completion, Engine, Sampling, request_seed, skip_stats, stage_sampling
+from ..generate import require_think
 from .grading import GradeResult
 from .grading.choice import grade_choice
 from .grading.code import grade_code
 from .grading.math import grade_math
-from .plan import EvalTask, eval_tasks
-from .records import EVAL
-from .rundir import RunDir, atomic_path, atomic_write_json
+from ..plan import EvalTask, eval_tasks
+from ..records import EVAL
+from ..rundir import RunDir, atomic_path, atomic_write_json
 from .sandbox import isolation_record, require_isolation
-from .verify import CascadeItem, CascadeResult, run_cascade
+from ..verify import CascadeItem, CascadeResult, run_cascade
 
 log = logging.getLogger("svd_hpc")
 MODEL_OF_STAGE = {"eval_base": "base", "eval_trained": "trained"}
@@ -94,7 +97,7 @@ def model_config(run: RunDir, cfg: RunConfig, model: str) -> ModelConfig:
 def _box_last_number(response: str) -> str:
     """An answer without \\boxed{} gets its last number boxed, so the math grader can read it."""
     final = prompts.final_answer(response)
-    if "\\boxed" in final:
+    if last_boxed(final) is not None:
         return response
     numbers = re.findall(r"-?\d+(?:[.,]\d+)*(?:/\d+)?", final)
     return f"{response}\n\\boxed{{{numbers[-1].replace(',', '')}}}" if numbers else response
@@ -282,12 +285,10 @@ def eval_task(cfg: RunConfig, stage: str, index: int) -> tuple[str, EvalTask]:
 
 
 def run_eval_task(run: RunDir, stage: str, index: int, engine: Engine | None = None) -> dict:
-    """Evaluate task `index` of `stage`, write its records and summary, mark it done; returns the summary.
+    """Evaluate task `index` of `stage`, write its records and summary; returns the summary.
 
     Pass `engine` to reuse a loaded one (it must hold the model this stage evaluates).
     """
-    if run.is_done(stage, index):
-        return run.load_json(run.done_marker(stage, index), default={})
     cfg = run.load_config()
     model, task = eval_task(cfg, stage, index)
     model_cfg = model_config(run, cfg, model)
@@ -322,10 +323,6 @@ def run_eval_task(run: RunDir, stage: str, index: int, engine: Engine | None = N
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp)
     atomic_write_json(summary_path(out), summary)
-    run.mark_done(stage, index, benchmark=task.benchmark, seed=task.seed, mode=task.mode,
-                  pass_at_1=summary["pass_at_1"], questions=summary["questions"], seconds=summary["seconds"],
-                  **{k: summary[k] for k in ("skipped", "skip_reasons", "skip_examples")})
-    remove_progress(progress)
     log.info(f"eval: {stage=} {task=} pass@1={summary['pass_at_1']:.3f} over {summary['questions']} questions")
     return summary
 
@@ -364,9 +361,23 @@ def summarize(table: pa.Table, task: EvalTask, model: str, benchmark: str, examp
     return summary
 
 
-def run_task(run_dir: str, task_index: int) -> None:
-    """Stage body of eval_base and eval_trained (named by SVD_STAGE, set by svd_hpc.task)."""
-    stage = os.environ.get("SVD_STAGE")
-    if stage not in MODEL_OF_STAGE:
-        raise ConfigError(f"SVD_STAGE is {stage!r}; run eval tasks through `python -m svd_hpc.task eval_base|eval_trained`.")
-    run_eval_task(RunDir(run_dir), stage, task_index)
+def run_base(run: RunDir, index: int) -> dict:
+    """Stage body of eval_base."""
+    return marker_stats(run_eval_task(run, "eval_base", index))
+
+
+def run_trained(run: RunDir, index: int) -> dict:
+    """Stage body of eval_trained."""
+    return marker_stats(run_eval_task(run, "eval_trained", index))
+
+
+def marker_stats(summary: dict) -> dict:
+    """What a task's done marker keeps of its summary: what status and the report read."""
+    keys = ("benchmark", "seed", "mode", "pass_at_1", "questions", "seconds", "skipped", "skip_reasons", "skip_examples")
+    return {k: summary[k] for k in keys}
+
+
+def drop_scratch(run: RunDir, stage: str, index: int) -> None:
+    """The finished task's chunks (after its done marker)."""
+    model, task = eval_task(run.load_config(), stage, index)
+    remove_progress(progress_dir(output_path(run, model, task)))

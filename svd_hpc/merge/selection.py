@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .config import VERIFY_STAGES, MergeConfig
+from ..config import VERIFY_STAGES, MergeConfig
 
 DIGEST_BYTES = 16
 

@@ -41,10 +41,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from . import staging
-from .config import BenchmarkSpec, ConfigError, EvalConfig
+from .. import staging
+from ..config import BenchmarkSpec, ConfigError, EvalConfig
 from .grading.choice import LETTERS, format_choice_question, order_options
-from .seeds import JSONL_SUFFIXES, _read_jsonl, question_id
+from ..seeds import JSONL_SUFFIXES, _read_jsonl, question_id
 
 log = logging.getLogger("svd_hpc")
 
@@ -62,7 +62,7 @@ class Preset:
     hf_config: str | None = None  # lcb: the version tag
     access: str = ""  # what the hub needs beyond a connection
     # as the authors' evalchemy eval/chat_benchmarks/<benchmark>/eval_instruct.py has them
-    prompt: str = "sft"  # the eval prompt (eval_prompts.py)
+    prompt: str = "sft"  # the eval prompt (eval/prompts.py)
     repeats: int = 1  # n_repeat: samples per question, one per eval seed
     option_order: str = "seeded"
     contest_from: str | None = None  # lcb: filter_by_contest_date's months
@@ -103,7 +103,7 @@ class Problem:
     domain: str
     grader: str  # math | choice | code
     answer: str | None = None  # math: the reference
-    prompt: str = "sft"  # the eval prompt it is asked with (eval_prompts.py)
+    prompt: str = "sft"  # the eval prompt it is asked with (eval/prompts.py)
     stem: str | None = None  # choice: the question without its options
     options: list[str] | None = None  # choice: in the dataset's order; None: not parsed (HLE), shown verbatim
     correct_index: int | None = None

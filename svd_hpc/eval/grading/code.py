@@ -19,8 +19,8 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Literal
 
-from svd_hpc.grading import GradeResult, final_part, unfinished_thinking
-from svd_hpc.sandbox import run_program
+from . import GradeResult, final_part, unfinished_thinking
+from ..sandbox import run_program
 
 log = logging.getLogger("svd_hpc")
 

@@ -13,8 +13,8 @@ import random
 import re
 import string
 
-from svd_hpc.grading import GradeResult, final_part, unfinished_thinking
-from svd_hpc.grading.math import last_boxed
+from ...answers import last_boxed
+from . import GradeResult, final_part, unfinished_thinking
 
 LETTERS = string.ascii_uppercase
 
