@@ -75,6 +75,7 @@ def check_run(run: RunDir) -> None:
         assert markers and all(json.loads(m.read_text())["seconds"] > 0 for m in markers), stage
 
 
+@pytest.mark.slow  # ~3 min; the same run on the local cluster below stays in the default run
 def test_tiny_run_through_the_local_scheduler(tmp_path):
     proc = run_launch(["--config", str(CONFIG), f"run_root={tmp_path}"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

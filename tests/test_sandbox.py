@@ -426,7 +426,7 @@ def test_unprivileged_user_gets_user_namespaces(tmp_path, request):
 
 def test_fake_root_as_the_issue_ran_it_detects_a_mode():
     """issue 17's command: uid 0 in a user namespace made by the host's root; detection used to raise."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from svd_hpc import sandbox\n"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from svd_hpc.eval import sandbox\n"
             "print(sandbox.fake_root(), sandbox.sandbox_isolation(), sandbox.run_program('print(6*7)').stdout.strip())")
     proc = subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-c", code, str(REPO)],
                           capture_output=True, text=True, timeout=60)

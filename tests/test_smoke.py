@@ -58,6 +58,7 @@ def _smoke(tmp_path, slurm_cluster, *overrides):
 
 
 @pytest.mark.slurm
+@pytest.mark.slow  # ~2.5 min: every stage on the cluster, as test_tiny_run_on_the_local_cluster already does
 def test_smoke_run_on_the_local_cluster_passes_every_check(tmp_path, slurm_cluster):
     proc, run = _smoke(tmp_path, slurm_cluster)
 
