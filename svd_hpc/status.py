@@ -59,7 +59,7 @@ def task_job_id(sub: dict, index: int) -> str:
 
 
 def log_path(run: RunDir, sub: dict, index: int) -> Path:
-    """The stderr file submitit's template gives a task: <job>[_<array index>]_0_log.err."""
+    """The stderr file our batch scripts give a task: <job>[_<array index>]_0_log.err."""
     return run.log_dir(sub["stage"]) / f"{task_job_id(sub, index)}_0_log.err"
 
 
