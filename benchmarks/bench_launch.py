@@ -47,7 +47,9 @@ def bare_sbatch(shards: int, evals: int, workdir: Path) -> tuple[float, int, lis
     def sb(*args: str) -> str:
         nonlocal calls
         calls += 1
-        return subprocess.run(["sbatch", "--parsable", "--hold", *args, str(script)], capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["sbatch", "--parsable", "--hold", *args, str(script)], capture_output=True, text=True, check=True
+        ).stdout.strip()
 
     start = time.perf_counter()
     ids = [sb(f"--array=0-{evals - 1}")]
@@ -84,7 +86,10 @@ def with_submitit(shards: int, evals: int, workdir: Path) -> tuple[float, list[s
     folder = workdir / "submitit"
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
     executor.update_parameters(
-        timeout_min=10, slurm_partition="debug", slurm_array_parallelism=1000, slurm_additional_parameters={"hold": True}
+        timeout_min=10,
+        slurm_partition="debug",
+        slurm_array_parallelism=1000,
+        slurm_additional_parameters={"hold": True},
     )
     start = time.perf_counter()
     jobs = []

@@ -84,7 +84,9 @@ def child(side: str, args, out: Path) -> None:
     loss.backward()
     seconds = time.perf_counter() - began
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-    torch.save({"loss": loss.detach(), "d_hidden": states.grad, "d_weight": weight.grad, "peak": peak, "seconds": seconds}, out)
+    torch.save(
+        {"loss": loss.detach(), "d_hidden": states.grad, "d_weight": weight.grad, "peak": peak, "seconds": seconds}, out
+    )
 
 
 def run_side(side: str, args, folder: Path) -> dict:
@@ -107,12 +109,20 @@ def main() -> None:
         child(args.child, args, args.out)
         return
     gib = 1 << 30
-    print(f"loss head, fp32 on CPU: {args.tokens} tokens × {args.vocab} vocab, hidden {args.hidden}; forward + backward")
+    print(
+        f"loss head, fp32 on CPU: {args.tokens} tokens × {args.vocab} vocab, hidden {args.hidden}; forward + backward"
+    )
     with tempfile.TemporaryDirectory() as folder:
         base = run_side("baseline", args, Path(folder))
-        print(f"  baseline (full logits, today's token_loss_sum): peak {base['peak'] / gib:.2f} GiB, {base['seconds']:.0f} s")
+        print(
+            "  baseline (full logits, today's token_loss_sum): peak "
+            f"{base['peak'] / gib:.2f} GiB, {base['seconds']:.0f} s"
+        )
         new = run_side("chunked", args, Path(folder))
-        print(f"  chunked  (LOSS_CHUNK={train.LOSS_CHUNK} tokens per chunk):      peak {new['peak'] / gib:.2f} GiB, {new['seconds']:.0f} s")
+        print(
+            f"  chunked  (LOSS_CHUNK={train.LOSS_CHUNK} tokens per chunk):  "
+            f"    peak {new['peak'] / gib:.2f} GiB, {new['seconds']:.0f} s"
+        )
     worst = {}
     for key in ("loss", "d_hidden", "d_weight"):
         a, b = new[key].double(), base[key].double()

@@ -56,18 +56,21 @@ def overhead(runs: int) -> None:
         prog = Path(tmp, "prog.py")
         prog.write_text(PROGRAM)
         variants = {
-            "baseline": lambda: subprocess.run([sys.executable, str(prog)], input=STDIN, capture_output=True,
-                                               text=True, check=True, cwd=tmp),
-            "same-exe": lambda: subprocess.run([interpreter, "-I", "-B", str(prog)], input=STDIN,
-                                               capture_output=True, text=True, check=True, cwd=tmp),
+            "baseline": lambda: subprocess.run(
+                [sys.executable, str(prog)], input=STDIN, capture_output=True, text=True, check=True, cwd=tmp
+            ),
+            "same-exe": lambda: subprocess.run(
+                [interpreter, "-I", "-B", str(prog)], input=STDIN, capture_output=True, text=True, check=True, cwd=tmp
+            ),
             "sandbox": lambda: sandbox.run_program(PROGRAM, stdin=STDIN),
         }
         # Every other isolating backend that runs here, for comparison.
         for mode in sandbox.ISOLATING:
             iso = sandbox._detect((mode,))
             if iso.mode == mode and mode != sandbox.sandbox_isolation():
-                variants[mode] = lambda iso=iso: sandbox._run(iso, PROGRAM, stdin=STDIN, timeout_s=6.0,
-                                                             limits=sandbox.SandboxLimits())
+                variants[mode] = lambda iso=iso: sandbox._run(
+                    iso, PROGRAM, stdin=STDIN, timeout_s=6.0, limits=sandbox.SandboxLimits()
+                )
         assert sandbox.run_program(PROGRAM, stdin=STDIN).stdout == "55\n"
         times: dict[str, list[float]] = {name: [] for name in variants}
         cpu: dict[str, list[float]] = {name: [] for name in variants}
@@ -83,14 +86,19 @@ def overhead(runs: int) -> None:
     print(f"per program, median of {runs} runs each: wall time [p90], CPU time (ours + children's)")
     for name, ts in times.items():
         p90 = statistics.quantiles(ts, n=10)[-1]
-        print(f"  {name:9s} {median[name] * 1000:7.1f} ms  [{p90 * 1000:6.1f} ms]"
-              f"   cpu {median_cpu[name] * 1000:6.1f} ms")
+        print(
+            f"  {name:9s} {median[name] * 1000:7.1f} ms  [{p90 * 1000:6.1f} ms]   cpu {median_cpu[name] * 1000:6.1f} ms"
+        )
     for other, note in (("baseline", "target <= 1.5x"), ("same-exe", "the isolation's own cost")):
-        print(f"  sandbox / {other:8s} = {median['sandbox'] / median[other]:.2f}x wall, "
-              f"{median_cpu['sandbox'] / median_cpu[other]:.2f}x cpu  ({note})")
+        print(
+            f"  sandbox / {other:8s} = {median['sandbox'] / median[other]:.2f}x wall, "
+            f"{median_cpu['sandbox'] / median_cpu[other]:.2f}x cpu  ({note})"
+        )
     for mode in (m for m in sandbox.ISOLATING if m in median):
-        print(f"  {mode} / baseline = {median[mode] / median['baseline']:.2f}x wall, "
-              f"{median_cpu[mode] / median_cpu['baseline']:.2f}x cpu")
+        print(
+            f"  {mode} / baseline = {median[mode] / median['baseline']:.2f}x wall, "
+            f"{median_cpu[mode] / median_cpu['baseline']:.2f}x cpu"
+        )
 
 
 def throughput(programs: int, workers: int) -> None:
@@ -103,8 +111,10 @@ def throughput(programs: int, workers: int) -> None:
     elapsed = time.perf_counter() - start
     correct = sum(r.correct for r in results)
     assert correct == (programs + 1) // 2, correct  # the even-numbered ones are right
-    print(f"graded {programs} programs on {workers} threads / {len(os.sched_getaffinity(0))} cores: "
-          f"{elapsed:.1f} s, {programs / elapsed:.1f} programs/s ({correct} correct)")
+    print(
+        f"graded {programs} programs on {workers} threads / {len(os.sched_getaffinity(0))} cores: "
+        f"{elapsed:.1f} s, {programs / elapsed:.1f} programs/s ({correct} correct)"
+    )
 
 
 def main() -> None:

@@ -48,7 +48,9 @@ def dialogues(n: int, median_tokens: int, seed: int = 0) -> list[list[dict]]:
     for i in range(n):
         words = int(np.clip(rng.lognormal(np.log(median_tokens / 1.5), 0.8), 5, 20 * median_tokens))
         reply = "<think>\n" + " ".join(rng.choice(WORDS, size=words)) + f"\n</think>\n\n\\boxed{{{i}}}"
-        out.append([{"role": "user", "content": f"Question {i}: what is {i} + {i}?"}, {"role": "assistant", "content": reply}])
+        out.append(
+            [{"role": "user", "content": f"Question {i}: what is {i} + {i}?"}, {"role": "assistant", "content": reply}]
+        )
     return out
 
 
@@ -108,7 +110,9 @@ def bench_model(name: str, max_seq_len: int, accumulation: int, steps: int, pad_
         fsdp.apply_fsdp(ours, d.mesh, bf16=False)
         fsdp.materialize(ours, model_dir, d.device)
         ours.train()
-        t = argparse.Namespace(weight_decay=0.01, lr=1e-5, betas=[0.9, 0.999], warmup_ratio=0.0, steps=steps, min_lr_ratio=0.1)
+        t = argparse.Namespace(
+            weight_decay=0.01, lr=1e-5, betas=[0.9, 0.999], warmup_ratio=0.0, steps=steps, min_lr_ratio=0.1
+        )
         our_opt, _ = train.build_optimizer(ours, t)
         bare = bare_fsdp_model(model_dir, d.mesh)
         bare.train()
@@ -122,7 +126,9 @@ def bench_model(name: str, max_seq_len: int, accumulation: int, steps: int, pad_
                 if label == "baseline":
                     n = bare_step(bare, bare_opt, batches)
                 else:
-                    counts = torch.tensor([sum(b.loss_tokens for b in batches), sum(b.tokens for b in batches)], dtype=torch.float64)
+                    counts = torch.tensor(
+                        [sum(b.loss_tokens for b in batches), sum(b.tokens for b in batches)], dtype=torch.float64
+                    )
                     torch.distributed.all_reduce(counts)
                     train.train_step(ours, our_opt, batches, int(counts[0]), 1, d.device, 1.0)
                     n = int(counts[1])
@@ -154,18 +160,25 @@ def main() -> None:
     for name in args.models:
         max_seq_len, packs, steps = settings[name]
         rows.append(bench_model(name, max_seq_len, packs, args.steps or steps, args.pad_batch))
-    print(f"\n{'model':<11} {'seq':>5} {'baseline tok/s':>15} {'svd_hpc tok/s':>14} {'ratio':>6} {'best-step ratio':>16}   "
-          f"{'padding eff':>11} {'packing eff':>11} {'ratio':>6}")
+    print(
+        f"\n{'model':<11} {'seq':>5} {'baseline tok/s':>15} "
+        f"{'svd_hpc tok/s':>14} {'ratio':>6} {'best-step ratio':>16}   "
+        f"{'padding eff':>11} {'packing eff':>11} {'ratio':>6}"
+    )
     for r in rows:
         print(
             f"{r['model']:<11} {r['max_seq_len']:>5} {r['baseline_tok_s']:>15.0f} {r['svd_hpc_tok_s']:>14.0f} "
             f"{r['speed_ratio']:>6.2f} {r['best_ratio']:>16.2f}   {r['padding_eff']:>11.3f} {r['packing_eff']:>11.3f} "
             f"{r['packing_eff'] / r['padding_eff']:>6.2f}"
         )
-    print("tok/s: tokens per CPU-second (one thread), median over the measured steps; "
-          "best-step ratio compares each side's fastest step")
-    print(f"speed ratio target >= 0.9 (svd_hpc / bare FSDP2); packing efficiency target >= 0.95 "
-          f"(padding baseline: batches of {args.pad_batch} samples padded to their longest)")
+    print(
+        "tok/s: tokens per CPU-second (one thread), median over the measured steps; "
+        "best-step ratio compares each side's fastest step"
+    )
+    print(
+        f"speed ratio target >= 0.9 (svd_hpc / bare FSDP2); packing efficiency target >= 0.95 "
+        f"(padding baseline: batches of {args.pad_batch} samples padded to their longest)"
+    )
 
 
 if __name__ == "__main__":

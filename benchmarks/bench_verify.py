@@ -110,9 +110,10 @@ def rates(m: dict, n_items: int) -> str:
     """Share of candidates passing each stage, of those that reached it."""
     reached = list(m["reached"].values()) + [m["passed"]]
     stages = list(m["reached"])
-    return ", ".join(
-        f"{s} {reached[i + 1]}/{reached[i]}" if reached[i] else f"{s} -" for i, s in enumerate(stages)
-    ) + f" (of {n_items} candidates)"
+    return (
+        ", ".join(f"{s} {reached[i + 1]}/{reached[i]}" if reached[i] else f"{s} -" for i, s in enumerate(stages))
+        + f" (of {n_items} candidates)"
+    )
 
 
 def main() -> None:
@@ -164,7 +165,8 @@ def main() -> None:
     print(f"machine : {machine()}")
     print(f"model   : {args.model}, vllm {__import__('vllm').__version__}, float32 on CPU")
     print(
-        f"settings: {len(items)} candidates ({len(questions)} questions x n={args.n}, {args.answer_tokens} answer tokens max), "
+        f"settings: {len(items)} candidates ({len(questions)} questions "
+        f"x n={args.n}, {args.answer_tokens} answer tokens max), "
         f"V={args.votes}, judge max_tokens={args.judge_tokens}, temperature={vcfg.temperature}, top_p={vcfg.top_p}, "
         f"unanimous, verdict rule {vcfg.verdict_rule}; ours: prefix caching on, block_size 32; "
         f"naive: caching off, V separate requests, no early exit"
@@ -173,19 +175,30 @@ def main() -> None:
         n = naive[name]
         print(f"\n-- judges: {name} --")
         print(f"ours : pass rates {rates(m, len(items))}")
-        print(f"ours : prompt tokens computed {m['computed']} (+{m['cached']} from cache), judge samples {m['samples']}, {m['seconds']:.1f}s")
+        print(
+            f"ours : prompt tokens computed {m['computed']} (+{m['cached']} "
+            f"from cache), judge samples {m['samples']}, {m['seconds']:.1f}s"
+        )
         print(
             f"ours without early exit: prompt tokens computed {m['full_computed']} (+{m['full_cached']} from cache), "
             f"judge samples {m['full_samples']}"
         )
         print(f"naive: prompt tokens computed {n['computed']}, judge samples {n['samples']}, {n['seconds']:.1f}s")
-        print(f"ratio computed prompt tokens ours/naive at these pass rates: {m['computed'] / n['computed']:.3f} (target <= 0.333)")
-        print(f"ratio computed prompt tokens, every stage on every candidate/naive: {m['full_computed'] / n['computed']:.3f}")
+        print(
+            "ratio computed prompt tokens ours/naive at these pass rates: "
+            f"{m['computed'] / n['computed']:.3f} (target <= 0.333)"
+        )
+        print(
+            "ratio computed prompt tokens, every stage on every "
+            f"candidate/naive: {m['full_computed'] / n['computed']:.3f}"
+        )
         print(f"ratio judge samples ours/naive         : {m['samples'] / n['samples']:.3f} (target <= 1)")
         print(f"ratio wall time ours/naive             : {m['seconds'] / n['seconds']:.3f}")
     print("\n-- verdict format restated after the answer (every stage on every candidate, verdict prefix) --")
-    print(f"prompt tokens computed with the reminder {with_reminder}, without {without_reminder}: "
-          f"ratio {with_reminder / without_reminder:.3f}")
+    print(
+        f"prompt tokens computed with the reminder {with_reminder}, without {without_reminder}: "
+        f"ratio {with_reminder / without_reminder:.3f}"
+    )
 
 
 if __name__ == "__main__":

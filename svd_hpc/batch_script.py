@@ -42,7 +42,8 @@ NOTES = {
     "chdir": "working directory of the job",
     "requeue": "Slurm may requeue this job; the script requeues it itself on the warning signal",
     "no-requeue": "never requeued: a failure cancels the stages after it, `launch resume` re-runs it",
-    "signal": "the warning reaches this shell only (B:), N seconds before the time limit (cluster profile: signal_seconds)",
+    "signal": "the warning reaches this shell only (B:), N seconds "
+    "before the time limit (cluster profile: signal_seconds)",
     "dependency": "starts after these jobs (sbatch/pipeline.sh passes it on the command line instead)",
     "kill-on-invalid-dep": "a failed upstream job cancels this one instead of leaving it pending for ever",
     "mail-user": "site: where Slurm mails (cluster profile: mail_user)",
@@ -129,7 +130,7 @@ def batch_script(
         "",
         "# --- environment ---",
         "# Slurm 22.05-23.02: srun does not pass --cpus-per-task on; without this each task gets one core",
-        'if [[ -n ${SLURM_CPUS_PER_TASK:-} ]]; then export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK; fi',
+        "if [[ -n ${SLURM_CPUS_PER_TASK:-} ]]; then export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK; fi",
         *(f"export {name}={shlex.quote(value)}" for name, value in exports),
     ]
     if rendezvous:
@@ -170,11 +171,13 @@ def _requeue_lines(cap: int) -> list[str]:
         "    local job=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}",
         "    job=${job:-$SLURM_JOB_ID}",
         f"    if (( ${{SLURM_RESTART_COUNT:-0}} >= {cap} )); then",
-        f'        echo "svd_hpc: not requeueing $job: requeue cap {cap} reached; resume the run with python -m svd_hpc.launch resume" >&2',
+        f'        echo "svd_hpc: not requeueing $job: requeue cap {cap} '
+        'reached; resume the run with python -m svd_hpc.launch resume" >&2',
         "        return 1",
         "    fi",
         f'    echo "svd_hpc: requeueing $job (restart $(( ${{SLURM_RESTART_COUNT:-0}} + 1 )) of at most {cap})" >&2',
-        # a requeued job is pending again whatever its exit status; non-zero keeps dependents off a task that never ended
+        # a requeued job is pending again whatever its exit
+        # status; non-zero keeps dependents off a task that never ended
         f'    scontrol requeue "$job" && exit {EXIT_STOPPED}',
         "}",
     ]

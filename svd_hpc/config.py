@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 
@@ -34,22 +34,22 @@ class ClusterProfile:
     """What a site looks like: defaults for every job, overridden per stage in `resources`."""
 
     name: str = "local"
-    partition: Optional[str] = None  # GPU partition for generate/verify/train/eval
-    cpu_partition: Optional[str] = None  # partition for merge and report (CPU-only stages)
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    constraint: Optional[str] = None
-    exclude: Optional[str] = None  # nodes never to use, e.g. "node[01-03]"
+    partition: str | None = None  # GPU partition for generate/verify/train/eval
+    cpu_partition: str | None = None  # partition for merge and report (CPU-only stages)
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    exclude: str | None = None  # nodes never to use, e.g. "node[01-03]"
     gpus_per_node: int = 0  # 0 on CPU clusters
     cpus_per_task: int = 1
-    mem: Optional[str] = None  # e.g. "64G"; None leaves the site default
+    mem: str | None = None  # e.g. "64G"; None leaves the site default
     time: str = "01:00:00"
     setup: list[str] = field(default_factory=list)  # lines run before each task: module load, conda activate
-    command_prefix: Optional[str] = None  # e.g. "apptainer exec --nv image.sif"
-    python: Optional[str] = None  # interpreter on the compute nodes; default: the launcher's own
-    mail_user: Optional[str] = None
-    mail_type: Optional[str] = None  # e.g. "END,FAIL"
-    max_array_size: Optional[int] = None  # None: read MaxArraySize from `scontrol show config`
+    command_prefix: str | None = None  # e.g. "apptainer exec --nv image.sif"
+    python: str | None = None  # interpreter on the compute nodes; default: the launcher's own
+    mail_user: str | None = None
+    mail_type: str | None = None  # e.g. "END,FAIL"
+    max_array_size: int | None = None  # None: read MaxArraySize from `scontrol show config`
     requeue_cap: int = 3  # a preempted task is requeued at most this many times
     signal_seconds: int = 120  # warning signal (USR2) this many seconds before the time limit
 
@@ -58,14 +58,14 @@ class ClusterProfile:
 class StageResources:
     """Per-stage overrides of the cluster profile; None keeps the profile's value."""
 
-    partition: Optional[str] = None
-    gpus: Optional[int] = None  # GPUs per task (tensor parallel size for vLLM stages)
-    cpus: Optional[int] = None
-    mem: Optional[str] = None
-    time: Optional[str] = None
+    partition: str | None = None
+    gpus: int | None = None  # GPUs per task (tensor parallel size for vLLM stages)
+    cpus: int | None = None
+    mem: str | None = None
+    time: str | None = None
     nodes: int = 1  # train only: number of nodes
-    tasks_per_node: Optional[int] = None  # train: processes per node (default: GPUs per node, else 1)
-    array_parallelism: Optional[int] = None  # at most this many array tasks at once
+    tasks_per_node: int | None = None  # train: processes per node (default: GPUs per node, else 1)
+    array_parallelism: int | None = None  # at most this many array tasks at once
     preemptible: bool = False  # adds --requeue and the warning signal
 
 
@@ -77,17 +77,19 @@ class ModelConfig:
     """The base model: a hub id, a local directory, or `builtin:tiny-qwen3` / `builtin:smollm2`."""
 
     path: str = "builtin:tiny-qwen3"
-    revision: Optional[str] = None
-    thinking: Literal["auto", "on", "off"] = "auto"  # chat template enable_thinking; auto = on when the template knows it
+    revision: str | None = None
+    thinking: Literal["auto", "on", "off"] = (
+        "auto"  # chat template enable_thinking; auto = on when the template knows it
+    )
     dtype: str = "auto"  # "auto" = bfloat16 on GPU, float32 on CPU
     tensor_parallel_size: int = 1
     max_model_len: int = 4096
     gpu_memory_utilization: float = 0.9
     seed: int = 0
     enable_prefix_caching: bool = True
-    block_size: Optional[int] = None  # KV block size; 32 shares more judge prefix on CPU
+    block_size: int | None = None  # KV block size; 32 shares more judge prefix on CPU
     cpu_kvcache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE on CPU machines
-    max_num_seqs: Optional[int] = None  # sequences decoded at once; None keeps vLLM's default
+    max_num_seqs: int | None = None  # sequences decoded at once; None keeps vLLM's default
     # Each request samples with its own seed (from model.seed and the item's identity), so a
     # resumed task reproduces an uninterrupted one exactly. It costs speed on GPUs: vLLM then
     # samples seeded requests one by one in Python instead of in FlashInfer's batched kernel.
@@ -109,14 +111,14 @@ class SeedsConfig:
 
     path: str = "data/demo_seeds.jsonl"  # JSONL, parquet, a local HF dataset dir, or a hub id
     format: Literal["auto", "jsonl", "parquet", "hf"] = "auto"
-    hf_config: Optional[str] = None
-    revision: Optional[str] = None  # hub id only: branch, tag or commit; the launch pins it to a commit
+    hf_config: str | None = None
+    revision: str | None = None  # hub id only: branch, tag or commit; the launch pins it to a commit
     split: str = "train"
     question_field: str = "question"
-    id_field: Optional[str] = None
-    domain_field: Optional[str] = None
+    id_field: str | None = None
+    domain_field: str | None = None
     domain: Literal["math", "science", "code"] = "math"  # used when no domain_field
-    limit: Optional[int] = None  # keep the first `limit` questions
+    limit: int | None = None  # keep the first `limit` questions
     shards: int = 1
 
 
@@ -124,11 +126,11 @@ class SeedsConfig:
 class GenerateConfig:
     n: int = 8
     # sampling: null leaves a setting to the model's generation_config (see model.generation_config)
-    temperature: Optional[float] = 0.8
-    top_p: Optional[float] = 0.95
-    top_k: Optional[int] = None
-    min_p: Optional[float] = None
-    repetition_penalty: Optional[float] = None
+    temperature: float | None = 0.8
+    top_p: float | None = 0.95
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
     max_tokens: int = 32768
     stop: list[str] = field(default_factory=list)
     require_think: Literal["auto", "on", "off"] = "auto"  # demand a closed think block; auto follows the model
@@ -142,15 +144,15 @@ class GenerateConfig:
 class VerifyConfig:
     stages: list[str] = field(default_factory=lambda: list(VERIFY_STAGES))
     votes: int = 5
-    temperature: Optional[float] = 0.6  # sampling knobs as in generate
-    top_p: Optional[float] = 0.95
-    top_k: Optional[int] = None
-    min_p: Optional[float] = None
-    repetition_penalty: Optional[float] = None
+    temperature: float | None = 0.6  # sampling knobs as in generate
+    top_p: float | None = 0.95
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
     max_tokens: int = 32768
     cycle_inferences: int = 1
     aggregation: Literal["unanimous", "majority", "k_of_v"] = "unanimous"
-    k: Optional[int] = None  # for k_of_v
+    k: int | None = None  # for k_of_v
     keep_judge_text: bool = False
     # Text that opens every judge reply, e.g. "[[": the judge's first tokens are then its verdict.
     # For small models that never reach the verdict format on their own; it skips their reasoning.
@@ -170,9 +172,9 @@ class VerifyConfig:
 @dataclass
 class MergeConfig:
     selection: Literal["first-valid", "all-valid"] = "first-valid"
-    max_per_question: Optional[int] = None
+    max_per_question: int | None = None
     aggregation: Literal["unanimous", "majority", "k_of_v"] = "unanimous"
-    k: Optional[int] = None
+    k: int | None = None
     disabled_stages: list[str] = field(default_factory=list)  # ablations: stages whose votes are ignored
     validation_fraction: float = 0.0
     allow_missing: bool = False  # proceed without missing verify shards (recorded in stats.json)
@@ -181,8 +183,8 @@ class MergeConfig:
 @dataclass
 class TrainConfig:
     enabled: bool = True
-    model: Optional[str] = None  # default: the run's base model
-    model_revision: Optional[str] = None  # train.model on the hub: branch, tag or commit; pinned at launch
+    model: str | None = None  # default: the run's base model
+    model_revision: str | None = None  # train.model on the hub: branch, tag or commit; pinned at launch
     steps: int = 2000
     global_batch: int = 64  # sequences per optimiser step
     micro_batch: int = 1  # packed sequences per process per forward
@@ -194,7 +196,7 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     # Levanter's schedule (the authors'): warmup, then the peak held, then cosine over this
     # fraction of the steps. None: cosine over every step after warmup.
-    decay_ratio: Optional[float] = 0.9
+    decay_ratio: float | None = 0.9
     # Weight decay on embedding tables too (False, as Levanter: only on weight matrices of layers).
     decay_embeddings: bool = False
     max_seq_len: int = 32768
@@ -203,37 +205,37 @@ class TrainConfig:
     checkpoint_every: int = 200
     # recompute each decoder layer in backward; default (None): on from ACTIVATION_CHECKPOINTING_FROM
     # tokens of max_seq_len (svd_hpc/train/train.py says why); true/false wins over the default
-    activation_checkpointing: Optional[bool] = None
+    activation_checkpointing: bool | None = None
     procs_per_node: int = 1  # local scheduler / CPU: torchrun --nproc_per_node
 
 
 @dataclass
 class BenchmarkSpec:
     name: str = ""
-    preset: Optional[str] = None  # aime26, hmmt_feb_2025, gpqa_diamond, hle_mc, lcb_v5, lcb_v6
-    path: Optional[str] = None  # local JSONL/parquet, local HF dir, or hub id
-    hf_config: Optional[str] = None
-    revision: Optional[str] = None  # of the hub copy: branch, tag or commit; the launch pins it to a commit
+    preset: str | None = None  # aime26, hmmt_feb_2025, gpqa_diamond, hle_mc, lcb_v5, lcb_v6
+    path: str | None = None  # local JSONL/parquet, local HF dir, or hub id
+    hf_config: str | None = None
+    revision: str | None = None  # of the hub copy: branch, tag or commit; the launch pins it to a commit
     split: str = "test"
     question_field: str = "question"
     answer_field: str = "answer"
-    id_field: Optional[str] = None
+    id_field: str | None = None
     domain: Literal["math", "science", "code"] = "math"
     # math_last_number: math, but an answer without \boxed{} is read as its last number (weak models)
     grader: Literal["math", "math_last_number", "choice", "code"] = "math"
-    limit: Optional[int] = None
+    limit: int | None = None
     # Left at None, these take the preset's value (docs/PROTOCOL.md), else the value after "else".
     # The eval prompt: the benchmark's own (the authors' evalchemy), or sft = our generation prompt. Else sft.
-    prompt: Optional[Literal["sft", "aime", "hmmt", "gpqa", "hle", "lcb"]] = None
+    prompt: Literal["sft", "aime", "hmmt", "gpqa", "hle", "lcb"] | None = None
     # This benchmark's eval seeds (one sample per question each). Else eval.seeds, else the preset's
     # repeats as seeds 0..R-1, else [0].
-    seeds: Optional[list[int]] = None
+    seeds: list[int] | None = None
     # Choice options: seeded = shuffled per (eval seed, question); fixed42 = the authors' GPQA order
     # (Random(42) per question: the correct option always at D); original = the dataset's order. Else seeded.
-    option_order: Optional[Literal["seeded", "fixed42", "original"]] = None
+    option_order: Literal["seeded", "fixed42", "original"] | None = None
     # LiveCodeBench: keep problems whose contest month ("YYYY-MM") lies in [contest_from, contest_to].
-    contest_from: Optional[str] = None
-    contest_to: Optional[str] = None
+    contest_from: str | None = None
+    contest_to: str | None = None
 
 
 @dataclass
@@ -241,12 +243,12 @@ class EvalConfig:
     benchmarks: list[BenchmarkSpec] = field(default_factory=list)
     # Seeds of every benchmark (a benchmark's own `seeds` wins); None: each benchmark repeats as its
     # preset does (the authors': AIME26 1, HMMT 10, GPQA/HLE/LCB 3), a benchmark without preset once.
-    seeds: Optional[list[int]] = None
-    temperature: Optional[float] = 0.7  # sampling knobs as in generate; the authors' T 0.7, top_p 1.0
-    top_p: Optional[float] = 1.0
-    top_k: Optional[int] = None
-    min_p: Optional[float] = None
-    repetition_penalty: Optional[float] = None
+    seeds: list[int] | None = None
+    temperature: float | None = 0.7  # sampling knobs as in generate; the authors' T 0.7, top_p 1.0
+    top_p: float | None = 1.0
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
     max_tokens: int = 32768
     uq_ttc: bool = False  # also evaluate the test-time baseline on the base model
     uq_ttc_candidates: int = 8
@@ -323,13 +325,16 @@ def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
         return {str(k): _coerce(v, args[1], f"{where}.{k}", source) for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool) and where.endswith(("time", "mem")):
+    if (
+        tp is str
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and where.endswith(("time", "mem"))
+    ):
         return str(value)
     if tp in (int, float, str, bool):
         if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-            raise ConfigError(
-                f"{source}: {where} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})."
-            )
+            raise ConfigError(f"{source}: {where} must be {_type_name(tp)}, got {value!r} ({type(value).__name__}).")
         return value
     return value
 
@@ -343,7 +348,8 @@ def build(cls: type, data: dict, source: str = "<config>", where: str = "") -> A
         path = f"{where}.{key}" if where else str(key)
         if key not in names:
             raise ConfigError(
-                f"{source}: unknown key '{path}'; valid keys{' under ' + repr(where) if where else ''}: {', '.join(names)}."
+                f"{source}: unknown key '{path}'; valid "
+                f"keys{' under ' + repr(where) if where else ''}: {', '.join(names)}."
             )
         kwargs[key] = _coerce(value, hints[key], path, source)
     return cls(**kwargs)
@@ -426,10 +432,14 @@ def validate(cfg: RunConfig, source: str) -> None:
         name = "verify" if section is cfg.verify else "merge"
         if section.aggregation == "k_of_v":
             if section.k is None or not 1 <= section.k <= cfg.verify.votes:
-                raise ConfigError(f"{source}: {name}.k must be between 1 and verify.votes ({cfg.verify.votes}) for k_of_v.")
+                raise ConfigError(
+                    f"{source}: {name}.k must be between 1 and verify.votes ({cfg.verify.votes}) for k_of_v."
+                )
     for stage in cfg.merge.disabled_stages:
         if stage not in VERIFY_STAGES:
-            raise ConfigError(f"{source}: merge.disabled_stages has '{stage}'; valid stages: {', '.join(VERIFY_STAGES)}.")
+            raise ConfigError(
+                f"{source}: merge.disabled_stages has '{stage}'; valid stages: {', '.join(VERIFY_STAGES)}."
+            )
     if not 0.0 <= cfg.merge.validation_fraction < 1.0:
         raise ConfigError(f"{source}: merge.validation_fraction must be in [0, 1).")
     if not 0.0 < cfg.model.gpu_memory_utilization <= 1.0:
@@ -451,11 +461,15 @@ def validate(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: eval.seeds must list at least one seed, or be left out (each preset's repeats).")
     for bench in cfg.eval.benchmarks:
         if bench.seeds is not None and not bench.seeds:
-            raise ConfigError(f"{source}: eval.benchmarks '{bench.name}': seeds must list at least one seed, or be left out.")
+            raise ConfigError(
+                f"{source}: eval.benchmarks '{bench.name}': seeds must list at least one seed, or be left out."
+            )
         for key in ("contest_from", "contest_to"):
             month = getattr(bench, key)
             if month is not None and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
-                raise ConfigError(f"{source}: eval.benchmarks '{bench.name}': {key} is {month!r}; write a month as YYYY-MM.")
+                raise ConfigError(
+                    f"{source}: eval.benchmarks '{bench.name}': {key} is {month!r}; write a month as YYYY-MM."
+                )
     for stage, res in cfg.resources.items():
         if res.time:
             _check_time(res.time, f"resources.{stage}.time", source)
@@ -471,7 +485,8 @@ def validate(cfg: RunConfig, source: str) -> None:
             if gpus and cfg.model.tensor_parallel_size > gpus:
                 raise ConfigError(
                     f"{source}: model.tensor_parallel_size={cfg.model.tensor_parallel_size} needs that many GPUs, "
-                    f"but resources.{stage} gets {gpus}; raise resources.{stage}.gpus or lower the tensor parallel size."
+                    f"but resources.{stage} gets {gpus}; raise "
+                    f"resources.{stage}.gpus or lower the tensor parallel size."
                 )
             if cfg.profile.gpus_per_node and gpus and gpus > cfg.profile.gpus_per_node:
                 raise ConfigError(

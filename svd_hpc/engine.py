@@ -144,7 +144,7 @@ class Watchdog:
     A thread, and a hard exit, because a hung engine holds the main thread inside step().
     """
 
-    def __init__(self, engine: "Engine", timeout_s: float):
+    def __init__(self, engine: Engine, timeout_s: float):
         self.engine, self.timeout_s = engine, timeout_s
         self.last_step = time.monotonic()
         self.watching = False
@@ -202,8 +202,10 @@ class Engine:
         model_defaults = self.llm.model_config.get_diff_sampling_param()
         self.sampling_defaults = {k: v for k, v in model_defaults.items() if k != "max_tokens"}
         if self.sampling_defaults:
-            log.info(f"sampling defaults from the model's generation_config (a stage's own setting wins): "
-                     f"{self.sampling_defaults}")
+            log.info(
+                f"sampling defaults from the model's generation_config (a stage's own setting wins): "
+                f"{self.sampling_defaults}"
+            )
         if not model_cfg.per_request_seeds:
             log.info("model.per_request_seeds=false: one engine-wide seed; a resumed task samples differently")
         self.watchdog = Watchdog(self, model_cfg.stall_timeout_s) if model_cfg.stall_timeout_s > 0 else None
@@ -269,9 +271,13 @@ class Engine:
         thinking = self.thinking if enable_thinking is None else enable_thinking
         kwargs = {"enable_thinking": thinking} if self.template_knows_thinking else {}
         try:
-            text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True, **kwargs)
+            text = self.tokenizer.apply_chat_template(
+                conversation, tokenize=False, add_generation_prompt=True, **kwargs
+            )
         except jinja2.TemplateSyntaxError as err:  # fails every row alike: a broken template, not a bad row
-            raise ValueError(f"the chat template of {self.model_cfg.path} does not parse ({err}); fix or replace it.") from err
+            raise ValueError(
+                f"the chat template of {self.model_cfg.path} does not parse ({err}); fix or replace it."
+            ) from err
         except jinja2.TemplateError as err:
             return Refused(f"template_error: {err}")
         text += reply_prefix
@@ -321,11 +327,17 @@ class Engine:
             if isinstance(prompt, Refused):
                 skipped[i] = prompt.reason
             elif len(prompt) >= limit:  # vLLM would reject it; said here in our own words
-                skipped[i] = f"prompt_too_long: {len(prompt)} prompt tokens leave no room to generate (model.max_model_len={limit})"
+                skipped[i] = (
+                    f"prompt_too_long: {len(prompt)} prompt tokens leave "
+                    f"no room to generate (model.max_model_len={limit})"
+                )
         # built before anything is queued: a sampling setting vLLM refuses is no bad row but a bad
         # config, so it stops the task here instead of skipping every request
-        params = {i: self.sampling_params(per_prompt[i], None if seeds is None else seeds[i])
-                  for i in range(len(prompts)) if i not in skipped}
+        params = {
+            i: self.sampling_params(per_prompt[i], None if seeds is None else seeds[i])
+            for i in range(len(prompts))
+            if i not in skipped
+        }
         engine = self.llm.llm_engine
         watchdog = self.watchdog
         index_of: dict[str, int] = {}
@@ -376,7 +388,10 @@ class Engine:
                 engine.abort_request(list(index_of))
 
     def generate_tokens(
-        self, prompts: Sequence[list[int] | Refused], sampling: Sampling | Sequence[Sampling], seeds: Sequence[int] | None = None
+        self,
+        prompts: Sequence[list[int] | Refused],
+        sampling: Sampling | Sequence[Sampling],
+        seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         """All samples of rendered prompts, in prompt order (see `stream`)."""
         results: list[list[Completion]] = [[] for _ in prompts]

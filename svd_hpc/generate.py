@@ -100,7 +100,9 @@ def generate_questions(engine: Engine, cfg: RunConfig, rows: list[dict], checkpo
     tokens = 0
     for i, completions in engine.stream(rendered, sampling, seeds):
         tokens += sum(c.completion_tokens for c in completions)
-        checkpoint.add(rows[i]["question_id"], candidate_rows(rows[i], user_turns[i], completions, think, gen.format_filter))
+        checkpoint.add(
+            rows[i]["question_id"], candidate_rows(rows[i], user_turns[i], completions, think, gen.format_filter)
+        )
     checkpoint.flush()
     return tokens
 

@@ -33,7 +33,10 @@ TORCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADD
 
 def gpu_count() -> tuple[int, str]:
     """Visible CUDA GPUs and a description, asked in a child process (this one stays CUDA-free)."""
-    probe = "import torch; print(torch.cuda.device_count() if torch.version.cuda else 0, torch.__version__, torch.version.cuda)"
+    probe = (
+        "import torch; "
+        "print(torch.cuda.device_count() if torch.version.cuda else 0, torch.__version__, torch.version.cuda)"
+    )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     if result.returncode != 0:
         return 0, f"torch failed to load: {result.stderr.strip().splitlines()[-1:]}"
@@ -52,7 +55,12 @@ def dialogues(n: int) -> list[list[dict]]:
     for i in range(n):
         a, b = 3 * i + 7, 5 * i + 2
         steps = " ".join(f"Add {a} and {b} digit by digit: step {k}." for k in range(1 + i % 9))
-        rows.append([{"role": "user", "content": f"What is {a} + {b}?"}, {"role": "assistant", "content": f"{steps} The answer is {a + b}."}])
+        rows.append(
+            [
+                {"role": "user", "content": f"What is {a} + {b}?"},
+                {"role": "assistant", "content": f"{steps} The answer is {a + b}."},
+            ]
+        )
     return rows
 
 
@@ -71,7 +79,12 @@ def check_train() -> bool:
     stream = sft_data.PackedStream(data, SEQ_LEN, seed=0, pad_id=tokenizer.pad_token_id or 0)
     t = config.TrainConfig(max_seq_len=SEQ_LEN, lr=1e-4, warmup_ratio=0.0, steps=6, grad_clip=1.0)
     model, _ = train.build_model(model_dir, t, d)
-    ok = report("model", True, f"{MODEL} on {torch.cuda.get_device_name(d.device)}, attention {model.config._attn_implementation}, bf16, FSDP2")
+    ok = report(
+        "model",
+        True,
+        f"{MODEL} on {torch.cuda.get_device_name(d.device)}, "
+        f"attention {model.config._attn_implementation}, bf16, FSDP2",
+    )
 
     gen = torch.Generator(device=d.device).manual_seed(0)
     hidden = torch.randn(3000, 256, device=d.device, generator=gen, requires_grad=True)
@@ -85,7 +98,11 @@ def check_train() -> bool:
     batch = stream.micro_batch([0, 1])
     samples = [s for r in (0, 1) for s in stream.pack_at(r)]
     leaky = sft_data.MicroBatch(
-        batch.input_ids, batch.labels, torch.arange(batch.input_ids.shape[1]).expand(2, -1).numpy(), batch.tokens, batch.loss_tokens
+        batch.input_ids,
+        batch.labels,
+        torch.arange(batch.input_ids.shape[1]).expand(2, -1).numpy(),
+        batch.tokens,
+        batch.loss_tokens,
     )
     model.eval()
     with torch.no_grad():
@@ -128,15 +145,20 @@ def check_engine() -> bool:
 
     device = engine.vllm_device()  # before anything touches CUDA
     if device != "cuda":
-        print(f"[SKIP] engine: the installed vllm runs on {device}, not CUDA (bash scripts/install.sh cuda)", flush=True)
+        print(
+            f"[SKIP] engine: the installed vllm runs on {device}, not CUDA (bash scripts/install.sh cuda)", flush=True
+        )
         return True
     began = time.perf_counter()
     llm = engine.Engine(ModelConfig(path=MODEL, tensor_parallel_size=1, max_model_len=2048, gpu_memory_utilization=0.5))
-    (reply,) = llm.chat([[{"role": "user", "content": "What is 2 + 3?"}]], engine.Sampling(n=1, temperature=0.0, max_tokens=32))[0]
+    (reply,) = llm.chat(
+        [[{"role": "user", "content": "What is 2 + 3?"}]], engine.Sampling(n=1, temperature=0.0, max_tokens=32)
+    )[0]
     return report(
         "engine",
         reply.completion_tokens > 0,
-        f"vLLM on CUDA, tensor_parallel_size=1: {reply.completion_tokens} tokens in {time.perf_counter() - began:.0f} s "
+        f"vLLM on CUDA, tensor_parallel_size=1: {reply.completion_tokens} "
+        f"tokens in {time.perf_counter() - began:.0f} s "
         f"(start included): {reply.text.strip()[:60]!r}",
     )
 

@@ -28,9 +28,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
+from . import __version__, local, slurm, smoke, staging, status
 from . import config as config_mod
-from . import local, slurm, smoke, staging, status
 from .config import ConfigError, RunConfig
 from .plan import Stage, build_plan, downstream, plan_to_json
 from .rundir import RunDir, atomic_write_json
@@ -117,7 +116,9 @@ def _prepare_seeds(cfg: RunConfig, run: RunDir, dry_run: bool) -> None:
     if dry_run or all(run.shard_path("seeds", i).exists() for i in range(cfg.seeds.shards)):
         table = seeds.load(cfg.seeds)  # validates; the shard plan is printed, nothing written
         per_shard = -(-table.num_rows // cfg.seeds.shards)
-        console.print(f"seeds: {table.num_rows} questions from {cfg.seeds.path} -> {cfg.seeds.shards} shards of ≤{per_shard}")
+        console.print(
+            f"seeds: {table.num_rows} questions from {cfg.seeds.path} -> {cfg.seeds.shards} shards of ≤{per_shard}"
+        )
         return
     stats = seeds.prepare(cfg, run)
     console.print(f"seeds: {stats}")
@@ -125,7 +126,9 @@ def _prepare_seeds(cfg: RunConfig, run: RunDir, dry_run: bool) -> None:
 
 def prepare(cfg: RunConfig, run: RunDir, dry_run: bool = False) -> list[Stage]:
     """Validate the seeds, then write the run directory: config, plan and (unless dry_run) seed shards."""
-    staged = staging.stage(cfg, run, dry_run)  # hub inputs fetched and pinned (cfg revisions) before anything reads them
+    staged = staging.stage(
+        cfg, run, dry_run
+    )  # hub inputs fetched and pinned (cfg revisions) before anything reads them
     plan = build_plan(cfg)
     if run.exists():
         stored = run.load_config()
@@ -156,13 +159,16 @@ def launch(cfg: RunConfig, run: RunDir, dry_run: bool = False, wait: bool = Fals
     """Write the run directory and submit (SLURM) or run (local) every incomplete task."""
     if not cfg.is_local and not slurm.available() and not dry_run:
         raise ConfigError(
-            f"cluster profile '{cfg.cluster}' needs SLURM, but sbatch is not on PATH; use cluster=local or a login node."
+            f"cluster profile '{cfg.cluster}' needs SLURM, but sbatch "
+            "is not on PATH; use cluster=local or a login node."
         )
     plan = prepare(cfg, run, dry_run)
     if cfg.is_local:
         if dry_run:
             for stage in plan:
-                console.print(f"{stage.name}: {stage.array_size} task(s) -> {' '.join(local.task_command(cfg, run, stage, 0))}")
+                console.print(
+                    f"{stage.name}: {stage.array_size} task(s) -> {' '.join(local.task_command(cfg, run, stage, 0))}"
+                )
             return 0
         timings = local.run_plan(cfg, run, plan)
         report = run.root / "report.md"
@@ -178,7 +184,9 @@ def launch(cfg: RunConfig, run: RunDir, dry_run: bool = False, wait: bool = Fals
     if not todo:
         console.print(f"nothing to submit: every task of {run.root} is done or queued.")
         return 0
-    max_array = cfg.profile.max_array_size or (slurm.site_max_array_size() if slurm.available() else slurm.DEFAULT_MAX_ARRAY_SIZE)
+    max_array = cfg.profile.max_array_size or (
+        slurm.site_max_array_size() if slurm.available() else slurm.DEFAULT_MAX_ARRAY_SIZE
+    )
     subs = slurm.plan_submissions(cfg, run, plan, todo, max_array)
     live_ids = {stage: ids for stage, (_, ids) in live.items()}
     if not dry_run:
@@ -233,12 +241,19 @@ def main(argv: list[str] | None = None) -> int:
     p_run = sub.add_parser("run", help="validate a config and launch its run (default command)")
     p_run.add_argument("--config", required=True)
     p_run.add_argument("overrides", nargs="*", help="key.sub=value")
-    p_prep = sub.add_parser("prepare", help="write the run directory, seed shards and every stage's sbatch script; print RUN_DIR=...")
+    p_prep = sub.add_parser(
+        "prepare", help="write the run directory, seed shards and every stage's sbatch script; print RUN_DIR=..."
+    )
     p_prep.add_argument("--config", required=True)
     p_prep.add_argument("overrides", nargs="*", help="key.sub=value")
-    p_smoke = sub.add_parser("smoke", help="a tiny run with the config's cluster settings, checked on the compute nodes; waits and prints the checks")
+    p_smoke = sub.add_parser(
+        "smoke",
+        help="a tiny run with the config's cluster settings, checked on the compute nodes; waits and prints the checks",
+    )
     p_smoke.add_argument("--config", required=True)
-    p_smoke.add_argument("--model", default=smoke.SMOKE_MODEL, help=f"the small model it runs (default {smoke.SMOKE_MODEL})")
+    p_smoke.add_argument(
+        "--model", default=smoke.SMOKE_MODEL, help=f"the small model it runs (default {smoke.SMOKE_MODEL})"
+    )
     p_smoke.add_argument("overrides", nargs="*", help="key.sub=value")
     for p in (p_run, sub.add_parser("resume", help="re-submit what is missing")):
         p.add_argument("--dry-run", action="store_true", help="write and print the sbatch scripts; submit nothing")
@@ -295,7 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except local.TaskFailed as err:
         print(f"error: {err}\n{err.tail()}", file=sys.stderr)
-        print(f"fix the cause, then resume with: python -m svd_hpc.launch resume {err.log_path.parents[2]}", file=sys.stderr)
+        print(
+            f"fix the cause, then resume with: python -m svd_hpc.launch resume {err.log_path.parents[2]}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -8,7 +8,6 @@ same run again resumes it.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time

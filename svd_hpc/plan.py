@@ -12,11 +12,11 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-from .eval.benchmarks import seeds_of
 from .config import RunConfig, train_procs_per_node
+from .eval.benchmarks import seeds_of
 
 # Where each stage's body lives: a function (run: RunDir, index) -> stats for the done marker
 # (None: this process writes none). Looked up by stage name when a task runs, so a run directory
@@ -67,7 +67,9 @@ def eval_tasks(cfg: RunConfig, model: str) -> list[EvalTask]:
     """The eval array of `model` (base | trained), in task-index order."""
     modes = ["direct"] + (["uq_ttc"] if model == "base" and cfg.eval.uq_ttc else [])
     return [
-        EvalTask(bench.name, seed, mode) for mode in modes for bench in cfg.eval.benchmarks
+        EvalTask(bench.name, seed, mode)
+        for mode in modes
+        for bench in cfg.eval.benchmarks
         for seed in seeds_of(cfg.eval, bench)
     ]
 
@@ -130,7 +132,9 @@ def build_plan(cfg: RunConfig) -> list[Stage]:
         add("eval_base", len(eval_tasks(cfg, "base")), "array", [])
         if cfg.train.enabled:
             add("eval_trained", len(eval_tasks(cfg, "trained")), "array", [("train", "afterok")])
-    add("report", 1, "single", [(s.name, "afterok") for s in stages if s.name in ("eval_base", "eval_trained", "merge")])
+    add(
+        "report", 1, "single", [(s.name, "afterok") for s in stages if s.name in ("eval_base", "eval_trained", "merge")]
+    )
     return stages
 
 

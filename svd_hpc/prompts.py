@@ -15,7 +15,6 @@ import re
 from .answers import THINK_CLOSE, THINK_OPEN, after_think, last_boxed
 from .records import VOTE_NO, VOTE_NONE, VOTE_YES
 
-
 DOMAIN_INSTRUCTIONS = {
     "math": "Work through the problem step by step, then write the final answer inside \\boxed{}.",
     # a science question shows its options (then the answer is a letter) or asks for a free-form answer
@@ -127,8 +126,7 @@ def infer_question_prompt(answer: str) -> str:
 def cycle_judge_prompt(question: str, inferred: str) -> str:
     """Cycle consistency, step (b): the judge sees only the two questions."""
     return (
-        f"{CYCLE_JUDGE}\n\nOriginal question:\n{question}\n\nReconstructed question:\n{inferred}"
-        f"\n\n{VERDICT_REMINDER}"
+        f"{CYCLE_JUDGE}\n\nOriginal question:\n{question}\n\nReconstructed question:\n{inferred}\n\n{VERDICT_REMINDER}"
     )
 
 

@@ -32,18 +32,30 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from . import status
-from .eval import benchmarks, scoring
 from .config import STAGE_NAMES, VERIFY_STAGES, RunConfig
 from .engine import SKIP_KINDS, skip_kind
+from .eval import benchmarks, scoring
 from .records import EVAL, check_schema
 from .rundir import RunDir, atomic_path, atomic_write_json, atomic_write_text
 
 # (model, mode) of each column, in report order
 VARIANTS = {"base": ("base", "direct"), "SVD": ("trained", "direct"), "UQ-TTC": ("base", "uq_ttc")}
 Score = tuple[float, "float | None"]  # mean, standard error (None with a single seed)
-FUNNEL_ORDER = ["seeds", "duplicate_questions", "candidates", "filtered", "skipped", *(f"skipped_{k}" for k in SKIP_KINDS),
-                *(f"passed_{s}" for s in VERIFY_STAGES),
-                "valid", "selected", "duplicate_solutions", "kept", "train", "validation"]
+FUNNEL_ORDER = [
+    "seeds",
+    "duplicate_questions",
+    "candidates",
+    "filtered",
+    "skipped",
+    *(f"skipped_{k}" for k in SKIP_KINDS),
+    *(f"passed_{s}" for s in VERIFY_STAGES),
+    "valid",
+    "selected",
+    "duplicate_solutions",
+    "kept",
+    "train",
+    "validation",
+]
 
 
 @dataclass
@@ -138,8 +150,9 @@ def paired_deltas(records: dict[tuple[str, str, str, int], bool], groups_of) -> 
         for group, diffs in per_question.items():
             means = [sum(d) / len(d) for d in diffs.values()]
             low, high = scoring.paired_bootstrap_ci(means)
-            out[(variant, group)] = PairedDelta(sum(means) / len(means), low, high, len(means),
-                                                sum(len(d) for d in diffs.values()))
+            out[(variant, group)] = PairedDelta(
+                sum(means) / len(means), low, high, len(means), sum(len(d) for d in diffs.values())
+            )
     return out
 
 
@@ -172,16 +185,19 @@ def score(table: pa.Table, domain_of: dict[str, str]) -> EvalScores:
     pass1 = {key: scoring.mean_stderr(values) for key, values in by_group.items()}
     seeds = {key: len(values) for key, values in by_group.items()}
     seed_sets: dict[tuple[str, str], set] = defaultdict(set)  # (variant, domain) -> each benchmark's seeds
-    for (variant, group, seed) in correct:
+    for variant, group, seed in correct:
         if not group.startswith("domain:"):
             seed_sets[(variant, f"domain:{domain_of.get(group, 'unknown')}", group)].add(seed)
-    for (variant, domain) in list(pass1):
+    for variant, domain in list(pass1):
         if not domain.startswith("domain:"):
             continue
         sets = {frozenset(v) for (var, dom, _b), v in seed_sets.items() if (var, dom) == (variant, domain)}
         if len(sets) > 1:
-            means = [sum(v) / len(v) for (var, b, _q), v in per_question.items()
-                     if var == variant and f"domain:{domain_of.get(b, 'unknown')}" == domain]
+            means = [
+                sum(v) / len(v)
+                for (var, b, _q), v in per_question.items()
+                if var == variant and f"domain:{domain_of.get(b, 'unknown')}" == domain
+            ]
             pass1[(variant, domain)], seeds[(variant, domain)] = (sum(means) / len(means), None), 0
     counts: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
     for (variant, bench, _q), values in per_question.items():
@@ -191,22 +207,35 @@ def score(table: pa.Table, domain_of: dict[str, str]) -> EvalScores:
         n = min(n for n, _ in nc)
         if n >= 2:
             pass_k[key] = {k: scoring.mean_pass_at_k(nc, k) for k in scoring.ks_for(n)}
-    return EvalScores(pass1=pass1, seeds=seeds, questions={group: len(qs) for group, qs in questions.items()},
-                      pass_k=pass_k, deltas=paired_deltas(records, groups_of))
+    return EvalScores(
+        pass1=pass1,
+        seeds=seeds,
+        questions={group: len(qs) for group, qs in questions.items()},
+        pass_k=pass_k,
+        deltas=paired_deltas(records, groups_of),
+    )
 
 
 def scores_json(scores: EvalScores) -> dict:
     """The scores for programs: eval/summary.json."""
     out: dict = defaultdict(dict)
     for (variant, group), (mean, err) in scores.pass1.items():
-        out[group][variant] = {"pass_at_1": mean, "stderr": err, "seeds": scores.seeds[(variant, group)],
-                               "pass_at_k": {str(k): v for k, v in scores.pass_k.get((variant, group), {}).items()}}
+        out[group][variant] = {
+            "pass_at_1": mean,
+            "stderr": err,
+            "seeds": scores.seeds[(variant, group)],
+            "pass_at_k": {str(k): v for k, v in scores.pass_k.get((variant, group), {}).items()},
+        }
     for (variant, group), d in scores.deltas.items():
         out[group].setdefault("delta", {})[variant] = {
-            "vs": "base", "mean": d.mean, "stderr": scoring.delta(scores.pass1[("base", group)],
-                                                                  scores.pass1[(variant, group)])[1],
-            "ci95": [d.low, d.high], "ci_method": "paired bootstrap over questions, 10000 resamples",
-            "paired_questions": d.questions, "paired_samples": d.pairs}
+            "vs": "base",
+            "mean": d.mean,
+            "stderr": scoring.delta(scores.pass1[("base", group)], scores.pass1[(variant, group)])[1],
+            "ci95": [d.low, d.high],
+            "ci_method": "paired bootstrap over questions, 10000 resamples",
+            "paired_questions": d.questions,
+            "paired_samples": d.pairs,
+        }
     return {group: {"questions": scores.questions[group], **variants} for group, variants in out.items()}
 
 
@@ -223,34 +252,57 @@ def _ci(delta: PairedDelta | None) -> str:
 
 
 def pass1_section(scores: EvalScores, domain_of: dict[str, str]) -> Section:
-    section = Section("pass@1 (%)", ["benchmark", "domain", "questions", "seeds", "base", "SVD", "Δ SVD",
-                                     "Δ SVD 95% CI", "UQ-TTC", "Δ UQ-TTC", "Δ UQ-TTC 95% CI"])
+    section = Section(
+        "pass@1 (%)",
+        [
+            "benchmark",
+            "domain",
+            "questions",
+            "seeds",
+            "base",
+            "SVD",
+            "Δ SVD",
+            "Δ SVD 95% CI",
+            "UQ-TTC",
+            "Δ UQ-TTC",
+            "Δ UQ-TTC 95% CI",
+        ],
+    )
     groups = sorted({g for _, g in scores.pass1}, key=lambda g: (g.startswith("domain:"), domain_of.get(g, ""), g))
     for group in groups:
         base, svd, ttc = (scores.pass1.get((v, group)) for v in VARIANTS)
         seeds = sorted({scores.seeds[(v, group)] for v in VARIANTS if (v, group) in scores.seeds})
         is_domain = group.startswith("domain:")
-        section.rows.append([
-            f"all {group[7:]}" if is_domain else group,
-            group[7:] if is_domain else domain_of.get(group, "unknown"),
-            str(scores.questions[group]),
-            "/".join(str(s) if s else "mixed" for s in seeds),
-            _pct(base), _pct(svd), _pct(scoring.delta(base, svd) if base and svd else None, True),
-            _ci(scores.deltas.get(("SVD", group))),
-            _pct(ttc), _pct(scoring.delta(base, ttc) if base and ttc else None, True),
-            _ci(scores.deltas.get(("UQ-TTC", group))),
-        ])
-    section.note = ("Mean over eval seeds ± standard error of that mean (none with one seed); a domain row pools "
-                    "the questions of its benchmarks (seeds 'mixed': each question weighs once, no seed-level "
-                    "error); deltas are against the base model, errors added in quadrature. 95% CI: paired "
-                    "bootstrap over questions of (variant − base) on the same question and seed, 10,000 resamples.")
+        section.rows.append(
+            [
+                f"all {group[7:]}" if is_domain else group,
+                group[7:] if is_domain else domain_of.get(group, "unknown"),
+                str(scores.questions[group]),
+                "/".join(str(s) if s else "mixed" for s in seeds),
+                _pct(base),
+                _pct(svd),
+                _pct(scoring.delta(base, svd) if base and svd else None, True),
+                _ci(scores.deltas.get(("SVD", group))),
+                _pct(ttc),
+                _pct(scoring.delta(base, ttc) if base and ttc else None, True),
+                _ci(scores.deltas.get(("UQ-TTC", group))),
+            ]
+        )
+    section.note = (
+        "Mean over eval seeds ± standard error of that mean (none with one seed); a domain row pools "
+        "the questions of its benchmarks (seeds 'mixed': each question weighs once, no seed-level "
+        "error); deltas are against the base model, errors added in quadrature. 95% CI: paired "
+        "bootstrap over questions of (variant − base) on the same question and seed, 10,000 resamples."
+    )
     return section
 
 
 def pass_k_section(scores: EvalScores) -> Section:
     ks = sorted({k for values in scores.pass_k.values() for k in values})
     section = Section("pass@k (%), one sample per seed", ["benchmark", "model"] + [f"pass@{k}" for k in ks])
-    for (variant, bench), values in sorted(scores.pass_k.items(), key=lambda kv: (kv[0][1], list(VARIANTS).index(kv[0][0]))):
+    for (variant, bench), values in sorted(
+        scores.pass_k.items(), key=lambda kv: (kv[0][1], list(VARIANTS).index(kv[0][0]))
+    ):
         section.rows.append([bench, variant] + [f"{100 * values[k]:.1f}" if k in values else "—" for k in ks])
     section.note = "Unbiased estimator 1 - C(n-c, k) / C(n, k) per question, averaged over questions."
     return section
@@ -273,11 +325,20 @@ def benchmarks_section(run: RunDir) -> Section:
     for name, summary in sorted(seen.items()):
         left = dict(summary.get("rows_left_out") or {})
         unparsed = left.pop("options_unparsed", 0)
-        section.rows.append([name, summary.get("prompt", "—"), str(summary.get("questions", "—")),
-                             ", ".join(f"{reason}: {n:,}" for reason, n in left.items()) or "0", f"{unparsed:,}"])
-    section.note = ("The prompt each benchmark was asked with (docs/PROTOCOL.md); rows left out are those the "
-                    "benchmark's filter excludes (an image, not multiple choice, outside the contest window); "
-                    "questions whose options were not parsed are asked verbatim and graded by their letter.")
+        section.rows.append(
+            [
+                name,
+                summary.get("prompt", "—"),
+                str(summary.get("questions", "—")),
+                ", ".join(f"{reason}: {n:,}" for reason, n in left.items()) or "0",
+                f"{unparsed:,}",
+            ]
+        )
+    section.note = (
+        "The prompt each benchmark was asked with (docs/PROTOCOL.md); rows left out are those the "
+        "benchmark's filter excludes (an image, not multiple choice, outside the contest window); "
+        "questions whose options were not parsed are asked verbatim and graded by their letter."
+    )
     return section
 
 
@@ -301,22 +362,32 @@ def skipped_section(run: RunDir, table: pa.Table | None) -> Section:
     stage and reason, from the records: skipped, never silently dropped."""
     section = Section("Skipped requests", ["stage", "item", "reason", "count", "first example"])
     has_reason = lambda t: pc.invert(pc.is_null(t["skip_reason"]))  # noqa: E731
-    generated = _skipped_rows(sorted(run.stage_dir("generate").glob("shard-*.parquet")),
-                              ["question_id", "candidate_index", "skip_reason"],
-                              lambda t: pc.and_(has_reason(t), pc.equal(t["candidate_index"], 0)))
-    judged = _skipped_rows(sorted(run.stage_dir("verify").glob("shard-*.parquet")),
-                           ["question_id", "candidate_index", "status", "failed_stage", "skip_reason"],
-                           lambda t: pc.and_(pc.equal(t["status"], "skipped"), pc.invert(pc.is_null(t["failed_stage"]))))
+    generated = _skipped_rows(
+        sorted(run.stage_dir("generate").glob("shard-*.parquet")),
+        ["question_id", "candidate_index", "skip_reason"],
+        lambda t: pc.and_(has_reason(t), pc.equal(t["candidate_index"], 0)),
+    )
+    judged = _skipped_rows(
+        sorted(run.stage_dir("verify").glob("shard-*.parquet")),
+        ["question_id", "candidate_index", "status", "failed_stage", "skip_reason"],
+        lambda t: pc.and_(pc.equal(t["status"], "skipped"), pc.invert(pc.is_null(t["failed_stage"]))),
+    )
     groups: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
     for row in generated:
         groups[("generate", "question")].append((row["question_id"], row["skip_reason"]))
     for row in judged:
         groups[(f"verify ({row['failed_stage']})", "candidate")].append(
-            (f"{row['question_id']}/{row['candidate_index']}", row["skip_reason"]))
+            (f"{row['question_id']}/{row['candidate_index']}", row["skip_reason"])
+        )
     if table is not None:
-        for row in table.filter(has_reason(table)).select(["model", "mode", "benchmark", "question_id", "skip_reason"]).to_pylist():
+        for row in (
+            table.filter(has_reason(table))
+            .select(["model", "mode", "benchmark", "question_id", "skip_reason"])
+            .to_pylist()
+        ):
             groups[(f"eval {row['model']} {row['mode']} {row['benchmark']}", "question")].append(
-                (row["question_id"], row["skip_reason"]))
+                (row["question_id"], row["skip_reason"])
+            )
     for (stage, item), skips in groups.items():
         by_kind: dict[str, list[tuple[str, str]]] = defaultdict(list)
         for key, reason in skips:
@@ -325,9 +396,13 @@ def skipped_section(run: RunDir, table: pa.Table | None) -> Section:
             key, reason = found[0]
             example = f"`{key}`: {reason[:160]}".replace("|", "\\|").replace("\n", " ")
             section.rows.append([stage, item, kind, f"{len(found):,}", example])
-    section.note = ("Requests the engine could not run are recorded with their reason and never pass the cascade; "
-                    "a skipped eval question counts as incorrect (it stays in pass@1's denominator, so every "
-                    "model is scored on the same questions)." if section.rows else "Every request ran: none was skipped.")
+    section.note = (
+        "Requests the engine could not run are recorded with their reason and never pass the cascade; "
+        "a skipped eval question counts as incorrect (it stays in pass@1's denominator, so every "
+        "model is scored on the same questions)."
+        if section.rows
+        else "Every request ran: none was skipped."
+    )
     return section
 
 
@@ -381,8 +456,8 @@ def votes_section(run: RunDir) -> Section:
         if not isinstance(cast, int):
             continue
         none, cut = overall.get(f"no_verdict_{stage}", 0), overall.get(f"cut_off_{stage}", 0)
-        share = lambda n: f"{100 * n / cast:.1f}" if cast else "—"  # noqa: E731
-        section.rows.append([stage, f"{cast:,}", f"{none:,}", share(none), f"{cut:,}", share(cut)])
+        shares = [f"{100 * n / cast:.1f}" if cast else "—" for n in (none, cut)]
+        section.rows.append([stage, f"{cast:,}", f"{none:,}", shares[0], f"{cut:,}", shares[1]])
     if not section.rows:
         section.note = "No judge vote counts (merge/stats.json is missing, or older than these counts)."
     elif any(overall.get(f"cut_off_{row[0]}", 0) for row in section.rows):
@@ -412,8 +487,13 @@ def sacct_seconds(job_ids: list[str]) -> dict[str, tuple[float, float]] | None:
     if not job_ids or shutil.which("sacct") is None:
         return None
     try:
-        proc = subprocess.run(["sacct", "-n", "-P", "-X", "--format=JobID,ElapsedRaw,AllocTRES", "-j", ",".join(job_ids)],
-                              capture_output=True, text=True, timeout=60, check=False)
+        proc = subprocess.run(
+            ["sacct", "-n", "-P", "-X", "--format=JobID,ElapsedRaw,AllocTRES", "-j", ",".join(job_ids)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if proc.returncode != 0 or not proc.stdout.strip():
@@ -433,7 +513,10 @@ def sacct_seconds(job_ids: list[str]) -> dict[str, tuple[float, float]] | None:
 def cost_section(run: RunDir, cfg: RunConfig, table: pa.Table | None) -> Section:
     plan = run.load_json(run.plan_path, default=[]) or []
     stages = [s["name"] for s in plan] or list(STAGE_NAMES)
-    section = Section("Cost per stage", ["stage", "tasks done", "task hours", "GPU hours", "tokens generated", "samples", "judge calls"])
+    section = Section(
+        "Cost per stage",
+        ["stage", "tasks done", "task hours", "GPU hours", "tokens generated", "samples", "judge calls"],
+    )
     subs = status.submissions(run) if run.jobs_path.is_file() else []
     accounting = sacct_seconds(sorted({str(s["job_id"]) for s in subs}))
     generated = _shard_totals(run, "generate", ["completion_tokens"])
@@ -443,7 +526,11 @@ def cost_section(run: RunDir, cfg: RunConfig, table: pa.Table | None) -> Section
     judges = {"verify": judged.get("judge_samples")}
     if table is not None:
         for stage, model in (("eval_base", "base"), ("eval_trained", "trained")):
-            rows = [r for r in table.select(["model", "mode", "completion_tokens", "samples"]).to_pylist() if r["model"] == model]
+            rows = [
+                r
+                for r in table.select(["model", "mode", "completion_tokens", "samples"]).to_pylist()
+                if r["model"] == model
+            ]
             if rows:
                 tokens[stage] = sum(r["completion_tokens"] for r in rows)
                 samples[stage] = sum(r["samples"] for r in rows)
@@ -461,11 +548,15 @@ def cost_section(run: RunDir, cfg: RunConfig, table: pa.Table | None) -> Section
             seconds = [_marker_seconds(m) for m in markers]
             if any(s is not None for s in seconds):
                 hours = f"{sum(s or 0 for s in seconds) / 3600:.3f}"
-        section.rows.append([stage, str(len(markers)), hours, gpu] + [
-            f"{d[stage]:,}" if d.get(stage) is not None else "—" for d in (tokens, samples, judges)
-        ])
-    section.note = ("Task and GPU hours from sacct (elapsed × allocated GPUs, all tasks)." if accounting is not None else
-                    "No SLURM accounting for this run: task hours are the seconds the tasks recorded in their done markers.")
+        section.rows.append(
+            [stage, str(len(markers)), hours, gpu]
+            + [f"{d[stage]:,}" if d.get(stage) is not None else "—" for d in (tokens, samples, judges)]
+        )
+    section.note = (
+        "Task and GPU hours from sacct (elapsed × allocated GPUs, all tasks)."
+        if accounting is not None
+        else "No SLURM accounting for this run: task hours are the seconds the tasks recorded in their done markers."
+    )
     return section
 
 
@@ -497,7 +588,14 @@ def chart(scores: EvalScores | None, path: Path) -> None:
         xs = [i + (j - (len(VARIANTS) - 1) / 2) * width for i, b in enumerate(benches) if (variant, b) in scores.pass1]
         values = [scores.pass1[(variant, b)] for b in benches if (variant, b) in scores.pass1]
         if values:
-            ax.bar(xs, [100 * m for m, _ in values], width, yerr=[100 * (e or 0) for _, e in values], capsize=3, label=variant)
+            ax.bar(
+                xs,
+                [100 * m for m, _ in values],
+                width,
+                yerr=[100 * (e or 0) for _, e in values],
+                capsize=3,
+                label=variant,
+            )
     if benches:
         ax.set_xticks(range(len(benches)), benches, rotation=20, ha="right")
         ax.set_ylabel("pass@1 (%)")
@@ -524,9 +622,15 @@ def build(run: RunDir, console: Console | None = None) -> Path:
     if scores is not None:
         sections.append(benchmarks_section(run))
     sections += [skipped_section(run, table), funnel_section(run), votes_section(run), cost_section(run, cfg, table)]
-    lines = [f"# Report: {cfg.name}", "",
-             (f"Run directory `{run.root}`, built {time.strftime('%Y-%m-%d %H:%M:%S')}. Model `{cfg.model.path}`; "
-              "every number below is computed from the run's records."), ""]
+    lines = [
+        f"# Report: {cfg.name}",
+        "",
+        (
+            f"Run directory `{run.root}`, built {time.strftime('%Y-%m-%d %H:%M:%S')}. Model `{cfg.model.path}`; "
+            "every number below is computed from the run's records."
+        ),
+        "",
+    ]
     if scores is not None:
         lines += ["![pass@1 per benchmark](report.png)", ""]
     lines += [s.markdown() for s in sections]
@@ -565,11 +669,17 @@ def _sandbox_notes(run: RunDir) -> list[str]:
     if not used:
         return []
     modes = "; ".join(f"`{mode}` for {', '.join(sorted(names))}" for mode, names in sorted(used.items()))
-    lines = [f"Sandbox: generated code was run with isolation {modes}. Total memory: "
-             f"{' / '.join(sorted(m for m in memory if m)) or 'not recorded'}.", ""]
+    lines = [
+        f"Sandbox: generated code was run with isolation {modes}. Total memory: "
+        f"{' / '.join(sorted(m for m in memory if m)) or 'not recorded'}.",
+        "",
+    ]
     if exposed:
-        lines += [f"Note: code of {', '.join(sorted(exposed))} was graded without isolation (network access, "
-                  "our file permissions), as eval.allow_unisolated_code allowed.", ""]
+        lines += [
+            f"Note: code of {', '.join(sorted(exposed))} was graded without isolation (network access, "
+            "our file permissions), as eval.allow_unisolated_code allowed.",
+            "",
+        ]
     return lines
 
 

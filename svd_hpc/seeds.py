@@ -101,7 +101,8 @@ def _read_table(seeds: SeedsConfig, fmt: str) -> tuple[list[dict], list[str]]:
     for name in fields:
         if name not in table.column_names:
             raise ValueError(
-                f"{label} has no field '{name}' (named in seeds config); its fields are: {', '.join(table.column_names)}."
+                f"{label} has no field '{name}' (named in seeds config); "
+                f"its fields are: {', '.join(table.column_names)}."
             )
     rows = table.select(fields).to_pylist()
     return rows, [f"{label} row {i}" for i in range(len(rows))]

@@ -176,7 +176,10 @@ def plan_submissions(
         upstream = set(todo.get(corr[0], [])) if corr else set(indices)
         # On resume, tasks whose upstream task is already done must not wait on it: aftercorr
         # pairs task i with task i, so they go into an array of their own.
-        for waits, group in ((True, [i for i in indices if i in upstream]), (False, [i for i in indices if i not in upstream])):
+        for waits, group in (
+            (True, [i for i in indices if i in upstream]),
+            (False, [i for i in indices if i not in upstream]),
+        ):
             if not group:
                 continue
             parts = split_indices(group, max_array_size) if stage.is_array else [(0, 0, group)]
@@ -227,7 +230,7 @@ def submit(
     submitted: dict[str, list[Submission]] = {}
     done: list[Submission] = []
     try:
-        for n, sub in enumerate(subs):
+        for sub in subs:
             stage = by_name[sub.stage]
             if dry_run:
                 # dependencies name the jobs that would exist: placeholders in the dry-run text
@@ -258,7 +261,9 @@ def parse_job_id(reply: str, stage: str) -> str:
     lines = reply.strip().splitlines()
     job_id = lines[-1].split(";")[0].strip() if lines else ""
     if not job_id.isdigit():
-        raise ClusterError(f"sbatch for stage '{stage}' replied {reply.strip()!r}, not a job id; check sbatch on this node.")
+        raise ClusterError(
+            f"sbatch for stage '{stage}' replied {reply.strip()!r}, not a job id; check sbatch on this node."
+        )
     return job_id
 
 
@@ -316,7 +321,9 @@ def task_states(job_ids: list[str]) -> dict[str, TaskState]:
             if len(parts) >= 3:
                 # tasks that never started share one line: 173_[0-1,5%2]
                 for job_id in _expand_brackets(parts[0]):
-                    states[job_id] = TaskState(job_id, parts[1].split()[0], parts[2], parts[3] if len(parts) > 3 else "")
+                    states[job_id] = TaskState(
+                        job_id, parts[1].split()[0], parts[2], parts[3] if len(parts) > 3 else ""
+                    )
     if shutil.which("squeue"):
         proc = _run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i|%T|%M|%r"], "squeue", False)
         for line in proc.stdout.splitlines():

@@ -133,7 +133,8 @@ def task_checks(run: RunDir, stage, index: int) -> list[Check]:
         Check(
             "interpreter and package",
             meta.get("version") in (None, __version__),
-            f"{sys.executable} (Python {platform.python_version()}, svd_hpc {__version__}; launcher had {meta.get('version')})",
+            f"{sys.executable} (Python {platform.python_version()}, "
+            f"svd_hpc {__version__}; launcher had {meta.get('version')})",
         ),
         gpu_check(stage.resources, stage.kind == "distributed"),
         offline_check(),
@@ -181,7 +182,12 @@ def sandbox_check(run: RunDir) -> Check:
         mode = sandbox.require_isolation(allow, "code benchmarks")
     except sandbox.IsolationMissing as err:
         return Check("sandbox isolation", False, str(err))
-    return Check("sandbox isolation", True, f"mode {mode}" + (" (unisolated, as eval.allow_unisolated_code allows)" if mode not in sandbox.ISOLATING else ""))
+    return Check(
+        "sandbox isolation",
+        True,
+        f"mode {mode}"
+        + (" (unisolated, as eval.allow_unisolated_code allows)" if mode not in sandbox.ISOLATING else ""),
+    )
 
 
 def allreduce_check(resources: dict) -> Check:
@@ -198,7 +204,8 @@ def allreduce_check(resources: dict) -> Check:
     dist.all_reduce(total)
     expected_world = resources["nodes"] * resources["ntasks_per_node"]
     ok = int(total) == d.world_size == expected_world and len(set(nodes)) == resources["nodes"]
-    detail = f"all-reduce over {int(total)} ranks on nodes {','.join(sorted(set(nodes)))}; asked {resources['nodes']} node(s) × {resources['ntasks_per_node']}"
+    asked = f"{resources['nodes']} node(s) × {resources['ntasks_per_node']}"
+    detail = f"all-reduce over {int(total)} ranks on nodes {','.join(sorted(set(nodes)))}; asked {asked}"
     return Check("all-reduce across nodes", ok, detail)
 
 
@@ -239,12 +246,16 @@ def summarize(run: RunDir) -> list[tuple[str, Check]]:
                 why = why_line(failed[index].tail) or f"{failed[index].state}, empty log"
                 rows.append((task, Check("task finished", False, why)))
             else:
-                rows.append((task, Check("task finished", False, "never ran: an upstream task failed, or it is still queued")))
+                rows.append(
+                    (task, Check("task finished", False, "never ran: an upstream task failed, or it is still queued"))
+                )
     return rows
 
 
 # srun's own lines about a step it is ending say that a task failed, never why
-_SRUN_BOOKKEEPING = re.compile(r"^srun: (error: \S+: task \d+: Exited|launch/slurm: _step_signal|Job step aborted|.*Terminating)")
+_SRUN_BOOKKEEPING = re.compile(
+    r"^srun: (error: \S+: task \d+: Exited|launch/slurm: _step_signal|Job step aborted|.*Terminating)"
+)
 
 
 def why_line(tail: str) -> str:
@@ -277,5 +288,9 @@ def render(run: RunDir, rows: list[tuple[str, Check]], console) -> bool:
         run.root / "smoke" / "summary.json",
         {"passed": passed, "checks": [{"task": t, **asdict(c)} for t, c in rows]},
     )
-    console.print("[green]smoke run passed: the overnight run can start" if passed else "[red]smoke run failed: fix the FAIL rows first")
+    console.print(
+        "[green]smoke run passed: the overnight run can start"
+        if passed
+        else "[red]smoke run failed: fix the FAIL rows first"
+    )
     return passed

@@ -37,8 +37,10 @@ log = logging.getLogger("svd_hpc")
 STAGED_FILE = "staged.json"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 _COMMIT = re.compile(r"[0-9a-f]{40}")
-_SHARED_CACHE = ("export HF_HOME to a folder on a filesystem the login and compute nodes share before launching "
-                 "(and bind it into the container under command_prefix)")
+_SHARED_CACHE = (
+    "export HF_HOME to a folder on a filesystem the login and compute nodes share before launching "
+    "(and bind it into the container under command_prefix)"
+)
 
 
 class NotStaged(ValueError):
@@ -81,8 +83,13 @@ def hub_unreachable() -> str | None:
     return None
 
 
-def snapshot(repo_id: str, repo_type: str, revision: str | None, allow_patterns: list[str] | None = None,
-             local_only: bool = False) -> Path:
+def snapshot(
+    repo_id: str,
+    repo_type: str,
+    revision: str | None,
+    allow_patterns: list[str] | None = None,
+    local_only: bool = False,
+) -> Path:
     """The folder of a hub repo at `revision` in the HF cache: what every loader of a hub input reads.
 
     Online it downloads what the cache lacks; offline (every task) it reads the cache alone and
@@ -92,10 +99,15 @@ def snapshot(repo_id: str, repo_type: str, revision: str | None, allow_patterns:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(huggingface_hub.snapshot_download(
-            repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow_patterns,
-            local_files_only=local_only,
-        ))
+        return Path(
+            huggingface_hub.snapshot_download(
+                repo_id,
+                repo_type=repo_type,
+                revision=revision,
+                allow_patterns=allow_patterns,
+                local_files_only=local_only,
+            )
+        )
     except LocalEntryNotFoundError as err:
         if not (local_only or offline()):
             raise
@@ -156,15 +168,27 @@ def hub_inputs(cfg: RunConfig) -> list[HubInput]:
         elif not path.startswith(models.BUILTIN_PREFIX) and not Path(path).expanduser().exists():
             raise ConfigError(f"{key} {path} is neither a local folder, a built-in model nor a hub id; check the path.")
     if seeds.is_hub_dataset(cfg.seeds):
-        found.append(HubInput("seeds.path", "seeds.path", cfg.seeds.path, "dataset", cfg.seeds, "revision",
-                              "seeds.revision"))
+        found.append(
+            HubInput("seeds.path", "seeds.path", cfg.seeds.path, "dataset", cfg.seeds, "revision", "seeds.revision")
+        )
     for spec in cfg.eval.benchmarks:
         src = benchmarks.resolve(spec)
         if src.hub_id:
             local = src.path if src.path and Path(src.path).expanduser().exists() else None
             label = f"eval.benchmarks '{spec.name}'"
-            found.append(HubInput(f"eval.benchmarks.{spec.name}", label, src.hub_id, "dataset", spec, "revision",
-                                  f"the revision of {label}", benchmarks.hub_files(src), local))
+            found.append(
+                HubInput(
+                    f"eval.benchmarks.{spec.name}",
+                    label,
+                    src.hub_id,
+                    "dataset",
+                    spec,
+                    "revision",
+                    f"the revision of {label}",
+                    benchmarks.hub_files(src),
+                    local,
+                )
+            )
     return found
 
 
@@ -199,8 +223,13 @@ def stage(cfg: RunConfig, run: RunDir, dry_run: bool = False) -> Staged:
         if requested == commit and before.get("commit") == commit:
             requested = before.get("requested")  # a resume replays the pinned config: keep what the user asked
         setattr(item.holder, item.field, commit)
-        entries[item.key] = {"repo": item.repo_id, "type": item.repo_type, "requested": requested,
-                             "commit": commit, "files": item.allow_patterns}
+        entries[item.key] = {
+            "repo": item.repo_id,
+            "type": item.repo_type,
+            "requested": requested,
+            "commit": commit,
+            "files": item.allow_patterns,
+        }
         log.info(f"{item.label}: {item.repo_id} pinned at commit {commit}")
     return Staged(entries)
 
@@ -222,7 +251,11 @@ class _Resolver:
         requested = item.requested
         same = (item.repo_type, item.repo_id, requested)
         commit = requested if is_commit(requested) else self.commits.get(same)
-        if commit is None and previous and (previous.get("type"), previous.get("repo"), previous.get("requested")) == same:
+        if (
+            commit is None
+            and previous
+            and (previous.get("type"), previous.get("repo"), previous.get("requested")) == same
+        ):
             commit = previous.get("commit")
         if commit and self._cached(item, commit):
             self.commits[same] = commit
@@ -233,21 +266,26 @@ class _Resolver:
             if self.unreachable():
                 # as hub clients do when the hub does not answer: a copy already in the cache serves
                 try:
-                    commit = snapshot(item.repo_id, item.repo_type, commit or requested, item.allow_patterns,
-                                      local_only=True).name
+                    commit = snapshot(
+                        item.repo_id, item.repo_type, commit or requested, item.allow_patterns, local_only=True
+                    ).name
                 except NotStaged:
                     raise ConnectionError(self.unreachable()) from None
                 log.warning(f"{item.label}: {self.unreachable()}; pinned the copy in the HF cache {hub_cache()}")
             elif self.dry_run:
                 import huggingface_hub
 
-                commit = huggingface_hub.HfApi().repo_info(item.repo_id, repo_type=item.repo_type, revision=requested).sha
+                commit = (
+                    huggingface_hub.HfApi().repo_info(item.repo_id, repo_type=item.repo_type, revision=requested).sha
+                )
             else:
                 folder = snapshot(item.repo_id, item.repo_type, commit or requested, item.allow_patterns)
                 commit = folder.name
                 if item.repo_type == "model" and not (folder / "config.json").is_file():
-                    raise ConfigError(f"{item.label} {item.repo_id} has no config.json at commit {commit}; "
-                                      "point it at a transformers model repository.")
+                    raise ConfigError(
+                        f"{item.label} {item.repo_id} has no config.json at commit {commit}; "
+                        "point it at a transformers model repository."
+                    )
         except ConfigError:
             raise
         except Exception as err:  # noqa: BLE001  the hub client raises many kinds; _explain sorts them
@@ -284,22 +322,30 @@ def _reason(err: Exception) -> str:
 
 def _explain(item: HubInput, err: Exception, requested: str | None) -> str:
     """One sentence: which input failed, why, and what to do."""
-    from huggingface_hub.errors import (GatedRepoError, HFValidationError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
 
     what = f"{item.label} {item.repo_id}"
     if isinstance(err, GatedRepoError):
-        return (f"{what} is gated on the hub and this launch has no access ({type(err).__name__}): accept its terms "
-                f"on huggingface.co with your account and export HF_TOKEN with a token of that account, then launch again.")
+        return (
+            f"{what} is gated on the hub and this launch has no access ({type(err).__name__}): accept its terms "
+            f"on huggingface.co with your account and export HF_TOKEN with a token of that account, then launch again."
+        )
     if isinstance(err, RevisionNotFoundError):
         return f"{what} has no revision '{requested}' on the hub; fix {item.revision_key}."
     if isinstance(err, RepositoryNotFoundError):
-        return (f"{what} is not a {item.repo_type} repository on the hub, or it is private (export HF_TOKEN); "
-                f"check the name, or point {item.label} at a local folder.")
+        return (
+            f"{what} is not a {item.repo_type} repository on the hub, or it is private (export HF_TOKEN); "
+            f"check the name, or point {item.label} at a local folder."
+        )
     if isinstance(err, HFValidationError):
         return f"{what} is neither a local path nor a valid hub id; check the path."
-    advice = (f"download it where the hub is reachable (`huggingface-cli download --repo-type dataset {item.repo_id} "
-              f"--local-dir DIR`) and set path: DIR for this benchmark" if item.key.startswith("eval.")
-              else f"launch where huggingface.co is reachable (the login node), or fill this cache there first")
-    return (f"{what} cannot be staged: the hub cannot be asked ({_reason(err)}) and the HF cache {hub_cache()} "
-            f"does not hold it; {advice}.")
+    advice = (
+        f"download it where the hub is reachable (`huggingface-cli download --repo-type dataset {item.repo_id} "
+        f"--local-dir DIR`) and set path: DIR for this benchmark"
+        if item.key.startswith("eval.")
+        else "launch where huggingface.co is reachable (the login node), or fill this cache there first"
+    )
+    return (
+        f"{what} cannot be staged: the hub cannot be asked ({_reason(err)}) and the HF cache {hub_cache()} "
+        f"does not hold it; {advice}."
+    )

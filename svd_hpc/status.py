@@ -139,7 +139,9 @@ def live_tasks(run: RunDir) -> dict[str, tuple[list[int], list[str]]]:
 def render(run: RunDir, statuses: list[StageStatus], console: Console) -> None:
     table = Table(title=f"run {run.root}")
     for column in ("stage", "tasks", "done", "running", "pending", "failed", "skipped", "jobs", "elapsed"):
-        table.add_column(column, justify="right" if column not in ("stage", "jobs") else "left", no_wrap=column == "stage")
+        table.add_column(
+            column, justify="right" if column not in ("stage", "jobs") else "left", no_wrap=column == "stage"
+        )
     for st in statuses:
         table.add_row(
             st.name,
@@ -160,7 +162,9 @@ def render(run: RunDir, statuses: list[StageStatus], console: Console) -> None:
             console.print(f"[yellow]{st.name}: {count} skipped ({kind})[/yellow] e.g. ", end="", soft_wrap=True)
             console.print(example[:300], markup=False, highlight=False, soft_wrap=True)
         for task in st.failed:
-            console.print(f"[red]{st.name} task {task.index}[/red] ({task.job_id}, {task.state}) log: {task.log}", soft_wrap=True)
+            console.print(
+                f"[red]{st.name} task {task.index}[/red] ({task.job_id}, {task.state}) log: {task.log}", soft_wrap=True
+            )
             if task.tail:
                 console.print(task.tail, markup=False, highlight=False)
     if all(len(st.done) == st.size for st in statuses):

@@ -20,8 +20,8 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from . import plan as plan_mod
 from . import smoke, staging

@@ -111,7 +111,9 @@ class _Cascade:
         todo = [j for j, key in enumerate(keys) if key not in self.checkpoint]
         if todo:
             seed = self.engine.model_cfg.seed
-            rendered = [self.engine.render([{"role": "user", "content": requests[j][1]}], reply_prefix=prefix) for j in todo]
+            rendered = [
+                self.engine.render([{"role": "user", "content": requests[j][1]}], reply_prefix=prefix) for j in todo
+            ]
             samplings = [dataclasses.replace(sampling, n=requests[j][2]) for j in todo]
             seeds = [request_seed(seed, STAGE, stage, self.keys[requests[j][0]], requests[j][3]) for j in todo]
             for t, completions in self.engine.stream(rendered, samplings, seeds):
@@ -150,7 +152,9 @@ class _Cascade:
             counts = votes_per_inference(self.cfg.votes, inferences)
             infer = [(i, prompts.infer_question_prompt(self.items[i].answer), inferences, 0) for i in alive]
             for i, texts in zip(alive, self.ask("cycle_infer", infer)):
-                self.results[i].inferred_questions = [prompts.inferred_question(t, self.cfg.inferred_question) for t in texts]
+                self.results[i].inferred_questions = [
+                    prompts.inferred_question(t, self.cfg.inferred_question) for t in texts
+                ]
             requests = [
                 (i, prompts.cycle_judge_prompt(self.items[i].question, q), counts[j], j)
                 for i in alive
@@ -201,7 +205,9 @@ def run_cascade(
     return judge(engine, items, verify_cfg, saved)
 
 
-def judge(engine: Engine, items: Sequence[CascadeItem], verify_cfg: VerifyConfig, saved: Checkpoint) -> list[CascadeResult]:
+def judge(
+    engine: Engine, items: Sequence[CascadeItem], verify_cfg: VerifyConfig, saved: Checkpoint
+) -> list[CascadeResult]:
     """`run_cascade` with the caller's checkpoint (which tells how many replies it resumed)."""
     for stage in verify_cfg.stages:
         if stage not in VERIFY_STAGES:

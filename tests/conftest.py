@@ -24,15 +24,16 @@ LOCAL_SLURM = Path(__file__).resolve().parent.parent / "scripts" / "local-slurm.
 
 
 def _local_slurm(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(LOCAL_SLURM), *args], capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([str(LOCAL_SLURM), *args], capture_output=True, text=True, timeout=timeout)
 
 
 def _running_nodes(env: dict[str, str]) -> int:
     sinfo = subprocess.run(
         ["sinfo", "-h", "-p", "debug", "-o", "%D"],
-        capture_output=True, text=True, env={**os.environ, **env}, timeout=30,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=30,
     )
     return int(sinfo.stdout.strip() or 0) if sinfo.returncode == 0 else 0
 

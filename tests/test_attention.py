@@ -52,7 +52,10 @@ def flash_like(calls):
         if _is_packed_sequence(position_ids, query.shape[0]):
             starts = (position_ids[0] == 0).nonzero().flatten().tolist() + [query.shape[2]]
             out = torch.cat(
-                [sdpa(query[..., a:b, :], key[..., a:b, :], value[..., a:b, :], is_causal=True, scale=scaling) for a, b in zip(starts, starts[1:])],
+                [
+                    sdpa(query[..., a:b, :], key[..., a:b, :], value[..., a:b, :], is_causal=True, scale=scaling)
+                    for a, b in zip(starts, starts[1:])
+                ],
                 dim=2,
             )
         else:

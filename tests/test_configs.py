@@ -68,7 +68,9 @@ def test_rendered_verify_script_matches_golden(tmp_path, monkeypatch):
 def test_unknown_key_lists_valid_keys(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"verify": {"vots": 3}}))
-    with pytest.raises(config.ConfigError, match=r"unknown key 'verify.vots'; valid keys under 'verify': stages, votes"):
+    with pytest.raises(
+        config.ConfigError, match=r"unknown key 'verify.vots'; valid keys under 'verify': stages, votes"
+    ):
         config.load(path)
 
 
@@ -95,7 +97,9 @@ def test_bad_values_are_one_clear_sentence(tmp_path, override, message):
 
 def test_tensor_parallel_needs_enough_gpus():
     with pytest.raises(config.ConfigError, match="tensor_parallel_size=8 needs that many GPUs"):
-        config.load(REPO / "configs" / "qwen3-8b-math.yaml", ["model.tensor_parallel_size=8", "resources.generate.gpus=4"])
+        config.load(
+            REPO / "configs" / "qwen3-8b-math.yaml", ["model.tensor_parallel_size=8", "resources.generate.gpus=4"]
+        )
 
 
 def test_overrides_and_round_trip(tmp_path):

@@ -59,7 +59,11 @@ def check_run(run: RunDir) -> None:
 
     # the report's pass@1 is the mean over seeds of the graded records
     summary = json.loads((run.stage_dir("eval") / "summary.json").read_text())
-    for model, mode, variant in (("base", "direct", "base"), ("trained", "direct", "SVD"), ("base", "uq_ttc", "UQ-TTC")):
+    for model, mode, variant in (
+        ("base", "direct", "base"),
+        ("trained", "direct", "SVD"),
+        ("base", "uq_ttc", "UQ-TTC"),
+    ):
         per_seed = []
         for seed in cfg.eval.seeds:
             suffix = "-uq_ttc" if mode == "uq_ttc" else ""
@@ -85,7 +89,14 @@ def test_tiny_run_through_the_local_scheduler(tmp_path):
 @pytest.mark.slurm
 def test_tiny_run_on_the_local_cluster(tmp_path, slurm_cluster):
     proc = run_launch(
-        ["--config", str(CONFIG), f"run_root={tmp_path}", "cluster=local-slurm", "resources.train.nodes=2", "train.procs_per_node=1"],
+        [
+            "--config",
+            str(CONFIG),
+            f"run_root={tmp_path}",
+            "cluster=local-slurm",
+            "resources.train.nodes=2",
+            "train.procs_per_node=1",
+        ],
         env=slurm_cluster,
     )
     assert proc.returncode == 0, proc.stderr

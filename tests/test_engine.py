@@ -77,8 +77,12 @@ BOUNDARY_SCRIPT = textwrap.dedent(
     """
 )
 
-ENV_NAMES = ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_WORKER_MULTIPROC_METHOD", "VLLM_CPU_KVCACHE_SPACE",
-             "VLLM_CACHE_ROOT")
+ENV_NAMES = (
+    "VLLM_ENABLE_V1_MULTIPROCESSING",
+    "VLLM_WORKER_MULTIPROC_METHOD",
+    "VLLM_CPU_KVCACHE_SPACE",
+    "VLLM_CACHE_ROOT",
+)
 
 
 def construct(platform: str, body: str, target: str, tmp_path: Path, **extra_env: str) -> list[dict]:
@@ -88,7 +92,11 @@ def construct(platform: str, body: str, target: str, tmp_path: Path, **extra_env
     env["SVD_HPC_CACHE"] = str(tmp_path / "models")  # the tiny model is made inside the process
     done = subprocess.run(
         [sys.executable, "-c", BOUNDARY_SCRIPT, platform, body, target],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
@@ -102,7 +110,9 @@ def prepared_run(tmp_path: Path) -> Path:
     (tmp_path / "seeds.jsonl").write_text(json.dumps({"question": "What is 2+2?"}) + "\n")
     (tmp_path / "bench.jsonl").write_text(json.dumps({"question": "What is 3+3?", "answer": "6"}) + "\n")
     data = {
-        "name": "boundary", "model": {"path": "builtin:tiny-qwen3"}, "train": {"enabled": False},
+        "name": "boundary",
+        "model": {"path": "builtin:tiny-qwen3"},
+        "train": {"enabled": False},
         "seeds": {"path": str(tmp_path / "seeds.jsonl")},
         "eval": {"benchmarks": [{"name": "b", "path": str(tmp_path / "bench.jsonl")}]},
     }
@@ -185,7 +195,13 @@ def test_the_models_generation_config_fills_what_a_stage_leaves_unset(engine, se
     # a stage's config: temperature and top_p set (the method's values), the rest left to the model
     engine.chat([CONVERSATION], stage_sampling(GenerateConfig(), n=1, max_tokens=4), seeds=[1])
     first, second, stage = sent
-    assert (first.temperature, first.top_p, first.top_k, first.min_p, first.repetition_penalty) == (0.9, 0.8, 20, 0.05, 1.1)
+    assert (first.temperature, first.top_p, first.top_k, first.min_p, first.repetition_penalty) == (
+        0.9,
+        0.8,
+        20,
+        0.05,
+        1.1,
+    )
     assert (second.temperature, second.top_k, second.repetition_penalty) == (0.6, 5, 1.0)
     assert (stage.temperature, stage.top_p, stage.top_k, stage.min_p) == (0.8, 0.95, 20, 0.05)
     assert engine.engine_args()["generation_config"] == "auto"
@@ -223,7 +239,8 @@ STALL_SCRIPT = textwrap.dedent(
                 time.sleep(600)
             return real()
         core.step = step
-        for _ in engine.stream([engine.render([{"role": "user", "content": "hi"}])] * 2, Sampling(max_tokens=40), [1, 2]):
+        prompts = [engine.render([{"role": "user", "content": "hi"}])] * 2
+        for _ in engine.stream(prompts, Sampling(max_tokens=40), [1, 2]):
             if mode == "slow-caller":
                 time.sleep(5)  # a caller saving or grading between steps is no stall
         print("finished", flush=True)
@@ -235,8 +252,9 @@ STALL_SCRIPT = textwrap.dedent(
 def test_a_hung_or_dead_engine_ends_the_task(tmp_path, mode):
     folder = ensure_tiny_qwen3(tmp_path / "tiny")
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", STALL_SCRIPT, mode, str(folder)], capture_output=True, text=True,
-                          cwd=REPO, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", STALL_SCRIPT, mode, str(folder)], capture_output=True, text=True, cwd=REPO, timeout=600
+    )
     errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
     if mode == "slow-caller":
         assert done.returncode == 0 and "finished" in done.stdout and not errors, done.stderr[-2000:]

@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from svd_hpc import config, local, models, prompts
-from svd_hpc.eval import benchmarks, evaluate
 from svd_hpc.config import BenchmarkSpec, ConfigError, ModelConfig
 from svd_hpc.engine import Completion, Engine
+from svd_hpc.eval import benchmarks, evaluate
 from svd_hpc.eval.grading.choice import grade_choice
 from svd_hpc.eval.grading.math import grade_math
 from svd_hpc.plan import build_plan, eval_tasks, plan_to_json
@@ -32,16 +32,34 @@ from tests.conftest import run_eval
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "data" / "eval_samples"
 MATH = {"name": "math", "path": str(SAMPLES / "math.jsonl"), "id_field": "id"}
-CHOICE = {"name": "choice", "path": str(SAMPLES / "choice.jsonl"), "id_field": "id", "grader": "choice", "domain": "science"}
-CODE = {"name": "code", "path": str(SAMPLES / "code.jsonl"), "id_field": "question_id",
-        "question_field": "question_content", "grader": "code", "domain": "code"}
+CHOICE = {
+    "name": "choice",
+    "path": str(SAMPLES / "choice.jsonl"),
+    "id_field": "id",
+    "grader": "choice",
+    "domain": "science",
+}
+CODE = {
+    "name": "code",
+    "path": str(SAMPLES / "code.jsonl"),
+    "id_field": "question_id",
+    "question_field": "question_content",
+    "grader": "code",
+    "domain": "code",
+}
 TINY = {"path": "builtin:tiny-qwen3", "max_model_len": 1024, "block_size": 32, "thinking": "off"}
 
 
 def prepare_run(tmp_path: Path, eval_settings: dict, name: str = "ev", **extra) -> RunDir:
     """A run directory as launch leaves it: resolved config and plan."""
-    data = {"name": name, "model": TINY, "train": {"enabled": False}, "generate": {"chunk_size": 3},
-            "eval": {"max_tokens": 24, **eval_settings}, **extra}
+    data = {
+        "name": name,
+        "model": TINY,
+        "train": {"enabled": False},
+        "generate": {"chunk_size": 3},
+        "eval": {"max_tokens": 24, **eval_settings},
+        **extra,
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     cfg = config.load(path)
@@ -91,14 +109,20 @@ def test_choice_options_shuffle_per_seed_and_keep_the_right_answer():
 def test_code_tests_are_read_from_livecodebench_fields(tmp_path):
     problems = {p.question_id: p for p in benchmarks.load(BenchmarkSpec(**CODE))}
     assert problems["code-max"].public_tests == [{"input": "3\n1 9 4\n", "output": "9\n"}]
-    assert problems["code-max"].tests == [{"input": "1\n-7\n", "output": "-7\n"},
-                                          {"input": "5\n3 3 3 3 3\n", "output": "3\n"}]  # private ones were packed
+    assert problems["code-max"].tests == [
+        {"input": "1\n-7\n", "output": "-7\n"},
+        {"input": "5\n3 3 3 3 3\n", "output": "3\n"},
+    ]  # private ones were packed
     assert problems["code-maxsub"].mode == "functional" and problems["code-maxsub"].fn_name == "maxSubArray"
     # our SFT prompt shows the starter code or the stdin note; the authors' LiveCodeBench prompt neither
     assert "```python\nclass Solution:" in problems["code-maxsub"].present(0)[0]
     assert "standard input" in problems["code-sum"].present(0)[0]
     lcb = {p.question_id: p for p in benchmarks.load(BenchmarkSpec(**CODE, prompt="lcb"))}
-    assert lcb["code-maxsub"].present(0)[0] == lcb["code-maxsub"].question == read_jsonl(SAMPLES / "code.jsonl")[3]["question_content"]
+    assert (
+        lcb["code-maxsub"].present(0)[0]
+        == lcb["code-maxsub"].question
+        == read_jsonl(SAMPLES / "code.jsonl")[3]["question_content"]
+    )
     # a packed payload that would build an object is refused, never run
     marker = tmp_path / "ran"
 
@@ -117,18 +141,41 @@ def test_code_tests_are_read_from_livecodebench_fields(tmp_path):
 def test_presets_read_local_copies_in_the_hub_layouts(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # no hub, with or without a network here
     hle = [
-        {"id": "h1", "question": "Pick the prime.\n\nAnswer Choices:\nA. 4\nB. 7\nC. 9", "answer": "B",
-         "answer_type": "multipleChoice", "image": ""},
-        {"id": "h2", "question": "Which holds?\n\nAnswer Choices:\nA. one\nline two\nB. three", "answer": "A",
-         "answer_type": "multipleChoice", "image": ""},
-        {"id": "h3", "question": "See the figure.\n\nAnswer Choices:\nA. x\nB. y", "answer": "A",
-         "answer_type": "multipleChoice", "image": "data:image/png;base64,AAAA"},
+        {
+            "id": "h1",
+            "question": "Pick the prime.\n\nAnswer Choices:\nA. 4\nB. 7\nC. 9",
+            "answer": "B",
+            "answer_type": "multipleChoice",
+            "image": "",
+        },
+        {
+            "id": "h2",
+            "question": "Which holds?\n\nAnswer Choices:\nA. one\nline two\nB. three",
+            "answer": "A",
+            "answer_type": "multipleChoice",
+            "image": "",
+        },
+        {
+            "id": "h3",
+            "question": "See the figure.\n\nAnswer Choices:\nA. x\nB. y",
+            "answer": "A",
+            "answer_type": "multipleChoice",
+            "image": "data:image/png;base64,AAAA",
+        },
         {"id": "h4", "question": "What is 2+2?", "answer": "4", "answer_type": "exactMatch", "image": ""},
         # options not in the "Answer Choices:" layout: kept, shown verbatim, counted
-        {"id": "h5", "question": "Which is even?\n(A) 3 (B) 8", "answer": "B", "answer_type": "multipleChoice", "image": ""},
+        {
+            "id": "h5",
+            "question": "Which is even?\n(A) 3 (B) 8",
+            "answer": "B",
+            "answer_type": "multipleChoice",
+            "image": "",
+        },
     ]
     pq.write_table(pa.Table.from_pylist(hle), tmp_path / "hle.parquet")
-    problems, left_out = benchmarks.load_counted(BenchmarkSpec(name="hle", preset="hle_mc", path=str(tmp_path / "hle.parquet")))
+    problems, left_out = benchmarks.load_counted(
+        BenchmarkSpec(name="hle", preset="hle_mc", path=str(tmp_path / "hle.parquet"))
+    )
     assert [(p.question_id, p.stem, p.options, p.correct_index, p.domain) for p in problems] == [
         ("h1", "Pick the prime.", ["4", "7", "9"], 1, "science"),
         ("h2", "Which holds?", ["one\nline two", "three"], 0, "science"),
@@ -137,16 +184,21 @@ def test_presets_read_local_copies_in_the_hub_layouts(tmp_path, monkeypatch):
     assert left_out == {"image": 1, "not_multiple_choice": 1, "options_unparsed": 1}
     # the authors' handling: the question verbatim, options in their original order, for every seed
     for seed in range(3):
-        assert [p.present(seed) for p in problems] == [(hle[0]["question"], "B"), (hle[1]["question"], "A"),
-                                                       (hle[4]["question"], "B")]
-    seeded = benchmarks.load(BenchmarkSpec(name="hle", preset="hle_mc", path=str(tmp_path / "hle.parquet"),
-                                           option_order="seeded"))
+        assert [p.present(seed) for p in problems] == [
+            (hle[0]["question"], "B"),
+            (hle[1]["question"], "A"),
+            (hle[4]["question"], "B"),
+        ]
+    seeded = benchmarks.load(
+        BenchmarkSpec(name="hle", preset="hle_mc", path=str(tmp_path / "hle.parquet"), option_order="seeded")
+    )
     assert {seeded[0].present(s)[0] for s in range(8)} != {hle[0]["question"]}  # ours, as a knob
     assert seeded[2].present(5) == (hle[4]["question"], "B")  # unparsed options stay as they are
 
     (tmp_path / "gpqa.csv").write_text(
         "Record ID,Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"
-        "rec1,What is heavier?,lead,feathers,air,helium\n")
+        "rec1,What is heavier?,lead,feathers,air,helium\n"
+    )
     [gpqa] = benchmarks.load(BenchmarkSpec(name="gpqa", preset="gpqa_diamond", path=str(tmp_path / "gpqa.csv")))
     shown, letter = gpqa.present(3)
     assert gpqa.question_id == "rec1" and f"{letter}) lead" in shown
@@ -155,8 +207,12 @@ def test_presets_read_local_copies_in_the_hub_layouts(tmp_path, monkeypatch):
     lcb = tmp_path / "lcb"
     lcb.mkdir()
     rows = {r["question_id"]: r for r in read_jsonl(SAMPLES / "code.jsonl")}
-    files = {"test.jsonl": ["code-words"], "test4.jsonl": ["code-maxsub"], "test5.jsonl": ["code-sum"],
-             "test6.jsonl": ["code-max"]}  # contest months 2023-05, 2025-01, 2024-09, 2025-02
+    files = {
+        "test.jsonl": ["code-words"],
+        "test4.jsonl": ["code-maxsub"],
+        "test5.jsonl": ["code-sum"],
+        "test6.jsonl": ["code-max"],
+    }  # contest months 2023-05, 2025-01, 2024-09, 2025-02
     for n in range(1, 7):
         name = "test.jsonl" if n == 1 else f"test{n}.jsonl"
         (lcb / name).write_text("".join(json.dumps(rows[q]) + "\n" for q in files.get(name, [])))
@@ -166,8 +222,11 @@ def test_presets_read_local_copies_in_the_hub_layouts(tmp_path, monkeypatch):
     assert [p.question_id for p in v6] == ["code-maxsub", "code-max"]  # 2025-01 lies in both windows, as theirs
     wider = benchmarks.load(BenchmarkSpec(name="v5", preset="lcb_v5", path=str(lcb), contest_from="2023-01"))
     assert [p.question_id for p in wider] == ["code-words", "code-maxsub", "code-sum"]
-    only_new = benchmarks.load(BenchmarkSpec(name="v6", preset="lcb_v6", path=str(lcb), hf_config="v6",
-                                             contest_from="2000-01", contest_to="2099-12"))
+    only_new = benchmarks.load(
+        BenchmarkSpec(
+            name="v6", preset="lcb_v6", path=str(lcb), hf_config="v6", contest_from="2000-01", contest_to="2099-12"
+        )
+    )
     assert [p.question_id for p in only_new] == ["code-max"]  # ours before: the problems new in test6.jsonl
     (lcb / "test2.jsonl").unlink()
     with pytest.raises(ValueError, match="lacks test2.jsonl for version release_v5"):
@@ -178,8 +237,14 @@ def test_presets_prefer_the_hub_and_fall_back_to_the_local_copy(tmp_path, monkey
     header = "Record ID,Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"
     (tmp_path / "gpqa.csv").write_text(header + "local1,What is heavier?,lead,feathers,air,helium\n")
     spec = BenchmarkSpec(name="gpqa", preset="gpqa_diamond", path=str(tmp_path / "gpqa.csv"))
-    hub_row = {"Record ID": "hub1", "Question": "Which is a metal?", "Correct Answer": "iron",
-               "Incorrect Answer 1": "wood", "Incorrect Answer 2": "glass", "Incorrect Answer 3": "salt"}
+    hub_row = {
+        "Record ID": "hub1",
+        "Question": "Which is a metal?",
+        "Correct Answer": "iron",
+        "Incorrect Answer 1": "wood",
+        "Incorrect Answer 2": "glass",
+        "Incorrect Answer 3": "salt",
+    }
     monkeypatch.setattr(benchmarks, "hub_unreachable", lambda: None)
     monkeypatch.setattr(benchmarks, "_read_hub", lambda src, left_out: [hub_row])
     assert [p.question_id for p in benchmarks.load(spec)] == ["hub1"]
@@ -210,7 +275,9 @@ def test_unreachable_preset_says_what_was_tried(tmp_path, monkeypatch):
 
 
 def test_bad_benchmark_files_are_named(tmp_path):
-    (tmp_path / "dup.jsonl").write_text('{"id": 1, "question": "a", "answer": "1"}\n{"id": 1, "question": "b", "answer": "2"}\n')
+    (tmp_path / "dup.jsonl").write_text(
+        '{"id": 1, "question": "a", "answer": "1"}\n{"id": 1, "question": "b", "answer": "2"}\n'
+    )
     with pytest.raises(ValueError, match=r"dup.jsonl row 1: question id '1' repeats row 0"):
         benchmarks.load(BenchmarkSpec(name="d", path=str(tmp_path / "dup.jsonl"), id_field="id"))
     with pytest.raises(ValueError, match="has no field 'problem' .*its fields are: id, question, answer"):
@@ -226,9 +293,11 @@ def test_bad_benchmark_files_are_named(tmp_path):
 CODE_SOLUTIONS = {
     "code-sum": "a, b = map(int, input().split())\nprint(a + b)",
     "code-max": "input()\nprint(max(map(int, input().split())))",
-    "code-words": "import sys\nlines = sys.stdin.read().split('\\n')\nfor line in lines[1:int(lines[0]) + 1]:\n    print(len(line.split()))",
+    "code-words": "import sys\nlines = sys.stdin.read().split('\\n')\nfor "
+    "line in lines[1:int(lines[0]) + 1]:\n    print(len(line.split()))",
     "code-maxsub": "class Solution:\n    def maxSubArray(self, nums):\n        best = cur = nums[0]\n"
-                   "        for x in nums[1:]:\n            cur = max(x, cur + x)\n            best = max(best, cur)\n        return best",
+    "        for x in nums[1:]:\n            cur = max(x, cur + "
+    "x)\n            best = max(best, cur)\n        return best",
 }
 
 
@@ -253,7 +322,10 @@ def test_hand_made_answers_are_graded_by_the_right_grader():
     results = evaluate.grade_all(code + code[:1], [p.present(0)[1] for p in code + code[:1]], responses, 6.0)
     assert [(r.correct, r.reason) for r in results] == [(True, "correct")] * len(code) + [(False, "wrong_answer")]
     code = {p.question_id: p for p in benchmarks.load(BenchmarkSpec(**CODE))}
-    assert evaluate.grade(code["code-sum"], "", fenced("a, b = map(int, input().split())\nprint(a - b)"), 6.0).reason == "wrong_answer"
+    assert (
+        evaluate.grade(code["code-sum"], "", fenced("a, b = map(int, input().split())\nprint(a - b)"), 6.0).reason
+        == "wrong_answer"
+    )
     assert evaluate.grade(code["code-maxsub"], "", fenced("class Solution:\n    pass"), 6.0).reason == "runtime_error"
     assert evaluate.grade(code["code-sum"], "", "no code at all", 6.0).reason == "no_code"
 
@@ -284,7 +356,9 @@ def test_progress_cleanup_tolerates_tasks_finishing_together(tmp_path):
 
 
 def test_direct_eval_tasks_write_graded_records(tmp_path, engine):
-    run = prepare_run(tmp_path, {"benchmarks": [{**MATH}, {**CHOICE, "limit": 2}, {**CODE, "limit": 2}], "seeds": [0, 1]})
+    run = prepare_run(
+        tmp_path, {"benchmarks": [{**MATH}, {**CHOICE, "limit": 2}, {**CODE, "limit": 2}], "seeds": [0, 1]}
+    )
     cfg = run.load_config()
     tasks = eval_tasks(cfg, "base")
     assert len(tasks) == 6 and {s.name: s.array_size for s in build_plan(cfg)}["eval_base"] == 6
@@ -305,7 +379,11 @@ def test_direct_eval_tasks_write_graded_records(tmp_path, engine):
                 expected = grade_choice(row["response"], row["reference"], 4)
             else:
                 expected = evaluate.grade(problem, row["reference"], row["response"], 6.0)
-            assert (row["correct"], row["grade_reason"], row["extracted"]) == (expected.correct, expected.reason, expected.extracted)
+            assert (row["correct"], row["grade_reason"], row["extracted"]) == (
+                expected.correct,
+                expected.reason,
+                expected.extracted,
+            )
         assert json.loads(evaluate.summary_path(out).read_text()) == summary
         assert summary["questions"] == len(rows) and summary["correct"] == sum(r["correct"] for r in rows)
         assert summary["completion_tokens"] == sum(r["completion_tokens"] for r in rows)
@@ -357,7 +435,10 @@ def test_resume_redoes_only_missing_chunks(tmp_path, engine, monkeypatch):
     monkeypatch.undo()
     fresh = prepare_run(tmp_path, {"benchmarks": [MATH], "seeds": [3]}, name="fresh")
     run_eval(fresh, "eval_base", 0, engine=engine)
-    read = lambda r: pq.read_table(evaluate.output_path(r, "base", task)).drop_columns(["question"]).to_pylist()
+
+    def read(r):
+        return pq.read_table(evaluate.output_path(r, "base", task)).drop_columns(["question"]).to_pylist()
+
     assert read(run) == read(fresh)
 
 
@@ -383,8 +464,9 @@ def test_direct_eval_queues_every_chunk_in_one_engine_run(tmp_path, engine, monk
 
 def test_uq_ttc_answers_with_the_first_verified_candidate(tmp_path, engine, monkeypatch):
     settings = {"benchmarks": [{**CHOICE, "limit": 2}], "seeds": [0], "uq_ttc": True, "uq_ttc_candidates": 3}
-    run = prepare_run(tmp_path, settings, generate={"chunk_size": 3, "require_think": "off"},
-                      verify={"votes": 1, "max_tokens": 8})
+    run = prepare_run(
+        tmp_path, settings, generate={"chunk_size": 3, "require_think": "off"}, verify={"votes": 1, "max_tokens": 8}
+    )
     cfg = run.load_config()
     tasks = eval_tasks(cfg, "base")
     assert [t.mode for t in tasks] == ["direct", "uq_ttc"]
@@ -407,13 +489,18 @@ def test_uq_ttc_answers_with_the_first_verified_candidate(tmp_path, engine, monk
     def fixed_cascade(engine, items, verify_cfg, checkpoint=None):
         judged.extend(item.key for item in items)
         passing = ("choice-1/1", "choice-1/2")
-        return [CascadeResult(status="passed", samples=3, completion_tokens=5) if item.key.endswith(passing)
-                else CascadeResult(status="rejected", failed_stage="cycle", samples=3, completion_tokens=5)
-                for item in items]
+        return [
+            CascadeResult(status="passed", samples=3, completion_tokens=5)
+            if item.key.endswith(passing)
+            else CascadeResult(status="rejected", failed_stage="cycle", samples=3, completion_tokens=5)
+            for item in items
+        ]
 
     monkeypatch.setattr(evaluate, "run_cascade", fixed_cascade)
     # every candidate reaches the judges here (the real static filter may drop an empty one)
-    monkeypatch.setattr(evaluate.prompts, "filter_reason", lambda text, domain, require_think, require_format=True: None)
+    monkeypatch.setattr(
+        evaluate.prompts, "filter_reason", lambda text, domain, require_think, require_format=True: None
+    )
     (run.root / "eval_base" / "done" / "00001").unlink()
     run_eval(run, "eval_base", 1, engine=engine)
     rows = {r["question_id"]: r for r in pq.read_table(out).to_pylist()}
@@ -475,54 +562,95 @@ class PromptRecorder:
 
 def test_eval_asks_each_benchmark_with_its_own_prompt_repeats_and_sampling(tmp_path, monkeypatch):
     monkeypatch.setattr(benchmarks, "hub_unreachable", lambda: "no hub in this test")
-    (tmp_path / "hmmt.jsonl").write_text(json.dumps({"problem_idx": 1, "problem": "Compute 1 * 7.", "answer": "7"}) + "\n")
+    (tmp_path / "hmmt.jsonl").write_text(
+        json.dumps({"problem_idx": 1, "problem": "Compute 1 * 7.", "answer": "7"}) + "\n"
+    )
     (tmp_path / "gpqa.csv").write_text(
         "Record ID,Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"
-        "rec1,What is heavier?,lead,feathers,air,helium\n")
-    run = prepare_run(tmp_path, {"benchmarks": [
-        {"name": "hmmt", "preset": "hmmt_feb_2025", "path": str(tmp_path / "hmmt.jsonl")},
-        {"name": "gpqa", "preset": "gpqa_diamond", "path": str(tmp_path / "gpqa.csv")},
-        {"name": "math", **{k: v for k, v in MATH.items() if k != "name"}, "limit": 1}]})  # no preset: our prompt
+        "rec1,What is heavier?,lead,feathers,air,helium\n"
+    )
+    run = prepare_run(
+        tmp_path,
+        {
+            "benchmarks": [
+                {"name": "hmmt", "preset": "hmmt_feb_2025", "path": str(tmp_path / "hmmt.jsonl")},
+                {"name": "gpqa", "preset": "gpqa_diamond", "path": str(tmp_path / "gpqa.csv")},
+                {"name": "math", **{k: v for k, v in MATH.items() if k != "name"}, "limit": 1},
+            ]
+        },
+    )  # no preset: our prompt
     cfg = run.load_config()
     tasks = eval_tasks(cfg, "base")
     # the authors' repeats: HMMT 10, GPQA 3; a benchmark without preset once
-    assert [(t.benchmark, t.seed) for t in tasks] == [("hmmt", s) for s in range(10)] + [("gpqa", s) for s in range(3)] + [("math", 0)]
+    assert [(t.benchmark, t.seed) for t in tasks] == [("hmmt", s) for s in range(10)] + [
+        ("gpqa", s) for s in range(3)
+    ] + [("math", 0)]
     engine = PromptRecorder()
     for index in (0, 11, 13):
         run_eval(run, "eval_base", index, engine=engine)
     hmmt, gpqa, math = (c[0]["content"] for c in engine.conversations)
-    assert hmmt == "Problem: Compute 1 * 7.\nPlease reason step by step, and put your final answer within \\boxed{}.\nAnswer:"
+    assert (
+        hmmt
+        == "Problem: Compute 1 * 7.\nPlease reason step by step, and put your final answer within \\boxed{}.\nAnswer:"
+    )
     shown, letter = benchmarks.load(cfg.eval.benchmarks[1])[0].present(1)
     options = ", ".join(line for line in shown.split("\n\n")[1].split("\n"))
-    assert gpqa == ("Return your final response within \\boxed{} and only include the letter choice (A, B, C, or D) "
-                    f"as your final response.\nProblem: What is heavier?\nOptions: {options}\nAnswer:")
+    assert gpqa == (
+        "Return your final response within \\boxed{} and only include the letter choice (A, B, C, or D) "
+        f"as your final response.\nProblem: What is heavier?\nOptions: {options}\nAnswer:"
+    )
     assert f"{letter}) lead" in gpqa
     assert math == prompts.user_prompt(read_jsonl(SAMPLES / "math.jsonl")[0]["question"], "math")
     assert {(s.temperature, s.top_p, s.n) for s in engine.samplings} == {(0.7, 1.0, 1)}  # the authors' T and top_p
     summary = json.loads(evaluate.summary_path(evaluate.output_path(run, "base", tasks[11])).read_text())
-    assert (summary["prompt"], summary["option_order"], summary["rows_left_out"]) == ("gpqa", "seeded", {"options_unparsed": 0})
+    assert (summary["prompt"], summary["option_order"], summary["rows_left_out"]) == (
+        "gpqa",
+        "seeded",
+        {"options_unparsed": 0},
+    )
 
 
 def test_eval_seeds_per_benchmark_and_the_qwen3_configs():
     spec = lambda **kw: BenchmarkSpec(name="b", **kw)  # noqa: E731
     default = config.EvalConfig()
     assert [benchmarks.seeds_of(default, spec(preset=p)) for p in benchmarks.PRESETS] == [
-        [0], list(range(10)), [0, 1, 2], [0, 1, 2], [0, 1, 2], [0, 1, 2]]  # aime26 hmmt gpqa hle lcb_v5 lcb_v6
+        [0],
+        list(range(10)),
+        [0, 1, 2],
+        [0, 1, 2],
+        [0, 1, 2],
+        [0, 1, 2],
+    ]  # aime26 hmmt gpqa hle lcb_v5 lcb_v6
     assert benchmarks.seeds_of(default, spec(path="x.jsonl")) == [0]
     assert benchmarks.seeds_of(config.EvalConfig(seeds=[4, 5]), spec(preset="hmmt_feb_2025")) == [4, 5]  # eval.seeds
     assert benchmarks.seeds_of(config.EvalConfig(seeds=[4, 5]), spec(preset="hmmt_feb_2025", seeds=[9])) == [9]
     for path in sorted((REPO / "configs").glob("qwen3-*.yaml")):
         cfg = config.load(path)
         assert (cfg.eval.temperature, cfg.eval.top_p, cfg.eval.code_tests, cfg.eval.code_time_limit) == (
-            0.7, 1.0, "private", "total"), path.name
+            0.7,
+            1.0,
+            "private",
+            "total",
+        ), path.name
         for bench in cfg.eval.benchmarks:
             src = benchmarks.resolve(bench)
-            assert src.prompt == {"aime26": "aime", "hmmt_feb_2025": "hmmt", "gpqa_diamond": "gpqa", "hle_mc": "hle",
-                                  "lcb_v5": "lcb", "lcb_v6": "lcb"}[bench.preset], path.name
+            assert (
+                src.prompt
+                == {
+                    "aime26": "aime",
+                    "hmmt_feb_2025": "hmmt",
+                    "gpqa_diamond": "gpqa",
+                    "hle_mc": "hle",
+                    "lcb_v5": "lcb",
+                    "lcb_v6": "lcb",
+                }[bench.preset]
+            ), path.name
             assert len(benchmarks.seeds_of(cfg.eval, bench)) == benchmarks.PRESETS[bench.preset].repeats
         assert eval_tasks(cfg, "trained") == [t for t in eval_tasks(cfg, "base") if t.mode == "direct"]
     math = config.load(REPO / "configs" / "qwen3-4b-math.yaml")
-    assert [(t.benchmark, t.seed) for t in eval_tasks(math, "trained")] == [("aime26", 0)] + [("hmmt_feb_2025", s) for s in range(10)]
+    assert [(t.benchmark, t.seed) for t in eval_tasks(math, "trained")] == [("aime26", 0)] + [
+        ("hmmt_feb_2025", s) for s in range(10)
+    ]
 
 
 def test_gpqa_option_orders():
@@ -534,8 +662,9 @@ def test_gpqa_option_orders():
 
         with tempfile.TemporaryDirectory() as folder:
             (Path(folder) / "g.csv").write_text(header + rows)
-            problems = benchmarks.load(BenchmarkSpec(name="g", preset="gpqa_diamond", path=str(Path(folder) / "g.csv"),
-                                                     option_order=order))
+            problems = benchmarks.load(
+                BenchmarkSpec(name="g", preset="gpqa_diamond", path=str(Path(folder) / "g.csv"), option_order=order)
+            )
         return {p.present(seed)[1] for p in problems for seed in range(3)}
 
     assert letters("fixed42") == {"D"}  # the authors' Random(42) per question: always D
@@ -546,8 +675,17 @@ def test_gpqa_option_orders():
 def test_hle_answers_are_read_at_the_first_answer_line():
     from svd_hpc.eval.benchmarks import Problem
 
-    hle = Problem("h", "Q?\n\nAnswer Choices:\nA. x\nB. y\nC. z", "science", "choice", prompt="hle", stem="Q?",
-                  options=["x", "y", "z"], correct_index=2, option_order="original")
+    hle = Problem(
+        "h",
+        "Q?\n\nAnswer Choices:\nA. x\nB. y\nC. z",
+        "science",
+        "choice",
+        prompt="hle",
+        stem="Q?",
+        options=["x", "y", "z"],
+        correct_index=2,
+        option_order="original",
+    )
     response = "<think>Answer: A</think>Answer: C\nOn reflection, the answer is: B"
     assert evaluate.grade(hle, "C", response, 6.0).correct  # the first "Answer: X" after the thinking
     ours = dataclasses.replace(hle, prompt="sft")

@@ -17,10 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from svd_hpc import verify
-from svd_hpc.config import VerifyConfig
 from svd_hpc.rundir import RunDir, StorageError, atomic_write_text
 from svd_hpc.task import run_once
-from tests.test_generate_verify import ITEMS, ScriptedEngine, prepare_run, synthetic_candidates
+from tests.test_generate_verify import ScriptedEngine, prepare_run, synthetic_candidates
 from tests.test_launcher import REPO, run_launch
 
 

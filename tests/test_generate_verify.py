@@ -165,7 +165,9 @@ class ScriptedEngine:
         prompts_sent = [p for p, _ in rendered]
         prefixes = {prefix for _, prefix in rendered}
         assert len(prefixes) == 1
-        self.calls.append({"prompts": prompts_sent, "n": [s.n for s in samplings], "seeds": list(seeds), "prefix": prefixes.pop()})
+        self.calls.append(
+            {"prompts": prompts_sent, "n": [s.n for s in samplings], "seeds": list(seeds), "prefix": prefixes.pop()}
+        )
         for i, (p, s) in enumerate(zip(prompts_sent, samplings)):
             if self.fail_after is not None and self.replies >= self.fail_after:
                 raise RuntimeError("killed")
@@ -460,9 +462,20 @@ def test_killed_generate_task_resumes_to_the_same_records(tmp_path):
 def synthetic_candidates(run: RunDir, count: int) -> None:
     """A finished generate shard of `count` candidates that all passed the filter (no model needed)."""
     rows = [
-        dict(question_id=f"v{i}", question=f"What is {i} + {i}?", domain="science", candidate_index=0,
-             prompt=f"What is {i} + {i}?", text=f"It is {2 * i}.", answer=f"It is {2 * i}.", prompt_tokens=9,
-             completion_tokens=5, finish_reason="stop", passed_filter=True, filter_reason=None)
+        dict(
+            question_id=f"v{i}",
+            question=f"What is {i} + {i}?",
+            domain="science",
+            candidate_index=0,
+            prompt=f"What is {i} + {i}?",
+            text=f"It is {2 * i}.",
+            answer=f"It is {2 * i}.",
+            prompt_tokens=9,
+            completion_tokens=5,
+            finish_reason="stop",
+            passed_filter=True,
+            filter_reason=None,
+        )
         for i in range(count)
     ]
     run.stage_dir("generate").mkdir(exist_ok=True)

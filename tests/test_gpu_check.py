@@ -9,7 +9,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_without_a_gpu_it_says_so_and_exits_0():
-    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu-check.sh")], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu-check.sh")], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("no CUDA GPU here (torch ") and "nothing to check" in result.stdout
 

@@ -22,17 +22,20 @@ REPO = Path(__file__).resolve().parent.parent
 # ----------------------------------------------------------------------------- math
 
 
-@pytest.mark.parametrize("text, expected", [
-    (r"so \boxed{42}.", "42"),
-    (r"\boxed{1} then \boxed{2}", "2"),
-    (r"\boxed{\frac{1}{\sqrt{2}}}", r"\frac{1}{\sqrt{2}}"),
-    (r"\boxed{\{1, 2\}}", r"\{1, 2\}"),
-    (r"\fbox{7}", "7"),
-    (r"$\boxed 5$", "5"),
-    (r"\boxed{3} and a cut-off \boxed{\frac{1", "3"),  # unbalanced last box: take the last whole one
-    ("no box here", None),
-    (r"\boxedtext{9}", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (r"so \boxed{42}.", "42"),
+        (r"\boxed{1} then \boxed{2}", "2"),
+        (r"\boxed{\frac{1}{\sqrt{2}}}", r"\frac{1}{\sqrt{2}}"),
+        (r"\boxed{\{1, 2\}}", r"\{1, 2\}"),
+        (r"\fbox{7}", "7"),
+        (r"$\boxed 5$", "5"),
+        (r"\boxed{3} and a cut-off \boxed{\frac{1", "3"),  # unbalanced last box: take the last whole one
+        ("no box here", None),
+        (r"\boxedtext{9}", None),
+    ],
+)
 def test_last_boxed(text, expected):
     assert last_boxed(text) == expected
 
@@ -44,22 +47,31 @@ def test_equivalent_forms_of_one_half(boxed):
     assert result.extracted == boxed
 
 
-@pytest.mark.parametrize("boxed, reference", [
-    ("3.0", "3"),
-    (r"\frac{1}{\sqrt{2}}", r"\frac{\sqrt{2}}{2}"),
-    (r"\{2, 1\}", r"\{1,2\}"),
-    ("(1, 2]", "(1,2]"),
-    ("1 + x^2", "x^2+1"),
-    ("70", "$70$"),
-    ("70", r"\boxed{70}"),
-])
+@pytest.mark.parametrize(
+    "boxed, reference",
+    [
+        ("3.0", "3"),
+        (r"\frac{1}{\sqrt{2}}", r"\frac{\sqrt{2}}{2}"),
+        (r"\{2, 1\}", r"\{1,2\}"),
+        ("(1, 2]", "(1,2]"),
+        ("1 + x^2", "x^2+1"),
+        ("70", "$70$"),
+        ("70", r"\boxed{70}"),
+    ],
+)
 def test_equivalent_answers(boxed, reference):
     assert grade_math(rf"\boxed{{{boxed}}}", reference).correct
 
 
-@pytest.mark.parametrize("boxed, reference", [
-    ("71", "70"), (r"\frac{1}{3}", "0.5"), ("(1, 2)", "(1,2]"), ("3.14159", r"\pi"),
-])
+@pytest.mark.parametrize(
+    "boxed, reference",
+    [
+        ("71", "70"),
+        (r"\frac{1}{3}", "0.5"),
+        ("(1, 2)", "(1,2]"),
+        ("3.14159", r"\pi"),
+    ],
+)
 def test_wrong_values_are_incorrect(boxed, reference):
     result = grade_math(rf"\boxed{{{boxed}}}", reference)
     assert not result.correct
@@ -119,9 +131,14 @@ def test_shuffle_is_deterministic_per_seed_and_question():
 
 def test_shuffle_is_stable_across_processes():
     # hash() is salted per process; the shuffle must not be.
-    code = "from svd_hpc.eval.grading.choice import shuffle_options; print(shuffle_options(list('abcde'), 3, 7, 'gpqa-17'))"
-    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
-               for _ in range(2)}
+    code = (
+        "from svd_hpc.eval.grading.choice import shuffle_options; "
+        "print(shuffle_options(list('abcde'), 3, 7, 'gpqa-17'))"
+    )
+    outputs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
+        for _ in range(2)
+    }
     assert outputs == {str(shuffle_options(list("abcde"), 3, 7, "gpqa-17")) + "\n"}
 
 
@@ -138,35 +155,41 @@ def test_format_choice_question():
     assert format_choice_question("Which?", ["one", "two"]) == "Which?\n\nA) one\nB) two"
 
 
-@pytest.mark.parametrize("text, expected", [
-    (r"Thus \boxed{C}", "C"),
-    (r"\boxed{(B)}", "B"),
-    (r"\boxed{\text{D}}", "D"),
-    (r"The answer is \boxed{B} ... wait, the answer is (C)", "B"),  # boxed outranks prose
-    ("The answer is (C).", "C"),
-    ("Answer: D", "D"),
-    ("**Answer:** B", "B"),
-    ("the answer is A, not B. Final answer: C", "C"),
-    ("I pick\n(B)", "B"),
-    ("After all this, the best option is (D).", "D"),
-    ("**C**", "C"),
-    ("B) 42 Joules", "B"),
-    ("<think>Answer: A</think>The answer is (B)", "B"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (r"Thus \boxed{C}", "C"),
+        (r"\boxed{(B)}", "B"),
+        (r"\boxed{\text{D}}", "D"),
+        (r"The answer is \boxed{B} ... wait, the answer is (C)", "B"),  # boxed outranks prose
+        ("The answer is (C).", "C"),
+        ("Answer: D", "D"),
+        ("**Answer:** B", "B"),
+        ("the answer is A, not B. Final answer: C", "C"),
+        ("I pick\n(B)", "B"),
+        ("After all this, the best option is (D).", "D"),
+        ("**C**", "C"),
+        ("B) 42 Joules", "B"),
+        ("<think>Answer: A</think>The answer is (B)", "B"),
+    ],
+)
 def test_extract_letter(text, expected):
     assert extract_letter(text, 4) == expected
 
 
-@pytest.mark.parametrize("text", [
-    "A cat sat on the mat.",  # an article
-    "The answer is a prime number.",
-    "Answer: Carbon dioxide",  # a word, not a letter
-    "It needs Vitamin C and more study",
-    "The answer is (E).",  # outside the 4 options
-    r"\boxed{42}",
-    "<think>The answer is (B)</think>",  # only the final part counts
-    "I am not sure.",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "A cat sat on the mat.",  # an article
+        "The answer is a prime number.",
+        "Answer: Carbon dioxide",  # a word, not a letter
+        "It needs Vitamin C and more study",
+        "The answer is (E).",  # outside the 4 options
+        r"\boxed{42}",
+        "<think>The answer is (B)</think>",  # only the final part counts
+        "I am not sure.",
+    ],
+)
 def test_letters_in_odd_places_are_not_answers(text):
     assert extract_letter(text, 4) is None
 
@@ -266,7 +289,9 @@ def test_functional_needs_fn_name():
 def test_functional_answer_without_starter_code_is_called_by_its_own_name():
     # asked with the authors' LiveCodeBench prompt (no starter code), a model names the function itself
     top_level = "from typing import List\n\ndef two_sum(nums, target):\n" + "\n".join(
-        line[4:] for line in SOLUTION.split("def twoSum(self, nums: List[int], target: int) -> List[int]:\n")[1].splitlines())
+        line[4:]
+        for line in SOLUTION.split("def twoSum(self, nums: List[int], target: int) -> List[int]:\n")[1].splitlines()
+    )
     assert grade_code(fenced(top_level), TWO_SUM, mode="functional", fn_name="twoSum").correct
     method = SOLUTION.replace("def twoSum(self, nums: List[int]", "def two_sum(self, nums: List[int]")
     assert grade_code(fenced(method), TWO_SUM, mode="functional", fn_name="twoSum").correct

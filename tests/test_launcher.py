@@ -151,7 +151,9 @@ def test_a_run_whose_plan_names_body_paths_still_resumes(tmp_path):
     assert run_launch(["--config", str(path)]).returncode == 0
     run = RunDir(tmp_path / "runs" / "toy")
     old = {"merge": "svd_hpc.merge:run_task", "report": "svd_hpc.report:run_task", "train": "svd_hpc.train:run_task"}
-    plan = [{**stage, "body": old.get(stage["name"], "svd_hpc.evaluate:run_task")} for stage in run.load_json(run.plan_path)]
+    plan = [
+        {**stage, "body": old.get(stage["name"], "svd_hpc.evaluate:run_task")} for stage in run.load_json(run.plan_path)
+    ]
     run.plan_path.write_text(json.dumps(plan))
     run.done_marker("report", 0).unlink()
     proc = run_launch(["resume", str(run.root)])
@@ -280,10 +282,14 @@ def test_dry_run_submits_nothing_and_cancel_only_touches_its_run(tmp_path, slurm
 
 @pytest.mark.slurm
 def test_impossible_resources_rejected_before_submitting(tmp_path, slurm_cluster):
-    path = write_config(tmp_path, 2, cluster="local-slurm", name="toobig", **{"resources.train": {"nodes": 9}, "train.global_batch": 18})
+    path = write_config(
+        tmp_path, 2, cluster="local-slurm", name="toobig", **{"resources.train": {"nodes": 9}, "train.global_batch": 18}
+    )
     proc = run_launch(["--config", str(path)], env=slurm_cluster)
     assert proc.returncode == 2 and "stage 'train'" in proc.stderr
-    names = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True, env={**os.environ, **slurm_cluster})
+    names = subprocess.run(
+        ["squeue", "-h", "-o", "%j"], capture_output=True, text=True, env={**os.environ, **slurm_cluster}
+    )
     assert "svd-toobig-" not in names.stdout
     assert not (tmp_path / "runs" / "toobig" / "jobs.json").exists()
 
@@ -315,7 +321,9 @@ def test_arrays_split_at_max_array_size(tmp_path, slurm_cluster):
     while active_jobs(slurm_cluster):
         assert time.monotonic() < deadline, "the cluster never became idle"
         time.sleep(1)
-    subprocess.run([str(script), "start", "--max-array-size", "10"], check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run(
+        [str(script), "start", "--max-array-size", "10"], check=True, env=env, capture_output=True, timeout=300
+    )
     try:
         path = write_config(tmp_path, 25, cluster="local-slurm", **{"train.enabled": False, "eval.benchmarks": []})
         proc = run_launch(["--config", str(path)], env=slurm_cluster)
@@ -335,11 +343,15 @@ def send_warning(script: str, job: str, env: dict) -> None:
     """What Slurm sends before the time limit or a preemption, to whom the script's --signal line says."""
     signal = re.search(r"^#SBATCH --signal=(\S+)@", script, flags=re.M).group(1)
     target = ["--batch"] if signal.startswith("B:") else []  # B: the batch shell only, else the job steps
-    subprocess.run(["scancel", *target, f"--signal={signal.removeprefix('B:')}", job], check=True, env={**os.environ, **env})
+    subprocess.run(
+        ["scancel", *target, f"--signal={signal.removeprefix('B:')}", job], check=True, env={**os.environ, **env}
+    )
 
 
 def restarts(job: str, env: dict) -> int:
-    out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, env={**os.environ, **env}).stdout
+    out = subprocess.run(
+        ["scontrol", "show", "job", job], capture_output=True, text=True, env={**os.environ, **env}
+    ).stdout
     return int(re.search(r"Restarts=(\d+)", out).group(1))
 
 
@@ -353,7 +365,11 @@ def test_warned_task_requeues_without_slurm_in_its_container_and_finishes(tmp_pa
     (tmp_path / "site.yaml").write_text(yaml.safe_dump(profile))
     env = {**slurm_cluster, "TOY_SLEEP_GENERATE": "6"}
     path = write_config(
-        tmp_path, 1, cluster=str(tmp_path / "site.yaml"), name="preempt", **{"resources.generate": {"preemptible": True}}
+        tmp_path,
+        1,
+        cluster=str(tmp_path / "site.yaml"),
+        name="preempt",
+        **{"resources.generate": {"preemptible": True}},
     )
     assert run_launch(["--config", str(path)], env=env).returncode == 0
     run = RunDir(tmp_path / "runs" / "preempt")

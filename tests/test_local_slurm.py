@@ -16,8 +16,17 @@ pytestmark = pytest.mark.slurm  # every test here uses the cluster: `-m "not slu
 LOCAL_SLURM = Path(__file__).resolve().parent.parent / "scripts" / "local-slurm.sh"
 
 # States after which a job never changes again (sacct's spelling; CANCELLED may read "CANCELLED by 0").
-FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-                "PREEMPTED", "BOOT_FAIL", "DEADLINE")
+FINAL_STATES = (
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+)
 
 
 def run(args: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
@@ -29,8 +38,7 @@ def run(args: list[str], env: dict[str, str], check: bool = True) -> subprocess.
 
 def sbatch(env: dict[str, str], workdir: Path, *options: str) -> str:
     """Submit and return the job id; output goes to workdir/slurm-JOBID.out unless options say otherwise."""
-    out = run(["sbatch", "--parsable", f"--chdir={workdir}", f"--output={workdir}/slurm-%j.out",
-               *options], env)
+    out = run(["sbatch", "--parsable", f"--chdir={workdir}", f"--output={workdir}/slurm-%j.out", *options], env)
     return out.stdout.strip().split(";")[0]
 
 
@@ -53,8 +61,14 @@ def wait_for_states(env: dict[str, str], job_id: str, count: int, timeout: float
 
 
 def test_array_tasks_complete_in_sacct_and_write_their_own_output(slurm_cluster, tmp_path):
-    job = sbatch(slurm_cluster, tmp_path, "--array=0-3", f"--output={tmp_path}/task-%a.out",
-                 "--wrap", "echo task $SLURM_ARRAY_TASK_ID")
+    job = sbatch(
+        slurm_cluster,
+        tmp_path,
+        "--array=0-3",
+        f"--output={tmp_path}/task-%a.out",
+        "--wrap",
+        "echo task $SLURM_ARRAY_TASK_ID",
+    )
 
     states = wait_for_states(slurm_cluster, job, count=4)
 
@@ -67,8 +81,7 @@ def test_two_node_job_runs_a_task_on_each_node_and_node_names_resolve(slurm_clus
     # n1 must resolve inside jobs: distributed jobs set MASTER_ADDR to the first node's name.
     script = tmp_path / "nodes.sh"
     script.write_text(
-        "#!/bin/bash\n"
-        "srun bash -c 'echo \"$SLURM_NODEID $SLURMD_NODENAME $(getent hosts n1 | cut -d\" \" -f1)\"'\n"
+        '#!/bin/bash\nsrun bash -c \'echo "$SLURM_NODEID $SLURMD_NODENAME $(getent hosts n1 | cut -d" " -f1)"\'\n'
     )
     job = sbatch(slurm_cluster, tmp_path, "--nodes=2", "--ntasks-per-node=1", str(script))
 
@@ -84,8 +97,9 @@ def test_two_node_job_runs_a_task_on_each_node_and_node_names_resolve(slurm_clus
 
 def test_afterok_on_a_failed_job_cancels_the_dependent_job(slurm_cluster, tmp_path):
     failing = sbatch(slurm_cluster, tmp_path, "--wrap", "exit 1")
-    dependent = sbatch(slurm_cluster, tmp_path, f"--dependency=afterok:{failing}",
-                       "--kill-on-invalid-dep=yes", "--wrap", "true")
+    dependent = sbatch(
+        slurm_cluster, tmp_path, f"--dependency=afterok:{failing}", "--kill-on-invalid-dep=yes", "--wrap", "true"
+    )
 
     assert wait_for_states(slurm_cluster, failing, count=1) == {failing: "FAILED"}
     # Without --kill-on-invalid-dep it would stay PENDING (DependencyNeverSatisfied) forever.
@@ -99,8 +113,7 @@ def test_array_index_limit_follows_max_array_size(slurm_cluster, tmp_path):
 
     held = sbatch(slurm_cluster, tmp_path, "--hold", f"--array={max_array_size - 1}", "--wrap", "true")
     run(["scancel", held], slurm_cluster)
-    too_big = run(["sbatch", "--hold", f"--array={max_array_size}", "--wrap", "true"],
-                  slurm_cluster, check=False)
+    too_big = run(["sbatch", "--hold", f"--array={max_array_size}", "--wrap", "true"], slurm_cluster, check=False)
 
     assert too_big.returncode != 0
     assert "array" in too_big.stderr.lower(), too_big.stderr
@@ -114,9 +127,19 @@ def test_start_on_a_running_cluster_is_a_fast_no_op(slurm_cluster):
 
     started = time.monotonic()
     again = subprocess.run(
-        [str(LOCAL_SLURM), "start", "--nodes", meta["nodes"], "--cpus", meta["cpus"],
-         "--max-array-size", meta["max_array_size"]],
-        capture_output=True, text=True, timeout=120,
+        [
+            str(LOCAL_SLURM),
+            "start",
+            "--nodes",
+            meta["nodes"],
+            "--cpus",
+            meta["cpus"],
+            "--max-array-size",
+            meta["max_array_size"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
     assert again.returncode == 0, again.stderr
@@ -162,8 +185,14 @@ def test_a_job_that_requeues_itself_keeps_its_dependents_waiting(slurm_cluster, 
         "echo second life\n"
     )
     job = sbatch(slurm_cluster, tmp_path, "--requeue", "--open-mode=append", str(script))
-    dependent = sbatch(slurm_cluster, tmp_path, f"--dependency=afterok:{job}", "--kill-on-invalid-dep=yes",
-                       "--wrap", "echo dependent ran")
+    dependent = sbatch(
+        slurm_cluster,
+        tmp_path,
+        f"--dependency=afterok:{job}",
+        "--kill-on-invalid-dep=yes",
+        "--wrap",
+        "echo dependent ran",
+    )
 
     assert wait_for_states(slurm_cluster, dependent, count=1, timeout=120) == {dependent: "COMPLETED"}
     assert sacct_states(slurm_cluster, job) == {job: "COMPLETED"}

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from svd_hpc import records
-from svd_hpc.merge import merge, selection
 from svd_hpc.config import VERIFY_STAGES, MergeConfig, RunConfig
+from svd_hpc.merge import merge, selection
 from svd_hpc.rundir import RunDir
 from svd_hpc.task import run_once
 
@@ -531,9 +531,15 @@ def test_funnel_counts_votes_without_verdict_and_cut_off(tmp_path):
     stats = merge.merge_shards([path], make_cfg(), tmp_path / "out")
     counts = {k: v for k, v in stats["overall"].items() if k.startswith(("votes_", "no_verdict_", "cut_off_"))}
     assert counts == {
-        "votes_cycle": 9, "no_verdict_cycle": 1, "cut_off_cycle": 4,
-        "votes_factuality": 6, "no_verdict_factuality": 3, "cut_off_factuality": 0,
-        "votes_correctness": 3, "no_verdict_correctness": 0, "cut_off_correctness": 0,
+        "votes_cycle": 9,
+        "no_verdict_cycle": 1,
+        "cut_off_cycle": 4,
+        "votes_factuality": 6,
+        "no_verdict_factuality": 3,
+        "cut_off_factuality": 0,
+        "votes_correctness": 3,
+        "no_verdict_correctness": 0,
+        "cut_off_correctness": 0,
     }
     assert stats["per_domain"]["math"]["cut_off_cycle"] == 4
     assert stats["overall"]["valid"] == 1  # a2: its cut-off cycle votes still said yes (the authors' rule)

@@ -17,16 +17,15 @@ import pytest
 from rich.console import Console
 
 from svd_hpc import generate, prompts, report, status, verify
-from svd_hpc.eval import evaluate
-from svd_hpc.merge import merge
 from svd_hpc.config import ModelConfig
 from svd_hpc.engine import Engine, Refused, Sampling
+from svd_hpc.eval import evaluate
+from svd_hpc.merge import merge
 from svd_hpc.models import ensure_tiny_qwen3
 from svd_hpc.plan import build_plan, plan_to_json
 from svd_hpc.rundir import atomic_write_json
-
-from tests.test_generate_verify import prepare_run
 from tests.conftest import run_eval
+from tests.test_generate_verify import prepare_run
 
 MAX_LEN = 512
 GUARD = (
@@ -118,7 +117,9 @@ def test_stages_record_poison_items_as_skipped_and_complete(rejecting, guarded_m
     # fits generation (prompt + 24 tokens) but not the cycle judge, which adds its instructions
     judge_poison = long_text(engine, MAX_LEN - 140)
     user_tokens = len(engine.render(user(prompts.user_prompt(judge_poison, "science"))))
-    judge_tokens = len(engine.render(user(prompts.cycle_judge_prompt(judge_poison, "Which?")), reply_prefix="Verdict: [["))
+    judge_tokens = len(
+        engine.render(user(prompts.cycle_judge_prompt(judge_poison, "Which?")), reply_prefix="Verdict: [[")
+    )
     assert user_tokens < MAX_LEN - 24 and judge_tokens >= MAX_LEN
     questions = [
         ("ok", "Which gas do plants take in? A) O2 B) CO2"),
@@ -139,7 +140,9 @@ def test_stages_record_poison_items_as_skipped_and_complete(rejecting, guarded_m
         "eval": {"benchmarks": [{"name": "poison", "path": str(bench)}], "uq_ttc": True, "uq_ttc_candidates": 2},
         "train": {"enabled": False},
     }
-    run = prepare_run(tmp_path, "poison", settings, [{"id": k, "question": q, "domain": "science"} for k, q in questions])
+    run = prepare_run(
+        tmp_path, "poison", settings, [{"id": k, "question": q, "domain": "science"} for k, q in questions]
+    )
     cfg = run.load_config()
     atomic_write_json(run.plan_path, plan_to_json(build_plan(cfg)))
 
@@ -167,8 +170,10 @@ def test_stages_record_poison_items_as_skipped_and_complete(rejecting, guarded_m
     for row in verdicts:
         by_question.setdefault(row["question_id"], []).append(row)
     for key in ("long", "template", "rejected"):
-        assert all(r["status"] == "skipped" and r["failed_stage"] is None and r["skip_reason"] == reason[key]
-                   for r in by_question[key])
+        assert all(
+            r["status"] == "skipped" and r["failed_stage"] is None and r["skip_reason"] == reason[key]
+            for r in by_question[key]
+        )
     for row in by_question["judge"]:
         assert (row["status"], row["failed_stage"]) == ("skipped", "cycle")
         assert row["skip_reason"].startswith("prompt_too_long: ") and row["cycle_votes"] is None
@@ -183,7 +188,11 @@ def test_stages_record_poison_items_as_skipped_and_complete(rejecting, guarded_m
     run.mark_done("merge", 0)
     overall = stats["overall"]
     assert (overall["candidates"], overall["skipped"], overall["valid"], overall["kept"]) == (10, 8, 2, 1)
-    assert (overall["skipped_prompt_too_long"], overall["skipped_template_error"], overall["skipped_engine_rejected"]) == (4, 2, 2)
+    assert (
+        overall["skipped_prompt_too_long"],
+        overall["skipped_template_error"],
+        overall["skipped_engine_rejected"],
+    ) == (4, 2, 2)
     kept = pq.read_table(run.stage_dir("merge") / "sft" / "train.parquet").column("question_id").to_pylist()
     assert kept == ["ok"]
 
@@ -213,11 +222,13 @@ def test_stages_record_poison_items_as_skipped_and_complete(rejecting, guarded_m
     # report: the skipped requests per stage and reason, and how eval counts them
     text = report.build(run, Console(record=True, width=300)).read_text()
     section = text.split("## Skipped requests")[1].split("\n## ")[0]
-    for line in ("| generate | question | prompt_too_long | 1 | `long`: prompt_too_long: ",
-                 "| generate | question | template_error | 1 | `template`: template_error: ",
-                 "| verify (cycle) | candidate | prompt_too_long | 2 | `judge/0`: prompt_too_long: ",
-                 "| eval base direct poison | question | engine_rejected | 1 | ",
-                 "| eval base uq_ttc poison | question | template_error | 1 | "):
+    for line in (
+        "| generate | question | prompt_too_long | 1 | `long`: prompt_too_long: ",
+        "| generate | question | template_error | 1 | `template`: template_error: ",
+        "| verify (cycle) | candidate | prompt_too_long | 2 | `judge/0`: prompt_too_long: ",
+        "| eval base direct poison | question | engine_rejected | 1 | ",
+        "| eval base uq_ttc poison | question | template_error | 1 | ",
+    ):
         assert line in section, section
     assert "a skipped eval question counts as incorrect" in section
     assert "| skipped | 8 |" in text.split("## Merge funnel")[1]
@@ -228,7 +239,9 @@ def test_a_skipped_candidate_never_passes_merge(tmp_path):
     from tests.test_merge import cand, merged
 
     skipped = cand("q1", 0, {"correctness": None}, status="skipped") | {
-        "failed_stage": "correctness", "skip_reason": "prompt_too_long: 9000 prompt tokens"}
+        "failed_stage": "correctness",
+        "skip_reason": "prompt_too_long: 9000 prompt tokens",
+    }
     shards = [[skipped, cand("q1", 1), cand("q2", 0, status="skipped") | {"skip_reason": "template_error: no"}]]
     kept, stats, _ = merged(tmp_path, shards, disabled_stages=["correctness"])
     assert kept == [("q1", 1)]

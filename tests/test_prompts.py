@@ -110,7 +110,6 @@ def test_prose_without_verdict_markers_never_changes_the_verdict(text, prose):
         assert prompts.parse_verdict(text + " " + prose, rule) == prompts.parse_verdict(text + " ", rule)
 
 
-
 # the authors' rule (evalchemy eval/chat_benchmarks/ttc_utils.py, extract_decision_robust): the
 # whole reply, the judge's thinking included; a standalone y/n in any case counts
 AUTHORS_TABLE = [
@@ -165,7 +164,11 @@ def test_unknown_verdict_rule_is_refused():
 @pytest.mark.parametrize(
     "text,first_line,full",
     [
-        ("<think>hmm\nmaybe</think>\n\nWhat is 2+2?\nIt asks for a sum.", "What is 2+2?", "What is 2+2?\nIt asks for a sum."),
+        (
+            "<think>hmm\nmaybe</think>\n\nWhat is 2+2?\nIt asks for a sum.",
+            "What is 2+2?",
+            "What is 2+2?\nIt asks for a sum.",
+        ),
         ("What is 2+2?\nA) 3\nB) 4", "What is 2+2?", "What is 2+2?\nA) 3\nB) 4"),
         ("<think>ran out of tokens while thinking", "<think>ran out of tokens while thinking", ""),
         ("", "", ""),
@@ -249,23 +252,47 @@ LCB_CALL = json.dumps([{"input": "2\n3", "output": "5", "testtype": "functional"
 EVAL_ROWS = {
     "aime26": {"problem_idx": 1, "problem": QUESTION, "answer": "80"},
     "hmmt_feb_2025": {"problem_idx": 1, "problem": QUESTION, "answer": "80"},
-    "gpqa_diamond": {"Record ID": "rec1", "Question": FREE, "Correct Answer": "Nitrogen", "Incorrect Answer 1": "Oxygen",
-                     "Incorrect Answer 2": "Argon", "Incorrect Answer 3": "Carbon dioxide"},
-    "hle_mc": {"id": "h1", "question": FREE + "\n\nAnswer Choices:\nA. Oxygen\nB. Nitrogen\nC. Argon\nD. Carbon dioxide",
-               "answer": "B", "answer_type": "multipleChoice", "image": ""},
-    "lcb_v5": {"question_id": "s1", "question_content": CODE, "starter_code": "", "metadata": "{}",
-               "public_test_cases": LCB_TEST, "private_test_cases": LCB_TEST, "contest_date": "2024-09-01T00:00:00"},
-    "lcb_v6": {"question_id": "f1", "question_content": "Return the sum of two integers a and b.",
-               "starter_code": "class Solution:\n    def add(self, a: int, b: int) -> int:\n        ",
-               "metadata": json.dumps({"func_name": "add"}), "public_test_cases": LCB_CALL, "private_test_cases": LCB_CALL,
-               "contest_date": "2025-02-01T00:00:00"},
+    "gpqa_diamond": {
+        "Record ID": "rec1",
+        "Question": FREE,
+        "Correct Answer": "Nitrogen",
+        "Incorrect Answer 1": "Oxygen",
+        "Incorrect Answer 2": "Argon",
+        "Incorrect Answer 3": "Carbon dioxide",
+    },
+    "hle_mc": {
+        "id": "h1",
+        "question": FREE + "\n\nAnswer Choices:\nA. Oxygen\nB. Nitrogen\nC. Argon\nD. Carbon dioxide",
+        "answer": "B",
+        "answer_type": "multipleChoice",
+        "image": "",
+    },
+    "lcb_v5": {
+        "question_id": "s1",
+        "question_content": CODE,
+        "starter_code": "",
+        "metadata": "{}",
+        "public_test_cases": LCB_TEST,
+        "private_test_cases": LCB_TEST,
+        "contest_date": "2024-09-01T00:00:00",
+    },
+    "lcb_v6": {
+        "question_id": "f1",
+        "question_content": "Return the sum of two integers a and b.",
+        "starter_code": "class Solution:\n    def add(self, a: int, b: int) -> int:\n        ",
+        "metadata": json.dumps({"func_name": "add"}),
+        "public_test_cases": LCB_CALL,
+        "private_test_cases": LCB_CALL,
+        "contest_date": "2025-02-01T00:00:00",
+    },
 }
 
 
 def eval_prompts_rendered() -> dict[str, str]:
     """Each eval preset's prompt for its fixed row under eval seed 0 (options in that seed's order)."""
-    from svd_hpc.eval import benchmarks, prompts as eval_prompts
     from svd_hpc.config import BenchmarkSpec
+    from svd_hpc.eval import benchmarks
+    from svd_hpc.eval import prompts as eval_prompts
 
     out = {}
     for preset, row in EVAL_ROWS.items():

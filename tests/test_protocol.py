@@ -24,7 +24,12 @@ def test_qwen3_configs_run_the_authors_protocol(path):
     cfg = config.load(path)
     v, t, s = cfg.verify, cfg.train, cfg.seeds
     assert (v.max_tokens, v.votes, v.temperature, v.top_p, v.aggregation) == (32768, 5, 0.6, 0.95, "unanimous")
-    assert (v.verdict_rule, v.inferred_question, v.cycle_inferences, v.verdict_prefix) == ("authors", "first_line", 1, "")
+    assert (v.verdict_rule, v.inferred_question, v.cycle_inferences, v.verdict_prefix) == (
+        "authors",
+        "first_line",
+        1,
+        "",
+    )
     assert (t.decay_ratio, t.decay_embeddings, t.min_lr_ratio, t.betas) == (0.9, False, 0.1, [0.9, 0.999])
     assert (s.path, s.question_field, s.domain) == (SEEDS[s.domain], "instruction_seed", path.stem.split("-")[-1])
 
@@ -58,8 +63,16 @@ class Tiny(torch.nn.Module):
 @pytest.mark.parametrize("decay_embeddings", [False, True])
 def test_embeddings_are_not_decayed_unless_asked(decay_embeddings):
     model = Tiny()
-    t = argparse.Namespace(weight_decay=0.01, lr=1e-5, betas=[0.9, 0.999], warmup_ratio=0.05, steps=100,
-                           min_lr_ratio=0.1, decay_ratio=0.9, decay_embeddings=decay_embeddings)
+    t = argparse.Namespace(
+        weight_decay=0.01,
+        lr=1e-5,
+        betas=[0.9, 0.999],
+        warmup_ratio=0.05,
+        steps=100,
+        min_lr_ratio=0.1,
+        decay_ratio=0.9,
+        decay_embeddings=decay_embeddings,
+    )
     optimizer, _ = train.build_optimizer(model, t)
     decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     assert id(model.proj.weight) in decayed
@@ -75,9 +88,9 @@ def test_decay_ratio_beyond_what_warmup_leaves_is_refused(tmp_path):
 
 
 def test_uq_ttc_judges_every_candidate_against_the_raw_question(monkeypatch):
+    from svd_hpc.engine import Completion
     from svd_hpc.eval import evaluate
     from svd_hpc.eval.benchmarks import Problem
-    from svd_hpc.engine import Completion
 
     seen = []
     monkeypatch.setattr(evaluate, "run_cascade", lambda engine, items, cfg, checkpoint=None: seen.extend(items) or [])

@@ -55,11 +55,25 @@ def write_eval(run: RunDir) -> None:
         for variant, seeds in variants.items():
             model, mode = VARIANT[variant]
             for seed, correct in seeds.items():
-                rows = [{"benchmark": bench, "model": model, "mode": mode, "seed": seed, "question_id": f"{bench}-q{i}",
-                         "question": "q", "reference": "1", "response": "r", "extracted": "1", "correct": bool(c),
-                         "grade_reason": "correct" if c else "wrong_answer", "completion_tokens": 10 + i,
-                         "samples": 1 if mode == "direct" else 8 + 3, "chosen_candidate": 0}
-                        for i, c in enumerate(correct)]
+                rows = [
+                    {
+                        "benchmark": bench,
+                        "model": model,
+                        "mode": mode,
+                        "seed": seed,
+                        "question_id": f"{bench}-q{i}",
+                        "question": "q",
+                        "reference": "1",
+                        "response": "r",
+                        "extracted": "1",
+                        "correct": bool(c),
+                        "grade_reason": "correct" if c else "wrong_answer",
+                        "completion_tokens": 10 + i,
+                        "samples": 1 if mode == "direct" else 8 + 3,
+                        "chosen_candidate": 0,
+                    }
+                    for i, c in enumerate(correct)
+                ]
                 suffix = "" if mode == "direct" else "-uq_ttc"
                 path = run.root / "eval" / model / bench / f"seed-{seed}{suffix}.parquet"
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,36 +122,52 @@ def fake_sacct(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     script = bin_dir / "sacct"
-    script.write_text("#!/bin/sh\ncat <<'EOF'\n"
-                      "100_0|3600|billing=1,cpu=1,gres/gpu=2,mem=1G,node=1\n"
-                      "100_1|1800|cpu=1,gres/gpu=2\n"
-                      "100_[2-3]|0|\n"
-                      "200|7200|cpu=8,gres/gpu:a100=4,gres/gpu=4\n"
-                      "EOF\n")
+    script.write_text(
+        "#!/bin/sh\ncat <<'EOF'\n"
+        "100_0|3600|billing=1,cpu=1,gres/gpu=2,mem=1G,node=1\n"
+        "100_1|1800|cpu=1,gres/gpu=2\n"
+        "100_[2-3]|0|\n"
+        "200|7200|cpu=8,gres/gpu:a100=4,gres/gpu=4\n"
+        "EOF\n"
+    )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
 
 def test_report_numbers_match_the_records(tmp_path, fake_sacct):
-    benchmarks = [{"name": "m1", "path": "m1.jsonl"}, {"name": "m2", "path": "m2.jsonl"},
-                  {"name": "sci", "path": "sci.jsonl", "grader": "choice", "domain": "science"}]
+    benchmarks = [
+        {"name": "m1", "path": "m1.jsonl"},
+        {"name": "m2", "path": "m2.jsonl"},
+        {"name": "sci", "path": "sci.jsonl", "grader": "choice", "domain": "science"},
+    ]
     run = prepare_run(tmp_path, eval={"benchmarks": benchmarks, "seeds": SEEDS, "uq_ttc": True, "uq_ttc_candidates": 8})
     write_eval(run)
-    stats = {"overall": {"seeds": 10, "candidates": 80, "filtered": 8, "passed_cycle": 40, "valid": 20, "kept": 8},
-             "per_domain": {"math": {"seeds": 10, "candidates": 80, "filtered": 8, "passed_cycle": 40, "valid": 20, "kept": 8}},
-             "skipped_shards": []}
+    stats = {
+        "overall": {"seeds": 10, "candidates": 80, "filtered": 8, "passed_cycle": 40, "valid": 20, "kept": 8},
+        "per_domain": {
+            "math": {"seeds": 10, "candidates": 80, "filtered": 8, "passed_cycle": 40, "valid": 20, "kept": 8}
+        },
+        "skipped_shards": [],
+    }
     atomic_write_json(run.root / "merge" / "stats.json", stats)
     for i, tokens in enumerate([[10, 20, 30], [5]]):
         run.shard_path("generate", i).parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.table({"completion_tokens": pa.array(tokens, pa.int32())}), run.shard_path("generate", i))
         run.shard_path("verify", i).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table({"judge_completion_tokens": [t * 3 for t in tokens], "judge_samples": [4] * len(tokens)}),
-                       run.shard_path("verify", i))
+        pq.write_table(
+            pa.table({"judge_completion_tokens": [t * 3 for t in tokens], "judge_samples": [4] * len(tokens)}),
+            run.shard_path("verify", i),
+        )
         run.mark_done("generate", i, seconds=100)
-    atomic_write_json(run.jobs_path, {"submissions": [
-        {"stage": "generate", "job_id": "100", "array": True, "offset": 0, "indices": [0, 1, 2, 3]},
-        {"stage": "train", "job_id": "200", "array": False, "offset": 0, "indices": [0]},
-    ]})
+    atomic_write_json(
+        run.jobs_path,
+        {
+            "submissions": [
+                {"stage": "generate", "job_id": "100", "array": True, "offset": 0, "indices": [0, 1, 2, 3]},
+                {"stage": "train", "job_id": "200", "array": False, "offset": 0, "indices": [0]},
+            ]
+        },
+    )
 
     out = io.StringIO()
     path = report.build(run, console=Console(file=out, width=250))
@@ -173,8 +203,10 @@ def test_report_numbers_match_the_records(tmp_path, fake_sacct):
                 deltas[variant] = intervals[variant] = "—"
         seeds = "/".join(str(n) for n in sorted({len(RESULTS[bench][v]) for v in RESULTS[bench]}))
         questions = len(RESULTS[bench]["base"][0])
-        row = (f"| {bench} | {domain} | {questions} | {seeds} | {cells['base']} | {cells['SVD']} | {deltas['SVD']} | "
-               f"{intervals['SVD']} | {cells['UQ-TTC']} | {deltas['UQ-TTC']} | {intervals['UQ-TTC']} |")
+        row = (
+            f"| {bench} | {domain} | {questions} | {seeds} | {cells['base']} | {cells['SVD']} | {deltas['SVD']} | "
+            f"{intervals['SVD']} | {cells['UQ-TTC']} | {deltas['UQ-TTC']} | {intervals['UQ-TTC']} |"
+        )
         assert row in text
 
     # the math domain pools m1 and m2 per seed before averaging over seeds
@@ -197,15 +229,21 @@ def test_report_numbers_match_the_records(tmp_path, fake_sacct):
     funnel = text.split("## Merge funnel")[1].split("##")[0]
     assert "| seeds | 10 | 10 | — |" in funnel and "| candidates | 80 | 80 | 100.0 |" in funnel
     assert "| passed_cycle | 40 | 40 | 50.0 |" in funnel and "| kept | 8 | 8 | 10.0 |" in funnel
-    names = [line.split("|")[1].strip() for line in funnel.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    names = [line.split("|")[1].strip() for line in funnel.splitlines() if line.startswith("| ") and "---" not in line][
+        1:
+    ]
     assert names == ["seeds", "candidates", "filtered", "passed_cycle", "valid", "kept"]  # funnel order, not the file's
     assert "| generate | 2 | 1.50 | 3.00 | 65 | 4 | — |" in text
     assert "| verify | 0 | — | — | 195 | 16 | 16 |" in text
     assert "| train | 0 | 2.00 | 8.00 | — | — | — |" in text
-    base_rows = [r for b in RESULTS for v in ("base", "UQ-TTC") for s in RESULTS[b].get(v, {}).values() for r in range(len(s))]
+    base_rows = [
+        r for b in RESULTS for v in ("base", "UQ-TTC") for s in RESULTS[b].get(v, {}).values() for r in range(len(s))
+    ]
     uq_rows = sum(len(s) for s in RESULTS["m1"]["UQ-TTC"].values())
     tokens = sum(10 + i for i in base_rows)
-    assert f"| eval_base | 0 | — | — | {tokens:,} | {len(base_rows) - uq_rows + uq_rows * 11:,} | {uq_rows * 3} |" in text
+    assert (
+        f"| eval_base | 0 | — | — | {tokens:,} | {len(base_rows) - uq_rows + uq_rows * 11:,} | {uq_rows * 3} |" in text
+    )
     assert "Task and GPU hours from sacct" in text
     assert (run.root / "report.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((run.root / "eval" / "summary.json").read_text())
@@ -217,7 +255,9 @@ def test_report_numbers_match_the_records(tmp_path, fake_sacct):
 def test_report_of_a_run_without_eval_or_training(tmp_path):
     run = prepare_run(tmp_path, train={"enabled": False})
     # whatever the merge stage wrote, read defensively: a flat mapping with stray entries
-    atomic_write_json(run.root / "merge" / "stats.json", {"candidates": 0, "kept": 0, "note": "empty", "per_domain": "?"})
+    atomic_write_json(
+        run.root / "merge" / "stats.json", {"candidates": 0, "kept": 0, "note": "empty", "per_domain": "?"}
+    )
     run_once(run.root, "report", 0)
     text = (run.root / "report.md").read_text()
     assert "No eval results yet." in text and "| candidates | 0 | — |" in text and "| kept | 0 | — |" in text
@@ -232,8 +272,16 @@ def test_report_of_a_run_without_eval_or_training(tmp_path):
 
 def test_report_shows_judge_votes_without_verdict_and_cut_off(tmp_path):
     run = prepare_run(tmp_path, train={"enabled": False})
-    overall = {"candidates": 8, "kept": 1, "votes_correctness": 5, "no_verdict_correctness": 0, "cut_off_correctness": 0,
-               "votes_cycle": 40, "no_verdict_cycle": 6, "cut_off_cycle": 10}
+    overall = {
+        "candidates": 8,
+        "kept": 1,
+        "votes_correctness": 5,
+        "no_verdict_correctness": 0,
+        "cut_off_correctness": 0,
+        "votes_cycle": 40,
+        "no_verdict_cycle": 6,
+        "cut_off_cycle": 10,
+    }
     atomic_write_json(run.root / "merge" / "stats.json", {"overall": overall, "per_domain": {"math": overall}})
     run_once(run.root, "report", 0)
     text = (run.root / "report.md").read_text()
@@ -276,9 +324,24 @@ def test_domain_of_benchmarks_with_different_repeats_weighs_each_question_once(t
     records = []
     for bench, seed, qid, base, svd in rows:
         for (model, mode), correct in ((("base", "direct"), base), (("trained", "direct"), svd)):
-            records.append({"benchmark": bench, "model": model, "mode": mode, "seed": seed, "question_id": qid,
-                            "question": "q", "reference": "1", "response": "r", "extracted": "1", "correct": bool(correct),
-                            "grade_reason": "correct", "completion_tokens": 1, "samples": 1, "chosen_candidate": 0})
+            records.append(
+                {
+                    "benchmark": bench,
+                    "model": model,
+                    "mode": mode,
+                    "seed": seed,
+                    "question_id": qid,
+                    "question": "q",
+                    "reference": "1",
+                    "response": "r",
+                    "extracted": "1",
+                    "correct": bool(correct),
+                    "grade_reason": "correct",
+                    "completion_tokens": 1,
+                    "samples": 1,
+                    "chosen_candidate": 0,
+                }
+            )
     scores = report.score(pa.Table.from_pylist(records, schema=EVAL), {"a": "math", "h": "math"})
     # per question means: base a-q0 1, a-q1 0, h-q0 1/4; SVD 1, 1, 3/4
     assert scores.pass1[("base", "domain:math")] == pytest.approx((np.mean([1, 0, 0.25]), None))

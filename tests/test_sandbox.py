@@ -214,11 +214,14 @@ def test_sandbox_dies_with_a_killed_grader(marker, tmp_path):
     """A grader killed mid-run (SLURM preemption, OOM) must not leave its sandboxes running."""
     # The marker is assembled at run time: the grader's own command line holds only its halves.
     head, tail = marker[:8], marker[8:]
-    sleeper = ("import os, sys\n"
-               f"os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)', '{head}' + '{tail}'])")
+    sleeper = (
+        "import os, sys\n"
+        f"os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)', '{head}' + '{tail}'])"
+    )
     # A killed grader cannot remove its own scratch folder: keep that in tmp_path.
-    grader = subprocess.Popen([sys.executable, "-c", GRADER, str(REPO), sleeper],
-                              env={**os.environ, "TMPDIR": str(tmp_path)})
+    grader = subprocess.Popen(
+        [sys.executable, "-c", GRADER, str(REPO), sleeper], env={**os.environ, "TMPDIR": str(tmp_path)}
+    )
     deadline = time.monotonic() + 20
     while not processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -382,8 +385,10 @@ USERNS_CHECK = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
-                    reason="needs root (to become an ordinary user) and /usr/bin/python3")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
+    reason="needs root (to become an ordinary user) and /usr/bin/python3",
+)
 def test_unprivileged_user_gets_user_namespaces(tmp_path, request):
     """What a SLURM user gets: run the sandbox itself as `nobody`."""
     owned = tmp_path / "nobody_owned"
@@ -403,9 +408,23 @@ def test_unprivileged_user_gets_user_namespaces(tmp_path, request):
     for path in (home, home / ".cache", token.parent, token):
         os.chown(path, 65534, 65534)
     proc = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-I", "-c", USERNS_CHECK,
-         str(REPO), str(target), str(token)],
-        capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(home)},
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-I",
+            "-c",
+            USERNS_CHECK,
+            str(REPO),
+            str(target),
+            str(token),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(home)},
     )
     if proc.returncode != 0 and "no way to run" in proc.stderr:
         pytest.skip("unprivileged user namespaces are disabled here")
@@ -426,10 +445,16 @@ def test_unprivileged_user_gets_user_namespaces(tmp_path, request):
 
 def test_fake_root_as_the_issue_ran_it_detects_a_mode():
     """issue 17's command: uid 0 in a user namespace made by the host's root; detection used to raise."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from svd_hpc.eval import sandbox\n"
-            "print(sandbox.fake_root(), sandbox.sandbox_isolation(), sandbox.run_program('print(6*7)').stdout.strip())")
-    proc = subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-c", code, str(REPO)],
-                          capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from svd_hpc.eval import sandbox\n"
+        "print(sandbox.fake_root(), sandbox.sandbox_isolation(), sandbox.run_program('print(6*7)').stdout.strip())"
+    )
+    proc = subprocess.run(
+        ["unshare", "--user", "--map-root-user", sys.executable, "-c", code, str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if "unshare failed" in proc.stderr:
         pytest.skip(f"no user namespaces here: {proc.stderr.strip()}")
     assert proc.returncode == 0, proc.stderr
@@ -472,8 +497,10 @@ FAKE_ROOT_SUITE = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("nested", ["allowed", "blocked", "blocked-no-bwrap"])
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
-                    reason="needs root (to become an ordinary user) and /usr/bin/python3")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
+    reason="needs root (to become an ordinary user) and /usr/bin/python3",
+)
 def test_hostile_programs_under_a_fake_root(nested, tmp_path, request, monkeypatch):
     """An ordinary user's fake root (what apptainer --fakeroot and rootless podman give), with nested
     user namespaces allowed and blocked (`echo 0 > /proc/sys/user/max_user_namespaces` inside)."""
@@ -497,10 +524,29 @@ def test_hostile_programs_under_a_fake_root(nested, tmp_path, request, monkeypat
     script = f'{block}exec /usr/bin/python3 -I -c "$0" "$@"'
     env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "HF_TOKEN": "hf_env_secret", "DB_PASSWORD": "pw_secret"}
     proc = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "unshare", "--user", "--map-root-user",
-         "sh", "-c", script, FAKE_ROOT_SUITE, str(REPO), str(target), str(token), str(listener.getsockname()[1]),
-         "1" if nested == "blocked-no-bwrap" else "0"],
-        capture_output=True, text=True, timeout=120, env=env)
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "sh",
+            "-c",
+            script,
+            FAKE_ROOT_SUITE,
+            str(REPO),
+            str(target),
+            str(token),
+            str(listener.getsockname()[1]),
+            "1" if nested == "blocked-no-bwrap" else "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     listener.close()
     if "unshare failed" in proc.stderr:
         pytest.skip(f"no user namespaces here: {proc.stderr.strip()}")
@@ -546,13 +592,29 @@ THREADS_ON_A_BUSY_ACCOUNT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
-                    reason="needs root (to become an ordinary user) and /usr/bin/python3")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
+    reason="needs root (to become an ordinary user) and /usr/bin/python3",
+)
 def test_process_group_counts_threads_for_rlimit_nproc():
     """RLIMIT_NPROC counts tasks: the limit must leave room for all of the user's threads."""
-    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-I",
-                           "-c", THREADS_ON_A_BUSY_ACCOUNT, str(REPO)],
-                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-I",
+            "-c",
+            THREADS_ON_A_BUSY_ACCOUNT,
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ok threads ok"), proc.stdout
 
@@ -595,17 +657,34 @@ def test_code_benchmark_task_refuses_before_loading_a_model(tmp_path, monkeypatc
     from svd_hpc.plan import build_plan, plan_to_json
     from svd_hpc.rundir import RunDir, atomic_write_json
 
-    code = {"name": "code", "path": str(REPO / "data" / "eval_samples" / "code.jsonl"), "id_field": "question_id",
-            "question_field": "question_content", "grader": "code", "domain": "code"}
+    code = {
+        "name": "code",
+        "path": str(REPO / "data" / "eval_samples" / "code.jsonl"),
+        "id_field": "question_id",
+        "question_field": "question_content",
+        "grader": "code",
+        "domain": "code",
+    }
     path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump({"name": "r", "model": {"path": "builtin:tiny-qwen3"}, "train": {"enabled": False},
-                                    "eval": {"benchmarks": [code]}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "r",
+                "model": {"path": "builtin:tiny-qwen3"},
+                "train": {"enabled": False},
+                "eval": {"benchmarks": [code]},
+            }
+        )
+    )
     cfg = config.load(path)
     run = RunDir(tmp_path / "r")
     run.write_config(cfg, meta={})
     atomic_write_json(run.plan_path, plan_to_json(build_plan(cfg)))
-    monkeypatch.setattr(sandbox, "_detected", sandbox._Isolation("process-group", sys.executable,
-                                                                 missing=(("bubblewrap", "bwrap is not installed"),)))
+    monkeypatch.setattr(
+        sandbox,
+        "_detected",
+        sandbox._Isolation("process-group", sys.executable, missing=(("bubblewrap", "bwrap is not installed"),)),
+    )
     started = []
     monkeypatch.setattr(evaluate, "Engine", lambda *a, **k: started.append(1) or pytest.fail("engine started"))
     with pytest.raises(sandbox.IsolationMissing, match="eval.allow_unisolated_code: true"):
@@ -622,9 +701,23 @@ def test_apptainer_command_line(monkeypatch):
     iso = sandbox._Isolation("apptainer", "python3", "/usr/bin/apptainer")
     rlimits = sandbox._rlimits(SandboxLimits(), 6.0, 5)
     argv = sandbox._apptainer_argv(iso, "/scratch/w", rlimits)
-    assert argv[:15] == ["/usr/bin/apptainer", "exec", "--containall", "--net", "--network", "none", "--no-privs",
-                         "--no-home", "--bind", "/scratch/w:/tmp/sandbox", "--pwd", "/tmp/sandbox",
-                         "/images/python.sif", "python3", "-I"]
+    assert argv[:15] == [
+        "/usr/bin/apptainer",
+        "exec",
+        "--containall",
+        "--net",
+        "--network",
+        "none",
+        "--no-privs",
+        "--no-home",
+        "--bind",
+        "/scratch/w:/tmp/sandbox",
+        "--pwd",
+        "/tmp/sandbox",
+        "/images/python.sif",
+        "python3",
+        "-I",
+    ]
     bootstrap = argv[-1]
     assert f"({int(__import__('resource').RLIMIT_NPROC)}, (69, 69))" in bootstrap  # 64 + the 5 already counted
     assert "os.execvp('python3', ['python3', '-I', '-B', 'main.py'])" in bootstrap
@@ -643,11 +736,20 @@ def test_apptainer_is_skipped_with_its_reason(monkeypatch):
 def test_bubblewrap_command_line_hides_home_and_network(monkeypatch, tmp_path):
     home = Path("/srv/someone")
     monkeypatch.setattr(sandbox, "_hidden_home", lambda interpreter: (str(home), ()))
-    argv = sandbox._bwrap_argv(sandbox._Isolation("bubblewrap", "/usr/bin/python3", "/usr/bin/bwrap"), 7,
-                               SandboxLimits())
+    argv = sandbox._bwrap_argv(
+        sandbox._Isolation("bubblewrap", "/usr/bin/python3", "/usr/bin/bwrap"), 7, SandboxLimits()
+    )
     joined = " ".join(argv)
-    for part in ("--unshare-all", "--die-with-parent", "--cap-drop ALL", "--ro-bind / /", f"--tmpfs {home}",
-                 f"--remount-ro {home}", "--file 7 /tmp/sandbox/main.py", "--remount-ro /tmp"):
+    for part in (
+        "--unshare-all",
+        "--die-with-parent",
+        "--cap-drop ALL",
+        "--ro-bind / /",
+        f"--tmpfs {home}",
+        f"--remount-ro {home}",
+        "--file 7 /tmp/sandbox/main.py",
+        "--remount-ro /tmp",
+    ):
         assert part in joined
     assert "--share-net" not in argv and argv[-1] == "--"
 
@@ -661,8 +763,10 @@ def test_cgroup_delegation_here_or_its_reason():
         pytest.skip(f"no delegated cgroup v2 here: {d.reason}")
     monkey = sandbox._Delegation(d.parent, "")
     sandbox._cgroup = monkey
-    result = run_program("a = []\nwhile True: a.append(bytearray(50 << 20))",
-                         limits=SandboxLimits(memory_bytes=4 << 30, total_memory_bytes=256 << 20))
+    result = run_program(
+        "a = []\nwhile True: a.append(bytearray(50 << 20))",
+        limits=SandboxLimits(memory_bytes=4 << 30, total_memory_bytes=256 << 20),
+    )
     assert result.status == "memory"
 
 
@@ -692,8 +796,10 @@ def test_report_states_the_isolation(tmp_path):
     from svd_hpc.rundir import RunDir
 
     run = RunDir(tmp_path / "run")
-    for bench, record in (("lcb", {"isolation": "bubblewrap", "network_isolated": True, "total_memory": "cgroup v2 x"}),
-                          ("humaneval", {"isolation": "process-group", "network_isolated": False})):
+    for bench, record in (
+        ("lcb", {"isolation": "bubblewrap", "network_isolated": True, "total_memory": "cgroup v2 x"}),
+        ("humaneval", {"isolation": "process-group", "network_isolated": False}),
+    ):
         path = run.stage_dir("eval") / "base" / bench / "seed-0.json"
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps({"sandbox": record}))

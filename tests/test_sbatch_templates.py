@@ -15,12 +15,19 @@ import pytest
 import yaml
 
 from svd_hpc import batch_script, launch, task
-from svd_hpc.train import fsdp, train
 from svd_hpc.rundir import RunDir
 from svd_hpc.task import run_once
+from svd_hpc.train import fsdp
 from tests import toy_stages
 from tests.test_launcher import (
-    REPO, merged_rows, restarts, run_launch, sacct_states, send_warning, squeue_ids, write_config,
+    REPO,
+    merged_rows,
+    restarts,
+    run_launch,
+    sacct_states,
+    send_warning,
+    squeue_ids,
+    write_config,
 )
 
 EXAMPLE_PROFILE = REPO / "configs" / "clusters" / "example-university.yaml"
@@ -37,8 +44,13 @@ def offline_overrides(tmp_path: Path) -> list[str]:
     rows = [{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(8)]
     seeds.write_text("".join(json.dumps(row) + "\n" for row in rows))
     bench = f"[{{name: aime26, path: {seeds}}}, {{name: hmmt_feb_2025, path: {seeds}}}]"
-    return [f"run_root={tmp_path}/runs", f"seeds.path={seeds}", "seeds.question_field=question",
-            "model.path=builtin:tiny-qwen3", f"eval.benchmarks={bench}"]
+    return [
+        f"run_root={tmp_path}/runs",
+        f"seeds.path={seeds}",
+        "seeds.question_field=question",
+        "model.path=builtin:tiny-qwen3",
+        f"eval.benchmarks={bench}",
+    ]
 
 
 # ----------------------------------------------------------------------------- without SLURM
@@ -49,7 +61,13 @@ def test_prepare_writes_scripts_that_match_the_config_and_the_site(tmp_path, mon
     profile = yaml.safe_load(EXAMPLE_PROFILE.read_text())
     profile["command_prefix"] = "apptainer exec --nv /images/svd.sif"
     (tmp_path / "site.yaml").write_text(yaml.safe_dump(profile))
-    args = ["prepare", "--config", str(QWEN3_8B_MATH), f"cluster={tmp_path / 'site.yaml'}", *offline_overrides(tmp_path)]
+    args = [
+        "prepare",
+        "--config",
+        str(QWEN3_8B_MATH),
+        f"cluster={tmp_path / 'site.yaml'}",
+        *offline_overrides(tmp_path),
+    ]
 
     assert launch.main(args) == 0
 
@@ -62,7 +80,7 @@ def test_prepare_writes_scripts_that_match_the_config_and_the_site(tmp_path, mon
         # the profile's site lines, the plan's resources, and no dependency: pipeline.sh passes those
         assert (h["account"], h["qos"]) == ("my-lab", "normal"), stage
         assert h["partition"] == ("cpu" if stage in ("merge", "report") else "gpu"), stage
-        assert "module load cuda/12.4" in text and 'conda activate svd_hpc' in text, stage
+        assert "module load cuda/12.4" in text and "conda activate svd_hpc" in text, stage
         assert f"apptainer exec --nv /images/svd.sif python -u -m svd_hpc.task {stage} --run-dir {run.root}" in text
         assert "dependency" not in h and "kill-on-invalid-dep" not in h, stage
         assert (run.log_dir(stage)).is_dir()  # sbatch does not create the folder of --output
@@ -86,7 +104,13 @@ def test_prepare_refuses_an_array_the_site_would_reject(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     profile = {**yaml.safe_load(EXAMPLE_PROFILE.read_text()), "max_array_size": 100}
     (tmp_path / "site.yaml").write_text(yaml.safe_dump(profile))
-    args = ["prepare", "--config", str(QWEN3_8B_MATH), f"cluster={tmp_path / 'site.yaml'}", *offline_overrides(tmp_path)]
+    args = [
+        "prepare",
+        "--config",
+        str(QWEN3_8B_MATH),
+        f"cluster={tmp_path / 'site.yaml'}",
+        *offline_overrides(tmp_path),
+    ]
     assert launch.main(args) == 2
     assert not (tmp_path / "runs").exists()
 
@@ -97,8 +121,11 @@ def test_master_port_is_outside_the_ephemeral_range():
     line = next(line for line in text.splitlines() if line.startswith("export MASTER_PORT="))
     for job_id in (1, 12767, 22767, 22768, 40000, 52767, 999_999_999):
         port = subprocess.run(
-            ["bash", "-c", f'{line}; echo "$MASTER_PORT"'], env={"SLURM_JOB_ID": str(job_id)},
-            capture_output=True, text=True, check=True,
+            ["bash", "-c", f'{line}; echo "$MASTER_PORT"'],
+            env={"SLURM_JOB_ID": str(job_id)},
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         assert 1024 < int(port) < 32768, (job_id, port)  # Linux hands out 32768-60999 to outgoing sockets
 
@@ -109,7 +136,9 @@ def test_master_port_is_outside_the_ephemeral_range():
 def submit(script: str, where: Path, env: dict, *options: str) -> str:
     path = where / "job.sh"
     path.write_text(script)
-    proc = subprocess.run(["sbatch", "--parsable", *options, str(path)], capture_output=True, text=True, env={**os.environ, **env})
+    proc = subprocess.run(
+        ["sbatch", "--parsable", *options, str(path)], capture_output=True, text=True, env={**os.environ, **env}
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().split(";")[0]
 
@@ -125,8 +154,13 @@ def wait_gone(job_ids: set[str], env: dict, timeout: float) -> None:
 def test_srun_gives_each_task_its_cpus(tmp_path, slurm_cluster):
     """Slurm 22.05 (this cluster): srun inside the script takes --cpus-per-task only from SRUN_CPUS_PER_TASK."""
     text = batch_script.batch_script(
-        job_name="svd-cpus", command="true", log_dir=str(tmp_path), chdir=str(tmp_path), time="5",
-        ntasks_per_node=2, cpus_per_task=3,
+        job_name="svd-cpus",
+        command="true",
+        log_dir=str(tmp_path),
+        chdir=str(tmp_path),
+        time="5",
+        ntasks_per_node=2,
+        cpus_per_task=3,
     )
     # SLURM_DEBUG=2 makes srun print what it asks for on the script's stderr
     job = submit(text, tmp_path, slurm_cluster, "--export=ALL,SLURM_DEBUG=2")
@@ -144,8 +178,13 @@ def test_a_failing_rank_ends_the_job_at_once(tmp_path, slurm_cluster):
     """Rank 1 fails while rank 0 would wait (in a collective) for minutes: the job must end now."""
     command = "bash -c 'if [ $SLURM_PROCID = 1 ]; then exit 3; fi; sleep 300'"
     text = batch_script.batch_script(
-        job_name="svd-bad-exit", command=command, log_dir=str(tmp_path), chdir=str(tmp_path), time="10",
-        nodes=2, ntasks_per_node=1,
+        job_name="svd-bad-exit",
+        command=command,
+        log_dir=str(tmp_path),
+        chdir=str(tmp_path),
+        time="10",
+        nodes=2,
+        ntasks_per_node=1,
     )
     job = submit(text, tmp_path, slurm_cluster)
     wait_gone({job}, slurm_cluster, 45)
@@ -173,8 +212,17 @@ def test_pipeline_sh_runs_every_stage(tmp_path, slurm_cluster, toy_bodies):
 
 # ----------------------------------------------------------------------------- train: warning, checkpoint, requeue
 
-TRAIN = {"steps": 6, "global_batch": 4, "micro_batch": 1, "lr": 3e-3, "warmup_ratio": 0.1, "max_seq_len": 128,
-         "checkpoint_every": 100, "procs_per_node": 1, "seed": 42}
+TRAIN = {
+    "steps": 6,
+    "global_batch": 4,
+    "micro_batch": 1,
+    "lr": 3e-3,
+    "warmup_ratio": 0.1,
+    "max_seq_len": 128,
+    "checkpoint_every": 100,
+    "procs_per_node": 1,
+    "seed": 42,
+}
 
 
 @pytest.fixture(scope="module")
@@ -191,12 +239,17 @@ def uninterrupted(tmp_path_factory) -> Path:
 def train_config(tmp_path: Path, name: str, monkeypatch) -> tuple[Path, RunDir]:
     """Toy stages around the real train stage, 2 nodes × 1 process, preemptible; the SFT set in place."""
     monkeypatch.setenv("SVD_HPC_TEST_BODIES", "tests.toy_stages:BODIES_BUT_TRAIN")
-    from tests.test_train import sft_rows
     from test_sft_data import write_sft
 
+    from tests.test_train import sft_rows
+
     path = write_config(
-        tmp_path, 1, cluster="local-slurm", name=name,
-        train=TRAIN, **{"resources.train": {"nodes": 2, "preemptible": True}},
+        tmp_path,
+        1,
+        cluster="local-slurm",
+        name=name,
+        train=TRAIN,
+        **{"resources.train": {"nodes": 2, "preemptible": True}},
     )
     run = RunDir(tmp_path / "runs" / name)
     write_sft(run.stage_dir("merge") / "sft" / "train.parquet", sft_rows(40))
@@ -221,7 +274,9 @@ def assert_stopped_requeued_and_finished(run: RunDir, job: str, env: dict, refer
     assert "asking the task to checkpoint and stop" in log and f"requeueing {job} (restart 1 of at most 3)" in log
     stopped = re.search(r"stopped by a stop request after step (\d+) with a checkpoint", log)
     assert stopped and 1 <= int(stopped.group(1)) < TRAIN["steps"], log[-3000:]
-    assert re.search(rf"resumed from \S+ at step {stopped.group(1)}\b", log)  # the second life, from the stop checkpoint
+    assert re.search(
+        rf"resumed from \S+ at step {stopped.group(1)}\b", log
+    )  # the second life, from the stop checkpoint
     assert [r["step"] for r in metrics(run.root)] == list(range(1, TRAIN["steps"] + 1))
     expected, got = load_weights(reference / "train" / "final"), load_weights(run.stage_dir("train") / "final")
     assert max((expected[k] - got[k]).abs().max().item() for k in expected) <= 1e-5
@@ -262,12 +317,16 @@ def test_launched_train_checkpoints_and_requeues_on_the_warning(tmp_path, slurm_
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_prepared_train_script_checkpoints_and_requeues_on_the_warning(tmp_path, slurm_cluster, uninterrupted, monkeypatch):
+def test_prepared_train_script_checkpoints_and_requeues_on_the_warning(
+    tmp_path, slurm_cluster, uninterrupted, monkeypatch
+):
     path, run = train_config(tmp_path, "plain-train", monkeypatch)
     proc = run_launch(["prepare", "--config", str(path)], env=slurm_cluster)
     assert proc.returncode == 0, proc.stderr
     submitted = subprocess.run(
-        ["sbatch", "--parsable", str(run.sbatch_path("train"))], capture_output=True, text=True,
+        ["sbatch", "--parsable", str(run.sbatch_path("train"))],
+        capture_output=True,
+        text=True,
         env={**os.environ, **slurm_cluster},
     )
     assert submitted.returncode == 0, submitted.stderr

@@ -27,11 +27,11 @@ SECRETS = {
 }
 
 
-def files_with_secrets(root: Path, texts: dict[str, str] = {}) -> list[str]:
+def files_with_secrets(root: Path, texts: dict[str, str] | None = None) -> list[str]:
     """'where: VARIABLE' for every file under root (and every given text) holding a secret value."""
     found = []
     sources = [(str(p), p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()]
-    sources += [(name, text.encode()) for name, text in texts.items()]
+    sources += [(name, text.encode()) for name, text in (texts or {}).items()]
     for where, data in sources:
         for variable, value in SECRETS.items():
             if value.encode() in data or value in where:
@@ -47,8 +47,16 @@ def test_the_check_finds_a_secret(tmp_path):
 
 
 def test_secret_names():
-    secret = ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "MY_API_KEY", "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD",
-              "PGPASSWORD", "password_file", "hf_token"]
+    secret = [
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "MY_API_KEY",
+        "AWS_SECRET_ACCESS_KEY",
+        "DB_PASSWORD",
+        "PGPASSWORD",
+        "password_file",
+        "hf_token",
+    ]
     kept = ["PATH", "HOME", "SLURM_JOB_ID", "HF_HOME", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "KEYRING_DIR"]
     assert [n for n in secret + kept if is_secret(n)] == secret
     assert without_secrets({n: "x" for n in secret + kept}) == {n: "x" for n in kept}
@@ -78,7 +86,9 @@ def test_local_tasks_never_get_the_secrets(tmp_path, monkeypatch):
 
 
 def test_slurm_jobs_never_get_the_secrets(tmp_path, slurm_cluster, monkeypatch):
-    done = run_launch(["--config", str(leaky_config(tmp_path, "local-slurm", monkeypatch))], {**SECRETS, **slurm_cluster})
+    done = run_launch(
+        ["--config", str(leaky_config(tmp_path, "local-slurm", monkeypatch))], {**SECRETS, **slurm_cluster}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     run = RunDir(tmp_path / "runs" / "toy")
     wait_jobs(run, slurm_cluster)
@@ -102,7 +112,7 @@ def test_sbatch_is_called_without_the_secrets(monkeypatch):
 
     monkeypatch.setattr(slurm.subprocess, "run", fake_run)
     slurm._run(["sbatch", "--parsable", "script.sh"], "sbatch")
-    (cmd, env), = calls
+    ((cmd, env),) = calls
     assert cmd[0] == "sbatch" and env is not None and env["PATH"] == os.environ["PATH"]
     assert not [name for name in env if name in SECRETS]
 
@@ -126,6 +136,9 @@ def test_tiny_run_writes_no_secret(tmp_path):
     status = run_launch(["status", str(run)], SECRETS)
     report = run_launch(["report", str(run)], SECRETS)
     assert (run / "report.md").is_file() and list((run / "logs").rglob("*.log"))
-    outputs = {"launch": done.stdout + done.stderr, "status": status.stdout + status.stderr,
-               "report": report.stdout + report.stderr}
+    outputs = {
+        "launch": done.stdout + done.stderr,
+        "status": status.stdout + status.stderr,
+        "report": report.stdout + report.stderr,
+    }
     assert files_with_secrets(tmp_path, outputs) == []

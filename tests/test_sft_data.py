@@ -52,7 +52,10 @@ def test_loss_only_on_the_assistant_reply(tokenizer):
 
 
 def test_every_assistant_turn_of_a_dialogue_is_trained(tokenizer):
-    dialogue = conversation() + [{"role": "user", "content": "And 2 + 4?"}, {"role": "assistant", "content": "It is 6."}]
+    dialogue = conversation() + [
+        {"role": "user", "content": "And 2 + 4?"},
+        {"role": "assistant", "content": "It is 6."},
+    ]
     ids, mask = sft_data.encode_conversation(tokenizer, dialogue)
     trained = tokenizer.decode([i for i, m in zip(ids, mask) if m])
     assert trained == REPLY + "<|im_end|>" + "It is 6.<|im_end|>"
@@ -107,8 +110,14 @@ def test_the_set_is_the_same_however_many_ranks_tokenize_it(tmp_path, tiny_dir, 
     path = write_sft(tmp_path / "train.parquet", rows, row_group_size=4)
     expected = sft_data.tokenize_conversations(tokenizer, rows, 96, "drop")
     assert 0 < len(expected) < len(rows) - 1  # the check covers drops (overlong and REPLY * 4)
-    key = {"dataset": sft_data.file_digest(path), "model": tiny_dir, "max_seq_len": 96, "overlong": "drop",
-           "template_kwargs": {}, "version": 1}
+    key = {
+        "dataset": sft_data.file_digest(path),
+        "model": tiny_dir,
+        "max_seq_len": 96,
+        "overlong": "drop",
+        "template_kwargs": {},
+        "version": 1,
+    }
     for world in (1, 2, 3):
         cache, folder = tmp_path / f"cache-{world}", tmp_path / f"handoff-{world}"
 
@@ -147,7 +156,10 @@ def test_a_long_wait_logs_progress_and_a_failure_ends_it(tmp_path, monkeypatch, 
         with pytest.raises(ValueError, match="row 7 is bad"):
             waiting.result(timeout=5)
         assert time.monotonic() - began < 1
-    assert "waiting" in caplog.text and "for part of rank(s) [1]; 3 of 10 SFT rows tokenised on the 1 of 2 rank(s)" in caplog.text
+    assert (
+        "waiting" in caplog.text
+        and "for part of rank(s) [1]; 3 of 10 SFT rows tokenised on the 1 of 2 rank(s)" in caplog.text
+    )
     with pytest.raises(ValueError, match="row 7 is bad"):  # a working rank stops too
         rank0.progress(1, 10)
 
@@ -189,8 +201,13 @@ def tiny_llama():
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, attn_implementation="sdpa",
+        vocab_size=400,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        attn_implementation="sdpa",
     )
     return LlamaForCausalLM(config)
 

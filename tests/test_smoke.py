@@ -49,8 +49,16 @@ def test_gpu_check_compares_what_was_asked_with_what_the_task_sees(monkeypatch):
 
 def _smoke(tmp_path, slurm_cluster, *overrides):
     proc = run_launch(
-        ["smoke", "--config", str(TINY), f"run_root={tmp_path}", "cluster=local-slurm", "resources.train.nodes=2",
-         "train.procs_per_node=1", *overrides],  # a later cluster= wins
+        [
+            "smoke",
+            "--config",
+            str(TINY),
+            f"run_root={tmp_path}",
+            "cluster=local-slurm",
+            "resources.train.nodes=2",
+            "train.procs_per_node=1",
+            *overrides,
+        ],  # a later cluster= wins
         env={**slurm_cluster, "SVD_WAIT_TIMEOUT": "900"},
     )
     run = RunDir(tmp_path / "tiny-smoke")
@@ -97,4 +105,7 @@ def test_the_why_of_a_failed_task_is_its_error_line_not_sruns_bookkeeping():
         "srun: launch/slurm: _step_signal: Terminating StepId=489.0\n"
     )
     assert smoke.why_line(tail) == "slurmstepd-n1: error: execve(): /opt/env/bin/python: No such file or directory"
-    assert smoke.why_line("Traceback (most recent call last):\n  File 'x'\nValueError: shard 3 is empty\n") == "ValueError: shard 3 is empty"
+    assert (
+        smoke.why_line("Traceback (most recent call last):\n  File 'x'\nValueError: shard 3 is empty\n")
+        == "ValueError: shard 3 is empty"
+    )

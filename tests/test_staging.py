@@ -26,8 +26,12 @@ import pytest
 import yaml
 from huggingface_hub import constants as hub_constants
 from huggingface_hub._tree_cache import TreeCacheEntry, write_tree_cache
-from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                    RevisionNotFoundError)
+from huggingface_hub.errors import (
+    GatedRepoError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import filter_repo_objects
 
@@ -84,29 +88,42 @@ class FakeHub:
         return self.repos[(repo_type, repo_id)]["commit"]
 
     def folder(self, repo_type: str, repo_id: str) -> Path:
-        return self.cache / repo_folder_name(repo_id=repo_id, repo_type=repo_type) / "snapshots" / self.commit(repo_type, repo_id)
+        return (
+            self.cache
+            / repo_folder_name(repo_id=repo_id, repo_type=repo_type)
+            / "snapshots"
+            / self.commit(repo_type, repo_id)
+        )
 
     def _repo(self, repo_id: str, repo_type: str, revision: str | None) -> dict:
         if not self.reachable:
             raise httpx2.ConnectError("[Errno 111] Connection refused")
         repo = self.repos.get((repo_type, repo_id))
         if repo is None:
-            raise _http_error(RepositoryNotFoundError, 404, f"404 Client Error. Repository Not Found for url: {repo_id}")
+            raise _http_error(
+                RepositoryNotFoundError, 404, f"404 Client Error. Repository Not Found for url: {repo_id}"
+            )
         if repo["gated"] and not os.environ.get("HF_TOKEN"):
             raise _http_error(GatedRepoError, 401, f"401 Client Error. Cannot access gated repo for url: {repo_id}")
         if revision not in (None, "main", repo["commit"]):
             raise _http_error(RevisionNotFoundError, 404, f"404 Client Error. Revision Not Found for url: {revision}")
         return repo
 
-    def snapshot_download(self, repo_id, *, repo_type=None, revision=None, allow_patterns=None,
-                          local_files_only=False, **kwargs):
+    def snapshot_download(
+        self, repo_id, *, repo_type=None, revision=None, allow_patterns=None, local_files_only=False, **kwargs
+    ):
         repo_type = repo_type or "model"
         online = not (local_files_only or hub_constants.HF_HUB_OFFLINE)
         if online and staging.is_commit(revision):
             # as the real client: a commit whose listing and files are cached needs no request
             try:
-                folder = REAL_SNAPSHOT(repo_id, repo_type=repo_type, revision=revision,
-                                       allow_patterns=allow_patterns, local_files_only=True)
+                folder = REAL_SNAPSHOT(
+                    repo_id,
+                    repo_type=repo_type,
+                    revision=revision,
+                    allow_patterns=allow_patterns,
+                    local_files_only=True,
+                )
                 online = False
             except LocalEntryNotFoundError:
                 pass
@@ -114,14 +131,25 @@ class FakeHub:
         if not online:
             if staging.is_commit(revision) and not (local_files_only or hub_constants.HF_HUB_OFFLINE):
                 return folder
-            return REAL_SNAPSHOT(repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow_patterns,
-                                 local_files_only=True, **kwargs)
+            return REAL_SNAPSHOT(
+                repo_id,
+                repo_type=repo_type,
+                revision=revision,
+                allow_patterns=allow_patterns,
+                local_files_only=True,
+                **kwargs,
+            )
         try:
             repo = self._repo(repo_id, repo_type, revision)
         except httpx2.ConnectError:  # as the real client does: the cache, else LocalEntryNotFoundError
             try:
-                return REAL_SNAPSHOT(repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow_patterns,
-                                     local_files_only=True)
+                return REAL_SNAPSHOT(
+                    repo_id,
+                    repo_type=repo_type,
+                    revision=revision,
+                    allow_patterns=allow_patterns,
+                    local_files_only=True,
+                )
             except LocalEntryNotFoundError:
                 raise LocalEntryNotFoundError("An error happened while trying to locate the files on the Hub") from None
         storage = self.cache / repo_folder_name(repo_id=repo_id, repo_type=repo_type)
@@ -132,10 +160,14 @@ class FakeHub:
         if not staging.is_commit(revision):
             (storage / "refs").mkdir(parents=True, exist_ok=True)
             (storage / "refs" / (revision or "main")).write_text(repo["commit"])
-        write_tree_cache(str(storage), repo["commit"], {
-            name: TreeCacheEntry(size=len(data), blob_id=hashlib.sha1(data).hexdigest())
-            for name, data in repo["files"].items()
-        })
+        write_tree_cache(
+            str(storage),
+            repo["commit"],
+            {
+                name: TreeCacheEntry(size=len(data), blob_id=hashlib.sha1(data).hexdigest())
+                for name, data in repo["files"].items()
+            },
+        )
         return str(snapshot)
 
     def repo_info(self, repo_id, repo_type=None, revision=None, **kwargs):
@@ -167,16 +199,28 @@ def hub(tmp_path, monkeypatch, tiny_model_files) -> FakeHub:
     aime = [{"problem_idx": i, "problem": f"Compute {i} * 7.", "answer": str(i * 7)} for i in (1, 2)]
     fake.add("dataset", "MathArena/aime_2026", {"data/train-00000-of-00001.parquet": _parquet(aime)})
     code = (REPO / "data" / "eval_samples" / "code.jsonl").read_text().splitlines()
-    fake.add("dataset", "livecodebench/code_generation_lite", {
-        # release_v5 = test.jsonl .. test5.jsonl; code-words (2023) lies outside lcb_v5's contest window
-        "test.jsonl": (code[2] + "\n").encode(), **{f"test{n}.jsonl": b"" for n in (2, 3, 4)},
-        "test5.jsonl": (code[0] + "\n").encode(), "test6.jsonl": (code[1] + "\n").encode(),
-        "code_generation_lite.py": b"# a loading script the task never reads",
-    })
-    gpqa = ("Record ID,Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"
-            "rec1,What is heavier?,lead,feathers,air,helium\n")
-    fake.add("dataset", "Idavidrein/gpqa", {"README.md": GPQA_CARD.encode(), "gpqa_diamond.csv": gpqa.encode(),
-                                            "gpqa_main.csv": gpqa.encode()}, gated=True)
+    fake.add(
+        "dataset",
+        "livecodebench/code_generation_lite",
+        {
+            # release_v5 = test.jsonl .. test5.jsonl; code-words (2023) lies outside lcb_v5's contest window
+            "test.jsonl": (code[2] + "\n").encode(),
+            **{f"test{n}.jsonl": b"" for n in (2, 3, 4)},
+            "test5.jsonl": (code[0] + "\n").encode(),
+            "test6.jsonl": (code[1] + "\n").encode(),
+            "code_generation_lite.py": b"# a loading script the task never reads",
+        },
+    )
+    gpqa = (
+        "Record ID,Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"
+        "rec1,What is heavier?,lead,feathers,air,helium\n"
+    )
+    fake.add(
+        "dataset",
+        "Idavidrein/gpqa",
+        {"README.md": GPQA_CARD.encode(), "gpqa_diamond.csv": gpqa.encode(), "gpqa_main.csv": gpqa.encode()},
+        gated=True,
+    )
     return fake
 
 
@@ -190,8 +234,13 @@ def write_config(tmp_path: Path, **overrides) -> Path:
         "model": {"path": "org/tiny"},
         "seeds": {"path": "org/seeds", "question_field": "problem", "shards": 2},
         "train": {"model": "org/student", "global_batch": 4},
-        "eval": {"benchmarks": [{"name": "aime26", "preset": "aime26"}, {"name": "lcb_v5", "preset": "lcb_v5"},
-                                {"name": "gpqa_diamond", "preset": "gpqa_diamond"}]},
+        "eval": {
+            "benchmarks": [
+                {"name": "aime26", "preset": "aime26"},
+                {"name": "lcb_v5", "preset": "lcb_v5"},
+                {"name": "gpqa_diamond", "preset": "gpqa_diamond"},
+            ]
+        },
     }
     for key, value in overrides.items():
         node = cfg
@@ -217,16 +266,20 @@ def read_inputs_offline(run: RunDir, index: int) -> dict:
     config = transformers.AutoConfig.from_pretrained(cfg.model.path, revision=cfg.model.revision)
     # what vLLM does with a hub id when HF_HUB_OFFLINE is set (vllm/engine/arg_utils.py:908,
     # vllm/transformers_utils/repo_utils.py:286-304): it loads from the cached snapshot folder
-    engine_dir = huggingface_hub.snapshot_download(repo_id=cfg.model.path, local_files_only=True,
-                                                   ignore_patterns="*", revision=cfg.model.revision)
-    atomic_write_json(run.root / "offline.json", {
-        "offline": [huggingface_hub.is_offline_mode(), datasets.config.HF_HUB_OFFLINE],
-        "cache": hub_constants.HF_HUB_CACHE,
-        "model": [config.model_type, tokenizer.chat_template is not None],
-        "engine_dir": engine_dir,
-        "train_dir": local_model_dir(*models.train_base(cfg)),  # as train.prepare_data looks it up
-        "benchmarks": {spec.name: [p.question_id for p in benchmarks.load(spec)] for spec in cfg.eval.benchmarks},
-    })
+    engine_dir = huggingface_hub.snapshot_download(
+        repo_id=cfg.model.path, local_files_only=True, ignore_patterns="*", revision=cfg.model.revision
+    )
+    atomic_write_json(
+        run.root / "offline.json",
+        {
+            "offline": [huggingface_hub.is_offline_mode(), datasets.config.HF_HUB_OFFLINE],
+            "cache": hub_constants.HF_HUB_CACHE,
+            "model": [config.model_type, tokenizer.chat_template is not None],
+            "engine_dir": engine_dir,
+            "train_dir": local_model_dir(*models.train_base(cfg)),  # as train.prepare_data looks it up
+            "benchmarks": {spec.name: [p.question_id for p in benchmarks.load(spec)] for spec in cfg.eval.benchmarks},
+        },
+    )
     return {}
 
 
@@ -236,8 +289,11 @@ OFFLINE_BODIES = {"eval_base": read_inputs_offline}
 def task_env(tmp_path: Path) -> dict[str, str]:
     """A compute node's environment: no hub, no token, no HF settings of its own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
-    env.update(HF_HOME=str(tmp_path / "node-home"), HF_ENDPOINT="http://127.0.0.1:9",
-               SVD_HPC_TEST_BODIES="tests.test_staging:OFFLINE_BODIES")
+    env.update(
+        HF_HOME=str(tmp_path / "node-home"),
+        HF_ENDPOINT="http://127.0.0.1:9",
+        SVD_HPC_TEST_BODIES="tests.test_staging:OFFLINE_BODIES",
+    )
     return env
 
 
@@ -262,12 +318,21 @@ def test_launch_pins_hub_inputs_and_tasks_read_them_offline(hub, tmp_path, monke
     assert cfg.model.revision == commits["model.path"] and cfg.train.model_revision == commits["train.model"]
     assert cfg.seeds.revision == commits["seeds.path"]
     assert {b.name: b.revision for b in cfg.eval.benchmarks} == {
-        name: commits[f"eval.benchmarks.{name}"] for name in ("aime26", "lcb_v5", "gpqa_diamond")}
+        name: commits[f"eval.benchmarks.{name}"] for name in ("aime26", "lcb_v5", "gpqa_diamond")
+    }
 
     online = [(c.repo_id, c.allow_patterns) for c in hub.calls if c.online]
-    assert sorted(online, key=str) == sorted([
-        ("org/tiny", None), ("org/student", None), ("org/seeds", None), ("MathArena/aime_2026", None),
-        ("livecodebench/code_generation_lite", RELEASE_V5), ("Idavidrein/gpqa", None)], key=str)
+    assert sorted(online, key=str) == sorted(
+        [
+            ("org/tiny", None),
+            ("org/student", None),
+            ("org/seeds", None),
+            ("MathArena/aime_2026", None),
+            ("livecodebench/code_generation_lite", RELEASE_V5),
+            ("Idavidrein/gpqa", None),
+        ],
+        key=str,
+    )
     lcb = hub.folder("dataset", "livecodebench/code_generation_lite")
     assert sorted(p.name for p in lcb.iterdir()) == sorted(RELEASE_V5)  # only the release lcb_v5 reads
     seeds = [pq.read_table(run.shard_path("seeds", i)).column("question").to_pylist() for i in range(2)]
@@ -276,9 +341,14 @@ def test_launch_pins_hub_inputs_and_tasks_read_them_offline(hub, tmp_path, monke
         assert not path.is_file() or SECRET.encode() not in path.read_bytes(), path
 
     # a task on a compute node: no hub, no token, no HF settings; go_offline points it at the staged cache
-    proc = subprocess.run([sys.executable, "-m", "svd_hpc.task", "eval_base", "--run-dir", str(run.root),
-                           "--index", "0"], cwd=REPO, env=task_env(tmp_path), capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "svd_hpc.task", "eval_base", "--run-dir", str(run.root), "--index", "0"],
+        cwd=REPO,
+        env=task_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = json.loads((run.root / "offline.json").read_text())
     assert seen["offline"] == [True, True] and seen["cache"] == str(hub.cache)
@@ -305,15 +375,20 @@ def test_relaunch_and_resume_are_offline_and_keep_the_commits(hub, tmp_path):
     assert run.load_config().model.revision == json.loads(staged)["inputs"]["model.path"]["commit"]
 
 
-@pytest.mark.parametrize("override, names", [
-    ({"model.path": "org/missing"}, ["model.path org/missing", "not a model repository on the hub"]),
-    ({"train.model": "org/gone"}, ["train.model org/gone", "not a model repository"]),
-    ({"model.revision": "v9"}, ["model.path org/tiny has no revision 'v9'", "fix model.revision"]),
-    ({"seeds.path": "org/unknown-seeds"}, ["seeds.path org/unknown-seeds", "not a dataset repository"]),
-    ({"eval.benchmarks": [{"name": "gpqa_diamond", "preset": "gpqa_diamond"}]},
-     ["eval.benchmarks 'gpqa_diamond' Idavidrein/gpqa is gated", "accept its terms", "export HF_TOKEN"]),
-    ({"model.path": "/no/such/model"}, ["model.path /no/such/model is neither a local folder"]),
-])
+@pytest.mark.parametrize(
+    "override, names",
+    [
+        ({"model.path": "org/missing"}, ["model.path org/missing", "not a model repository on the hub"]),
+        ({"train.model": "org/gone"}, ["train.model org/gone", "not a model repository"]),
+        ({"model.revision": "v9"}, ["model.path org/tiny has no revision 'v9'", "fix model.revision"]),
+        ({"seeds.path": "org/unknown-seeds"}, ["seeds.path org/unknown-seeds", "not a dataset repository"]),
+        (
+            {"eval.benchmarks": [{"name": "gpqa_diamond", "preset": "gpqa_diamond"}]},
+            ["eval.benchmarks 'gpqa_diamond' Idavidrein/gpqa is gated", "accept its terms", "export HF_TOKEN"],
+        ),
+        ({"model.path": "/no/such/model"}, ["model.path /no/such/model is neither a local folder"]),
+    ],
+)
 def test_unresolvable_input_stops_the_launch_naming_it(hub, tmp_path, capsys, override, names):
     path = write_config(tmp_path, **override)
     assert launch.main(["--config", str(path)]) == 2
@@ -335,8 +410,10 @@ def test_unreachable_hub_names_the_input_and_the_cache(hub, tmp_path, capsys):
     hub.reachable = False
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text('{"question": "What is 1 + 1?"}\n')
-    path = write_config(tmp_path, **{"train.model": None, "seeds.path": str(seeds), "seeds.question_field": "question",
-                                     "eval.benchmarks": []})
+    path = write_config(
+        tmp_path,
+        **{"train.model": None, "seeds.path": str(seeds), "seeds.question_field": "question", "eval.benchmarks": []},
+    )
     assert launch.main(["prepare", "--config", str(path)]) == 0
     assert RunDir(tmp_path / "runs" / "staged").load_config().model.revision == hub.commit("model", "org/tiny")
 
@@ -348,9 +425,17 @@ def test_local_and_builtin_inputs_pass_through(hub, tmp_path):
     model.mkdir()
     (model / "config.json").write_text("{}")
     for name, model_path in (("builtin", "builtin:tiny-qwen3"), ("local", str(model))):
-        path = write_config(tmp_path, **{"name": name, "model.path": model_path, "train.model": None,
-                                         "seeds.path": str(seeds), "seeds.question_field": "question",
-                                         "eval.benchmarks": [{"name": "local", "path": str(seeds)}]})
+        path = write_config(
+            tmp_path,
+            **{
+                "name": name,
+                "model.path": model_path,
+                "train.model": None,
+                "seeds.path": str(seeds),
+                "seeds.question_field": "question",
+                "eval.benchmarks": [{"name": "local", "path": str(seeds)}],
+            },
+        )
         assert launch.main(["prepare", "--config", str(path)]) == 0
         run = RunDir(tmp_path / "runs" / name)
         cfg = run.load_config()
@@ -360,18 +445,22 @@ def test_local_and_builtin_inputs_pass_through(hub, tmp_path):
 
 
 def test_benchmark_falls_back_to_its_local_copy_and_tasks_never_read_unpinned_hub_rows(hub, tmp_path, monkeypatch):
-    from svd_hpc.eval import benchmarks
     from svd_hpc.config import BenchmarkSpec
+    from svd_hpc.eval import benchmarks
 
     local = tmp_path / "gpqa.csv"
-    local.write_text("Record ID,Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"
-                     "local1,What is lighter?,air,lead,iron,gold\n")
+    local.write_text(
+        "Record ID,Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"
+        "local1,What is lighter?,air,lead,iron,gold\n"
+    )
     spec = {"name": "gpqa_diamond", "preset": "gpqa_diamond", "path": str(local)}
     assert launch.main(["prepare", "--config", str(write_config(tmp_path, **{"eval.benchmarks": [spec]}))]) == 0
     run = RunDir(tmp_path / "runs" / "staged")
     [bench] = run.load_config().eval.benchmarks
-    assert bench.revision is None and "eval.benchmarks.gpqa_diamond" not in json.loads(
-        (run.root / "staged.json").read_text())["inputs"]  # gated without a token: the local copy serves
+    assert (
+        bench.revision is None
+        and "eval.benchmarks.gpqa_diamond" not in json.loads((run.root / "staged.json").read_text())["inputs"]
+    )  # gated without a token: the local copy serves
 
     # the cache holds an unpinned copy of the hub dataset (another run fetched "main"): offline, a
     # task reads the local copy it was launched with, not whatever the cache holds
@@ -380,7 +469,9 @@ def test_benchmark_falls_back_to_its_local_copy_and_tasks_never_read_unpinned_hu
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     assert [p.question_id for p in benchmarks.load(bench)] == ["local1"]
-    pinned = BenchmarkSpec(name="gpqa_diamond", preset="gpqa_diamond", revision=hub.commit("dataset", "Idavidrein/gpqa"))
+    pinned = BenchmarkSpec(
+        name="gpqa_diamond", preset="gpqa_diamond", revision=hub.commit("dataset", "Idavidrein/gpqa")
+    )
     assert [p.question_id for p in benchmarks.load(pinned)] == ["rec1"]
 
 
@@ -401,13 +492,18 @@ def test_dry_run_pins_commits_without_downloading(hub, tmp_path):
     assert run.load_config().model.revision == hub.commit("model", "org/tiny")
     assert not hub.cache.exists()  # nothing downloaded
     assert launch.main(["prepare", "--config", str(path)]) == 0  # the launch fetches the dry run's commits
-    assert hub.folder("model", "org/tiny").is_dir() and run.load_config().model.revision == hub.commit("model", "org/tiny")
+    assert hub.folder("model", "org/tiny").is_dir() and run.load_config().model.revision == hub.commit(
+        "model", "org/tiny"
+    )
 
 
 def test_task_module_imports_no_hub_client():
     """go_offline must run before any hub client reads its offline switch; importing the task module imports none."""
-    code = ("import sys, svd_hpc.task; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'huggingface_hub', 'datasets', 'transformers', 'vllm'}))")
+    code = (
+        "import sys, svd_hpc.task; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'huggingface_hub', 'datasets', 'transformers', 'vllm'}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -15,9 +15,9 @@ import torch
 import yaml
 
 from svd_hpc import config, models
-from svd_hpc.train import fsdp, sft_data, train
 from svd_hpc.rundir import RunDir
 from svd_hpc.task import run_once
+from svd_hpc.train import fsdp, sft_data, train
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = {
@@ -36,7 +36,7 @@ TORCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADD
 def sft_rows(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     rows = []
-    for i in range(n):
+    for _ in range(n):
         a, b = rng.randint(1, 50), rng.randint(1, 50)
         reply = "<think>\n" + " ".join(["add"] * rng.randint(1, 8)) + f"\n</think>\n\nThe answer is \\boxed{{{a + b}}}."
         rows.append([{"role": "user", "content": f"What is {a} + {b}?"}, {"role": "assistant", "content": reply}])
@@ -233,7 +233,9 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
     there with the step named, saves nothing of it, and the step-2 checkpoint stays."""
     for key in TORCH_ENV:
         monkeypatch.delenv(key, raising=False)
-    run = make_run(tmp_path / "run", n=12, steps=6, global_batch=2, max_seq_len=64, checkpoint_every=2, overlong="truncate")
+    run = make_run(
+        tmp_path / "run", n=12, steps=6, global_batch=2, max_seq_len=64, checkpoint_every=2, overlong="truncate"
+    )
     real_step, done = train.train_step, []
 
     def step_then_poison(model, *args, **kwargs):
@@ -342,7 +344,8 @@ if sys.argv[2] == "train":
     run_once(run, "train", 0)
 else:
     d = fsdp.init_distributed()
-    ref, model_dir, *_ = train.prepare_data(RunDir(run).load_config(), d, run / "merge" / "sft" / "train.parquet", run / "train")
+    sft = run / "merge" / "sft" / "train.parquet"
+    ref, model_dir, *_ = train.prepare_data(RunDir(run).load_config(), d, sft, run / "train")
     print(f"rank {rank} model_dir {model_dir}", flush=True)
 """
 
@@ -352,7 +355,16 @@ def torchrun_driver(run: Path, what: str, **env) -> subprocess.CompletedProcess:
     script.write_text(DRIVER)
     clean = {k: v for k, v in os.environ.items() if k not in TORCH_ENV}
     clean.update(PYTHONPATH=str(REPO), **env)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(run), what]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        str(run),
+        what,
+    ]
     return subprocess.run(cmd, env=clean, capture_output=True, text=True, timeout=300)
 
 

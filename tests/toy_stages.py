@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from svd_hpc.rundir import RunDir, atomic_path, atomic_write_json
 
+
 def _begin(run: RunDir, stage: str, index: int) -> float:
     start = time.time()
     time.sleep(float(os.environ.get(f"TOY_SLEEP_{stage.upper()}", "0")))
@@ -79,7 +80,12 @@ def train(run: RunDir, index: int) -> dict | None:
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     start = _begin(run, "train", index) if rank == 0 else time.time()
     ranks_dir = run.stage_dir("train") / "ranks"
-    info = {"rank": rank, "world": world, "node": os.environ.get("SLURMD_NODENAME"), "master": os.environ.get("MASTER_ADDR")}
+    info = {
+        "rank": rank,
+        "world": world,
+        "node": os.environ.get("SLURMD_NODENAME"),
+        "master": os.environ.get("MASTER_ADDR"),
+    }
     atomic_write_json(ranks_dir / f"{rank}.json", info)
     if rank == 0:
         deadline = time.time() + 120
@@ -116,8 +122,13 @@ def trace(run: RunDir, stage: str, index: int) -> dict:
 
 
 BODIES = {
-    "generate": generate, "verify": verify, "merge": merge, "train": train,
-    "eval_base": eval_base, "eval_trained": eval_trained, "report": report,
+    "generate": generate,
+    "verify": verify,
+    "merge": merge,
+    "train": train,
+    "eval_base": eval_base,
+    "eval_trained": eval_trained,
+    "report": report,
 }
 # the real train stage among toy ones (tests of the sbatch train template)
 BODIES_BUT_TRAIN = {stage: body for stage, body in BODIES.items() if stage != "train"}

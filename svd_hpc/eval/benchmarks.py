@@ -43,8 +43,8 @@ import pyarrow.parquet as pq
 
 from .. import staging
 from ..config import BenchmarkSpec, ConfigError, EvalConfig
-from .grading.choice import LETTERS, format_choice_question, order_options
 from ..seeds import JSONL_SUFFIXES, _read_jsonl, question_id
+from .grading.choice import LETTERS, format_choice_question, order_options
 
 log = logging.getLogger("svd_hpc")
 
@@ -69,20 +69,63 @@ class Preset:
     contest_to: str | None = None
 
 
-_LCB = {"hub_id": "livecodebench/code_generation_lite", "split": "test", "question_field": "question_content",
-        "answer_field": "public_test_cases", "id_field": "question_id", "domain": "code", "grader": "code", "layout": "lcb",
-        "prompt": "lcb", "repeats": 3}
+_LCB = {
+    "hub_id": "livecodebench/code_generation_lite",
+    "split": "test",
+    "question_field": "question_content",
+    "answer_field": "public_test_cases",
+    "id_field": "question_id",
+    "domain": "code",
+    "grader": "code",
+    "layout": "lcb",
+    "prompt": "lcb",
+    "repeats": 3,
+}
 _GATED = "it is gated: accept its terms on huggingface.co and export HF_TOKEN"
 PRESETS = {
-    "aime26": Preset("MathArena/aime_2026", "train", "problem", "answer", "problem_idx", "math", "math",
-                     prompt="aime", repeats=1),
-    "hmmt_feb_2025": Preset("MathArena/hmmt_feb_2025", "train", "problem", "answer", "problem_idx", "math", "math",
-                            prompt="hmmt", repeats=10),
+    "aime26": Preset(
+        "MathArena/aime_2026", "train", "problem", "answer", "problem_idx", "math", "math", prompt="aime", repeats=1
+    ),
+    "hmmt_feb_2025": Preset(
+        "MathArena/hmmt_feb_2025",
+        "train",
+        "problem",
+        "answer",
+        "problem_idx",
+        "math",
+        "math",
+        prompt="hmmt",
+        repeats=10,
+    ),
     # the authors' fixed42 order puts the correct option at D every time: ours shuffles per (seed, question)
-    "gpqa_diamond": Preset("Idavidrein/gpqa", "train", "Question", "Correct Answer", "Record ID", "science", "choice",
-                           layout="gpqa", hf_config="gpqa_diamond", access=_GATED, prompt="gpqa", repeats=3),
-    "hle_mc": Preset("cais/hle", "test", "question", "answer", "id", "science", "choice", layout="hle", access=_GATED,
-                     prompt="hle", repeats=3, option_order="original"),
+    "gpqa_diamond": Preset(
+        "Idavidrein/gpqa",
+        "train",
+        "Question",
+        "Correct Answer",
+        "Record ID",
+        "science",
+        "choice",
+        layout="gpqa",
+        hf_config="gpqa_diamond",
+        access=_GATED,
+        prompt="gpqa",
+        repeats=3,
+    ),
+    "hle_mc": Preset(
+        "cais/hle",
+        "test",
+        "question",
+        "answer",
+        "id",
+        "science",
+        "choice",
+        layout="hle",
+        access=_GATED,
+        prompt="hle",
+        repeats=3,
+        option_order="original",
+    ),
     # version tags as LiveCodeBench names them: release_vN = releases 1..N (test.jsonl ... testN.jsonl),
     # vN = only the problems added in release N, vA_vB = releases A..B; the authors take a release
     # and keep the problems of a contest window
@@ -141,7 +184,10 @@ class Problem:
             if self.starter_code:
                 return f"{self.question}\n\nComplete this starter code:\n```python\n{self.starter_code}\n```", reference
             if self.mode == "stdin":
-                return f"{self.question}\n\nRead the input from standard input and write the answer to standard output.", reference
+                return (
+                    f"{self.question}\n\nRead the input from standard input and write the answer to standard output.",
+                    reference,
+                )
             return self.question, reference
         return self.question, self.answer
 
@@ -168,8 +214,9 @@ def resolve(spec: BenchmarkSpec) -> Source:
     hub_id = None
     if spec.preset:
         if spec.preset not in PRESETS:
-            raise ConfigError(f"eval.benchmarks '{spec.name}': unknown preset '{spec.preset}'; "
-                              f"presets: {', '.join(PRESETS)}.")
+            raise ConfigError(
+                f"eval.benchmarks '{spec.name}': unknown preset '{spec.preset}'; presets: {', '.join(PRESETS)}."
+            )
         preset = PRESETS[spec.preset]
         for f in _FILLED:
             if values[f] == getattr(_DEFAULTS, f):
@@ -181,8 +228,17 @@ def resolve(spec: BenchmarkSpec) -> Source:
         hub_id = spec.path
     for f in _UNSET_IS_NONE:
         values[f] = getattr(preset, f) if getattr(spec, f) is None else getattr(spec, f)
-    return Source(name=spec.name, path=spec.path, hub_id=hub_id, layout=preset.layout, access=preset.access,
-                  repeats=preset.repeats, limit=spec.limit, revision=spec.revision, **values)
+    return Source(
+        name=spec.name,
+        path=spec.path,
+        hub_id=hub_id,
+        layout=preset.layout,
+        access=preset.access,
+        repeats=preset.repeats,
+        limit=spec.limit,
+        revision=spec.revision,
+        **values,
+    )
 
 
 def seeds_of(eval_cfg: EvalConfig, spec: BenchmarkSpec) -> list[int]:
@@ -225,8 +281,11 @@ def load_counted(spec: BenchmarkSpec) -> tuple[list[Problem], dict[str, int]]:
 
 
 def _looks_like_hub_id(path: str) -> bool:
-    return not Path(path).expanduser().exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", path) is not None \
+    return (
+        not Path(path).expanduser().exists()
+        and re.fullmatch(r"[\w.-]+/[\w.-]+", path) is not None
         and not Path(path).suffix
+    )
 
 
 hub_unreachable = staging.hub_unreachable
@@ -255,9 +314,12 @@ def _rows(src: Source, left_out: Counter) -> tuple[list[dict], str]:
         tried.insert(0, f"the local copy {src.path} does not exist")
     elif not src.path:
         tried.insert(0, "no local copy is configured (path)")
-    advice = (f"download it where there is internet (`huggingface-cli download --repo-type dataset {src.hub_id} "
-              f"--local-dir DIR`) and set path: DIR for this benchmark" if src.hub_id
-              else "point its path at a JSONL, JSON, parquet or CSV file or a dataset folder")
+    advice = (
+        f"download it where there is internet (`huggingface-cli download --repo-type dataset {src.hub_id} "
+        f"--local-dir DIR`) and set path: DIR for this benchmark"
+        if src.hub_id
+        else "point its path at a JSONL, JSON, parquet or CSV file or a dataset folder"
+    )
     if src.access:
         advice += f"; {src.access}"
     raise ValueError(f"benchmark '{src.name}' cannot be loaded: {' and '.join(tried)}. To fix: {advice}.")
@@ -265,6 +327,7 @@ def _rows(src: Source, left_out: Counter) -> tuple[list[dict], str]:
 
 def lcb_files(tag: str | None) -> list[str]:
     """LiveCodeBench data files of a version tag: vN, release_vN or vA_vB."""
+
     def name(n: int) -> str:
         return "test.jsonl" if n == 1 else f"test{n}.jsonl"
 
@@ -295,10 +358,14 @@ def in_contest_window(row: dict, src: Source, where: str) -> bool:
         return True
     date = row.get("contest_date")
     if not isinstance(date, str) or not re.match(r"\d{4}-\d{2}", date):
-        raise ValueError(f"{where}: a contest window is set (contest_from/contest_to) but the row has no "
-                         f"contest_date (YYYY-MM...); remove the window or use LiveCodeBench's files.")
+        raise ValueError(
+            f"{where}: a contest window is set (contest_from/contest_to) but the row has no "
+            f"contest_date (YYYY-MM...); remove the window or use LiveCodeBench's files."
+        )
     month = date[:7]
-    return (src.contest_from is None or month >= src.contest_from) and (src.contest_to is None or month <= src.contest_to)
+    return (src.contest_from is None or month >= src.contest_from) and (
+        src.contest_to is None or month <= src.contest_to
+    )
 
 
 def _read_local(path: Path, src: Source, left_out: Counter) -> list[dict]:
@@ -331,7 +398,9 @@ def _read_local(path: Path, src: Source, left_out: Counter) -> list[dict]:
         data = datasets.load_from_disk(str(path))
         if isinstance(data, datasets.DatasetDict):
             if src.split not in data:
-                raise ValueError(f"benchmark '{src.name}': {path} has no split '{src.split}'; splits: {', '.join(data)}.")
+                raise ValueError(
+                    f"benchmark '{src.name}': {path} has no split '{src.split}'; splits: {', '.join(data)}."
+                )
             data = data[src.split]
         return data.to_list()
     try:
@@ -345,8 +414,10 @@ def _read_local(path: Path, src: Source, left_out: Counter) -> list[dict]:
 
 def _problems(src: Source, rows: list[dict], label: str, left_out: Counter) -> list[Problem]:
     if rows and src.question_field not in rows[0]:
-        raise ValueError(f"benchmark '{src.name}': {label} has no field '{src.question_field}' (question_field); "
-                         f"its fields are: {', '.join(rows[0])}.")
+        raise ValueError(
+            f"benchmark '{src.name}': {label} has no field '{src.question_field}' (question_field); "
+            f"its fields are: {', '.join(rows[0])}."
+        )
     problems, seen = [], {}
     for index, row in enumerate(rows):
         where = f"benchmark '{src.name}': {label} row {index}"
@@ -425,8 +496,9 @@ def _fill_choice(problem: Problem, row: dict, src: Source, where: str) -> str | 
     elif isinstance(answer, str) and answer in problem.options:
         problem.correct_index = problem.options.index(answer)
     else:
-        raise ValueError(f"{where}: field '{src.answer_field}' must be the correct option's index, letter or text, "
-                         f"got {answer!r}.")
+        raise ValueError(
+            f"{where}: field '{src.answer_field}' must be the correct option's index, letter or text, got {answer!r}."
+        )
     return None
 
 
@@ -443,7 +515,7 @@ def split_answer_choices(question: str) -> tuple[str, list[str]] | None:
     headers = list(_CHOICES_HEADER.finditer(question))
     if not headers:
         return None
-    stem, body = question[: headers[-1].start()].rstrip(), question[headers[-1].end():]
+    stem, body = question[: headers[-1].start()].rstrip(), question[headers[-1].end() :]
     options: list[str] = []
     for line in body.split("\n"):
         m = _OPTION_LINE.match(line)
@@ -505,4 +577,3 @@ def _decode_tests(value, where: str) -> list[dict]:
         return json.loads(packed) if isinstance(packed, str) else packed
     except Exception as err:  # noqa: BLE001
         raise ValueError(f"{where}: test cases are neither JSON nor LiveCodeBench-packed ({err}).") from None
-

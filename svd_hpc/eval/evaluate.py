@@ -4,11 +4,12 @@ Run as: python -m svd_hpc.task eval_base --run-dir runs/demo --index I   (or eva
 
 run_base and run_trained are the bodies of the two stages. Task i is entry i of
 `plan.eval_tasks(cfg, model)`: a (benchmark, seed, mode). The model is loaded once in vLLM and
-asked one call per question with the benchmark's own prompt (`eval/prompts.py`; mode "direct"), or, for the UQ-TTC baseline (mode "uq_ttc", base
-model only), `eval.uq_ttc_candidates` candidates whose final answers go through the verify
-stage's own cascade (`verify.run_cascade`); the first candidate that passes is the answer, else
-candidate 0. Output: eval/<model>/<benchmark>/seed-K[-uq_ttc].parquet (EVAL records) and a JSON
-summary beside it. Questions are saved in checkpointed chunks (generate.chunk_size), so a
+asked one call per question with the benchmark's own prompt (`eval/prompts.py`; mode "direct"),
+or, for the UQ-TTC baseline (mode "uq_ttc", base model only), `eval.uq_ttc_candidates` candidates
+whose final answers go through the verify stage's own cascade (`verify.run_cascade`); the first
+candidate that passes is the answer, else candidate 0. Output:
+eval/<model>/<benchmark>/seed-K[-uq_ttc].parquet (EVAL records) and a JSON summary beside it.
+Questions are saved in checkpointed chunks (generate.chunk_size), so a
 preempted task redoes only its missing chunks.
 
 Direct answers to every missing chunk are queued in one engine run, and each chunk is graded and
@@ -28,8 +29,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import re
 import os
+import re
 import shutil
 import time
 from collections import Counter
@@ -41,21 +42,21 @@ import pyarrow.parquet as pq
 
 from .. import prompts
 from ..answers import last_boxed
-from . import benchmarks
-from . import prompts as eval_prompts
-from .benchmarks import Problem
 from ..config import ConfigError, ModelConfig, RunConfig
 from ..engine import Completion, Engine, Sampling, request_seed, skip_stats, stage_sampling
 from ..generate import require_think
+from ..plan import EvalTask, eval_tasks
+from ..records import EVAL
+from ..rundir import RunDir, atomic_path, atomic_write_json
+from ..verify import CascadeItem, CascadeResult, run_cascade
+from . import benchmarks
+from . import prompts as eval_prompts
+from .benchmarks import Problem
 from .grading import GradeResult
 from .grading.choice import grade_choice
 from .grading.code import grade_code
 from .grading.math import grade_math
-from ..plan import EvalTask, eval_tasks
-from ..records import EVAL
-from ..rundir import RunDir, atomic_path, atomic_write_json
 from .sandbox import isolation_record, require_isolation
-from ..verify import CascadeItem, CascadeResult, run_cascade
 
 log = logging.getLogger("svd_hpc")
 MODEL_OF_STAGE = {"eval_base": "base", "eval_trained": "trained"}
@@ -103,8 +104,14 @@ def _box_last_number(response: str) -> str:
     return f"{response}\n\\boxed{{{numbers[-1].replace(',', '')}}}" if numbers else response
 
 
-def grade(problem: Problem, reference: str, response: str, timeout_s: float,
-          code_tests: str = "private", time_limit: str = "total") -> GradeResult:
+def grade(
+    problem: Problem,
+    reference: str,
+    response: str,
+    timeout_s: float,
+    code_tests: str = "private",
+    time_limit: str = "total",
+) -> GradeResult:
     """Grade one response with the problem's grader against the reference it was presented with.
 
     Code (eval.code_tests, eval.code_time_limit): the private tests, or public and private; one
@@ -118,12 +125,19 @@ def grade(problem: Problem, reference: str, response: str, timeout_s: float,
         return grade_choice(response, reference, problem.n_options, eval_prompts.letter_rule(problem))
     tests = problem.tests if code_tests == "private" else (problem.public_tests or []) + problem.tests
     budget = (timeout_s + 1) * len(tests) + 5 if time_limit == "total" else None
-    return grade_code(response, tests, timeout_s=timeout_s, mode=problem.mode, fn_name=problem.fn_name,
-                      total_budget_s=budget)
+    return grade_code(
+        response, tests, timeout_s=timeout_s, mode=problem.mode, fn_name=problem.fn_name, total_budget_s=budget
+    )
 
 
-def grade_all(problems: list[Problem], references: list[str], responses: list[str], timeout_s: float,
-              code_tests: str = "private", time_limit: str = "total") -> list[GradeResult]:
+def grade_all(
+    problems: list[Problem],
+    references: list[str],
+    responses: list[str],
+    timeout_s: float,
+    code_tests: str = "private",
+    time_limit: str = "total",
+) -> list[GradeResult]:
     """Grade in order; code runs in sandboxed child processes, several at once (one per core)."""
     jobs = list(zip(problems, references, responses))
     if not any(p.grader == "code" for p in problems):
@@ -147,8 +161,15 @@ def _ask(engine: Engine, cfg: RunConfig, task: EvalTask, chunk: list[Problem], n
     return engine.chat(conversations, _sampling(cfg, n), seeds=seeds)
 
 
-def _choose(engine: Engine, cfg: RunConfig, task: EvalTask, chunk: list[Problem], shown: list[str],
-            outputs: list[list[Completion]], checkpoint: Path) -> tuple[list[int], list[list[CascadeResult]]]:
+def _choose(
+    engine: Engine,
+    cfg: RunConfig,
+    task: EvalTask,
+    chunk: list[Problem],
+    shown: list[str],
+    outputs: list[list[Completion]],
+    checkpoint: Path,
+) -> tuple[list[int], list[list[CascadeResult]]]:
     """UQ-TTC: per question, the first candidate the cascade passes (else 0), and the judges' results."""
     think = require_think(cfg, engine)
     items, owners = [], []
@@ -173,8 +194,9 @@ def _choose(engine: Engine, cfg: RunConfig, task: EvalTask, chunk: list[Problem]
     return [0 if c is None else c for c in chosen], judged
 
 
-def evaluate_chunk(engine: Engine, cfg: RunConfig, model: str, task: EvalTask, chunk: list[Problem],
-                   checkpoint: Path) -> pa.Table:
+def evaluate_chunk(
+    engine: Engine, cfg: RunConfig, model: str, task: EvalTask, chunk: list[Problem], checkpoint: Path
+) -> pa.Table:
     """EVAL records for the problems of one chunk (one batched engine call, plus the cascade for UQ-TTC)."""
     presented = [p.present(task.seed) for p in chunk]
     shown = [q for q, _ in presented]
@@ -187,8 +209,15 @@ def evaluate_chunk(engine: Engine, cfg: RunConfig, model: str, task: EvalTask, c
     return chunk_table(cfg, model, task, chunk, outputs, chosen, judged)
 
 
-def chunk_table(cfg: RunConfig, model: str, task: EvalTask, chunk: list[Problem], outputs: list[list[Completion]],
-                chosen: list[int], judged: list[list[CascadeResult]]) -> pa.Table:
+def chunk_table(
+    cfg: RunConfig,
+    model: str,
+    task: EvalTask,
+    chunk: list[Problem],
+    outputs: list[list[Completion]],
+    chosen: list[int],
+    judged: list[list[CascadeResult]],
+) -> pa.Table:
     """Grade the chosen answers of one chunk: its EVAL records.
 
     A question the engine could not run is recorded as skipped and incorrect: it stays in the
@@ -199,8 +228,14 @@ def chunk_table(cfg: RunConfig, model: str, task: EvalTask, chunk: list[Problem]
     responses = [completions[k].text for completions, k in zip(outputs, chosen)]
     skips = [completions[k].skip_reason for completions, k in zip(outputs, chosen)]
     ran = [q for q, skip in enumerate(skips) if not skip]
-    graded = grade_all([chunk[q] for q in ran], [references[q] for q in ran], [responses[q] for q in ran],
-                       cfg.eval.code_timeout_s, cfg.eval.code_tests, cfg.eval.code_time_limit)
+    graded = grade_all(
+        [chunk[q] for q in ran],
+        [references[q] for q in ran],
+        [responses[q] for q in ran],
+        cfg.eval.code_timeout_s,
+        cfg.eval.code_tests,
+        cfg.eval.code_time_limit,
+    )
     grades = [GradeResult(False, None, "skipped")] * len(chunk)
     for q, result in zip(ran, graded):
         grades[q] = result
@@ -208,20 +243,33 @@ def chunk_table(cfg: RunConfig, model: str, task: EvalTask, chunk: list[Problem]
     for problem, question, reference, completions, k, results, response, result, skip in zip(
         chunk, shown, references, outputs, chosen, judged, responses, grades, skips
     ):
-        rows.append({
-            "benchmark": task.benchmark, "model": model, "mode": task.mode, "seed": task.seed,
-            "question_id": problem.question_id, "question": question, "reference": reference, "response": response,
-            "extracted": result.extracted, "correct": result.correct, "grade_reason": result.reason,
-            # everything generated for this question: its candidates and, for UQ-TTC, the judges
-            "completion_tokens": sum(c.completion_tokens for c in completions) + sum(r.completion_tokens for r in results),
-            "samples": len(completions) + sum(r.samples for r in results),
-            "chosen_candidate": k, "skip_reason": skip,
-        })
+        rows.append(
+            {
+                "benchmark": task.benchmark,
+                "model": model,
+                "mode": task.mode,
+                "seed": task.seed,
+                "question_id": problem.question_id,
+                "question": question,
+                "reference": reference,
+                "response": response,
+                "extracted": result.extracted,
+                "correct": result.correct,
+                "grade_reason": result.reason,
+                # everything generated for this question: its candidates and, for UQ-TTC, the judges
+                "completion_tokens": sum(c.completion_tokens for c in completions)
+                + sum(r.completion_tokens for r in results),
+                "samples": len(completions) + sum(r.samples for r in results),
+                "chosen_candidate": k,
+                "skip_reason": skip,
+            }
+        )
     return pa.Table.from_pylist(rows, schema=EVAL)
 
 
-def answer_chunks(engine: Engine, cfg: RunConfig, model: str, task: EvalTask, todo: dict[int, list[Problem]],
-                  progress: Path) -> None:
+def answer_chunks(
+    engine: Engine, cfg: RunConfig, model: str, task: EvalTask, todo: dict[int, list[Problem]], progress: Path
+) -> None:
     """Direct answers to every chunk of `todo` (chunk number -> problems) in one engine run; each
     chunk is graded and saved to `progress` as soon as its last question finishes."""
     owner = [c for c, chunk in todo.items() for _ in chunk]
@@ -280,7 +328,9 @@ def eval_task(cfg: RunConfig, stage: str, index: int) -> tuple[str, EvalTask]:
     model = MODEL_OF_STAGE[stage]
     tasks = eval_tasks(cfg, model)
     if not 0 <= index < len(tasks):
-        raise ConfigError(f"{stage} has {len(tasks)} tasks (eval.benchmarks × eval.seeds); task {index} does not exist.")
+        raise ConfigError(
+            f"{stage} has {len(tasks)} tasks (eval.benchmarks × eval.seeds); task {index} does not exist."
+        )
     return model, tasks[index]
 
 
@@ -302,7 +352,8 @@ def run_eval_task(run: RunDir, stage: str, index: int, engine: Engine | None = N
     chunks = [problems[i : i + size] for i in range(0, len(problems), size)]
     started = time.perf_counter()
     todo = {
-        c: chunk for c, chunk in enumerate(chunks)
+        c: chunk
+        for c, chunk in enumerate(chunks)
         if not _chunk_is_valid(progress / f"chunk-{c:05d}.parquet", [p.question_id for p in chunk])
     }
     resumed = len(chunks) - len(todo)
@@ -314,8 +365,12 @@ def run_eval_task(run: RunDir, stage: str, index: int, engine: Engine | None = N
         table = evaluate_chunk(engine, cfg, model, task, chunk, checkpoint=progress / f"cascade-{c:05d}.json")
         with atomic_path(progress / f"chunk-{c:05d}.parquet") as tmp:
             pq.write_table(table, tmp)
-        log.info(f"eval: {stage=} {task=} chunk={c + 1}/{len(chunks)} correct={sum(table.column('correct').to_pylist())}")
-    table = pa.concat_tables([pq.read_table(progress / f"chunk-{c:05d}.parquet") for c in range(len(chunks))]).cast(EVAL)
+        log.info(
+            f"eval: {stage=} {task=} chunk={c + 1}/{len(chunks)} correct={sum(table.column('correct').to_pylist())}"
+        )
+    table = pa.concat_tables([pq.read_table(progress / f"chunk-{c:05d}.parquet") for c in range(len(chunks))]).cast(
+        EVAL
+    )
     summary = summarize(table, task, model, spec.name, problems[0], model_cfg.path)
     summary.update(seconds=round(time.perf_counter() - started, 2), chunks_resumed=resumed, rows_left_out=left_out)
     if problems[0].grader == "code":
@@ -343,11 +398,20 @@ def summarize(table: pa.Table, task: EvalTask, model: str, benchmark: str, examp
     rows = table.to_pylist()
     correct = sum(r["correct"] for r in rows)
     summary = {
-        "benchmark": benchmark, "model": model, "model_path": model_path, "mode": task.mode, "seed": task.seed,
-        "domain": example.domain, "grader": example.grader, "prompt": example.prompt, "questions": len(rows),
+        "benchmark": benchmark,
+        "model": model,
+        "model_path": model_path,
+        "mode": task.mode,
+        "seed": task.seed,
+        "domain": example.domain,
+        "grader": example.grader,
+        "prompt": example.prompt,
+        "questions": len(rows),
         "correct": correct,
-        "pass_at_1": correct / len(rows), "completion_tokens": sum(r["completion_tokens"] for r in rows),
-        "samples": sum(r["samples"] for r in rows), "grade_reasons": dict(Counter(r["grade_reason"] for r in rows)),
+        "pass_at_1": correct / len(rows),
+        "completion_tokens": sum(r["completion_tokens"] for r in rows),
+        "samples": sum(r["samples"] for r in rows),
+        "grade_reasons": dict(Counter(r["grade_reason"] for r in rows)),
         # skipped questions count as incorrect (in "questions", not in "correct")
         **skip_stats((r["question_id"], r["skip_reason"]) for r in rows),
     }
@@ -373,7 +437,17 @@ def run_trained(run: RunDir, index: int) -> dict:
 
 def marker_stats(summary: dict) -> dict:
     """What a task's done marker keeps of its summary: what status and the report read."""
-    keys = ("benchmark", "seed", "mode", "pass_at_1", "questions", "seconds", "skipped", "skip_reasons", "skip_examples")
+    keys = (
+        "benchmark",
+        "seed",
+        "mode",
+        "pass_at_1",
+        "questions",
+        "seconds",
+        "skipped",
+        "skip_reasons",
+        "skip_examples",
+    )
     return {k: summary[k] for k in keys}
 
 

@@ -21,7 +21,8 @@ from .grading.choice import LETTERS
 AIME = "Problem: {problem}\nMark your solution with \\boxed\nAnswer:"
 HMMT = "Problem: {problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}.\nAnswer:"
 GPQA = (
-    "Return your final response within \\boxed{{}} and only include the letter choice ({letters}) as your final response.\n"
+    "Return your final response within \\boxed{{}} and only include "
+    "the letter choice ({letters}) as your final response.\n"
     "Problem: {problem}\nOptions: {options}\nAnswer:"
 )
 HLE = (
@@ -62,8 +63,10 @@ def user_prompt(problem: Problem, seed: int) -> str:
     if style == "gpqa":
         options, _ = problem.choices(seed)
         if options is None:
-            raise ValueError(f"question {problem.question_id}: the gpqa prompt needs its options split off; "
-                             "set prompt: hle (the question verbatim) or sft for this benchmark.")
+            raise ValueError(
+                f"question {problem.question_id}: the gpqa prompt needs its options split off; "
+                "set prompt: hle (the question verbatim) or sft for this benchmark."
+            )
         listed = ", ".join(f"{LETTERS[i]}) {option}" for i, option in enumerate(options))
         return GPQA.format(letters=_letters(len(options)), problem=problem.stem, options=listed)
     raise ValueError(f"unknown eval prompt '{style}'; choose one of {', '.join(STYLES)}.")

@@ -155,8 +155,12 @@ def sandbox_isolation() -> str:
 def isolation_record(limits: SandboxLimits | None = None) -> dict:
     """What the report and the task summary state about the sandbox used here."""
     iso = _isolation()
-    return {"isolation": iso.mode, "network_isolated": iso.mode in ISOLATING,
-            "total_memory": memory_bound(limits or SandboxLimits()), "missing": dict(iso.missing)}
+    return {
+        "isolation": iso.mode,
+        "network_isolated": iso.mode in ISOLATING,
+        "total_memory": memory_bound(limits or SandboxLimits()),
+        "missing": dict(iso.missing),
+    }
 
 
 def require_isolation(allow_unisolated: bool, what: str = "model-written code") -> str:
@@ -172,7 +176,9 @@ def require_isolation(allow_unisolated: bool, what: str = "model-written code") 
         f"{what} cannot be isolated on this machine ({missing}); install bubblewrap or enable unprivileged "
         f"user namespaces on the compute nodes, or set eval.allow_unisolated_code: true to run it with "
         f"network access and our file permissions."
-        if iso.mode == "process-group" else f"{what} cannot run in any sandbox on this machine ({missing}).")
+        if iso.mode == "process-group"
+        else f"{what} cannot run in any sandbox on this machine ({missing})."
+    )
 
 
 def _isolation() -> _Isolation:
@@ -191,10 +197,14 @@ def _detect(modes: tuple[str, ...] = MODES) -> _Isolation:
         if reason is None:
             iso, reason = _probe(mode, tuple(missing))
             if iso is not None:
-                log.info(f"sandbox isolation: {mode} (interpreter {iso.interpreter}{', ' + iso.tool if iso.tool else ''})")
+                log.info(
+                    f"sandbox isolation: {mode} (interpreter {iso.interpreter}{', ' + iso.tool if iso.tool else ''})"
+                )
                 if mode not in ISOLATING:
-                    log.warning(f"sandbox: no isolation works here; untrusted code would have network access "
-                                f"and our file permissions ({'; '.join(f'{m}: {r}' for m, r in missing)})")
+                    log.warning(
+                        f"sandbox: no isolation works here; untrusted code would have network access "
+                        f"and our file permissions ({'; '.join(f'{m}: {r}' for m, r in missing)})"
+                    )
                 return iso
         log.debug(f"sandbox: mode {mode} unavailable: {reason}")
         missing.append((mode, reason))
@@ -233,8 +243,10 @@ def _probe(mode: str, missing: tuple[tuple[str, str], ...]) -> tuple[_Isolation 
     if mode == "apptainer":
         interpreters = ["python3"]  # the image's own
     # The program must also be able to start its interpreter again (multiprocessing, subprocess).
-    probe = ("import json, heapq, bisect, collections, math, itertools, functools, fractions, os, sys\n"
-             "print('ok' if os.access(sys.executable, os.X_OK) else 'interpreter not reachable')")
+    probe = (
+        "import json, heapq, bisect, collections, math, itertools, functools, fractions, os, sys\n"
+        "print('ok' if os.access(sys.executable, os.X_OK) else 'interpreter not reachable')"
+    )
     reasons = []
     for interpreter in interpreters:
         iso = _Isolation(mode, interpreter, tool, missing)
@@ -267,11 +279,15 @@ def memory_bound(limits: SandboxLimits) -> str:
     """One sentence: what bounds the memory of all of a program's processes together."""
     d = _delegation()
     if d.parent:
-        return (f"cgroup v2 {d.parent}: memory.max {limits.total_memory_bytes >> 20} MiB and pids.max "
-                f"{limits.max_processes} per program")
-    return (f"no delegated cgroup v2 ({d.reason}): only per process RLIMIT_AS {limits.memory_bytes >> 20} MiB "
-            f"x RLIMIT_NPROC {limits.max_processes} processes, i.e. up to "
-            f"{limits.memory_bytes * limits.max_processes >> 30} GiB per program")
+        return (
+            f"cgroup v2 {d.parent}: memory.max {limits.total_memory_bytes >> 20} MiB and pids.max "
+            f"{limits.max_processes} per program"
+        )
+    return (
+        f"no delegated cgroup v2 ({d.reason}): only per process RLIMIT_AS {limits.memory_bytes >> 20} MiB "
+        f"x RLIMIT_NPROC {limits.max_processes} processes, i.e. up to "
+        f"{limits.memory_bytes * limits.max_processes >> 30} GiB per program"
+    )
 
 
 def _delegation() -> _Delegation:
@@ -304,8 +320,11 @@ def _delegate(mountinfo: str = "/proc/self/mountinfo", membership: str = "/proc/
     try:
         controllers = set((here / "cgroup.controllers").read_text().split())
         if not {"memory", "pids"} <= controllers:
-            return _Delegation(None, f"cgroup v2 {here} has no memory and pids controllers (only: "
-                                     f"{' '.join(sorted(controllers)) or 'none'})")
+            return _Delegation(
+                None,
+                f"cgroup v2 {here} has no memory and pids controllers (only: "
+                f"{' '.join(sorted(controllers)) or 'none'})",
+            )
         if not all(os.access(here / f, os.W_OK) for f in ("cgroup.procs", "cgroup.subtree_control")):
             return _Delegation(None, f"cgroup v2 {here} is not delegated to us (not writable)")
         enabled = set((here / "cgroup.subtree_control").read_text().split())
@@ -395,8 +414,10 @@ def _run(iso: _Isolation, source: str, *, stdin: str, timeout_s: float, limits: 
     # another sandbox, and can neither signal nor read any other process. A fake root has no
     # other uid mapped, and apptainer chooses the program's uid itself.
     uid = random.SystemRandom().randrange(*_FRESH_UIDS) if real_root() and iso.mode != "apptainer" else None
-    with tempfile.TemporaryDirectory(prefix="svd_sandbox_", ignore_cleanup_errors=True) as outer, \
-            _ProgramCgroup(token, limits) as cgroup:
+    with (
+        tempfile.TemporaryDirectory(prefix="svd_sandbox_", ignore_cleanup_errors=True) as outer,
+        _ProgramCgroup(token, limits) as cgroup,
+    ):
         # stdin/stdout/stderr are files, not pipes: no deadlock on large inputs, no reader
         # threads, and RLIMIT_FSIZE bounds what the program can print.
         stdin_path, stdout_path, stderr_path = (os.path.join(outer, n) for n in ("stdin", "stdout", "stderr"))
@@ -410,9 +431,15 @@ def _run(iso: _Isolation, source: str, *, stdin: str, timeout_s: float, limits: 
         program = [iso.interpreter, "-I", "-B", "main.py"]
         if own_namespaces:
             userns = iso.mode == "user-namespaces"
-            plan = ChildPlan(True, rlimits=rlimits, source=source.encode(), user_namespaces=userns,
-                             workdir_bytes=limits.workdir_bytes, **common,
-                             **(_home_plan(iso.interpreter) if userns else _root_home_plan(iso.interpreter)))
+            plan = ChildPlan(
+                True,
+                rlimits=rlimits,
+                source=source.encode(),
+                user_namespaces=userns,
+                workdir_bytes=limits.workdir_bytes,
+                **common,
+                **(_home_plan(iso.interpreter) if userns else _root_home_plan(iso.interpreter)),
+            )
             argv, workdir, cwd = program, SANDBOX_WORKDIR, outer  # the cwd is a tmpfs made inside
         else:
             host_workdir = os.path.join(outer, "work")
@@ -439,9 +466,18 @@ def _run(iso: _Isolation, source: str, *, stdin: str, timeout_s: float, limits: 
         env.update(HOME=workdir, TMPDIR=workdir)
         with open(stdin_path, "rb") as fin, open(stdout_path, "wb") as fout, open(stderr_path, "wb") as ferr:
             try:
-                proc = subprocess.Popen(argv, stdin=fin, stdout=fout, stderr=ferr, env=env, cwd=cwd,
-                                        start_new_session=True, preexec_fn=lambda: in_child(plan), close_fds=True,
-                                        pass_fds=pass_fds)
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=fin,
+                    stdout=fout,
+                    stderr=ferr,
+                    env=env,
+                    cwd=cwd,
+                    start_new_session=True,
+                    preexec_fn=lambda: in_child(plan),
+                    close_fds=True,
+                    pass_fds=pass_fds,
+                )
             except (OSError, subprocess.SubprocessError) as exc:
                 reason = f"{exc}\n{_read_capped(stderr_path, limits.stderr_bytes)}"
                 wall = time.perf_counter() - start
@@ -467,8 +503,24 @@ def _bwrap_argv(iso: _Isolation, source_fd: int, limits: SandboxLimits) -> list[
     # --as-pid-1: the program is the PID namespace's init, as in our own modes, so bwrap's wait for
     # it returns only once the kernel has killed everything it left (with bwrap's own init as
     # PID 1, bwrap could exit while a daemon still lived).
-    argv = [iso.tool, "--unshare-all", "--as-pid-1", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/dev/shm"]
+    argv = [
+        iso.tool,
+        "--unshare-all",
+        "--as-pid-1",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--tmpfs",
+        "/dev/shm",
+    ]
     covered = [d for d in COVERED_DIRS if os.path.isdir(d) and not os.path.islink(d)]
     for d in covered:
         argv += ["--tmpfs", d]
@@ -478,8 +530,15 @@ def _bwrap_argv(iso: _Isolation, source_fd: int, limits: SandboxLimits) -> list[
         for path in kept:
             argv += ["--ro-bind", path, path]
     # main.py comes through a descriptor we opened: a fresh uid may not reach our temporary folder.
-    argv += ["--size", str(limits.workdir_bytes), "--tmpfs", SANDBOX_WORKDIR,
-             "--file", str(source_fd), os.path.join(SANDBOX_WORKDIR, "main.py")]
+    argv += [
+        "--size",
+        str(limits.workdir_bytes),
+        "--tmpfs",
+        SANDBOX_WORKDIR,
+        "--file",
+        str(source_fd),
+        os.path.join(SANDBOX_WORKDIR, "main.py"),
+    ]
     for d in covered + ([home] if home else []):
         argv += ["--remount-ro", d]  # the cwd below /tmp is a mount of its own: it stays writable
     return argv + ["--chdir", SANDBOX_WORKDIR, "--"]
@@ -488,13 +547,32 @@ def _bwrap_argv(iso: _Isolation, source_fd: int, limits: SandboxLimits) -> list[
 def _apptainer_argv(iso: _Isolation, host_workdir: str, rlimits: tuple) -> list[str]:
     """apptainer's command line: contained filesystem, PID, IPC and environment, no network."""
     # The image's python3 sets the limits and then becomes the program, so they bind only it.
-    bootstrap = ("import os, resource, sys\n"
-                 f"for which, value in {[(int(w), v) for w, v in rlimits]!r}:\n"
-                 "    resource.setrlimit(which, value)\n"
-                 "os.execvp('python3', ['python3', '-I', '-B', 'main.py'])")
-    return [iso.tool, "exec", "--containall", "--net", "--network", "none", "--no-privs", "--no-home",
-            "--bind", f"{host_workdir}:{SANDBOX_WORKDIR}", "--pwd", SANDBOX_WORKDIR,
-            os.environ.get(IMAGE_VAR, ""), iso.interpreter, "-I", "-B", "-c", bootstrap]
+    bootstrap = (
+        "import os, resource, sys\n"
+        f"for which, value in {[(int(w), v) for w, v in rlimits]!r}:\n"
+        "    resource.setrlimit(which, value)\n"
+        "os.execvp('python3', ['python3', '-I', '-B', 'main.py'])"
+    )
+    return [
+        iso.tool,
+        "exec",
+        "--containall",
+        "--net",
+        "--network",
+        "none",
+        "--no-privs",
+        "--no-home",
+        "--bind",
+        f"{host_workdir}:{SANDBOX_WORKDIR}",
+        "--pwd",
+        SANDBOX_WORKDIR,
+        os.environ.get(IMAGE_VAR, ""),
+        iso.interpreter,
+        "-I",
+        "-B",
+        "-c",
+        bootstrap,
+    ]
 
 
 def _classify(returncode: int, stderr: str, timed_out: bool, cpu_s: float, cpu_limit_s: float) -> Status:
@@ -512,8 +590,9 @@ def _classify(returncode: int, stderr: str, timed_out: bool, cpu_s: float, cpu_l
     return "runtime_error"
 
 
-def _wait(proc: subprocess.Popen, timeout_s: float, namespaced: bool, token: str,
-          cgroup: _ProgramCgroup) -> tuple[bool, int, float]:
+def _wait(
+    proc: subprocess.Popen, timeout_s: float, namespaced: bool, token: str, cgroup: _ProgramCgroup
+) -> tuple[bool, int, float]:
     """Wait for exit or the wall clock; then make sure nothing the program started lives on."""
     pidfd = os.pidfd_open(proc.pid)
     try:

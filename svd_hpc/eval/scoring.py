@@ -58,8 +58,9 @@ def delta(a: tuple[float, float | None], b: tuple[float, float | None]) -> tuple
     return b[0] - a[0], err
 
 
-def paired_bootstrap_ci(differences: Sequence[float], level: float = 0.95, resamples: int = 10_000,
-                        seed: int = 0) -> tuple[float, float]:
+def paired_bootstrap_ci(
+    differences: Sequence[float], level: float = 0.95, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
     """Percentile interval of the mean paired difference, resampling questions with replacement.
 
     `differences` holds one value per question: the mean over its seeds of (variant − base) on the

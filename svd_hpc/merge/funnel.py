@@ -49,7 +49,9 @@ class Counts:
                 part = mask[offset : offset + len(chunk)]
                 offset += len(chunk)
                 per_code = np.bincount(
-                    chunk.indices.to_numpy(zero_copy_only=False), weights=part.astype(np.float64), minlength=len(chunk.dictionary)
+                    chunk.indices.to_numpy(zero_copy_only=False),
+                    weights=part.astype(np.float64),
+                    minlength=len(chunk.dictionary),
                 ).astype(np.int64)
                 for label, count in zip(chunk.dictionary.to_pylist(), per_code.tolist()):
                     self.by_domain[label][name] += count
@@ -200,7 +202,14 @@ def votes_chart(ax, overall: dict, stages: list[str]) -> None:
         counts = np.array([overall[f"{kind}_{s}"] for s in stages], float)
         bars = ax.bar(x + offset, 100 * counts / cast, width=0.4, label=label)
         for bar, count in zip(bars, counts):
-            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{int(count):,}", ha="center", va="bottom", fontsize=8)
+            ax.text(
+                bar.get_x() + bar.get_width() / 2,
+                bar.get_height(),
+                f"{int(count):,}",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
     ax.set_xticks(x, [f"{s}\n({overall[f'votes_{s}']:,} votes)" for s in stages])
     ax.set_ylabel("% of votes")
     ax.set_title("judge votes without a verdict / cut off")

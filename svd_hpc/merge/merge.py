@@ -34,17 +34,25 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import records
-from . import funnel, selection
 from ..config import VERIFY_STAGES, RunConfig
 from ..rundir import RunDir, atomic_path, atomic_write_json
+from . import funnel, selection
 
 log = logging.getLogger("svd_hpc")
 
 VOTE_COLUMNS = [f"{stage}_votes" for stage in VERIFY_STAGES]
 CUT_OFF_COLUMNS = [f"{stage}_cut_off" for stage in VERIFY_STAGES]
 READ_COLUMNS = [
-    "question_id", "question", "domain", "candidate_index", "status", "skip_reason", *VOTE_COLUMNS, *CUT_OFF_COLUMNS,
-    "prompt", "text",
+    "question_id",
+    "question",
+    "domain",
+    "candidate_index",
+    "status",
+    "skip_reason",
+    *VOTE_COLUMNS,
+    *CUT_OFF_COLUMNS,
+    "prompt",
+    "text",
 ]
 # repeated once per candidate: read as dictionaries, so each distinct value is decoded (and hashed) once
 DICTIONARY_COLUMNS = ["question_id", "question", "prompt"]

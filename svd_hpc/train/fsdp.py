@@ -148,7 +148,9 @@ def apply_fsdp(model, mesh: DeviceMesh, bf16: bool, activation_checkpointing: bo
     if activation_checkpointing:
         # transformers' per-layer checkpointing keeps parameter names (unlike checkpoint_wrapper)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    mp = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    )
     layers = decoder_layers(model)
     for i, layer in enumerate(layers):
         # the last layer's parameters are needed again at once by backward: keep them gathered
@@ -191,7 +193,9 @@ def materialize(model, model_dir: str, device: torch.device) -> None:
             buf.copy_(buffers[name])
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
-        raise ValueError(f"model directory {model_dir} has no *.safetensors weights; save the model with save_pretrained.")
+        raise ValueError(
+            f"model directory {model_dir} has no *.safetensors weights; save the model with save_pretrained."
+        )
     where = {}
     for file in files:
         with safe_open(file, "pt") as handle:

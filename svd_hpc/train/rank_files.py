@@ -19,8 +19,8 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ..rundir import atomic_write_json
 
@@ -103,5 +103,10 @@ class RankFiles:
         for r in range(self.world_size):
             with contextlib.suppress(FileNotFoundError):
                 record = json.loads(self.path("progress", r).read_text())
-                done, total, reporting, what = done + record["done"], total + record["total"], reporting + 1, record["what"]
+                done, total, reporting, what = (
+                    done + record["done"],
+                    total + record["total"],
+                    reporting + 1,
+                    record["what"],
+                )
         return f"{done} of {total} {what} on the {reporting} of {self.world_size} rank(s) that reported"

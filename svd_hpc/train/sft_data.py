@@ -37,8 +37,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from .. import records
-from .rank_files import RankFiles
 from ..rundir import atomic_path
+from .rank_files import RankFiles
 
 log = logging.getLogger("svd_hpc")
 
@@ -107,7 +107,9 @@ def encode_conversation(tokenizer, messages: list[dict], **template_kwargs) -> t
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True, **template_kwargs)
+        before = tokenizer.apply_chat_template(
+            messages[:i], tokenize=False, add_generation_prompt=True, **template_kwargs
+        )
         upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False, **template_kwargs)
         if not (upto.startswith(before) and full.startswith(upto) and len(before) >= done):
             # Templates that re-render earlier turns (e.g. dropping old think blocks) cannot be
@@ -234,7 +236,9 @@ def prepare(
     if ranks is None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache.parent, prefix=f".{cache.name}.") as folder:
-            return prepare(dataset, cache, tokenizer, model_ref, max_seq_len, overlong, RankFiles(folder, 0, 1), **template_kwargs)
+            return prepare(
+                dataset, cache, tokenizer, model_ref, max_seq_len, overlong, RankFiles(folder, 0, 1), **template_kwargs
+            )
     if ranks.rank == 0:  # one digest of a large file, not one per rank
         if not dataset.is_file():
             raise ValueError(f"SFT dataset {dataset} does not exist; run the merge stage first.")
@@ -290,7 +294,9 @@ def join_parts(parts: list[Path], cache: Path, key: dict, dataset: Path, max_seq
                 out[base : base + len(getattr(part, name))] = getattr(part, name)
             out.flush()
             del out
-        offsets = np.concatenate([[0]] + [part.offsets[1:] + base for part, base in zip(loaded, bases)]).astype(np.int64)
+        offsets = np.concatenate([[0]] + [part.offsets[1:] + base for part, base in zip(loaded, bases)]).astype(
+            np.int64
+        )
         np.save(tmp / "offsets.npy", offsets)
         (tmp / "meta.json").write_text(json.dumps({"key": key, "stats": stats}, indent=2))
 
@@ -396,7 +402,9 @@ class PackedStream:
             tokens += at
         return MicroBatch(ids, labels, positions, tokens, int((labels != IGNORE).sum()))
 
-    def step_batches(self, step: int, global_batch: int, world_size: int, rank: int, micro_batch: int) -> list[MicroBatch]:
+    def step_batches(
+        self, step: int, global_batch: int, world_size: int, rank: int, micro_batch: int
+    ) -> list[MicroBatch]:
         """This rank's micro-batches of optimiser step `step` (global packs step*G .. step*G+G-1)."""
         base = step * global_batch
         per_micro = world_size * micro_batch

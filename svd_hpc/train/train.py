@@ -37,10 +37,10 @@ import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 
 from .. import models
-from . import fsdp, sft_data
-from .rank_files import RankFiles
 from ..rundir import RunDir, atomic_write_json, atomic_write_text
 from ..task import EXIT_STOPPED, stop_request_path
+from . import fsdp, sft_data
+from .rank_files import RankFiles
 
 log = logging.getLogger("svd_hpc")
 
@@ -81,7 +81,9 @@ def check_dataset(dataset: Path) -> None:
     if not dataset.is_file():
         raise ValueError(f"SFT dataset {dataset} does not exist; run the merge stage first.")
     if pq.ParquetFile(dataset).metadata.num_rows == 0:
-        raise ValueError(f"SFT dataset {dataset} has no rows: the merge kept no sample, so there is nothing to train on.")
+        raise ValueError(
+            f"SFT dataset {dataset} has no rows: the merge kept no sample, so there is nothing to train on."
+        )
 
 
 class StopFlag:
@@ -200,7 +202,9 @@ def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
     return F.cross_entropy(logits.float(), labels, ignore_index=sft_data.IGNORE, reduction="sum")
 
 
-def token_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int = LOSS_CHUNK) -> torch.Tensor:
+def token_loss_sum(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int = LOSS_CHUNK
+) -> torch.Tensor:
     """Cross-entropy of `hidden @ weight.T` against `labels`, summed in fp32, `chunk` tokens at a time.
 
     Full logits of 32k tokens over a 152k vocabulary are 10 GB in bf16, 20 GB more in fp32, and
@@ -291,7 +295,9 @@ def prepare_data(cfg, d: fsdp.Dist, dataset: Path, out: Path):
             f"{stats['overlong_dropped']} dropped; {stats['no_loss_dropped']} without assistant tokens dropped"
         )
         if len(stream.epoch(0)) < t.global_batch:
-            log.warning(f"one epoch packs into {len(stream.epoch(0))} sequences, fewer than train.global_batch={t.global_batch}")
+            log.warning(
+                f"one epoch packs into {len(stream.epoch(0))} sequences, fewer than train.global_batch={t.global_batch}"
+            )
     order = {"data": sft_data.cache_key(cache), "seed": t.seed, "global_batch": t.global_batch}
     return ref, model_dir, tokenizer, stream, order
 
@@ -374,7 +380,9 @@ def train(run: RunDir, cfg, d: fsdp.Dist, dataset: Path, stop: StopFlag) -> dict
         stopping = bool(tail[1] > 0)
         if stopping or (step + 1) % t.checkpoint_every == 0:
             extra = {"step": step + 1, "scheduler": scheduler.state_dict(), "order": order}
-            fsdp.save_checkpoint(fsdp.checkpoint_dir(ckpt_root, step + 1), model, optimizer, extra, d.rank, KEEP_CHECKPOINTS)
+            fsdp.save_checkpoint(
+                fsdp.checkpoint_dir(ckpt_root, step + 1), model, optimizer, extra, d.rank, KEEP_CHECKPOINTS
+            )
         if stopping:
             metrics.close()
             stop_for_requeue(step + 1, d, stop)
@@ -383,7 +391,13 @@ def train(run: RunDir, cfg, d: fsdp.Dist, dataset: Path, stop: StopFlag) -> dict
     final_loss = reference_loss(model, stream, t, d)
     fsdp.export_pretrained(model, out / "final", model_dir, tokenizer, export_dtype, d.rank)
     if d.rank == 0:
-        summary = {"steps": t.steps, "world_size": d.world_size, "reference_loss": final_loss, "data": stream.data.stats, "model": ref}
+        summary = {
+            "steps": t.steps,
+            "world_size": d.world_size,
+            "reference_loss": final_loss,
+            "data": stream.data.stats,
+            "model": ref,
+        }
         atomic_write_json(out / "summary.json", summary)
         log.info(f"train done: {out / 'final'} (loss on the first batch {final_loss:.4f})")
     dist.barrier()
@@ -394,7 +408,7 @@ class TrainingDiverged(RuntimeError):
     """A step's loss or gradient norm is NaN or infinite."""
 
 
-def check_finite(step: int, loss: float, grad_norm: float, ckpt_root: Path, metrics: "MetricsLog") -> None:
+def check_finite(step: int, loss: float, grad_norm: float, ckpt_root: Path, metrics: MetricsLog) -> None:
     """Stop before a diverged step is logged, checkpointed or exported.
 
     Both values are global (all-reduced), so every rank stops at the same step. Checkpoints are
@@ -415,7 +429,11 @@ def stop_for_requeue(step: int, d: fsdp.Dist, stop: StopFlag) -> None:
     """After the stop checkpoint: every rank exits PREEMPTED_EXIT_CODE; under SLURM the batch script requeues."""
     if d.rank == 0:
         stop.consume()
-        how = "the batch script requeues the job" if "SLURM_JOB_ID" in os.environ else "run the train stage again to resume"
+        how = (
+            "the batch script requeues the job"
+            if "SLURM_JOB_ID" in os.environ
+            else "run the train stage again to resume"
+        )
         log.warning(f"stopped by {stop.reason()} after step {step} with a checkpoint; {how}")
     dist.barrier()
     dist.destroy_process_group()
@@ -445,7 +463,12 @@ class MetricsLog:
         if sys.stderr.isatty():  # a live bar for people at a terminal; log files get the lines only
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-            columns = (TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn())
+            columns = (
+                TextColumn("train"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeRemainingColumn(),
+            )
             self.bar = Progress(*columns, TextColumn("{task.fields[status]}"))
             self.task = self.bar.add_task("train", total=total, completed=start, status="")
             self.bar.start()
@@ -457,8 +480,13 @@ class MetricsLog:
         self.handle.flush()
         step = record["step"]
         eta = (time.perf_counter() - self.began) / (step - self.start) * (self.total - step)
-        status = f"loss {record['loss']:.4f} lr {record['lr']:.2e} grad_norm {record['grad_norm']:.3f} {record['tokens_per_s']:.0f} tok/s"
-        log.info(f"step {step}/{self.total}: {status} padding_efficiency {record['padding_efficiency']:.3f} eta {eta:.0f}s")
+        status = (
+            f"loss {record['loss']:.4f} lr {record['lr']:.2e} grad_norm {record['grad_norm']:.3f} "
+            f"{record['tokens_per_s']:.0f} tok/s"
+        )
+        log.info(
+            f"step {step}/{self.total}: {status} padding_efficiency {record['padding_efficiency']:.3f} eta {eta:.0f}s"
+        )
         if self.bar:
             self.bar.update(self.task, completed=step, status=status)
         if self.board:
@@ -471,4 +499,3 @@ class MetricsLog:
                 part.close()
         if self.bar:
             self.bar.stop()
-

@@ -37,7 +37,9 @@ def authors_order(options: list[str], correct_index: int) -> tuple[list[str], st
     return [options[i] for i in order], LETTERS[order.index(correct_index)]
 
 
-def order_options(options: list[str], correct_index: int, rule: str, seed: int, question_id: str) -> tuple[list[str], str]:
+def order_options(
+    options: list[str], correct_index: int, rule: str, seed: int, question_id: str
+) -> tuple[list[str], str]:
     """The options in the order `rule` shows them (seeded | fixed42 | original), and the correct letter."""
     if rule == "seeded":
         return shuffle_options(options, correct_index, seed, question_id)
@@ -106,7 +108,10 @@ LETTER_RULES = {"last": extract_letter, "first_answer": first_answer_letter}
 
 
 def grade_choice(response: str, correct_letter: str, n_options: int, rule: str = "last") -> GradeResult:
-    """Correct when the response's letter (read by `rule`: last = ours, first_answer = the authors' HLE) is the correct one."""
+    """Correct when the response's letter is the correct one.
+
+    `rule` reads the letter: "last" (ours) or "first_answer" (the authors' HLE).
+    """
     if unfinished_thinking(response):
         return GradeResult(False, None, "unfinished_thinking")
     letter = LETTER_RULES[rule](response, n_options)

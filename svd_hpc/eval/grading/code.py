@@ -19,8 +19,8 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Literal
 
-from . import GradeResult, final_part, unfinished_thinking
 from ..sandbox import run_program
+from . import GradeResult, final_part, unfinished_thinking
 
 log = logging.getLogger("svd_hpc")
 
@@ -105,7 +105,9 @@ def grade_code(
     for number, test in enumerate(tests, 1):
         where = f"test {number}/{len(tests)}"
         if left is not None and left <= 0:
-            return GradeResult(False, code, "timeout", f"{where}: the {total_budget_s:g} s budget of all tests is spent")
+            return GradeResult(
+                False, code, "timeout", f"{where}: the {total_budget_s:g} s budget of all tests is spent"
+            )
         result = run_program(program, stdin=test["input"], timeout_s=timeout_s if left is None else left)
         if left is not None:
             left -= result.wall_s
@@ -115,8 +117,9 @@ def grade_code(
             return GradeResult(False, code, result.status, f"{where}: {result.stderr[-500:]}")
         same = _same_stdout if mode == "stdin" else _same_value
         if not same(result.stdout, test["output"]):
-            return GradeResult(False, code, "wrong_answer",
-                               f"{where}: expected {test['output'][:200]!r}, got {result.stdout[:200]!r}")
+            return GradeResult(
+                False, code, "wrong_answer", f"{where}: expected {test['output'][:200]!r}, got {result.stdout[:200]!r}"
+            )
     return GradeResult(True, code, "correct")
 
 

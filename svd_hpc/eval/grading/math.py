@@ -19,8 +19,6 @@ log = logging.getLogger("svd_hpc")
 _MATH_VERIFY_TIMEOUT_S = 5
 
 
-
-
 def grade_math(response: str, reference: str) -> GradeResult:
     """Correct when the last boxed answer of the final part is equivalent to `reference`.
 
@@ -41,8 +39,9 @@ def grade_math(response: str, reference: str) -> GradeResult:
         log.debug(f"math-verify failed: {extracted=} {reference=} {exc!r}")
         return GradeResult(False, extracted, "grader_error", f"{type(exc).__name__}: {exc}")
     correct = _normalise(extracted) == _normalise(reference)
-    return GradeResult(correct, extracted, "correct" if correct else "wrong_answer",
-                       "math-verify could not parse; compared as text")
+    return GradeResult(
+        correct, extracted, "correct" if correct else "wrong_answer", "math-verify could not parse; compared as text"
+    )
 
 
 def _strip_reference(reference: str) -> str:
