@@ -35,7 +35,7 @@ def backend(request, monkeypatch):
     iso = BACKENDS[request.param]
     if iso.mode == sandbox.UNAVAILABLE:
         pytest.skip(f"{request.param} cannot run here: {dict(iso.missing)[request.param]}")
-    monkeypatch.setattr(sandbox, "_detected", iso)
+    monkeypatch.setattr(sandbox.detect, "_detected", iso)
     return request.param
 
 
@@ -285,25 +285,50 @@ def test_environment_secrets_are_not_visible(backend, monkeypatch):
         assert name not in result.stdout
 
 
-@pytest.fixture
-def home_with_token(monkeypatch, request):
+NOBODY = 65534
+needs_setpriv = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
+    reason="needs root (to become an ordinary user) and /usr/bin/python3",
+)
+
+
+def _home_with_token(request) -> Path:
     """A home (not under /tmp, which every backend covers anyway) holding a world-readable HF token."""
     parent = next(d for d in ("/home", "/srv", "/opt") if os.path.isdir(d))
     home = Path(tempfile.mkdtemp(prefix="svd_home_", dir=parent))
     request.addfinalizer(lambda: shutil.rmtree(home, ignore_errors=True))
-    home.chmod(0o755)
     token = home / ".cache" / "huggingface" / "token"
     token.parent.mkdir(parents=True)
     token.write_text("hf_secret")
-    for path in (home / ".cache", token.parent):
+    for path in (home, home / ".cache", token.parent):
         path.chmod(0o755)
     token.chmod(0o644)
-    monkeypatch.setenv("HOME", str(home))
     return token
 
 
+@pytest.fixture
+def home_with_token(monkeypatch, request):
+    token = _home_with_token(request)
+    monkeypatch.setenv("HOME", str(token.parents[2]))
+    return token
+
+
+@pytest.fixture
+def nobody_files(tmp_path, request) -> tuple[Path, Path]:
+    """For a sandbox run as `nobody`: a file it must not create in a folder nobody owns, and the token
+    in nobody's home, as a cluster user's (~/.cache/huggingface/token)."""
+    owned = tmp_path / "nobody_owned"
+    owned.mkdir()
+    os.chown(owned, NOBODY, NOBODY)
+    tmp_path.chmod(0o755)
+    token = _home_with_token(request)
+    for path in (token.parents[2], token.parents[1], token.parent, token):
+        os.chown(path, NOBODY, NOBODY)
+    return owned / "escape.txt", token
+
+
 def test_home_token_is_not_readable(backend, home_with_token, monkeypatch):
-    monkeypatch.setattr(sandbox, "_detected", sandbox._detect((backend,)))  # detected with this home
+    monkeypatch.setattr(sandbox.detect, "_detected", sandbox._detect((backend,)))  # detected with this home
     result = run_program(f"print(open({str(home_with_token)!r}).read())")
     assert result.status == "runtime_error", result
     assert "hf_secret" not in result.stdout
@@ -385,33 +410,16 @@ USERNS_CHECK = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
-    reason="needs root (to become an ordinary user) and /usr/bin/python3",
-)
-def test_unprivileged_user_gets_user_namespaces(tmp_path, request):
+@needs_setpriv
+def test_unprivileged_user_gets_user_namespaces(nobody_files):
     """What a SLURM user gets: run the sandbox itself as `nobody`."""
-    owned = tmp_path / "nobody_owned"
-    owned.mkdir()
-    os.chown(owned, 65534, 65534)
-    tmp_path.chmod(0o755)
-    target = owned / "escape.txt"
-    # Its home holds a token, as a cluster user's does (~/.cache/huggingface/token). Not under
-    # /tmp, which the sandbox hides anyway.
-    parent = next(d for d in ("/home", "/srv", "/opt") if os.path.isdir(d))
-    home = Path(tempfile.mkdtemp(prefix="svd_home_", dir=parent))
-    request.addfinalizer(lambda: shutil.rmtree(home, ignore_errors=True))
-    home.chmod(0o755)
-    token = home / ".cache" / "huggingface" / "token"
-    token.parent.mkdir(parents=True)
-    token.write_text("hf_secret")
-    for path in (home, home / ".cache", token.parent, token):
-        os.chown(path, 65534, 65534)
+    target, token = nobody_files
+    home = token.parents[2]
     proc = subprocess.run(
         [
             "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
             "--clear-groups",
             "/usr/bin/python3",
             "-I",
@@ -468,7 +476,7 @@ FAKE_ROOT_SUITE = textwrap.dedent("""
     target, token, port, hide_bwrap = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
     if hide_bwrap:
         which = shutil.which
-        sandbox.shutil.which = lambda name: None if name == "bwrap" else which(name)
+        sandbox.detect.shutil.which = lambda name: None if name == "bwrap" else which(name)
     run = sandbox.run_program
     out = {"fake_root": sandbox.fake_root(), "mode": sandbox.sandbox_isolation()}
     try:
@@ -497,26 +505,12 @@ FAKE_ROOT_SUITE = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("nested", ["allowed", "blocked", "blocked-no-bwrap"])
-@pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
-    reason="needs root (to become an ordinary user) and /usr/bin/python3",
-)
-def test_hostile_programs_under_a_fake_root(nested, tmp_path, request, monkeypatch):
+@needs_setpriv
+def test_hostile_programs_under_a_fake_root(nested, nobody_files):
     """An ordinary user's fake root (what apptainer --fakeroot and rootless podman give), with nested
     user namespaces allowed and blocked (`echo 0 > /proc/sys/user/max_user_namespaces` inside)."""
-    owned = tmp_path / "nobody_owned"
-    owned.mkdir()
-    os.chown(owned, 65534, 65534)
-    tmp_path.chmod(0o755)
-    target = owned / "escape.txt"
-    parent = next(d for d in ("/home", "/srv", "/opt") if os.path.isdir(d))
-    home = Path(tempfile.mkdtemp(prefix="svd_home_", dir=parent))
-    request.addfinalizer(lambda: shutil.rmtree(home, ignore_errors=True))
-    token = home / ".cache" / "huggingface" / "token"
-    token.parent.mkdir(parents=True)
-    token.write_text("hf_secret")
-    for path in (home, home / ".cache", token.parent, token):
-        os.chown(path, 65534, 65534)
+    target, token = nobody_files
+    home = token.parents[2]
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -526,8 +520,8 @@ def test_hostile_programs_under_a_fake_root(nested, tmp_path, request, monkeypat
     proc = subprocess.run(
         [
             "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
             "--clear-groups",
             "unshare",
             "--user",
@@ -575,6 +569,12 @@ def test_hostile_programs_under_a_fake_root(nested, tmp_path, request, monkeypat
 # ----------------------------------------------------------------------------- process-group
 
 
+# What a machine without bubblewrap or user namespaces detects.
+PROCESS_GROUP_ONLY = sandbox.backends._Isolation(
+    "process-group", sys.executable, missing=(("bubblewrap", "bwrap is not installed"),)
+)
+
+
 THREADS_ON_A_BUSY_ACCOUNT = textwrap.dedent("""
     import sys, threading
     sys.path.insert(0, sys.argv[1])
@@ -592,17 +592,14 @@ THREADS_ON_A_BUSY_ACCOUNT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
-    reason="needs root (to become an ordinary user) and /usr/bin/python3",
-)
+@needs_setpriv
 def test_process_group_counts_threads_for_rlimit_nproc():
     """RLIMIT_NPROC counts tasks: the limit must leave room for all of the user's threads."""
     proc = subprocess.run(
         [
             "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
             "--clear-groups",
             "/usr/bin/python3",
             "-I",
@@ -635,8 +632,7 @@ def test_user_tasks_counts_threads():
 
 def test_process_group_reports_what_is_not_contained(monkeypatch):
     """Allowed explicitly, an unisolated run says so: no network isolation in the result and the record."""
-    iso = sandbox._Isolation("process-group", sys.executable, missing=(("bubblewrap", "bwrap is not installed"),))
-    monkeypatch.setattr(sandbox, "_detected", iso)
+    monkeypatch.setattr(sandbox.detect, "_detected", PROCESS_GROUP_ONLY)
     assert not run_program("print(1)").network_isolated
     assert sandbox.require_isolation(True) == "process-group"
     assert sandbox.isolation_record()["network_isolated"] is False
@@ -680,11 +676,7 @@ def test_code_benchmark_task_refuses_before_loading_a_model(tmp_path, monkeypatc
     run = RunDir(tmp_path / "r")
     run.write_config(cfg, meta={})
     atomic_write_json(run.plan_path, plan_to_json(build_plan(cfg)))
-    monkeypatch.setattr(
-        sandbox,
-        "_detected",
-        sandbox._Isolation("process-group", sys.executable, missing=(("bubblewrap", "bwrap is not installed"),)),
-    )
+    monkeypatch.setattr(sandbox.detect, "_detected", PROCESS_GROUP_ONLY)
     started = []
     monkeypatch.setattr(evaluate, "Engine", lambda *a, **k: started.append(1) or pytest.fail("engine started"))
     with pytest.raises(sandbox.IsolationMissing, match="eval.allow_unisolated_code: true"):
@@ -698,9 +690,9 @@ def test_code_benchmark_task_refuses_before_loading_a_model(tmp_path, monkeypatc
 def test_apptainer_command_line(monkeypatch):
     """apptainer is not installed here: the exact command line it would get."""
     monkeypatch.setenv(sandbox.IMAGE_VAR, "/images/python.sif")
-    iso = sandbox._Isolation("apptainer", "python3", "/usr/bin/apptainer")
-    rlimits = sandbox._rlimits(SandboxLimits(), 6.0, 5)
-    argv = sandbox._apptainer_argv(iso, "/scratch/w", rlimits)
+    iso = sandbox.backends._Isolation("apptainer", "python3", "/usr/bin/apptainer")
+    rlimits = sandbox.limits._rlimits(SandboxLimits(), 6.0, 5)
+    argv = sandbox.backends._apptainer_argv(iso, "/scratch/w", rlimits)
     assert argv[:15] == [
         "/usr/bin/apptainer",
         "exec",
@@ -726,18 +718,18 @@ def test_apptainer_command_line(monkeypatch):
 
 
 def test_apptainer_is_skipped_with_its_reason(monkeypatch):
-    monkeypatch.setattr(sandbox, "_apptainer", lambda: "")
-    assert "is installed" in sandbox._precondition("apptainer")
-    monkeypatch.setattr(sandbox, "_apptainer", lambda: "/usr/bin/apptainer")
+    monkeypatch.setattr(sandbox.detect, "_apptainer", lambda: "")
+    assert "is installed" in sandbox.detect._precondition("apptainer")
+    monkeypatch.setattr(sandbox.detect, "_apptainer", lambda: "/usr/bin/apptainer")
     monkeypatch.delenv(sandbox.IMAGE_VAR, raising=False)
-    assert sandbox.IMAGE_VAR in sandbox._precondition("apptainer")
+    assert sandbox.IMAGE_VAR in sandbox.detect._precondition("apptainer")
 
 
 def test_bubblewrap_command_line_hides_home_and_network(monkeypatch, tmp_path):
     home = Path("/srv/someone")
-    monkeypatch.setattr(sandbox, "_hidden_home", lambda interpreter: (str(home), ()))
-    argv = sandbox._bwrap_argv(
-        sandbox._Isolation("bubblewrap", "/usr/bin/python3", "/usr/bin/bwrap"), 7, SandboxLimits()
+    monkeypatch.setattr(sandbox.backends, "_hidden_home", lambda interpreter: (str(home), ()))
+    argv = sandbox.backends._bwrap_argv(
+        sandbox.backends._Isolation("bubblewrap", "/usr/bin/python3", "/usr/bin/bwrap"), 7, SandboxLimits()
     )
     joined = " ".join(argv)
     for part in (
@@ -756,13 +748,13 @@ def test_bubblewrap_command_line_hides_home_and_network(monkeypatch, tmp_path):
 
 def test_cgroup_delegation_here_or_its_reason():
     """This machine's cgroups, for real: a delegated cgroup v2 is used, else the reason is stated."""
-    d = sandbox._delegate()
+    d = sandbox.limits._delegate()
     bound = sandbox.memory_bound(SandboxLimits())
     if d.parent is None:
         assert d.reason and d.reason in bound and "RLIMIT_AS 1024 MiB x RLIMIT_NPROC 64" in bound
         pytest.skip(f"no delegated cgroup v2 here: {d.reason}")
-    monkey = sandbox._Delegation(d.parent, "")
-    sandbox._cgroup = monkey
+    monkey = sandbox.limits._Delegation(d.parent, "")
+    sandbox.limits._cgroup = monkey
     result = run_program(
         "a = []\nwhile True: a.append(bytearray(50 << 20))",
         limits=SandboxLimits(memory_bytes=4 << 30, total_memory_bytes=256 << 20),
@@ -782,13 +774,13 @@ def test_cgroup_delegation_moves_us_to_a_leaf(tmp_path):
     mountinfo.write_text(f"30 25 0:26 / {root} rw,nosuid - cgroup2 cgroup2 rw\n")
     membership = tmp_path / "cgroup"
     membership.write_text("0::/job_1/step_0\n")
-    d = sandbox._delegate(str(mountinfo), str(membership))
+    d = sandbox.limits._delegate(str(mountinfo), str(membership))
     assert d.parent == str(ours)
     assert (ours / "svd-grader" / "cgroup.procs").read_text() == "222"  # each pid written in turn
     assert (ours / "cgroup.subtree_control").read_text() == "+memory +pids"
     (ours / "cgroup.controllers").write_text("cpu\n")
     (ours / "cgroup.subtree_control").write_text("")
-    assert "no memory and pids controllers" in sandbox._delegate(str(mountinfo), str(membership)).reason
+    assert "no memory and pids controllers" in sandbox.limits._delegate(str(mountinfo), str(membership)).reason
 
 
 def test_report_states_the_isolation(tmp_path):

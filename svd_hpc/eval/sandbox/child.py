@@ -1,6 +1,6 @@
 """The sandboxed child's own setup, between fork and exec: namespaces, ids, a private filesystem.
 
-Everything here runs in the forked child (Popen's preexec_fn) for `svd_hpc.eval.sandbox`. It makes
+Everything here runs in the forked child (Popen's preexec_fn) for `svd_hpc.eval.sandbox.run`. It makes
 system calls and nothing else: no imports, no logging, no locks another thread of the parent
 might have held at fork.
 """
@@ -47,6 +47,17 @@ SETUP_FAILED = "sandbox setup failed: "
 
 
 @dataclass(frozen=True)
+class HostView:
+    """What of the host our own namespace modes hide from the program."""
+
+    # user-namespaces mode, where the program has our uid: every host mount becomes read-only
+    readonly_mounts: tuple[tuple[str, int], ...] = ()  # (mount point, per-mount flags a remount repeats)
+    # our home (tokens, keys, caches), hidden but for the interpreter's own folders in it
+    hidden_home: str | None = None
+    kept_in_home: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
 class ChildPlan:
     namespaces: bool  # set up our own namespaces here (root-namespaces, user-namespaces)
     grader_pid: int  # our pid: if we die, the sandbox must die too
@@ -55,11 +66,7 @@ class ChildPlan:
     uid: int | None = None  # run as this uid (we are root), else keep ours
     user_namespaces: bool = False
     workdir_bytes: int = 0
-    # user-namespaces mode, where the program has our uid: every host mount becomes read-only,
-    # and our home (tokens, keys, caches) is hidden but for the interpreter's own folders in it.
-    readonly_mounts: tuple[tuple[str, int], ...] = ()
-    hidden_home: str | None = None
-    kept_in_home: tuple[str, ...] = ()
+    host_view: HostView = HostView()  # namespace modes
     # False when we exec a possibly setuid launcher (bwrap, apptainer): no_new_privs would stop
     # it from working; it sets no_new_privs for the program itself.
     no_new_privs: bool = True
@@ -184,21 +191,21 @@ def _private_filesystem(plan: ChildPlan, owner: int) -> None:
     if os.path.isdir("/dev/shm"):
         # Private and writable: multiprocessing needs it; what is written there dies with us.
         _mount("tmpfs", "/dev/shm", "tmpfs", hardened, "size=16m,mode=1777")
-    for point, flags in plan.readonly_mounts:
+    for point, flags in plan.host_view.readonly_mounts:
         # MS_BIND: a per-mount change in our namespace, never a remount of the host's filesystem.
         ret = _libc.mount(None, point.encode(), None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | flags, None)
         tolerable = ctypes.get_errno() in (errno.EACCES, errno.EPERM, errno.EINVAL, errno.ENOENT)
         if ret != 0 and (point == "/" or not tolerable):
             _check(ret, f"read-only remount of {point}")
-    if plan.hidden_home:
-        kept = [os.open(path, os.O_PATH) for path in plan.kept_in_home]  # reachable once home is covered
-        _mount("tmpfs", plan.hidden_home, "tmpfs", hardened, "size=64k,mode=755")
-        for path, fd in zip(plan.kept_in_home, kept, strict=True):
+    if plan.host_view.hidden_home:
+        kept = [os.open(path, os.O_PATH) for path in plan.host_view.kept_in_home]  # reachable once home is covered
+        _mount("tmpfs", plan.host_view.hidden_home, "tmpfs", hardened, "size=64k,mode=755")
+        for path, fd in zip(plan.host_view.kept_in_home, kept, strict=True):
             os.makedirs(path)
             # A bind of a read-only mount is read-only: the remounts above already apply.
             _mount(f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC)
             os.close(fd)
-        _mount(None, plan.hidden_home, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | hardened)
+        _mount(None, plan.host_view.hidden_home, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | hardened)
 
 
 def _check(ret: int, what: str) -> None:
