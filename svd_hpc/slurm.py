@@ -294,6 +294,21 @@ class TaskState:
     reason: str = ""
 
 
+def sacct(job_ids: list[str], fields: list[str]) -> list[list[str]] | None:
+    """The accounting rows of `job_ids` (one per allocation, `fields` in order); None when there is
+    no accounting to read: sacct missing, failing, or silent."""
+    if not job_ids or shutil.which("sacct") is None:
+        return None
+    command = ["sacct", "-n", "-P", "-X", f"--format={','.join(fields)}", "-j", ",".join(job_ids)]
+    try:
+        proc = _run(command, "sacct", check=False)
+    except (OSError, subprocess.TimeoutExpired, ClusterError):
+        return None
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return None
+    return [line.split("|") for line in proc.stdout.splitlines()]
+
+
 def _expand_brackets(job_id: str) -> list[str]:
     """'173_[0-2,5%2]' -> ['173_0', '173_1', '173_2', '173_5']; other ids unchanged."""
     match = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job_id)
@@ -312,18 +327,11 @@ def task_states(job_ids: list[str]) -> dict[str, TaskState]:
     states: dict[str, TaskState] = {}
     if not job_ids:
         return states
-    if shutil.which("sacct"):
-        proc = _run(
-            ["sacct", "-n", "-P", "-X", "--format=JobID,State,Elapsed,Reason", "-j", ",".join(job_ids)], "sacct", False
-        )
-        for line in proc.stdout.splitlines():
-            parts = line.split("|")
-            if len(parts) >= 3:
-                # tasks that never started share one line: 173_[0-1,5%2]
-                for job_id in _expand_brackets(parts[0]):
-                    states[job_id] = TaskState(
-                        job_id, parts[1].split()[0], parts[2], parts[3] if len(parts) > 3 else ""
-                    )
+    for parts in sacct(job_ids, ["JobID", "State", "Elapsed", "Reason"]) or []:
+        if len(parts) >= 3:
+            # tasks that never started share one line: 173_[0-1,5%2]
+            for job_id in _expand_brackets(parts[0]):
+                states[job_id] = TaskState(job_id, parts[1].split()[0], parts[2], parts[3] if len(parts) > 3 else "")
     if shutil.which("squeue"):
         proc = _run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i|%T|%M|%r"], "squeue", False)
         for line in proc.stdout.splitlines():

@@ -28,11 +28,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import prompts
+from . import aggregation, prompts
 from .chunks import Checkpoint
 from .config import VERIFY_STAGES, ModelConfig, VerifyConfig
 from .engine import Engine, request_seed, skip_stats, stage_sampling
-from .records import CANDIDATE, VERDICT, VOTE_NONE, VOTE_YES, check_schema
+from .records import CANDIDATE, VERDICT, VOTE_NONE, check_schema
 from .rundir import RunDir, atomic_path
 
 log = logging.getLogger("svd_hpc")
@@ -64,17 +64,8 @@ class CascadeResult:
 
 
 def aggregate(votes: Sequence[int], rule: str, k: int | None = None) -> bool:
-    """Whether a stage passes: unanimous (all yes), majority (more than half yes), or k_of_v."""
-    yes = sum(1 for v in votes if v == VOTE_YES)
-    if rule == "unanimous":
-        return bool(votes) and yes == len(votes)
-    if rule == "majority":
-        return yes * 2 > len(votes)
-    if rule == "k_of_v":
-        if k is None:
-            raise ValueError("aggregation k_of_v needs verify.k (or merge.k).")
-        return yes >= k
-    raise ValueError(f"unknown aggregation '{rule}'; choose unanimous, majority or k_of_v.")
+    """Whether a stage passes by verify.aggregation (the rule itself: svd_hpc/aggregation.py)."""
+    return aggregation.votes_pass(votes, rule, k, section="verify")
 
 
 def votes_per_inference(votes: int, inferences: int) -> list[int]:

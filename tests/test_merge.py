@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from svd_hpc import records
+from svd_hpc import aggregation, records, verify
 from svd_hpc.config import VERIFY_STAGES, MergeConfig, RunConfig
 from svd_hpc.merge import merge, selection
 from svd_hpc.rundir import RunDir
@@ -111,6 +111,21 @@ def test_vote_thresholds_unanimous_majority_k_of_v():
     # a switched-off stage is ignored, and so is a stage verify did not run
     assert verdicts(disabled_stages=["correctness"]) == [True, False, False, False, True, False, False]
     assert selection.passes(t, MergeConfig(), ["cycle", "factuality"]).to_pylist()[4] is True
+
+
+def test_cascade_and_merge_apply_one_aggregation_rule(monkeypatch):
+    """verify's cascade and merge's thresholds both decide through aggregation.passes, and agree."""
+    asked = []
+    rule = aggregation.passes
+    monkeypatch.setattr(aggregation, "passes", lambda *a, **kw: asked.append(kw["section"]) or rule(*a, **kw))
+    stage_votes = [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, -1], [1, 0, 0, 0, 0], []]
+    rows = [cand("a", i, {"cycle": v}) for i, v in enumerate(stage_votes)]
+    for options in ({}, {"aggregation": "majority"}, {"aggregation": "k_of_v", "k": 2}):
+        merge_cfg = MergeConfig(**options)
+        at_merge = selection.passes(table(rows), merge_cfg, ["cycle"]).to_pylist()
+        at_verify = [verify.aggregate(v, merge_cfg.aggregation, merge_cfg.k) for v in stage_votes]
+        assert at_merge == at_verify, options
+    assert set(asked) == {"merge", "verify"}
 
 
 def test_k_of_v_without_k_is_rejected():

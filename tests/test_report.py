@@ -15,7 +15,7 @@ import pytest
 import yaml
 from rich.console import Console
 
-from svd_hpc import config, report
+from svd_hpc import config, report, slurm
 from svd_hpc.eval import scoring
 from svd_hpc.plan import build_plan, plan_to_json
 from svd_hpc.records import EVAL
@@ -250,6 +250,40 @@ def test_report_numbers_match_the_records(tmp_path, fake_sacct):
     assert saved["m1"]["SVD"]["pass_at_1"] == pytest.approx(seed_scores(["m1"], "SVD").mean())
     assert saved["domain:math"]["questions"] == 6 and saved["m1"]["SVD"]["pass_at_k"]["3"] == pytest.approx(m1_svd[3])
     assert "pass@1 (%)" in out.getvalue() and cells["base"] in out.getvalue()
+
+
+def test_job_states_and_report_costs_read_sacct_through_one_reader(tmp_path, monkeypatch):
+    """status (slurm.task_states) and the report's hours both ask sacct through slurm.sacct, with the
+    same command line; each parses the fields it asked for."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "sacct.args"
+    for name, body in (
+        ("squeue", "exit 0\n"),
+        (
+            "sacct",
+            f'printf "%s\\n" "$*" >> {log}\n'
+            'case "$*" in\n'
+            '  *ElapsedRaw*) echo "7_0|60|cpu=1,gres/gpu=2" ;;\n'
+            '  *) echo "7_0|COMPLETED|00:01:00|None"; echo "7_[1-2]|PENDING|00:00:00|Dependency" ;;\n'
+            "esac\n",
+        ),
+    ):
+        (bin_dir / name).write_text("#!/bin/sh\n" + body)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    asked = []
+    read = slurm.sacct
+    monkeypatch.setattr(slurm, "sacct", lambda ids, fields: asked.append(fields) or read(ids, fields))
+
+    states = slurm.task_states(["7"])
+    assert {k: v.state for k, v in states.items()} == {"7_0": "COMPLETED", "7_1": "PENDING", "7_2": "PENDING"}
+    assert report.sacct_seconds(["7"]) == {"7": (60.0, 120.0)}
+    assert asked == [["JobID", "State", "Elapsed", "Reason"], ["JobID", "ElapsedRaw", "AllocTRES"]]
+    assert log.read_text().splitlines() == [
+        "-n -P -X --format=JobID,State,Elapsed,Reason -j 7",
+        "-n -P -X --format=JobID,ElapsedRaw,AllocTRES -j 7",
+    ]
 
 
 def test_report_of_a_run_without_eval_or_training(tmp_path):

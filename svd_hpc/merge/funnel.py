@@ -98,8 +98,8 @@ def vote_names(cfg: RunConfig) -> list[str]:
     return [f"{kind}_{s}" for s in cfg.verify.stages for kind in ("votes", "no_verdict", "cut_off")]
 
 
-def metric_names(cfg: RunConfig) -> list[str]:
-    stages = [f"passed_{s}" for s in enabled_stages(cfg.merge, cfg.verify.stages)]
+def count_names(stages: list[str]) -> list[str]:
+    """The funnel's counts in funnel order, with passed_<stage> for each of `stages`."""
     return [
         "seeds",
         "duplicate_questions",
@@ -107,15 +107,18 @@ def metric_names(cfg: RunConfig) -> list[str]:
         "filtered",
         "skipped",
         *(f"skipped_{kind}" for kind in SKIP_KINDS),
-        *stages,
+        *(f"passed_{s}" for s in stages),
         "valid",
         "selected",
         "duplicate_solutions",
         "kept",
         "train",
         "validation",
-        *vote_names(cfg),
     ]
+
+
+def metric_names(cfg: RunConfig) -> list[str]:
+    return count_names(enabled_stages(cfg.merge, cfg.verify.stages)) + vote_names(cfg)
 
 
 def summary(counts: Counts, cfg: RunConfig, skipped: list[dict], written: dict[str, int]) -> dict:

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .. import aggregation
 from ..config import VERIFY_STAGES, MergeConfig
 
 DIGEST_BYTES = 16
@@ -114,13 +115,7 @@ def vote_counts(votes: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarr
 
 def meets_threshold(yes: np.ndarray, total: np.ndarray, merge_cfg: MergeConfig) -> np.ndarray:
     """Whether a stage's votes meet merge.aggregation (null stages have total -1 and fail)."""
-    if merge_cfg.aggregation == "unanimous":
-        return (total > 0) & (yes == total)
-    if merge_cfg.aggregation == "majority":
-        return (total > 0) & (2 * yes > total)
-    if merge_cfg.k is None or merge_cfg.k < 1:
-        raise ValueError("merge.k must be at least 1 when merge.aggregation is k_of_v.")
-    return (total > 0) & (yes >= merge_cfg.k)
+    return aggregation.passes(yes, total, merge_cfg.aggregation, merge_cfg.k, section="merge")
 
 
 def enabled_stages(merge_cfg: MergeConfig, stages: list[str]) -> list[str]:

@@ -1,0 +1,110 @@
+"""The eval tables: pass@1 with deltas, pass@k, and what each benchmark asked and left out."""
+
+from __future__ import annotations
+
+import json
+
+from ..eval import scoring
+from ..rundir import RunDir
+from .scores import VARIANTS, EvalScores, PairedDelta, Score
+from .section import Section
+
+
+def _pct(value: Score | None, signed: bool = False) -> str:
+    if value is None:
+        return "—"
+    mean, err = value
+    text = f"{100 * mean:+.1f}" if signed else f"{100 * mean:.1f}"
+    return text + (f" ± {100 * err:.1f}" if err is not None else "")
+
+
+def _ci(delta: PairedDelta | None) -> str:
+    return "—" if delta is None else f"[{100 * delta.low:+.1f}, {100 * delta.high:+.1f}]"
+
+
+def pass1_section(scores: EvalScores, domain_of: dict[str, str]) -> Section:
+    section = Section(
+        "pass@1 (%)",
+        [
+            "benchmark",
+            "domain",
+            "questions",
+            "seeds",
+            "base",
+            "SVD",
+            "Δ SVD",
+            "Δ SVD 95% CI",
+            "UQ-TTC",
+            "Δ UQ-TTC",
+            "Δ UQ-TTC 95% CI",
+        ],
+    )
+    groups = sorted({g for _, g in scores.pass1}, key=lambda g: (g.startswith("domain:"), domain_of.get(g, ""), g))
+    for group in groups:
+        base, svd, ttc = (scores.pass1.get((v, group)) for v in VARIANTS)
+        seeds = sorted({scores.seeds[(v, group)] for v in VARIANTS if (v, group) in scores.seeds})
+        is_domain = group.startswith("domain:")
+        section.rows.append(
+            [
+                f"all {group[7:]}" if is_domain else group,
+                group[7:] if is_domain else domain_of.get(group, "unknown"),
+                str(scores.questions[group]),
+                "/".join(str(s) if s else "mixed" for s in seeds),
+                _pct(base),
+                _pct(svd),
+                _pct(scoring.delta(base, svd) if base and svd else None, True),
+                _ci(scores.deltas.get(("SVD", group))),
+                _pct(ttc),
+                _pct(scoring.delta(base, ttc) if base and ttc else None, True),
+                _ci(scores.deltas.get(("UQ-TTC", group))),
+            ]
+        )
+    section.note = (
+        "Mean over eval seeds ± standard error of that mean (none with one seed); a domain row pools "
+        "the questions of its benchmarks (seeds 'mixed': each question weighs once, no seed-level "
+        "error); deltas are against the base model, errors added in quadrature. 95% CI: paired "
+        "bootstrap over questions of (variant − base) on the same question and seed, 10,000 resamples."
+    )
+    return section
+
+
+def pass_k_section(scores: EvalScores) -> Section:
+    ks = sorted({k for values in scores.pass_k.values() for k in values})
+    section = Section("pass@k (%), one sample per seed", ["benchmark", "model"] + [f"pass@{k}" for k in ks])
+    for (variant, bench), values in sorted(
+        scores.pass_k.items(), key=lambda kv: (kv[0][1], list(VARIANTS).index(kv[0][0]))
+    ):
+        section.rows.append([bench, variant] + [f"{100 * values[k]:.1f}" if k in values else "—" for k in ks])
+    section.note = "Unbiased estimator 1 - C(n-c, k) / C(n, k) per question, averaged over questions."
+    return section
+
+
+def benchmarks_section(run: RunDir) -> Section:
+    """Per benchmark, from the eval summaries: its prompt, its questions, the dataset rows it left out
+    (by reason) and the choice questions whose options could not be split off (shown verbatim)."""
+    section = Section("Benchmarks", ["benchmark", "prompt", "questions", "rows left out", "options not parsed"])
+    seen: dict[str, dict] = {}
+    for path in sorted(run.stage_dir("eval").glob("*/*/seed-*.json")):
+        try:
+            summary = json.loads(path.read_text())
+            seen.setdefault(summary["benchmark"], summary)
+        except (OSError, ValueError, KeyError):
+            continue
+    for name, summary in sorted(seen.items()):
+        left = dict(summary.get("rows_left_out") or {})
+        unparsed = left.pop("options_unparsed", 0)
+        section.rows.append(
+            [
+                name,
+                summary.get("prompt", "—"),
+                str(summary.get("questions", "—")),
+                ", ".join(f"{reason}: {n:,}" for reason, n in left.items()) or "0",
+                f"{unparsed:,}",
+            ]
+        )
+    section.note = (
+        "The prompt each benchmark was asked with (docs/PROTOCOL.md); rows left out are those the "
+        "benchmark's filter excludes (an image, not multiple choice, outside the contest window); "
+        "questions whose options were not parsed are asked verbatim and graded by their letter."
+    )
+    return section
