@@ -2,8 +2,9 @@
 
 Run as: python -m svd_hpc.task merge --run-dir RUN_DIR (the launcher does this after verify).
 
-The rules (thresholds, selection, dedup) live in selection.py. This module reads the shards once,
-in index order, one shard in hand and the next being read:
+The rules (thresholds, selection, dedup) live in selection.py, the spill and parquet writers in
+writers.py. This module reads the shards once, in index order, one shard in hand and the next
+being read:
 - per shard: thresholds, then the first `limit` passing candidates of each question in the shard,
   a superset of what the global selection can pick (a question's first `limit` overall are among
   its first `limit` in each shard). Their solution digests stay in memory (~100 bytes each); their
@@ -26,6 +27,7 @@ import logging
 import shutil
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,7 @@ from .. import records
 from ..config import VERIFY_STAGES, RunConfig
 from ..rundir import RunDir, atomic_path, atomic_write_json
 from . import funnel, selection
+from .writers import ROW_GROUP_ROWS, RowGroupWriter, Spill
 
 log = logging.getLogger("svd_hpc")
 
@@ -64,7 +67,6 @@ READ_SCHEMA = pa.schema(
         for name in READ_COLUMNS
     ]
 )
-ROW_GROUP_ROWS = 2048  # fixed, so row groups never depend on how the rows were bucketed
 BUCKET_TARGET_BYTES = 64 << 20  # input bytes per spill bucket (a bucket spills a fraction of its input)
 MAX_BUCKETS = 256  # open spill files at once
 
@@ -83,7 +85,6 @@ CANDIDATE_FIELDS = pa.schema(
 QUESTION_FIELDS = pa.schema(
     [("question_id", pa.string()), ("question_digest", pa.binary(selection.DIGEST_BYTES)), ("domain", pa.string())]
 )
-SPILL = pa.schema([("row", pa.int64()), records.SFT.field("messages")])
 
 
 class UnreadableShard(Exception):
@@ -130,79 +131,6 @@ def read_shard(path: Path) -> pa.Table:
     return table.unify_dictionaries().combine_chunks()
 
 
-class Spill:
-    """SFT messages of candidates that may be kept, in bucket files by hash of question_id."""
-
-    def __init__(self, folder: Path, buckets: int):
-        self.folder = folder
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.bits = max(0, int(buckets - 1).bit_length())
-        self.writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
-
-    def bucket_of(self, order_hash: np.ndarray) -> np.ndarray:
-        if not self.bits:
-            return np.zeros(len(order_hash), np.int64)
-        return (order_hash >> np.uint64(64 - self.bits)).astype(np.int64)
-
-    def path(self, bucket: int) -> Path:
-        return self.folder / f"bucket-{bucket:04d}.arrow"
-
-    def add(self, rows: np.ndarray, messages: pa.Array, buckets: np.ndarray) -> None:
-        """Spill SFT messages of rows already sorted by bucket."""
-        table = pa.table([pa.array(rows, pa.int64()), messages], schema=SPILL)
-        starts = np.flatnonzero(selection.run_starts(buckets))
-        for start, end in zip(starts, [*starts[1:], len(buckets)]):
-            bucket = int(buckets[start])
-            if bucket not in self.writers:
-                self.writers[bucket] = pa.ipc.new_file(self.path(bucket), SPILL)
-            self.writers[bucket].write_table(table.slice(start, end - start))
-
-    def close(self) -> list[int]:
-        for writer in self.writers.values():
-            writer.close()
-        return sorted(self.writers)
-
-    def read(self, bucket: int) -> pa.Table:
-        """A bucket, memory-mapped: its pages leave memory when the table is dropped."""
-        return pa.ipc.open_file(pa.memory_map(str(self.path(bucket)))).read_all()
-
-
-class RowGroupWriter:
-    """A ParquetWriter that always cuts row groups at ROW_GROUP_ROWS rows."""
-
-    def __init__(self, path: Path, schema: pa.Schema):
-        # dictionaries only where values repeat: trying them on every long text costs half the write time
-        self.writer = pq.ParquetWriter(
-            path, schema, use_dictionary=["messages.list.element.role", "question_id", "domain"]
-        )
-        self.pending: list[pa.Table] = []
-        self.rows = 0
-        self.written = 0
-
-    def add(self, table: pa.Table) -> None:
-        if table.num_rows:
-            self.pending.append(table)
-            self.rows += table.num_rows
-        if self.rows >= ROW_GROUP_ROWS:
-            self.flush(final=False)
-
-    def flush(self, final: bool) -> None:
-        if not self.pending:
-            return
-        merged = pa.concat_tables(self.pending)
-        whole = merged.num_rows if final else merged.num_rows - merged.num_rows % ROW_GROUP_ROWS
-        if whole:
-            self.writer.write_table(merged.slice(0, whole), row_group_size=ROW_GROUP_ROWS)
-            self.written += whole
-        rest = merged.slice(whole)
-        self.pending, self.rows = ([rest] if rest.num_rows else []), rest.num_rows
-
-    def close(self) -> int:
-        self.flush(final=True)
-        self.writer.close()
-        return self.written
-
-
 def chat_messages(prompt: pa.Array, text: pa.Array) -> pa.Array:
     """[user: prompt, assistant: text] per row, in the SFT schema's message type."""
     n = len(prompt)
@@ -232,41 +160,82 @@ def _shard_questions(table: pa.Table) -> pa.Table:
     )
 
 
-def _scan_shard(table, index, cfg, limit, counts, spill, next_row) -> pa.Table:
-    """Thresholds and local selection for one shard; spills the picks, returns their metadata."""
+@dataclass
+class SkippedShards:
+    """Unreadable verify shards: an error, or with merge.allow_missing a warning and a record."""
+
+    allow_missing: bool
+    shards: list[dict] = field(default_factory=list)
+
+    def add(self, path: Path, reason: str) -> None:
+        if not self.allow_missing:
+            raise shard_error(path, reason)
+        log.warning(f"skipping verify shard {path}: {reason} (merge.allow_missing=true)")
+        self.shards.append({"shard": path.name, "reason": reason})
+
+
+@dataclass
+class ShardPass:
+    """What the pass over the shards builds up: funnel counts, spilled SFT messages, the picks' metadata."""
+
+    cfg: RunConfig
+    limit: int | None  # candidates kept per question (None: all)
+    spill: Spill
+    counts: funnel.Counts = field(default_factory=funnel.Counts)
+    question_parts: list[pa.Table] = field(default_factory=list)
+    candidate_parts: list[pa.Table] = field(default_factory=list)
+    rows: int = 0  # candidates picked so far: the next pick's row number in the spill
+
+
+@dataclass
+class Picks:
+    """Every shard's picks and the merge decision over them (aligned with `candidates`)."""
+
+    questions: pa.Table
+    candidates: pa.Table
+    result: selection.Resolution
+    bucket_ids: list[int]  # spill buckets that hold messages
+
+
+def _count_shard(table: pa.Table, cfg: RunConfig, counts: funnel.Counts, votes) -> np.ndarray:
+    """Add a shard's funnel counts; returns the mask of its valid candidates."""
     stages = cfg.verify.stages
-    votes = selection.stage_votes(table)
     masks = selection.stage_funnel(table, cfg.merge, stages, votes)
     valid = masks[list(masks)[-1]]
-    domain = pc.fill_null(table["domain"], "unknown")
     status = pc.fill_null(table["status"], "")
     counts.add_rows(
-        domain,
+        pc.fill_null(table["domain"], "unknown"),
         {"candidates": np.ones(table.num_rows, bool), "valid": valid}
         | {name: pc.equal(status, name).to_numpy(zero_copy_only=False) for name in ("filtered", "skipped")}
         | funnel.skip_stats(table)
         | {f"passed_{stage}": masks[stage] for stage in selection.enabled_stages(cfg.merge, stages)}
         | funnel.vote_stats(table, stages),
     )
+    return valid
 
+
+def _scan_shard(table: pa.Table, index: int, state: ShardPass) -> pa.Table:
+    """Thresholds and local selection for one shard; spills the picks, returns their metadata."""
+    votes = selection.stage_votes(table)
+    valid = _count_shard(table, state.cfg, state.counts, votes)
     qids = table["question_id"].chunk(0)
     codes = qids.indices.to_numpy()
     cidx = table["candidate_index"].to_numpy()
     passing = np.flatnonzero(valid)
-    picks = passing[selection.first_per_question(codes[passing], cidx[passing], limit)]
+    picks = passing[selection.first_per_question(codes[passing], cidx[passing], state.limit)]
     id_hashes = np.array([id_hash(q) for q in qids.dictionary.to_pylist()], np.uint64)
-    buckets = spill.bucket_of(id_hashes[codes[picks]])
+    buckets = state.spill.bucket_of(id_hashes[codes[picks]])
     by_bucket = np.argsort(buckets, kind="stable")  # one take of the texts, then a slice per bucket
     picks, buckets = picks[by_bucket], buckets[by_bucket]
     text = table["text"].chunk(0).take(pa.array(picks))
     messages = chat_messages(table["prompt"].chunk(0).take(pa.array(picks)).cast(pa.string()), text)
-    spill.add(np.arange(next_row, next_row + len(picks), dtype=np.int64), messages, buckets)
+    state.spill.add(np.arange(state.rows, state.rows + len(picks), dtype=np.int64), messages, buckets)
     yes, total = selection.votes_summed(votes, table.num_rows)
     return pa.table(
         [
             qids.dictionary.take(pa.array(codes[picks])),
             pa.array(cidx[picks], pa.int32()),
-            domain.take(picks),
+            pc.fill_null(table["domain"], "unknown").take(picks),
             pa.array(np.full(len(picks), index, np.int32)),
             pa.array(yes[picks]),
             pa.array(total[picks]),
@@ -277,35 +246,21 @@ def _scan_shard(table, index, cfg, limit, counts, spill, next_row) -> pa.Table:
     )
 
 
-def merge_shards(paths: Sequence[str | Path], cfg: RunConfig, out_dir: str | Path) -> dict:
-    """Merge verify shards (shard i = paths[i]) into out_dir/sft/{train,validation}.parquet and stats.json.
-
-    Returns the stats. The SFT rows are written as they are produced, never held all at once.
-    """
-    out_dir = Path(out_dir)
-    paths = [Path(p) for p in paths]
-    limit = selection.selection_limit(cfg.merge)
-    counts = funnel.Counts()
-    skipped: list[dict] = []
-
-    def unreadable(path: Path, reason: str) -> None:
-        if not cfg.merge.allow_missing:
-            raise shard_error(path, reason)
-        log.warning(f"skipping verify shard {path}: {reason} (merge.allow_missing=true)")
-        skipped.append({"shard": path.name, "reason": reason})
-
+def _readable_shards(paths: list[Path], skipped: SkippedShards) -> list[int]:
+    """Indices of the shards whose footer reads: fail (or skip) before the long pass."""
     readable = []
-    for index, path in enumerate(paths):  # footers first: fail before the long pass
+    for index, path in enumerate(paths):
         try:
             check_shard(path)
             readable.append(index)
         except UnreadableShard as err:
-            unreadable(path, str(err))
-    input_bytes = sum(paths[i].stat().st_size for i in readable)
-    buckets = min(MAX_BUCKETS, max(1, -(-input_bytes // BUCKET_TARGET_BYTES)))
-    spill = Spill(out_dir / ".spill", buckets)
-    question_parts, candidate_parts, next_row = [], [], 0
-    # decoding parquet releases the GIL: the next shard is read while this one is processed
+            skipped.add(path, str(err))
+    return readable
+
+
+def _scan_shards(paths: list[Path], readable: list[int], state: ShardPass, skipped: SkippedShards) -> None:
+    """Every readable shard in index order, the next one read while this one is scanned."""
+    # decoding parquet releases the GIL: one reader thread keeps the next shard coming
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-read")
     try:
         pending = [reader.submit(read_shard, paths[index]) for index in readable[:1]]
@@ -315,27 +270,47 @@ def merge_shards(paths: Sequence[str | Path], cfg: RunConfig, out_dir: str | Pat
             try:
                 table = pending.pop(0).result()
             except UnreadableShard as err:
-                unreadable(paths[index], str(err))
+                skipped.add(paths[index], str(err))
                 continue
-            candidates = _scan_shard(table, index, cfg, limit, counts, spill, next_row)
-            question_parts.append(_shard_questions(table))
-            candidate_parts.append(candidates)
-            next_row += candidates.num_rows
+            candidates = _scan_shard(table, index, state)
+            state.question_parts.append(_shard_questions(table))
+            state.candidate_parts.append(candidates)
+            state.rows += candidates.num_rows
             log.debug(f"merge scanned shard={index} rows={table.num_rows} picked={candidates.num_rows}")
-        bucket_ids = spill.close()
-        questions = pa.concat_tables([QUESTION_FIELDS.empty_table(), *question_parts])
-        candidates = pa.concat_tables([CANDIDATE_FIELDS.empty_table(), *candidate_parts]).combine_chunks()
-        result = selection.resolve(questions, candidates, limit)
-        written = _write_sft(out_dir / "sft", cfg, spill, bucket_ids, candidates, result, counts, questions)
     finally:
         reader.shutdown(cancel_futures=True)
-        shutil.rmtree(spill.folder, ignore_errors=True)
-    stats = funnel.summary(counts, cfg, skipped, written)
+
+
+def _resolve(state: ShardPass) -> Picks:
+    """Question groups, selection and dedup over every shard's picks."""
+    questions = pa.concat_tables([QUESTION_FIELDS.empty_table(), *state.question_parts])
+    candidates = pa.concat_tables([CANDIDATE_FIELDS.empty_table(), *state.candidate_parts]).combine_chunks()
+    result = selection.resolve(questions, candidates, state.limit)
+    return Picks(questions, candidates, result, bucket_ids=state.spill.close())
+
+
+def merge_shards(paths: Sequence[str | Path], cfg: RunConfig, out_dir: str | Path) -> dict:
+    """Merge verify shards (shard i = paths[i]) into out_dir/sft/{train,validation}.parquet and stats.json.
+
+    Returns the stats. The SFT rows are written as they are produced, never held all at once.
+    """
+    out_dir, paths = Path(out_dir), [Path(p) for p in paths]
+    skipped = SkippedShards(cfg.merge.allow_missing)
+    readable = _readable_shards(paths, skipped)
+    input_bytes = sum(paths[i].stat().st_size for i in readable)
+    buckets = min(MAX_BUCKETS, max(1, -(-input_bytes // BUCKET_TARGET_BYTES)))
+    state = ShardPass(cfg, selection.selection_limit(cfg.merge), Spill(out_dir / ".spill", buckets))
+    try:
+        _scan_shards(paths, readable, state, skipped)
+        written = _write_sft(out_dir / "sft", state, _resolve(state))
+    finally:
+        shutil.rmtree(state.spill.folder, ignore_errors=True)
+    stats = funnel.summary(state.counts, cfg, skipped.shards, written)
     atomic_write_json(out_dir / "stats.json", stats)
     overall = stats["overall"]
     log.info(
         f"merge kept={overall['kept']} of candidates={overall['candidates']} valid={overall['valid']} "
-        f"shards={len(paths)} skipped={len(skipped)}"
+        f"shards={len(paths)} skipped={len(skipped.shards)}"
     )
     if not overall["kept"]:
         # an empty parquet is valid, but datasets.load_dataset refuses it: say so where it starts
@@ -343,33 +318,43 @@ def merge_shards(paths: Sequence[str | Path], cfg: RunConfig, out_dir: str | Pat
     return stats
 
 
-def _write_sft(sft_dir, cfg, spill, bucket_ids, candidates, result, counts, questions) -> dict[str, int]:
-    """Kept rows, bucket by bucket, in output order, into train (and validation) parquet."""
-    sft_dir.mkdir(parents=True, exist_ok=True)
+def _validation_rows(picks: Picks, state: ShardPass) -> np.ndarray:
+    """Per candidate, whether its question group is held out for validation; adds the last counts."""
+    result, domain = picks.result, picks.candidates["domain"]
     qids = result.question_ids
-    counts.add_questions(questions, qids, result.duplicate_questions)
-    domain = candidates["domain"]
-    counts.add_rows(domain, {"selected": result.selected, "duplicate_solutions": result.selected & ~result.kept})
+    state.counts.add_questions(picks.questions, qids, result.duplicate_questions)
+    state.counts.add_rows(domain, {"selected": result.selected, "duplicate_solutions": result.selected & ~result.kept})
     held_out = np.zeros(len(qids), bool)
-    fraction = cfg.merge.validation_fraction
+    fraction = state.cfg.merge.validation_fraction
     if fraction > 0:
         leaders = np.unique(result.question_group)
         threshold = fraction * 2.0**64
         chosen = [id_hash(q, key=b"validation") < threshold for q in qids.take(pa.array(leaders)).to_pylist()]
         held_out[leaders[np.array(chosen, bool)]] = True
-    validation_row = held_out[result.question_group[result.candidate_rank]] if len(candidates) else np.zeros(0, bool)
-    counts.add_rows(
-        domain,
-        {"kept": result.kept, "train": result.kept & ~validation_row, "validation": result.kept & validation_row},
+    in_validation = (
+        held_out[result.question_group[result.candidate_rank]] if len(picks.candidates) else np.zeros(0, bool)
     )
+    state.counts.add_rows(
+        domain,
+        {"kept": result.kept, "train": result.kept & ~in_validation, "validation": result.kept & in_validation},
+    )
+    return in_validation
 
+
+def _write_sft(sft_dir: Path, state: ShardPass, picks: Picks) -> dict[str, int]:
+    """Kept rows, bucket by bucket, in output order, into train (and validation) parquet."""
+    sft_dir.mkdir(parents=True, exist_ok=True)
+    validation_row = _validation_rows(picks, state)
+    result, candidates = picks.result, picks.candidates
     train = RowGroupWriter(sft_dir / "train.parquet", records.SFT)
-    validation = RowGroupWriter(sft_dir / "validation.parquet", records.SFT) if fraction > 0 else None
+    validation = (
+        RowGroupWriter(sft_dir / "validation.parquet", records.SFT) if state.cfg.merge.validation_fraction > 0 else None
+    )
     cidx = candidates["candidate_index"].to_numpy().astype(np.int64)
     shard = candidates["shard"].to_numpy().astype(np.int64)
     order_hash = candidates["order_hash"].to_numpy()
-    for bucket in bucket_ids:
-        part = spill.read(bucket)
+    for bucket in picks.bucket_ids:
+        part = state.spill.read(bucket)
         rows = part["row"].to_numpy()
         keep = result.kept[rows]
         rows = rows[keep]
