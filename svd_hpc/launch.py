@@ -8,6 +8,7 @@ Run as:
     python -m svd_hpc.launch resume RUN_DIR [--dry-run] [--wait]
     python -m svd_hpc.launch cancel RUN_DIR
     python -m svd_hpc.launch report RUN_DIR
+    python -m svd_hpc.launch config-help [SECTION]   # every config key: type, default, meaning (docs/CONFIG.md)
 
 Every user error (config, seeds, cluster refusal) is one sentence on stderr and exit code 2,
 with nothing submitted. On SLURM the launcher returns as soon as the chain is queued.
@@ -30,14 +31,14 @@ from rich.table import Table
 
 from . import __version__, local, slurm, smoke, staging, status
 from . import config as config_mod
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, reference
 from .plan import Stage, build_plan, downstream, plan_to_json
 from .rundir import RunDir, atomic_write_json
 
 log = logging.getLogger("svd_hpc")
 console = Console(stderr=False)
 EXIT_USER_ERROR = 2
-COMMANDS = ("run", "prepare", "smoke", "status", "resume", "cancel", "report")
+COMMANDS = ("run", "prepare", "smoke", "status", "resume", "cancel", "report", "config-help")
 
 
 def _git_commit() -> str | None:
@@ -261,10 +262,16 @@ def main(argv: list[str] | None = None) -> int:
     sub.choices["resume"].add_argument("run_dir")
     for name in ("status", "cancel", "report"):
         sub.add_parser(name).add_argument("run_dir")
+    p_help = sub.add_parser("config-help", help="every config key with its type, default and meaning")
+    p_help.add_argument("section", nargs="?", help=f"one of {', '.join(reference.SECTIONS)}; default: all")
+    p_help.add_argument("--markdown", action="store_true", help="all sections as docs/CONFIG.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
     try:
+        if args.command == "config-help":
+            sys.stdout.write(reference.markdown() if args.markdown else reference.text(args.section))
+            return 0
         if args.command == "run":
             cfg = config_mod.load(args.config, args.overrides)
             _resolve_paths(cfg)

@@ -69,9 +69,14 @@ def test_unknown_key_lists_valid_keys(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"verify": {"vots": 3}}))
     with pytest.raises(
-        config.ConfigError, match=r"unknown key 'verify.vots'; valid keys under 'verify': stages, votes"
-    ):
+        config.ConfigError,
+        match=re.escape(
+            "unknown key 'verify.vots'; valid keys under 'verify' (with their defaults): "
+            "stages=[cycle, factuality, correctness], votes=5, temperature=0.6,"
+        ),
+    ) as err:
         config.load(path)
+    assert "aggregation=unanimous, k=null," in str(err.value) and str(err.value).endswith("chunk_size=256.")
 
 
 @pytest.mark.parametrize(
@@ -80,6 +85,7 @@ def test_unknown_key_lists_valid_keys(tmp_path):
         ("generate.n=many", "generate.n must be int"),
         ("verify.aggregation=most", "choose one of unanimous, majority, k_of_v"),
         ("verify.aggregation=k_of_v", "verify.k must be between 1 and verify.votes"),
+        ("merge.aggregation=k_of_v", "merge.k must be between 1 and verify.votes (5) for k_of_v"),
         ("seeds.shards=0", "seeds.shards must be at least 1"),
         ("cluster=nowhere", "cluster profile 'nowhere' not found"),
         ("resources.merge.nodes=2", "only train runs on several nodes"),

@@ -1,0 +1,139 @@
+"""The eval section: the benchmarks both models are evaluated on, and how."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .checks import ConfigError
+
+
+@dataclass
+class BenchmarkSpec:
+    """One entry of eval.benchmarks: a preset, or a dataset described field by field.
+
+    With a preset, the dataset keys (hf_config, split, the *_field keys, domain, grader) left at
+    their defaults take the preset's values (docs/PROTOCOL.md).
+    """
+
+    name: str = ""
+    """Unique name of this benchmark in the run (required)."""
+    preset: str | None = None
+    """aime26, hmmt_feb_2025, gpqa_diamond, hle_mc, lcb_v5 or lcb_v6."""
+    path: str | None = None
+    """Local JSONL/parquet, local HF dataset directory, or hub id; null: the preset's."""
+    hf_config: str | None = None
+    """HF dataset config (subset) name."""
+    revision: str | None = None
+    """Of the hub copy: branch, tag or commit; the launch pins it to a commit."""
+    split: str = "test"
+    """HF dataset split."""
+    question_field: str = "question"
+    """Field holding the question text."""
+    answer_field: str = "answer"
+    """Field holding the reference answer."""
+    id_field: str | None = None
+    """Field holding a question id."""
+    domain: Literal["math", "science", "code"] = "math"
+    """Domain of the questions (picks the generation prompt's format)."""
+    grader: Literal["math", "math_last_number", "choice", "code"] = "math"
+    """How answers are graded; math_last_number: math, but an answer without \\boxed{} is read as its last number."""
+    limit: int | None = None
+    """Keep the first `limit` problems; null: all."""
+    prompt: Literal["sft", "aime", "hmmt", "gpqa", "hle", "lcb"] | None = None
+    """The eval prompt: the benchmark's own (the authors' evalchemy), or sft (our generation prompt).
+
+    null: the preset's, else sft.
+    """
+    seeds: list[int] | None = None
+    """This benchmark's eval seeds (one sample per question each); wins over eval.seeds.
+
+    null: eval.seeds, else the preset's repeats as seeds 0..R-1, else [0].
+    """
+    option_order: Literal["seeded", "fixed42", "original"] | None = None
+    """Order of choice options: shuffled per (eval seed, question), the authors' GPQA order, or the dataset's.
+
+    fixed42 is Random(42) per question (the correct option always at D). null: the preset's, else seeded.
+    """
+    contest_from: str | None = None
+    """LiveCodeBench: keep problems whose contest month (YYYY-MM) is this or later; null: the preset's."""
+    contest_to: str | None = None
+    """LiveCodeBench: keep problems whose contest month (YYYY-MM) is this or earlier; null: the preset's."""
+
+    def check(self, source: str) -> None:
+        if self.seeds is not None and not self.seeds:
+            raise ConfigError(
+                f"{source}: eval.benchmarks '{self.name}': seeds must list at least one seed, or be left out."
+            )
+        for key in ("contest_from", "contest_to"):
+            month = getattr(self, key)
+            if month is not None and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
+                raise ConfigError(
+                    f"{source}: eval.benchmarks '{self.name}': {key} is {month!r}; write a month as YYYY-MM."
+                )
+
+
+@dataclass
+class EvalConfig:
+    """Stages eval_base and eval_trained: pass@k of the base and the trained model on each benchmark.
+
+    Eval tasks checkpoint every generate.chunk_size questions (eval has no chunk key of its own).
+    """
+
+    benchmarks: list[BenchmarkSpec] = field(default_factory=list)
+    """The benchmarks (see eval.benchmarks[]); none: no eval stages."""
+    seeds: list[int] | None = None
+    """Seeds of every benchmark (a benchmark's own `seeds` wins).
+
+    null: each benchmark repeats as its preset does (the authors': AIME26 1, HMMT 10, GPQA/HLE/LCB 3),
+    a benchmark without preset once.
+    """
+    temperature: float | None = 0.7
+    """Sampling temperature (the authors' 0.7); null: the model's generation_config."""
+    top_p: float | None = 1.0
+    """Nucleus sampling (the authors' 1.0); null: as temperature."""
+    top_k: int | None = None
+    """Top-k sampling; null: as temperature."""
+    min_p: float | None = None
+    """Min-p sampling; null: as temperature."""
+    repetition_penalty: float | None = None
+    """Repetition penalty; null: as temperature."""
+    max_tokens: int = 32768
+    """Longest answer, in tokens."""
+    uq_ttc: bool = False
+    """Also evaluate the test-time baseline (UQ-TTC: candidates filtered by the judges) on the base model."""
+    uq_ttc_candidates: int = 8
+    """Candidates per question for the UQ-TTC baseline."""
+    uq_ttc_filter: bool = False
+    """Apply the static format filter to UQ-TTC candidates; false: every candidate goes to the judges.
+
+    false is the authors' (evalchemy ttc_utils.uq_filter_candidates).
+    """
+    uq_ttc_judge_question: Literal["raw", "presented"] = "raw"
+    """Question the UQ-TTC judges see: the raw one (the authors') or as presented to the model."""
+    code_timeout_s: float = 6.0
+    """Seconds per test of model-written code (see code_time_limit)."""
+    code_tests: Literal["private", "all"] = "private"
+    """Code grading: the private tests only (the authors'), or public and private."""
+    code_time_limit: Literal["total", "per_test"] = "total"
+    """Code time budget: total = (code_timeout_s + 1) × tests + 5 s for all of a problem's tests (the authors' lcb_run).
+
+    per_test: code_timeout_s for each test.
+    """
+    allow_unisolated_code: bool = False
+    """Run model-written code even where nothing isolates it (no namespaces, bubblewrap or apptainer).
+
+    It then has network access and our file permissions.
+    """
+
+    def check(self, source: str) -> None:
+        names = [b.name for b in self.benchmarks]
+        if any(not n for n in names) or len(set(names)) != len(names):
+            raise ConfigError(f"{source}: every eval.benchmarks entry needs a unique 'name'.")
+        if self.seeds is not None and not self.seeds:
+            raise ConfigError(
+                f"{source}: eval.seeds must list at least one seed, or be left out (each preset's repeats)."
+            )
+        for bench in self.benchmarks:
+            bench.check(source)

@@ -1,0 +1,100 @@
+"""The whole run config, and the checks that span its sections (resources against the model and train)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .checks import STAGE_NAMES, ConfigError
+from .cluster import ClusterProfile, StageResources
+from .evaluation import EvalConfig
+from .method import GenerateConfig, MergeConfig, ModelConfig, SeedsConfig, TrainConfig, VerifyConfig
+
+VLLM_STAGES = ("generate", "verify", "eval_base", "eval_trained")
+
+
+@dataclass
+class RunConfig:
+    """A run: its name and place, the method's sections, and where each stage runs."""
+
+    name: str = "run"
+    """Run name: the run directory is run_root/name."""
+    run_root: str = "runs"
+    """Folder holding run directories."""
+    cluster: str = "local"
+    """local (this machine, no SLURM), a profile name in configs/clusters/, or a profile YAML path."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The base model (see model)."""
+    seeds: SeedsConfig = field(default_factory=SeedsConfig)
+    """The seed questions (see seeds)."""
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    """Stage 1 (see generate)."""
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    """Stage 2 (see verify)."""
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    """Stage 3 (see merge)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Stage 4 (see train)."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation of base and trained model (see eval)."""
+    resources: dict[str, StageResources] = field(default_factory=dict)
+    """Per-stage overrides of the cluster profile, keyed by stage name (see resources.STAGE)."""
+    profile: ClusterProfile = field(default_factory=ClusterProfile)
+    """Filled in at load time from `cluster`; not a user key in the run config itself."""
+
+    @property
+    def is_local(self) -> bool:
+        return self.cluster == "local"
+
+    def stage_resources(self, stage: str) -> StageResources:
+        return self.resources.get(stage, StageResources())
+
+    def check(self, source: str) -> None:
+        """Every section's own checks, then those that span sections."""
+        for stage in self.resources:
+            if stage not in STAGE_NAMES:
+                raise ConfigError(f"{source}: unknown stage 'resources.{stage}'; stages are: {', '.join(STAGE_NAMES)}.")
+        for section in (self.seeds, self.generate, self.verify, self.train, self.model):
+            section.check(source)
+        self.merge.check(self.verify.votes, source)
+        self.eval.check(source)
+        for stage, res in self.resources.items():
+            res.check(stage, source)
+        self.profile.check()
+        if not self.is_local:
+            for stage in VLLM_STAGES:
+                self._check_gpus(stage, source)
+        self._check_world_size(source)
+
+    def _check_gpus(self, stage: str, source: str) -> None:
+        """A vLLM stage gets at least tensor_parallel_size GPUs, and no more than a node has."""
+        gpus = self.stage_resources(stage).gpus
+        gpus = self.profile.gpus_per_node if gpus is None else gpus
+        tp = self.model.tensor_parallel_size
+        if gpus and tp > gpus:
+            raise ConfigError(
+                f"{source}: model.tensor_parallel_size={tp} needs that many GPUs, but resources.{stage} gets {gpus}; "
+                f"raise resources.{stage}.gpus or lower the tensor parallel size."
+            )
+        if self.profile.gpus_per_node and gpus and gpus > self.profile.gpus_per_node:
+            raise ConfigError(
+                f"{source}: resources.{stage}.gpus={gpus} exceeds the {self.profile.gpus_per_node} GPUs per node "
+                f"of cluster profile '{self.profile.name}'."
+            )
+
+    def _check_world_size(self, source: str) -> None:
+        total = self.stage_resources("train").nodes * train_procs_per_node(self)
+        t = self.train
+        if t.global_batch % (total * t.micro_batch):
+            raise ConfigError(
+                f"{source}: train.global_batch={t.global_batch} is not divisible by world size {total} × "
+                f"train.micro_batch {t.micro_batch}; choose a multiple of {total * t.micro_batch}."
+            )
+
+
+def train_procs_per_node(cfg: RunConfig) -> int:
+    """Training processes per node: resources.train.tasks_per_node, else one per GPU, else train.procs_per_node."""
+    res = cfg.stage_resources("train")
+    if res.tasks_per_node:
+        return res.tasks_per_node
+    gpus = res.gpus if res.gpus is not None else cfg.profile.gpus_per_node
+    return gpus if gpus else cfg.train.procs_per_node
