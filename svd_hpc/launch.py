@@ -8,7 +8,6 @@ Run as:
     python -m svd_hpc.launch resume RUN_DIR [--dry-run] [--wait]
     python -m svd_hpc.launch cancel RUN_DIR
     python -m svd_hpc.launch report RUN_DIR
-    python -m svd_hpc.launch config-help [SECTION]   # every config key: type, default, meaning (docs/CONFIG.md)
 
 Every user error (config, seeds, cluster refusal) is one sentence on stderr and exit code 2,
 with nothing submitted. On SLURM the launcher returns as soon as the chain is queued.
@@ -31,14 +30,14 @@ from rich.table import Table
 
 from . import __version__, local, slurm, smoke, staging, status
 from . import config as config_mod
-from .config import ConfigError, RunConfig, reference
+from .config import ConfigError, RunConfig
 from .plan import Stage, build_plan, downstream, plan_to_json
 from .rundir import RunDir, atomic_write_json
 
 log = logging.getLogger("svd_hpc")
 console = Console(stderr=False)
 EXIT_USER_ERROR = 2
-COMMANDS = ("run", "prepare", "smoke", "status", "resume", "cancel", "report", "config-help")
+COMMANDS = ("run", "prepare", "smoke", "status", "resume", "cancel", "report")
 
 
 def _git_commit() -> str | None:
@@ -185,10 +184,7 @@ def launch(cfg: RunConfig, run: RunDir, dry_run: bool = False, wait: bool = Fals
     if not todo:
         console.print(f"nothing to submit: every task of {run.root} is done or queued.")
         return 0
-    max_array = cfg.profile.max_array_size or (
-        slurm.site_max_array_size() if slurm.available() else slurm.DEFAULT_MAX_ARRAY_SIZE
-    )
-    subs = slurm.plan_submissions(cfg, run, plan, todo, max_array)
+    subs = slurm.plan_submissions(cfg, run, plan, todo, slurm.max_array_size(cfg.profile))
     live_ids = {stage: ids for stage, (_, ids) in live.items()}
     if not dry_run:
         for stage in {s.stage: s for s in subs}.values():  # one check per stage, nothing submitted
@@ -233,10 +229,8 @@ def _open_run(path: str) -> tuple[RunConfig, RunDir]:
     return run.load_config(), run
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
-        argv.insert(0, "run")
+def _parser() -> argparse.ArgumentParser:
+    """Every command and its options."""
     parser = argparse.ArgumentParser(prog="python -m svd_hpc.launch", description="Launch and follow svd_hpc runs.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="validate a config and launch its run (default command)")
@@ -262,56 +256,90 @@ def main(argv: list[str] | None = None) -> int:
     sub.choices["resume"].add_argument("run_dir")
     for name in ("status", "cancel", "report"):
         sub.add_parser(name).add_argument("run_dir")
-    p_help = sub.add_parser("config-help", help="every config key with its type, default and meaning")
-    p_help.add_argument("section", nargs="?", help=f"one of {', '.join(reference.SECTIONS)}; default: all")
-    p_help.add_argument("--markdown", action="store_true", help="all sections as docs/CONFIG.md")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Validate a config and launch its run."""
+    cfg = config_mod.load(args.config, args.overrides)
+    _resolve_paths(cfg)
+    return launch(cfg, RunDir(Path(cfg.run_root) / cfg.name), dry_run=args.dry_run, wait=args.wait)
+
+
+def _prepare_command(args: argparse.Namespace) -> int:
+    """Write the run directory and every stage's sbatch script for plain sbatch; print RUN_DIR=..."""
+    cfg = config_mod.load(args.config, args.overrides)
+    _resolve_paths(cfg)
+    run = RunDir(Path(cfg.run_root) / cfg.name)
+    console.file = sys.stderr  # stdout carries only the variables
+    # one whole array per stage: refuse what the site cannot take before anything is written
+    slurm.check_whole_arrays(build_plan(cfg), slurm.max_array_size(cfg.profile))
+    scripts = slurm.write_stage_scripts(cfg, run, prepare(cfg, run), Path.cwd())
+    console.print(f"sbatch scripts (edit the lines marked site:, then `bash sbatch/pipeline.sh {run.root}`):")
+    for path in scripts:
+        console.print(f"  {path}", markup=False, highlight=False)
+    print(f"RUN_DIR={shlex.quote(str(run.root))}")
+    return 0
+
+
+def _smoke_command(args: argparse.Namespace) -> int:
+    """A tiny run with the config's cluster settings, checked on the compute nodes."""
+    cfg = config_mod.load(args.config, args.overrides)
+    _resolve_paths(cfg)
+    return run_smoke(smoke.shrink(cfg, args.model))
+
+
+def _resume_command(args: argparse.Namespace) -> int:
+    """Re-submit what is missing."""
+    cfg, run = _open_run(args.run_dir)
+    return launch(cfg, run, dry_run=args.dry_run, wait=args.wait)
+
+
+def _status_command(args: argparse.Namespace) -> int:
+    """Print what the run is doing."""
+    _, run = _open_run(args.run_dir)
+    status.render(run, status.collect(run), console)
+    return 0
+
+
+def _cancel_command(args: argparse.Namespace) -> int:
+    """Cancel every job of the run."""
+    _, run = _open_run(args.run_dir)
+    ids = sorted({str(s["job_id"]) for s in status.submissions(run)})
+    slurm.cancel(ids)
+    console.print(f"cancelled {len(ids)} job(s) of {run.root}: {' '.join(ids) or 'none'}")
+    return 0
+
+
+def _report_command(args: argparse.Namespace) -> int:
+    """Rebuild the run's report."""
+    from . import report
+
+    _, run = _open_run(args.run_dir)
+    report.build(run, console=console)
+    return 0
+
+
+COMMAND_HANDLERS = {
+    "run": _run_command,
+    "prepare": _prepare_command,
+    "smoke": _smoke_command,
+    "resume": _resume_command,
+    "status": _status_command,
+    "cancel": _cancel_command,
+    "report": _report_command,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        argv.insert(0, "run")
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
     try:
-        if args.command == "config-help":
-            sys.stdout.write(reference.markdown() if args.markdown else reference.text(args.section))
-            return 0
-        if args.command == "run":
-            cfg = config_mod.load(args.config, args.overrides)
-            _resolve_paths(cfg)
-            return launch(cfg, RunDir(Path(cfg.run_root) / cfg.name), dry_run=args.dry_run, wait=args.wait)
-        if args.command == "prepare":
-            cfg = config_mod.load(args.config, args.overrides)
-            _resolve_paths(cfg)
-            run = RunDir(Path(cfg.run_root) / cfg.name)
-            console.file = sys.stderr  # stdout carries only the variables
-            # one whole array per stage: refuse what the site cannot take before anything is written
-            slurm.check_whole_arrays(build_plan(cfg), slurm.max_array_size(cfg.profile))
-            scripts = slurm.write_stage_scripts(cfg, run, prepare(cfg, run), Path.cwd())
-            console.print(f"sbatch scripts (edit the lines marked site:, then `bash sbatch/pipeline.sh {run.root}`):")
-            for path in scripts:
-                console.print(f"  {path}", markup=False, highlight=False)
-            print(f"RUN_DIR={shlex.quote(str(run.root))}")
-            return 0
-        if args.command == "smoke":
-            cfg = config_mod.load(args.config, args.overrides)
-            _resolve_paths(cfg)
-            return run_smoke(smoke.shrink(cfg, args.model))
-        if args.command == "resume":
-            cfg, run = _open_run(args.run_dir)
-            return launch(cfg, run, dry_run=args.dry_run, wait=args.wait)
-        if args.command == "status":
-            _, run = _open_run(args.run_dir)
-            status.render(run, status.collect(run), console)
-            return 0
-        if args.command == "cancel":
-            _, run = _open_run(args.run_dir)
-            ids = sorted({str(s["job_id"]) for s in status.submissions(run)})
-            slurm.cancel(ids)
-            console.print(f"cancelled {len(ids)} job(s) of {run.root}: {' '.join(ids) or 'none'}")
-            return 0
-        if args.command == "report":
-            from . import report
-
-            _, run = _open_run(args.run_dir)
-            report.build(run, console=console)
-            return 0
+        return COMMAND_HANDLERS[args.command](args)
     except (ConfigError, slurm.ClusterError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -322,7 +350,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    return 0
 
 
 if __name__ == "__main__":
