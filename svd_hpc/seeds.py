@@ -109,28 +109,41 @@ def _read_table(seeds: SeedsConfig, fmt: str) -> tuple[list[dict], list[str]]:
 
 
 def _read_hf(seeds: SeedsConfig) -> tuple[pa.Table, str]:
-    import datasets
-
     path = Path(seeds.path).expanduser()
-    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-        data = datasets.load_from_disk(str(path))  # written by save_to_disk
-    else:
-        try:
-            # a hub dataset is read from its snapshot at the pinned revision, the files staging fetched
-            source = path if path.is_dir() else staging.snapshot(seeds.path, "dataset", seeds.revision)
-            data = datasets.load_dataset(str(source), seeds.hf_config)
-        except Exception as err:  # the hub client raises many kinds; all mean "cannot get it"
-            raise ValueError(
-                f"seeds.path {seeds.path}: cannot load the dataset ({err}); check the id, path and access."
-            ) from None
-    if isinstance(data, (datasets.DatasetDict, dict)):
-        if seeds.split not in data:
-            raise ValueError(
-                f"seeds.path {seeds.path} has no split '{seeds.split}' (seeds.split); splits: {', '.join(data)}."
-            )
-        data = data[seeds.split]
+    try:
+        # a hub dataset is read from its snapshot at the pinned revision, the files staging fetched
+        source = path if path.is_dir() else staging.snapshot(seeds.path, "dataset", seeds.revision)
+        data = read_dataset_split(source, seeds.hf_config, seeds.split, f"seeds.path {seeds.path}", "seeds.split")
+    except MissingSplit:
+        raise
+    except Exception as err:  # the hub client raises many kinds; all mean "cannot get it"
+        raise ValueError(
+            f"seeds.path {seeds.path}: cannot load the dataset ({err}); check the id, path and access."
+        ) from None
     # through the arrow formatter, so a dataset saved after select/shuffle keeps its row order
     return data.with_format("arrow")[:], f"{seeds.path} [{seeds.split}]"
+
+
+class MissingSplit(ValueError):
+    """A dataset folder lacks the configured split."""
+
+
+def read_dataset_split(path: Path, hf_config: str | None, split: str, where: str, split_key: str = ""):
+    """The `split` of a dataset folder: one written by `save_to_disk`, or one `datasets.load_dataset`
+    reads (a downloaded hub snapshot). MissingSplit names `where` (and the config key `split_key`)
+    and the splits there are; anything else is the library's own error."""
+    import datasets
+
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        data = datasets.load_from_disk(str(path))
+    else:
+        data = datasets.load_dataset(str(path), hf_config)
+    if isinstance(data, (datasets.DatasetDict, dict)):
+        if split not in data:
+            key = f" ({split_key})" if split_key else ""
+            raise MissingSplit(f"{where} has no split '{split}'{key}; splits: {', '.join(data)}.")
+        data = data[split]
+    return data
 
 
 def load_with_report(seeds: SeedsConfig) -> tuple[pa.Table, dict]:

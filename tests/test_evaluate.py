@@ -287,6 +287,22 @@ def test_bad_benchmark_files_are_named(tmp_path):
         benchmarks.load(BenchmarkSpec(name="c", path=str(tmp_path / "c.jsonl"), grader="choice"))
 
 
+def test_benchmark_dataset_folders_name_a_missing_split(tmp_path):
+    """Seeds and benchmarks read dataset folders with one loader: a saved one and a plain folder of
+    data files both name the split that is missing and the splits there are."""
+    import datasets
+
+    rows = {"question": ["1+1?"], "answer": ["2"]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(tmp_path / "saved")
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "train.jsonl").write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n")
+    for folder in ("saved", "files"):
+        spec = BenchmarkSpec(name="b", path=str(tmp_path / folder), split="train")
+        assert [p.answer for p in benchmarks.load(spec)] == ["2"]
+        with pytest.raises(ValueError, match=rf"benchmark 'b': \S+/{folder} has no split 'test'; splits: train\."):
+            benchmarks.load(dataclasses.replace(spec, split="test"))
+
+
 # ----------------------------------------------------------------------------- grading
 
 
