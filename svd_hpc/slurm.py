@@ -28,6 +28,24 @@ from .task_env import without_secrets
 log = logging.getLogger("svd_hpc")
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize: indices 0..1000
+# a stage's resources that batch_script takes as they are, under the same name
+STAGE_OPTIONS = (
+    "nodes",
+    "ntasks_per_node",
+    "cpus_per_task",
+    "gpus_per_node",
+    "partition",
+    "account",
+    "qos",
+    "constraint",
+    "exclude",
+    "mem",
+    "mail_user",
+    "mail_type",
+    "preemptible",
+    "signal_seconds",
+    "requeue_cap",
+)
 
 
 class ClusterError(RuntimeError):
@@ -111,22 +129,8 @@ def render(cfg: RunConfig, run: RunDir, stage: Stage, sub: Submission, cwd: Path
         chdir=str(cwd),
         time=res["time"],
         array=f"{sub.array_spec}%{res['array_parallelism'] or len(sub.indices)}" if stage.is_array else None,
-        nodes=res["nodes"],
-        ntasks_per_node=res["ntasks_per_node"],
-        cpus_per_task=res["cpus_per_task"],
-        gpus_per_node=res["gpus_per_node"],
-        partition=res["partition"],
-        account=res["account"],
-        qos=res["qos"],
-        constraint=res["constraint"],
-        exclude=res["exclude"],
-        mem=res["mem"],
-        mail_user=res["mail_user"],
-        mail_type=res["mail_type"],
+        **{option: res[option] for option in STAGE_OPTIONS},
         dependency=sub.dependency,
-        preemptible=res["preemptible"],
-        signal_seconds=res["signal_seconds"],
-        requeue_cap=res["requeue_cap"],
         # ranks save a checkpoint before they stop; array tasks have nothing to save beyond their chunks
         stop_file=str(stop_request_path(run, stage.name)) if distributed else None,
         done_marker=str(run.done_marker(stage.name, 0)) if distributed else None,
