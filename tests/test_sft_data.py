@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from svd_hpc import models, records
-from svd_hpc.train import sft_data, train
+from svd_hpc.train import sft_cache, sft_data, train
 from svd_hpc.train.rank_files import RankFiles
 
 QUESTION = "What is 2 + 3?"
@@ -90,16 +90,21 @@ def test_bad_input_is_one_clear_sentence(tmp_path, tiny_dir, tokenizer):
         sft_data.load_tokenizer(str(tmp_path / "weights"))
     long = write_sft(tmp_path / "long.parquet", [conversation(reply="word " * 200)])
     with pytest.raises(ValueError, match="none of 1 samples is left"):
-        sft_data.prepare(long, tmp_path / "cache", tokenizer, tiny_dir, 32, "drop")
+        sft_cache.prepare(long, tmp_path / "cache", tokenizer, model_ref=tiny_dir, max_seq_len=32, overlong="drop")
 
 
 def test_prepare_caches_and_notices_a_changed_dataset(tmp_path, tiny_dir, tokenizer):
     path = write_sft(tmp_path / "train.parquet", [conversation()] * 3)
-    first = sft_data.prepare(path, tmp_path / "cache", tokenizer, tiny_dir, 128, "drop")
-    cached = sft_data.load_cache(tmp_path / "cache")
+    first = sft_cache.prepare(path, tmp_path / "cache", tokenizer, model_ref=tiny_dir, max_seq_len=128, overlong="drop")
+    cached = sft_cache.load_cache(tmp_path / "cache")
     assert np.array_equal(first.input_ids, cached.input_ids) and np.array_equal(first.labels, cached.labels)
     write_sft(path, [conversation()] * 5)
-    assert len(sft_data.prepare(path, tmp_path / "cache", tokenizer, tiny_dir, 128, "drop")) == 5
+    assert (
+        len(
+            sft_cache.prepare(path, tmp_path / "cache", tokenizer, model_ref=tiny_dir, max_seq_len=128, overlong="drop")
+        )
+        == 5
+    )
 
 
 def test_the_set_is_the_same_however_many_ranks_tokenize_it(tmp_path, tiny_dir, tokenizer):
@@ -111,7 +116,7 @@ def test_the_set_is_the_same_however_many_ranks_tokenize_it(tmp_path, tiny_dir, 
     expected = sft_data.tokenize_conversations(tokenizer, rows, 96, "drop")
     assert 0 < len(expected) < len(rows) - 1  # the check covers drops (overlong and REPLY * 4)
     key = {
-        "dataset": sft_data.file_digest(path),
+        "dataset": sft_cache.file_digest(path),
         "model": tiny_dir,
         "max_seq_len": 96,
         "overlong": "drop",
@@ -123,7 +128,9 @@ def test_the_set_is_the_same_however_many_ranks_tokenize_it(tmp_path, tiny_dir, 
 
         def rank(r, world=world, cache=cache, folder=folder):  # a tokenizer per thread, as per process
             own = sft_data.load_tokenizer(tiny_dir)
-            return sft_data.prepare(path, cache, own, tiny_dir, 96, "drop", RankFiles(folder, r, world))
+            return sft_cache.prepare(
+                path, cache, own, model_ref=tiny_dir, max_seq_len=96, overlong="drop", ranks=RankFiles(folder, r, world)
+            )
 
         with ThreadPoolExecutor(world) as pool:
             results = list(pool.map(rank, range(world)))
@@ -131,7 +138,7 @@ def test_the_set_is_the_same_however_many_ranks_tokenize_it(tmp_path, tiny_dir, 
             for name in ("input_ids", "labels", "offsets"):
                 assert np.array_equal(getattr(got, name), getattr(expected, name)), (world, name)
             assert got.stats == expected.stats
-        assert sft_data.cache_key(cache) == key
+        assert sft_cache.cache_key(cache) == key
         assert sft_data.pack(results[0].lengths, 96, seed=3) == sft_data.pack(expected.lengths, 96, seed=3)
         assert not any(folder.glob("part-*"))  # the parts are deleted once joined
 

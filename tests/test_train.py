@@ -16,8 +16,8 @@ import yaml
 
 from svd_hpc import config, models
 from svd_hpc.rundir import RunDir
-from svd_hpc.task import run_once
-from svd_hpc.train import fsdp, sft_data, train
+from svd_hpc.task import EXIT_STOPPED, run_once
+from svd_hpc.train import fsdp, sft_cache, sft_data, train
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = {
@@ -100,7 +100,7 @@ def test_final_folder_reloads_with_the_loss_of_the_sharded_model(finished):
     tokenizer = sft_data.load_tokenizer(str(final))
     assert tokenizer.chat_template and model.config.use_cache
     t = RunDir(finished).load_config().train
-    stream = sft_data.PackedStream(sft_data.load_cache(finished / "train" / "data"), t.max_seq_len, t.seed, 0)
+    stream = sft_data.PackedStream(sft_cache.load_cache(finished / "train" / "data"), t.max_seq_len, t.seed, 0)
     batches = stream.step_batches(0, t.global_batch, 1, 0, t.global_batch)
     with torch.no_grad():
         loss = sum(train.loss_sum(model, b, "cpu") for b in batches) / sum(b.loss_tokens for b in batches)
@@ -118,7 +118,7 @@ def test_first_step_matches_a_single_process_full_batch_reference(finished):
 
     model = AutoModelForCausalLM.from_pretrained(models.resolve("builtin:tiny-qwen3"))
     t = RunDir(finished).load_config().train
-    stream = sft_data.PackedStream(sft_data.load_cache(finished / "train" / "data"), t.max_seq_len, t.seed, 0)
+    stream = sft_data.PackedStream(sft_cache.load_cache(finished / "train" / "data"), t.max_seq_len, t.seed, 0)
     batches = stream.step_batches(0, t.global_batch, 1, 0, t.global_batch)
     loss = sum(train.loss_sum(model, b, "cpu") for b in batches) / sum(b.loss_tokens for b in batches)
     loss.backward()
@@ -132,7 +132,7 @@ def test_preempted_run_resumes_to_the_same_weights(finished, tmp_path):
     run = make_run(tmp_path / "run")
     stopped = torchrun(run, **{train.SIGNAL_AT_STEP_ENV: "7"})
     assert stopped.returncode != 0
-    assert f"exitcode  : {train.PREEMPTED_EXIT_CODE}" in stopped.stderr
+    assert f"exitcode  : {EXIT_STOPPED}" in stopped.stderr
     assert "stopped by a signal after step 7" in stopped.stderr
     ckpt = run / "train" / "checkpoints"
     assert fsdp.latest_checkpoint(ckpt) == ckpt / "step-000007"
@@ -345,7 +345,7 @@ if sys.argv[2] == "train":
 else:
     d = fsdp.init_distributed()
     sft = run / "merge" / "sft" / "train.parquet"
-    ref, model_dir, *_ = train.prepare_data(RunDir(run).load_config(), d, sft, run / "train")
+    model_dir = train.prepare_data(RunDir(run).load_config(), d, sft, run / "train").model_dir
     print(f"rank {rank} model_dir {model_dir}", flush=True)
 """
 
@@ -381,13 +381,19 @@ def test_two_ranks_tokenize_the_single_process_set(finished):
     expected = sft_data.tokenize_conversations(
         sft_data.load_tokenizer(model_dir), sft_rows(40), cfg.train.max_seq_len, cfg.train.overlong, **template_kwargs
     )
-    got = sft_data.load_cache(finished / "train" / "data")
+    got = sft_cache.load_cache(finished / "train" / "data")
     for name in ("input_ids", "labels", "offsets"):
         assert np.array_equal(getattr(got, name), getattr(expected, name)), name
     assert got.stats == expected.stats
     dataset = finished / "merge" / "sft" / "train.parquet"
-    key = sft_data.dataset_key(dataset, model_dir, cfg.train.max_seq_len, cfg.train.overlong, template_kwargs)
-    assert sft_data.cache_key(finished / "train" / "data") == key
+    key = sft_cache.dataset_key(
+        dataset,
+        model_ref=model_dir,
+        max_seq_len=cfg.train.max_seq_len,
+        overlong=cfg.train.overlong,
+        template_kwargs=template_kwargs,
+    )
+    assert sft_cache.cache_key(finished / "train" / "data") == key
     assert not (finished / "train" / ".handoff").exists()  # the hand-off files are cleaned up
 
 

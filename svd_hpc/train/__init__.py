@@ -1,1 +1,2 @@
-"""The train stage: the SFT loop (train), SFT data and packing (sft_data), FSDP2 helpers (fsdp), rank hand-offs."""
+"""The train stage: the step loop (train), its inputs, model, step, preemption and step log (step_log), SFT data
+and packing (sft_data), the tokenized-set cache (sft_cache), FSDP2 helpers (fsdp), rank hand-offs (rank_files)."""

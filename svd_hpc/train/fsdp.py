@@ -266,7 +266,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save_checkpoint(path: Path, model, optimizer, extra: dict, rank: int, keep: int) -> None:
+def save_checkpoint(path: Path, model, optimizer, *, extra: dict, rank: int, keep: int) -> None:
     """Save model + optimiser shards (DCP) and this rank's `extra` into `path`; prune old ones."""
     if rank == 0 and path.exists():
         shutil.rmtree(path)  # an incomplete folder left by a killed save
@@ -305,7 +305,7 @@ def load_checkpoint(path: Path, model, optimizer, rank: int) -> dict:
 # ----------------------------------------------------------------------------- export
 
 
-def export_pretrained(model, out_dir: Path, model_dir: str, tokenizer, dtype: torch.dtype, rank: int) -> None:
+def export_pretrained(model, out_dir: Path, *, model_dir: str, tokenizer, dtype: torch.dtype, rank: int) -> None:
     """Write a save_pretrained folder (safetensors + config + tokenizer) from the sharded model.
 
     Every rank takes part in gathering one tensor at a time; rank 0 holds at most one

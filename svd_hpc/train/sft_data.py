@@ -12,33 +12,20 @@ flash-attention varlen) turns those restarts into a block-diagonal mask, so pack
 attend to each other. The pack order is a pure function of (seed, epoch): step s of any run,
 resumed or not and whatever the world size, sees the same global batch.
 
-Tokenising is spread over the training ranks: rank r takes the r-th contiguous slice of rows,
-writes its part, and rank 0 joins the parts in rank order into the cache, so the result is
-the single-process one whatever the world size. Ranks hand over through files (rank_files.py),
-never inside a collective, so a large set cannot trip the process group's timeout. This runs in
-the train job rather than the CPU merge job: the train job must rebuild a cache that does not
-match anyway (deleted, another tokenizer), it has the model folder at hand (the merge job would
-have to fetch train.model's tokenizer on a CPU node), and its N ranks split the work N ways.
+The tokenized set is cached on disk by the training ranks together: sft_cache.py.
 """
 
 from __future__ import annotations
 
 import bisect
-import hashlib
-import json
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from .. import records
-from ..rundir import atomic_path
-from .rank_files import RankFiles
 
 log = logging.getLogger("svd_hpc")
 
@@ -65,18 +52,24 @@ def load_tokenizer(model_dir: str):
     return tokenizer
 
 
+def open_dataset(path: Path) -> pq.ParquetFile:
+    """The SFT parquet file, which must exist and hold rows."""
+    if not path.is_file():
+        raise ValueError(f"SFT dataset {path} does not exist; run the merge stage first.")
+    parquet = pq.ParquetFile(path)
+    if parquet.metadata.num_rows == 0:
+        raise ValueError(f"SFT dataset {path} has no rows: the merge kept no sample, so there is nothing to train on.")
+    return parquet
+
+
 def read_conversations(path: Path, start: int = 0, stop: int | None = None) -> list[list[dict]]:
     """The `messages` column of an SFT parquet file (records.SFT), rows [start, stop), checked up front.
 
     Only the row groups holding those rows are read, so each rank reads its own slice.
     """
-    if not path.is_file():
-        raise ValueError(f"SFT dataset {path} does not exist; run the merge stage first.")
-    parquet = pq.ParquetFile(path)
+    parquet = open_dataset(path)
     records.check_schema(parquet.schema_arrow.empty_table(), records.SFT, str(path))
     rows = parquet.metadata.num_rows
-    if rows == 0:
-        raise ValueError(f"SFT dataset {path} has no rows: the merge kept no sample, so there is nothing to train on.")
     stop = rows if stop is None else min(stop, rows)
     if start >= stop:
         return []
@@ -196,120 +189,6 @@ def tokenize_conversations(
         offsets,
         stats,
     )
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def dataset_key(dataset: Path, model_ref: str, max_seq_len: int, overlong: str, template_kwargs: dict) -> dict:
-    """What the tokenized set depends on: the file's bytes, the tokenizer and the settings."""
-    return {
-        "dataset": file_digest(dataset),
-        "model": model_ref,
-        "max_seq_len": max_seq_len,
-        "overlong": overlong,
-        "template_kwargs": template_kwargs,
-        "version": 1,
-    }
-
-
-def prepare(
-    dataset: Path,
-    cache: Path,
-    tokenizer,
-    model_ref: str,
-    max_seq_len: int,
-    overlong: str,
-    ranks: RankFiles | None = None,
-    **template_kwargs,
-) -> TokenizedSet:
-    """Tokenize `dataset` into the cache folder `cache` once, spread over `ranks`, or reuse a matching cache.
-
-    Every rank of `ranks` calls this; without it the caller is a world of one. The cache is
-    memory-mapped by every rank, so eight processes on a node share one copy.
-    """
-    if ranks is None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache.parent, prefix=f".{cache.name}.") as folder:
-            return prepare(
-                dataset, cache, tokenizer, model_ref, max_seq_len, overlong, RankFiles(folder, 0, 1), **template_kwargs
-            )
-    if ranks.rank == 0:  # one digest of a large file, not one per rank
-        if not dataset.is_file():
-            raise ValueError(f"SFT dataset {dataset} does not exist; run the merge stage first.")
-        key = dataset_key(dataset, model_ref, max_seq_len, overlong, template_kwargs)
-        cached = (cache / "meta.json").is_file() and json.loads((cache / "meta.json").read_text()).get("key") == key
-        ranks.publish("plan", {"key": key, "cached": cached, "rows": pq.ParquetFile(dataset).metadata.num_rows})
-    plan = ranks.wait("plan", [0])[0]
-    if plan["cached"]:
-        return load_cache(cache)
-    rows, rank, world = plan["rows"], ranks.rank, ranks.world_size
-    conversations = read_conversations(dataset, rows * rank // world, rows * (rank + 1) // world)
-    progress = partial(ranks.progress, what="SFT rows tokenised")
-    part = tokenize_conversations(tokenizer, conversations, max_seq_len, overlong, progress, **template_kwargs)
-    save_set(ranks.folder / f"part-{rank:05d}", part, plan["key"])
-    ranks.publish("part", part.stats)
-    if rank == 0:
-        ranks.wait("part", range(world))
-        try:
-            join_parts([ranks.folder / f"part-{r:05d}" for r in range(world)], cache, plan["key"], dataset, max_seq_len)
-        finally:
-            for r in range(world):
-                shutil.rmtree(ranks.folder / f"part-{r:05d}", ignore_errors=True)
-        ranks.publish("data", "ready")
-    else:
-        ranks.wait("data", [0])
-    return load_cache(cache)
-
-
-def save_set(folder: Path, data: TokenizedSet, key: dict) -> None:
-    with atomic_path(folder) as tmp:
-        tmp.mkdir(parents=True)
-        for name in ("input_ids", "labels", "offsets"):
-            np.save(tmp / f"{name}.npy", getattr(data, name))
-        (tmp / "meta.json").write_text(json.dumps({"key": key, "stats": data.stats}, indent=2))
-
-
-def join_parts(parts: list[Path], cache: Path, key: dict, dataset: Path, max_seq_len: int) -> None:
-    """Concatenate the ranks' parts, in rank order, into the cache (streamed: one part in memory at a time)."""
-    loaded = [load_cache(part) for part in parts]
-    stats = {name: sum(part.stats[name] for part in loaded) for name in loaded[0].stats}
-    if stats["samples"] == 0:
-        raise ValueError(
-            f"{dataset}: none of {stats['samples_in']} samples is left to train on "
-            f"({stats['overlong_dropped']} longer than train.max_seq_len={max_seq_len} were dropped, "
-            f"{stats['no_loss_dropped']} had no assistant token); raise max_seq_len or set train.overlong=truncate."
-        )
-    bases = np.cumsum([0] + [int(part.offsets[-1]) for part in loaded])
-    with atomic_path(cache) as tmp:
-        tmp.mkdir(parents=True)
-        for name in ("input_ids", "labels"):
-            out = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.int32, shape=(int(bases[-1]),))
-            for part, base in zip(loaded, bases):
-                out[base : base + len(getattr(part, name))] = getattr(part, name)
-            out.flush()
-            del out
-        offsets = np.concatenate([[0]] + [part.offsets[1:] + base for part, base in zip(loaded, bases)]).astype(
-            np.int64
-        )
-        np.save(tmp / "offsets.npy", offsets)
-        (tmp / "meta.json").write_text(json.dumps({"key": key, "stats": stats}, indent=2))
-
-
-def load_cache(cache: Path) -> TokenizedSet:
-    arrays = {name: np.load(cache / f"{name}.npy", mmap_mode="r") for name in ("input_ids", "labels", "offsets")}
-    stats = json.loads((cache / "meta.json").read_text())["stats"]
-    return TokenizedSet(arrays["input_ids"], arrays["labels"], np.asarray(arrays["offsets"]), stats)
-
-
-def cache_key(cache: Path) -> dict:
-    """The identity of the cached tokenized set (what a checkpoint's data position refers to)."""
-    return json.loads((cache / "meta.json").read_text())["key"]
 
 
 def pack(lengths: np.ndarray, max_seq_len: int, seed: int) -> list[list[int]]:
