@@ -2,12 +2,14 @@
 
 Run as:
     python -m svd_hpc.launch --config configs/demo.yaml [key.sub=value ...] [--dry-run] [--wait]
+    python -m svd_hpc.launch --config configs/X.yaml --pilot [N]   # N random questions: projected cost and yield
     python -m svd_hpc.launch prepare --config configs/X.yaml   # run dir + RUN_DIR/sbatch/<stage>.sh for plain sbatch
     python -m svd_hpc.launch smoke --config configs/X.yaml   # the same cluster settings, a tiny model, minutes: checks
     python -m svd_hpc.launch status RUN_DIR
     python -m svd_hpc.launch resume RUN_DIR [--dry-run] [--wait]
     python -m svd_hpc.launch cancel RUN_DIR
     python -m svd_hpc.launch report RUN_DIR
+    python -m svd_hpc.launch config-help [SECTION]   # every config key: type, default, meaning (docs/CONFIG.md)
 
 Every user error (config, seeds, cluster refusal) is one sentence on stderr and exit code 2,
 with nothing submitted. On SLURM the launcher returns as soon as the chain is queued.
@@ -28,16 +30,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__, local, slurm, smoke, staging, status
+from . import __version__, local, pilot, slurm, smoke, staging, status
 from . import config as config_mod
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, reference
 from .plan import Stage, build_plan, downstream, plan_to_json
 from .rundir import RunDir, atomic_write_json
 
 log = logging.getLogger("svd_hpc")
 console = Console(stderr=False)
 EXIT_USER_ERROR = 2
-COMMANDS = ("run", "prepare", "smoke", "status", "resume", "cancel", "report")
+COMMANDS = ("run", "prepare", "smoke", "status", "resume", "cancel", "report", "config-help")
 
 
 def _git_commit() -> str | None:
@@ -163,6 +165,8 @@ def launch(cfg: RunConfig, run: RunDir, dry_run: bool = False, wait: bool = Fals
             "is not on PATH; use cluster=local or a login node."
         )
     plan = prepare(cfg, run, dry_run)
+    if not dry_run:
+        pilot.reuse(run)  # a pilot's candidates of these questions are not generated again
     if cfg.is_local:
         if dry_run:
             for stage in plan:
@@ -236,6 +240,16 @@ def _parser() -> argparse.ArgumentParser:
     p_run = sub.add_parser("run", help="validate a config and launch its run (default command)")
     p_run.add_argument("--config", required=True)
     p_run.add_argument("overrides", nargs="*", help="key.sub=value")
+    p_run.add_argument(
+        "--pilot",
+        type=int,
+        nargs="?",
+        const=pilot.DEFAULT_QUESTIONS,
+        metavar="N",
+        help=f"run generate and verify on N random seed questions (default {pilot.DEFAULT_QUESTIONS}) and project "
+        "the full run's cost, wall time and SFT size into RUN_DIR/pilot.json; submits nothing else",
+    )
+    p_run.add_argument("--pilot-seed", type=int, default=0, help="seed of the pilot's random draw of questions")
     p_prep = sub.add_parser(
         "prepare", help="write the run directory, seed shards and every stage's sbatch script; print RUN_DIR=..."
     )
@@ -256,13 +270,28 @@ def _parser() -> argparse.ArgumentParser:
     sub.choices["resume"].add_argument("run_dir")
     for name in ("status", "cancel", "report"):
         sub.add_parser(name).add_argument("run_dir")
+    p_help = sub.add_parser("config-help", help="every config key with its type, default and meaning")
+    p_help.add_argument("section", nargs="?", help=f"one of {', '.join(reference.SECTIONS)}; default: all")
+    p_help.add_argument("--markdown", action="store_true", help="all sections as docs/CONFIG.md")
+    sub.choices["status"].add_argument(
+        "--watch", nargs="?", type=float, const=10.0, metavar="SECONDS", help="refresh in place until the run ends"
+    )
     return parser
+
+
+def _config_help_command(args: argparse.Namespace) -> int:
+    """Every config key: type, default, meaning."""
+    sys.stdout.write(reference.markdown() if args.markdown else reference.text(args.section))
+    return 0
 
 
 def _run_command(args: argparse.Namespace) -> int:
     """Validate a config and launch its run."""
     cfg = config_mod.load(args.config, args.overrides)
     _resolve_paths(cfg)
+    if args.pilot is not None:
+        pilot.run(cfg, RunDir(Path(cfg.run_root) / cfg.name), args.pilot, args.pilot_seed, console)
+        return 0
     return launch(cfg, RunDir(Path(cfg.run_root) / cfg.name), dry_run=args.dry_run, wait=args.wait)
 
 
@@ -298,6 +327,8 @@ def _resume_command(args: argparse.Namespace) -> int:
 def _status_command(args: argparse.Namespace) -> int:
     """Print what the run is doing."""
     _, run = _open_run(args.run_dir)
+    if args.watch is not None:
+        return status.watch(run, console, args.watch)
     status.render(run, status.collect(run), console)
     return 0
 
@@ -321,6 +352,7 @@ def _report_command(args: argparse.Namespace) -> int:
 
 
 COMMAND_HANDLERS = {
+    "config-help": _config_help_command,
     "run": _run_command,
     "prepare": _prepare_command,
     "smoke": _smoke_command,

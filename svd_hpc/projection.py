@@ -1,0 +1,259 @@
+"""From a pilot's measurements to the full run: task-hours, GPU-hours, wall time, yield, warnings.
+
+The method (README "Pilot: will it be done by morning?"):
+- a task costs a fixed part (process start, imports, engine load: measured on the pilot's task)
+  plus a part linear in its questions (the pilot's work seconds per question);
+- tokens, samples and the SFT set scale linearly with the number of questions;
+- an array's wall time is its waves (tasks / parallel slots) × its longest task; verify task i
+  follows generate task i (aftercorr), so the two overlap; queue wait is ignored;
+- not linear, so not captured: the long tail of output lengths within one shard (a task waits
+  for its longest sample), a fuller engine batch on bigger shards (faster per token), and merge
+  (its pilot time is taken as is).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from .config import RunConfig
+from .plan import resolve_resources
+from .seeds import shard_bounds
+
+VLLM_STAGES = ("generate", "verify")
+TIME_MARGIN = 0.9  # a task projected to use more than this share of its time limit is warned about
+CUT_OFF_WARN = 0.10  # share of judge votes cut off at verify.max_tokens that deserves a warning
+Z95 = 1.959964
+
+
+def slurm_seconds(value: str) -> int:
+    """A SLURM time (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS) in seconds."""
+    days = 0
+    if "-" in value:
+        head, value = value.split("-", 1)
+        days = int(head)
+        h, m, s = ([int(p) for p in value.split(":")] + [0, 0])[:3]
+    else:
+        parts = [int(p) for p in value.split(":")]
+        h, m, s = {1: (0, parts[0], 0), 2: (0, *parts[:2])}.get(len(parts), tuple(parts[:3]))
+    return days * 86400 + h * 3600 + m * 60 + s
+
+
+def wilson(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% by default)."""
+    if trials <= 0:
+        return 0.0, 1.0
+    p = successes / trials
+    denom = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def gpus_per_task(cfg: RunConfig, stage: str) -> int:
+    """GPUs a task of `stage` holds (0 on CPU clusters and here)."""
+    return 0 if cfg.is_local else int(resolve_resources(cfg, stage)["gpus_per_node"] or 0)
+
+
+def parallel_slots(cfg: RunConfig, stage: str, tasks: int) -> int:
+    """Tasks of an array running at once: one here; array_parallelism (else all) on a cluster."""
+    if cfg.is_local:
+        return 1
+    return max(1, min(tasks, resolve_resources(cfg, stage)["array_parallelism"] or tasks))
+
+
+def project_stage(cfg: RunConfig, stage: str, measured: dict, shard_sizes: list[int]) -> dict:
+    """One vLLM stage of the full run from its pilot task: per task, per array, per GPU."""
+    n = measured["questions"]
+    per_question = measured["work_s"] / n
+    fixed = measured["fixed_s"]
+    task_s = [fixed + per_question * q for q in shard_sizes if q] or [0.0]
+    gpus = gpus_per_task(cfg, stage)
+    slots = parallel_slots(cfg, stage, len(task_s))
+    limit = slurm_seconds(resolve_resources(cfg, stage)["time"])
+    total_q = sum(shard_sizes)
+    return {
+        "tasks": len(task_s),
+        "samples": round(measured["samples"] / n * total_q),
+        "tokens": round(measured["tokens"] / n * total_q),
+        "tokens_per_s": measured["tokens"] / measured["work_s"] / max(gpus, 1) if measured["work_s"] else None,
+        "rate_unit": "per GPU" if gpus else "per task",
+        "fixed_s": fixed,
+        "per_question_s": per_question,
+        "max_task_s": max(task_s),
+        "task_hours": sum(task_s) / 3600,
+        "gpu_hours": sum(task_s) * gpus / 3600 if gpus else None,
+        "parallel": slots,
+        "waves": math.ceil(len(task_s) / slots),
+        "wall_s": math.ceil(len(task_s) / slots) * max(task_s),
+        "time_limit_s": limit,
+    }
+
+
+def shards_that_fit(fixed: float, per_question: float, questions: int, limit_s: float) -> int | None:
+    """The fewest shards whose largest task stays under TIME_MARGIN of the limit; None if none can."""
+    room = TIME_MARGIN * limit_s - fixed
+    if room <= per_question:
+        return None
+    return math.ceil(questions / math.floor(room / per_question))
+
+
+def funnel(cfg: RunConfig, overall: dict, questions: int) -> dict:
+    """Pass rates per cascade stage and vote health on the pilot, from merge's stats.json counts."""
+    candidates = overall.get("candidates", 0)
+    judged = candidates - overall.get("filtered", 0) - overall.get("skipped", 0)
+    rows = [{"stage": "static filter", "in": candidates, "passed": judged}]
+    before = judged
+    for stage in cfg.verify.stages:
+        key = f"passed_{stage}"
+        passed = overall.get(key, before)  # a stage merge ignores passes everything
+        votes = overall.get(f"votes_{stage}", 0)
+        rows.append(
+            {
+                "stage": stage,
+                "in": before,
+                "passed": passed,
+                "votes": votes,
+                "no_verdict": overall.get(f"no_verdict_{stage}", 0),
+                "cut_off": overall.get(f"cut_off_{stage}", 0),
+            }
+        )
+        before = passed
+    return {"questions": questions, "candidates": candidates, "kept": overall.get("kept", 0), "stages": rows}
+
+
+def project_kept(cfg: RunConfig, pilot: dict, total_questions: int) -> dict:
+    """The SFT set of the full run with a 95% Wilson interval.
+
+    With one pick per question (first-valid or max_per_question 1) the kept rate is per question,
+    a binomial proportion; otherwise it is taken per candidate (an approximation: candidates of one
+    question are not independent, so the interval is too narrow).
+    """
+    kept, n = pilot["kept"], pilot["questions"]
+    per_question = cfg.merge.selection == "first-valid" or cfg.merge.max_per_question == 1
+    trials, scale = (n, total_questions) if per_question else (pilot["candidates"], total_questions * cfg.generate.n)
+    lo, hi = wilson(kept, trials)
+    return {
+        "basis": "per question" if per_question else "per candidate",
+        "rate": kept / trials if trials else 0.0,
+        "expected": round(kept / trials * scale) if trials else 0,
+        "low": math.floor(lo * scale),
+        "high": math.ceil(hi * scale),
+        "interval": f"95% Wilson score interval on the kept rate {'per question' if per_question else 'per candidate'}",
+        "train_rows": round(kept / trials * scale * (1 - cfg.merge.validation_fraction)) if trials else 0,
+    }
+
+
+def warnings(cfg: RunConfig, stages: dict, funnel_: dict, kept: dict, total_questions: int) -> list[str]:
+    """What a user can act on before launching, one sentence each."""
+    out = []
+    for name, p in stages.items():
+        if name not in VLLM_STAGES or p["max_task_s"] <= TIME_MARGIN * p["time_limit_s"]:
+            continue
+        fit = shards_that_fit(p["fixed_s"], p["per_question_s"], total_questions, p["time_limit_s"])
+        fix = (
+            f"use seeds.shards={fit} (or raise resources.{name}.time)"
+            if fit
+            else f"raise resources.{name}.time: its fixed start-up alone nearly fills it"
+        )
+        out.append(
+            f"{name}: a task is projected at {_hours(p['max_task_s'])}, over {TIME_MARGIN:.0%} of its time limit "
+            f"{_hours(p['time_limit_s'])}; {fix}."
+        )
+    for row in funnel_["stages"][1:]:
+        if row["votes"] and row["cut_off"] / row["votes"] >= CUT_OFF_WARN:
+            out.append(
+                f"verify {row['stage']}: {row['cut_off']} of {row['votes']} judge votes were cut off at "
+                f"verify.max_tokens={cfg.verify.max_tokens} (they count as no); raise verify.max_tokens."
+            )
+    need = cfg.train.steps * cfg.train.global_batch
+    if cfg.train.enabled and kept["train_rows"] < need:
+        repeats = need / max(kept["train_rows"], 1)
+        out.append(
+            f"the projected SFT set ({kept['train_rows']} training rows, {kept['low']}–{kept['high']} kept) is smaller "
+            f"than train.steps × train.global_batch = {need}: training repeats it ~{repeats:.1f} times; "
+            "add seeds or lower train.steps."
+        )
+    return out
+
+
+def project(cfg: RunConfig, total_questions: int, measured: dict, started: float | None = None) -> dict:
+    """pilot.json's projection: per stage, the generate+verify wall, yield, warnings, finish time."""
+    sizes = [b - a for a, b in shard_bounds(total_questions, cfg.seeds.shards)]
+    stages = {name: project_stage(cfg, name, measured["stages"][name], sizes) for name in VLLM_STAGES}
+    g, v = stages["generate"], stages["verify"]
+    if cfg.is_local:  # the local scheduler runs every task of generate, then every task of verify
+        wall = g["task_hours"] * 3600 + v["task_hours"] * 3600
+    elif v["waves"] <= g["waves"]:  # verify keeps up: the last verify task follows the last generate task
+        wall = g["wall_s"] + v["max_task_s"]
+    else:
+        wall = g["max_task_s"] + v["wall_s"]
+    merge_s = measured["stages"].get("merge", {}).get("wall_s", 0.0)
+    funnel_ = funnel(cfg, measured["funnel"], measured["stages"]["generate"]["questions"])
+    kept = project_kept(cfg, funnel_, total_questions)
+    now = time.time() if started is None else started
+    return {
+        "questions": total_questions,
+        "shards": cfg.seeds.shards,
+        "stages": stages,
+        "generate_verify_wall_s": wall,
+        "merge_s": merge_s,
+        "funnel": funnel_,
+        "kept": kept,
+        "warnings": warnings(cfg, stages, funnel_, kept, total_questions),
+        "finish": {
+            "if_launched_at": time.strftime("%Y-%m-%d %H:%M", time.localtime(now)),
+            "through_merge_at": time.strftime("%Y-%m-%d %H:%M", time.localtime(now + wall + merge_s)),
+            "covers": "generate, verify and merge; ignoring queue wait; train and eval are not projected",
+        },
+    }
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def render(result: dict, console: Console) -> None:
+    """The pilot's tables: cost per stage, funnel, yield, warnings, finish time."""
+    cost = Table(title=f"pilot of {result['pilot']['questions']} questions → full run of {result['questions']}")
+    for column in ("stage", "samples", "tokens", "tokens/s", "tasks", "task", "task-hours", "GPU-hours", "wall"):
+        cost.add_column(column, justify="left" if column == "stage" else "right")
+    for name, p in result["stages"].items():
+        rate = f"{p['tokens_per_s']:.0f} {p['rate_unit']}" if p["tokens_per_s"] is not None else "—"
+        cost.add_row(
+            name,
+            f"{p['samples']:,}",
+            f"{p['tokens']:,}",
+            rate,
+            f"{p['tasks']} ({p['parallel']} at once)",
+            f"{_hours(p['max_task_s'])} / {_hours(p['time_limit_s'])}",
+            f"{p['task_hours']:.2f}",
+            "—" if p["gpu_hours"] is None else f"{p['gpu_hours']:.2f}",
+            _hours(p["wall_s"]),
+        )
+    console.print(cost)
+    f = result["funnel"]
+    table = Table(title=f"pilot funnel: {f['candidates']} candidates of {f['questions']} questions")
+    for column in ("stage", "in", "passed", "pass rate", "no verdict", "cut off"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for row in f["stages"]:
+        votes = row.get("votes") or 0
+        shares = [f"{row[k]}/{votes}" if votes else "—" for k in ("no_verdict", "cut_off")]
+        rate = f"{row['passed'] / row['in']:.0%}" if row["in"] else "—"
+        table.add_row(row["stage"], str(row["in"]), str(row["passed"]), rate, *shares)
+    console.print(table)
+    k = result["kept"]
+    console.print(
+        f"SFT set: {k['expected']} rows projected ({k['low']}–{k['high']}, {k['interval']}; "
+        f"{f['kept']} kept of {f['questions']} pilot questions)"
+    )
+    console.print(
+        f"generate+verify wall {_hours(result['generate_verify_wall_s'])}, merge {result['merge_s']:.0f} s: "
+        f"launched now ({result['finish']['if_launched_at']}), through merge by {result['finish']['through_merge_at']} "
+        f"({result['finish']['covers']})."
+    )
+    for line in result["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)

@@ -1,0 +1,346 @@
+"""The pilot: sampling, measurement, projection, warnings, reuse by the full launch, bad input.
+
+The pipeline tests run the pilot through the real launcher, local scheduler and task runner with
+the small generate and verify bodies below (SVD_HPC_TEST_BODIES=tests.test_pilot:BODIES): they
+write real CANDIDATE and VERDICT records, so the real merge body counts the funnel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from svd_hpc import config as config_mod
+from svd_hpc import generate, launch, pilot, projection
+from svd_hpc.chunks import Checkpoint
+from svd_hpc.engine import Completion
+from svd_hpc.records import CANDIDATE, VERDICT
+from svd_hpc.rundir import RunDir, atomic_path
+
+REPO = Path(__file__).resolve().parent.parent
+N = 2  # candidates per question in the test config
+ENGINE_S, PER_QUESTION_S = 0.5, 0.25  # what the toy generate body reports
+
+# ----------------------------------------------------------------------------- toy bodies
+
+
+def toy_generate(run: RunDir, index: int) -> dict:
+    """N candidates per question, 10 + question number tokens each; reports an engine load and its seconds."""
+    seeds = generate.read_seed_shard(run, index).to_pylist()
+    rows = [
+        dict(
+            question_id=s["question_id"], question=s["question"], domain=s["domain"], candidate_index=k,
+            prompt=s["question"], text=f"{s['question_id']} answer {k}", answer=f"{k}", prompt_tokens=5,
+            completion_tokens=10 + s["source_index"], finish_reason="stop", passed_filter=True,
+            filter_reason=None, skip_reason=None,
+        )
+        for s in seeds
+        for k in range(N)
+    ]  # fmt: skip
+    with atomic_path(run.shard_path("generate", index)) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=CANDIDATE), tmp)
+    logging.getLogger("svd_hpc").info(f"engine ready: model=toy device=cpu thinking=False in {ENGINE_S}s")
+    return {"questions": len(seeds), "seconds": ENGINE_S + PER_QUESTION_S * len(seeds)}
+
+
+def toy_verdicts(candidates: pa.Table) -> pa.Table:
+    """Every candidate passes cycle (one of its two votes cut off); factuality passes candidate 0 of
+    questions with an even source line; correctness passes all that reach it."""
+    out = candidates.to_pydict()
+    n = candidates.num_rows
+    even = [int(q[1:]) % 2 == 0 for q in out["question_id"]]
+    fact_ok = [e and k == 0 for e, k in zip(even, out["candidate_index"])]
+    out |= {
+        "cycle_votes": [[1, 1]] * n,
+        "cycle_cut_off": [[True, False]] * n,
+        "factuality_votes": [[1, 1] if ok else [0, -1] for ok in fact_ok],
+        "factuality_cut_off": [[False, False]] * n,
+        "correctness_votes": [[1, 1] if ok else None for ok in fact_ok],
+        "correctness_cut_off": [[False, False] if ok else None for ok in fact_ok],
+        "inferred_questions": [["q"]] * n,
+        "status": ["passed" if ok else "rejected" for ok in fact_ok],
+        "failed_stage": [None if ok else "factuality" for ok in fact_ok],
+        "judge_prompt_tokens": [30] * n,
+        "judge_completion_tokens": [4 if ok else 2 for ok in fact_ok],
+        "judge_samples": [6 if ok else 4 for ok in fact_ok],
+        "judge_texts": [None] * n,
+    }
+    return pa.Table.from_pydict(out, schema=VERDICT)
+
+
+def toy_verify(run: RunDir, index: int) -> dict:
+    table = toy_verdicts(pq.read_table(run.shard_path("generate", index)))
+    with atomic_path(run.shard_path("verify", index)) as tmp:
+        pq.write_table(table, tmp)
+    return {"seconds": 1.0}
+
+
+BODIES = {"generate": toy_generate, "verify": toy_verify}  # merge: the real body
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def write_config(tmp_path: Path, questions: int = 12, **over) -> Path:
+    """A run config over `questions` toy seeds with ids q0, q1, ... (source line = number)."""
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(
+        "".join(json.dumps({"id": f"q{i}", "question": f"What is {i} + {i}?"}) + "\n" for i in range(questions))
+    )
+    data = {
+        "name": "p",
+        "run_root": str(tmp_path / "runs"),
+        "model": {"path": "builtin:tiny-qwen3"},
+        "seeds": {"path": str(seeds), "id_field": "id", "shards": 3},
+        "generate": {"n": N, "max_tokens": 32, "chunk_size": 2},
+        "verify": {"votes": 2, "max_tokens": 16},
+        "train": {"steps": 5, "global_batch": 4, "procs_per_node": 1},
+    }
+    for key, value in over.items():  # section__field=value, or a top-level key
+        section, _, field = key.partition("__")
+        if field:
+            data.setdefault(section, {})[field] = value
+        else:
+            data[key] = value
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run_launch(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "svd_hpc.launch", *args],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+        env={**os.environ, "SVD_HPC_TEST_BODIES": "tests.test_pilot:BODIES", **(env or {})},
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the pilot end to end
+
+
+def test_pilot_measures_projects_and_writes_pilot_json(tmp_path):
+    cfg_path = write_config(tmp_path)
+    proc = run_launch("--config", str(cfg_path), "--pilot", "6", "--pilot-seed", "3")
+    assert proc.returncode == 0, proc.stderr
+    run = RunDir(tmp_path / "runs" / "p")
+    result = json.loads((run.root / "pilot.json").read_text())
+    drawn = json.loads((run.root / "pilot" / "questions.json").read_text())
+    # the draw is the seeded one, recorded, and in seed-file order
+    expected = pilot.sample(pa.table({"question_id": [f"q{i}" for i in range(12)]}), 6, 3)
+    assert drawn["question_ids"] == expected["question_id"].to_pylist()
+    assert drawn["seed"] == 3 and drawn["of"] == 12
+    numbers = [int(q[1:]) for q in drawn["question_ids"]]
+
+    gen = result["pilot"]["measured"]["generate"]
+    assert gen["samples"] == 6 * N and gen["tokens"] == sum(N * (10 + i) for i in numbers)
+    assert gen["work_s"] == pytest.approx(PER_QUESTION_S * 6)  # the engine load is not per-question work
+    assert gen["fixed_s"] == pytest.approx(gen["wall_s"] - PER_QUESTION_S * 6)
+    # 12 questions in 3 shards of 4: each task = fixed + 4 questions of work
+    g = result["stages"]["generate"]
+    assert g["tasks"] == 3 and g["max_task_s"] == pytest.approx(gen["fixed_s"] + 4 * PER_QUESTION_S)
+    assert g["task_hours"] == pytest.approx(3 * g["max_task_s"] / 3600)
+    assert g["samples"] == 12 * N and g["gpu_hours"] is None and g["rate_unit"] == "per task"
+    # the funnel is merge's count of the pilot's verdicts
+    even = sum(1 for i in numbers if i % 2 == 0)
+    stages = {row["stage"]: row for row in result["funnel"]["stages"]}
+    assert stages["cycle"]["passed"] == 6 * N and stages["cycle"]["cut_off"] == 6 * N
+    assert stages["factuality"]["passed"] == even and stages["factuality"]["no_verdict"] == 6 * N - even
+    assert result["funnel"]["kept"] == even
+    lo, hi = projection.wilson(even, 6)
+    assert result["kept"]["expected"] == round(even / 6 * 12)
+    assert (result["kept"]["low"], result["kept"]["high"]) == (math.floor(lo * 12), math.ceil(hi * 12))
+    # half the cycle votes cut off: a warning that names the knob
+    assert any("verify.max_tokens" in w for w in result["warnings"])
+    printed = " ".join(proc.stdout.split())
+    assert "pilot funnel" in printed and "ignoring queue wait" in printed
+    # nothing of the full run was written: its config, plan and seed shards wait for the launch
+    assert not run.config_path.exists() and not run.plan_path.exists()
+
+
+def test_launch_after_pilot_generates_only_the_other_questions(tmp_path, monkeypatch):
+    """The full launch puts the pilot's candidates into its generate checkpoints by question id;
+    the shard's generate task asks the engine only for the rest, and its records equal the pilot's."""
+    cfg_path = write_config(tmp_path)
+    assert run_launch("--config", str(cfg_path), "--pilot", "5").returncode == 0
+    cfg = config_mod.load(cfg_path)
+    run = RunDir(tmp_path / "runs" / "p")
+    launch.prepare(cfg, run)  # what launch does first: config, plan, seed shards
+    assert pilot.reuse(run) == 5
+    assert pilot.reuse(run) == 0  # idempotent: a second launch adds nothing
+
+    picked = json.loads((run.root / "pilot" / "questions.json").read_text())["question_ids"]
+    pilot_rows = pq.read_table(run.root / "pilot" / "generate" / "shard-00000.parquet").to_pylist()
+    asked = []
+
+    class FakeEngine:
+        thinking = False
+
+        def __init__(self, *_):
+            pass
+
+        def render(self, conversation):
+            return conversation[0]["content"]
+
+        def stream(self, rendered, sampling, seeds):
+            asked.extend(rendered)
+            for i, _ in enumerate(rendered):
+                yield i, [Completion("new", 3, "stop", 5) for _ in range(sampling.n)]
+
+    monkeypatch.setattr(generate, "Engine", FakeEngine)
+    for index in range(cfg.seeds.shards):
+        shard_ids = generate.read_seed_shard(run, index)["question_id"].to_pylist()
+        stats = generate.run_shard(run, index)
+        assert stats["questions_resumed"] == len([q for q in shard_ids if q in picked])
+        records = pq.read_table(run.shard_path("generate", index)).to_pylist()
+        assert [r["question_id"] for r in records[::N]] == shard_ids
+        for r in records:
+            if r["question_id"] in picked:
+                assert r == next(
+                    p
+                    for p in pilot_rows
+                    if (p["question_id"], p["candidate_index"]) == (r["question_id"], r["candidate_index"])
+                )
+            else:
+                assert r["text"] == "new"
+    assert len(asked) == 12 - 5
+
+
+def test_reuse_needs_the_same_sampling_settings(tmp_path):
+    cfg_path = write_config(tmp_path)
+    assert run_launch("--config", str(cfg_path), "--pilot", "4").returncode == 0
+    run = RunDir(tmp_path / "runs" / "p")
+    launch.prepare(config_mod.load(cfg_path, ["generate.temperature=0.3"]), run)
+    assert pilot.reuse(run) == 0
+    for index in range(3):
+        assert not generate.chunk_dir(run, index).exists()
+
+
+def test_reuse_places_candidates_whatever_the_shard_count(tmp_path):
+    cfg_path = write_config(tmp_path)
+    assert run_launch("--config", str(cfg_path), "--pilot", "12").returncode == 0
+    cfg = config_mod.load(cfg_path, ["seeds.shards=5"])
+    run = RunDir(tmp_path / "runs" / "p")
+    launch.prepare(cfg, run)
+    assert pilot.reuse(run) == 12
+    for index in range(5):
+        shard = generate.read_seed_shard(run, index)
+        saved = Checkpoint(generate.chunk_dir(run, index), 2, generate.fingerprint(run.load_config(), shard))
+        assert all(q in saved for q in shard["question_id"].to_pylist())
+
+
+# ----------------------------------------------------------------------------- projection
+
+
+def test_wilson_interval_matches_the_formula():
+    lo, hi = projection.wilson(0, 10)
+    assert lo == 0 and hi == pytest.approx(0.2775, abs=1e-4)
+    lo, hi = projection.wilson(5, 10)
+    assert (lo, hi) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30", 1800), ("10:05", 605), ("01:00:00", 3600), ("1-00", 86400), ("1-02:03:04", 93784), ("2-12:00", 216000)],
+)
+def test_slurm_times(text, seconds):
+    assert projection.slurm_seconds(text) == seconds
+
+
+def cluster_config(tmp_path: Path, **over) -> config_mod.RunConfig:
+    profile = tmp_path / "site.yaml"
+    profile.write_text(yaml.safe_dump({"name": "site", "partition": "gpu", "gpus_per_node": 4, "time": "04:00:00"}))
+    return config_mod.load(write_config(tmp_path, cluster=str(profile), **over))
+
+
+def measured(fixed: float, per_question: float, questions: int = 10) -> dict:
+    stage = {"questions": questions, "samples": 40, "tokens": 4000, "wall_s": fixed + per_question * questions}
+    stage |= {"work_s": per_question * questions, "fixed_s": fixed}
+    funnel = {"candidates": 20, "filtered": 0, "skipped": 0, "kept": 5, "votes_cycle": 100, "cut_off_cycle": 0}
+    return {"stages": {"generate": dict(stage), "verify": dict(stage), "merge": {"wall_s": 3.0}}, "funnel": funnel}
+
+
+def test_projection_on_a_cluster_counts_gpus_waves_and_the_time_limit(tmp_path):
+    cfg = cluster_config(tmp_path, seeds__shards=10, resources={"generate": {"array_parallelism": 4}})
+    # 10,000 questions in 10 shards of 1,000; 60 s fixed + 20 s per question: 20,060 s per task > 4 h
+    result = projection.project(cfg, 10_000, measured(60.0, 20.0), started=0.0)
+    g = result["stages"]["generate"]
+    assert g["max_task_s"] == pytest.approx(20_060) and g["waves"] == 3 and g["parallel"] == 4
+    assert g["gpu_hours"] == pytest.approx(10 * 20_060 / 3600)  # tensor parallel 1: one GPU per task
+    assert g["tokens_per_s"] == pytest.approx(4000 / 200) and g["rate_unit"] == "per GPU"
+    # verify (no cap) keeps up with generate: the last verify task follows generate's last wave
+    assert result["generate_verify_wall_s"] == pytest.approx(3 * 20_060 + 20_060)
+    warning = next(w for w in result["warnings"] if w.startswith("generate:"))
+    # 0.9 × 4 h − 60 s leaves room for 645 questions: 16 shards
+    assert "seeds.shards=16" in warning and "4.00 h" in warning
+    assert projection.shards_that_fit(60.0, 20.0, 10_000, 14_400) == 16
+
+
+def test_projection_warns_when_the_sft_set_is_too_small(tmp_path):
+    cfg = cluster_config(tmp_path, train__steps=100, train__global_batch=8)
+    result = projection.project(cfg, 40, measured(10.0, 1.0), started=0.0)
+    # 5 of 10 questions kept → 20 of 40 projected, far below 100 × 8
+    assert result["kept"]["expected"] == 20
+    assert any("smaller than train.steps × train.global_batch = 800" in w for w in result["warnings"])
+    assert not any(w.startswith(("generate:", "verify ")) for w in result["warnings"])
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_pilot_larger_than_the_seed_set_exits_2_and_writes_nothing(tmp_path):
+    cfg_path = write_config(tmp_path)
+    proc = run_launch("--config", str(cfg_path), "--pilot", "13")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --pilot 13 asks for more questions than the 12 seeds in {tmp_path / 'seeds.jsonl'} "
+        "(after seeds.limit and duplicates); use --pilot 12 or fewer."
+    ]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_pilot_of_a_config_without_judges_exits_2(tmp_path):
+    proc = run_launch("--config", str(write_config(tmp_path, verify__stages=[])), "--pilot", "4")
+    assert proc.returncode == 2
+    assert "verify.stages is empty" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slurm
+def test_pilot_refused_by_the_cluster_submits_nothing(tmp_path, slurm_cluster):
+    profile = tmp_path / "refusing.yaml"
+    profile.write_text(yaml.safe_dump({"name": "refusing", "partition": "no-such-partition", "time": "00:10:00"}))
+    proc = run_launch("--config", str(write_config(tmp_path, cluster=str(profile))), "--pilot", "4", env=slurm_cluster)
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.startswith("error: SLURM rejects stage 'generate'") and len(proc.stderr.strip().splitlines()) == 1
+    )
+    pilot_dir = tmp_path / "runs" / "p" / "pilot"
+    assert not (pilot_dir / "jobs.json").exists() and not list((pilot_dir / "sbatch").glob("*.sh"))
+
+
+# ----------------------------------------------------------------------------- the real engine
+
+
+@pytest.mark.slow
+def test_pilot_on_the_tiny_model(tmp_path):
+    """The real generate, verify and merge on 2 questions of configs/tiny.yaml (minutes on 2 busy cores)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "svd_hpc.launch", "--config", "configs/tiny.yaml", f"run_root={tmp_path}",
+         "--pilot", "2"],
+        capture_output=True, text=True, cwd=REPO, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "tiny" / "pilot.json").read_text())
+    gen = result["pilot"]["measured"]["generate"]
+    assert gen["samples"] == 2 * 2 and gen["tokens"] > 0 and 0 < gen["work_s"] < gen["wall_s"]
+    assert result["stages"]["generate"]["tasks"] == 2 and result["funnel"]["candidates"] == 4
