@@ -344,3 +344,23 @@ def test_pilot_on_the_tiny_model(tmp_path):
     gen = result["pilot"]["measured"]["generate"]
     assert gen["samples"] == 2 * 2 and gen["tokens"] > 0 and 0 < gen["work_s"] < gen["wall_s"]
     assert result["stages"]["generate"]["tasks"] == 2 and result["funnel"]["candidates"] == 4
+
+
+def test_report_compares_the_pilot_with_the_run(tmp_path):
+    from svd_hpc.report.pilot import pilot_section
+    from svd_hpc.rundir import atomic_write_json
+
+    cfg_path = write_config(tmp_path)
+    assert run_launch("--config", str(cfg_path), "--pilot", "6").returncode == 0
+    run = RunDir(tmp_path / "runs" / "p")
+    launch.prepare(config_mod.load(cfg_path), run)
+    assert pilot.reuse(run) == 6
+    projected = json.loads((run.root / "pilot.json").read_text())
+    atomic_write_json(run.root / "logs" / "local_timings.json", {"generate": 30.0, "verify": 45.0})
+    atomic_write_json(run.stage_dir("merge") / "stats.json", {"overall": {"kept": 7}})
+    rows = {r[0].split(",")[0]: r for r in pilot_section(run).rows}
+    g = projected["stages"]["generate"]
+    want = g["task_hours"] * 3600 - 6 * g["per_question_s"]  # the 6 reused questions cost nothing
+    assert rows["generate task seconds"][1:] == [f"{want:,.0f}", "30", f"{30 / want:.2f}"]
+    assert rows["kept (SFT) rows"][1:3] == [f"{projected['kept']['expected']:,}", "7"]
+    assert "6 of its questions were reused" in pilot_section(run).note

@@ -25,6 +25,7 @@ from rich.console import Console
 from ..rundir import RunDir, atomic_path, atomic_write_json, atomic_write_text
 from .cost import cost_section, sacct_seconds
 from .eval_tables import benchmarks_section, pass1_section, pass_k_section
+from .pilot import pilot_section
 from .scores import VARIANTS, EvalScores, PairedDelta, domains_of, read_eval, score, scores_json
 from .section import Section
 from .stages import funnel_section, skipped_section, votes_section
@@ -102,6 +103,7 @@ def build(run: RunDir, console: Console | None = None) -> Path:
     if scores is not None:
         sections.append(benchmarks_section(run))
     sections += [skipped_section(run, table), funnel_section(run), votes_section(run), cost_section(run, cfg, table)]
+    sections += [s for s in [pilot_section(run)] if s is not None]
     lines = [
         f"# Report: {cfg.name}",
         "",
