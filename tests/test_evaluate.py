@@ -23,6 +23,7 @@ from svd_hpc.engine import Completion, Engine
 from svd_hpc.eval import benchmarks, evaluate
 from svd_hpc.eval.grading.choice import grade_choice
 from svd_hpc.eval.grading.math import grade_math
+from svd_hpc.eval.grading.problem import grade, grade_all
 from svd_hpc.plan import build_plan, eval_tasks, plan_to_json
 from svd_hpc.records import EVAL
 from svd_hpc.rundir import RunDir, atomic_write_json
@@ -325,25 +326,25 @@ def test_hand_made_answers_are_graded_by_the_right_grader():
     math = benchmarks.load(BenchmarkSpec(**MATH))
     half = next(p for p in math if p.question_id == "math-2")
     for answer, correct in (("0.5", True), ("\\dfrac{1}{2}", True), ("1/2", True), ("0.25", False)):
-        result = evaluate.grade(half, half.present(0)[1], f"<think>x</think>So \\boxed{{{answer}}}.", 6.0)
+        result = grade(half, half.present(0)[1], f"<think>x</think>So \\boxed{{{answer}}}.", 6.0)
         assert result.correct is correct and result.extracted == answer
     for problem in benchmarks.load(BenchmarkSpec(**CHOICE)):
         letter = problem.present(5)[1]
         wrong = next(x for x in "ABCD" if x != letter)
-        assert evaluate.grade(problem, letter, f"Reasoning.\nAnswer: {letter}", 6.0).correct
-        assert evaluate.grade(problem, letter, f"Answer: {wrong}", 6.0).reason == "wrong_answer"
+        assert grade(problem, letter, f"Reasoning.\nAnswer: {letter}", 6.0).correct
+        assert grade(problem, letter, f"Answer: {wrong}", 6.0).reason == "wrong_answer"
     code = benchmarks.load(BenchmarkSpec(**CODE))
     # several programs at once in the sandbox, results in problem order
     responses = [fenced(CODE_SOLUTIONS[p.question_id]) for p in code] + [fenced("print(0)")]
-    results = evaluate.grade_all(code + code[:1], [p.present(0)[1] for p in code + code[:1]], responses, 6.0)
+    results = grade_all(code + code[:1], [p.present(0)[1] for p in code + code[:1]], responses, 6.0)
     assert [(r.correct, r.reason) for r in results] == [(True, "correct")] * len(code) + [(False, "wrong_answer")]
     code = {p.question_id: p for p in benchmarks.load(BenchmarkSpec(**CODE))}
     assert (
-        evaluate.grade(code["code-sum"], "", fenced("a, b = map(int, input().split())\nprint(a - b)"), 6.0).reason
+        grade(code["code-sum"], "", fenced("a, b = map(int, input().split())\nprint(a - b)"), 6.0).reason
         == "wrong_answer"
     )
-    assert evaluate.grade(code["code-maxsub"], "", fenced("class Solution:\n    pass"), 6.0).reason == "runtime_error"
-    assert evaluate.grade(code["code-sum"], "", "no code at all", 6.0).reason == "no_code"
+    assert grade(code["code-maxsub"], "", fenced("class Solution:\n    pass"), 6.0).reason == "runtime_error"
+    assert grade(code["code-sum"], "", "no code at all", 6.0).reason == "no_code"
 
 
 # ----------------------------------------------------------------------------- eval tasks
@@ -394,7 +395,7 @@ def test_direct_eval_tasks_write_graded_records(tmp_path, engine):
             elif problem.grader == "choice":
                 expected = grade_choice(row["response"], row["reference"], 4)
             else:
-                expected = evaluate.grade(problem, row["reference"], row["response"], 6.0)
+                expected = grade(problem, row["reference"], row["response"], 6.0)
             assert (row["correct"], row["grade_reason"], row["extracted"]) == (
                 expected.correct,
                 expected.reason,
@@ -550,11 +551,11 @@ def test_math_last_number_grader_reads_unboxed_answers():
     from svd_hpc.eval.benchmarks import Problem
 
     problem = Problem("q", "What is 36 + 47?", "math", "math_last_number")
-    assert evaluate.grade(problem, "83", "36 + 47 = 83\n\nThe answer is: 83.", 6.0).correct
-    assert not evaluate.grade(problem, "83", "36 + 47 = 108", 6.0).correct
-    assert evaluate.grade(problem, "83", "So 80 + 3 gives \\boxed{83}", 6.0).correct
+    assert grade(problem, "83", "36 + 47 = 83\n\nThe answer is: 83.", 6.0).correct
+    assert not grade(problem, "83", "36 + 47 = 108", 6.0).correct
+    assert grade(problem, "83", "So 80 + 3 gives \\boxed{83}", 6.0).correct
     strict = Problem("q", "What is 36 + 47?", "math", "math")
-    assert not evaluate.grade(strict, "83", "The answer is: 83.", 6.0).correct
+    assert not grade(strict, "83", "The answer is: 83.", 6.0).correct
 
 
 # ----------------------------------------------------------------------------- the authors' eval protocol
@@ -703,21 +704,21 @@ def test_hle_answers_are_read_at_the_first_answer_line():
         option_order="original",
     )
     response = "<think>Answer: A</think>Answer: C\nOn reflection, the answer is: B"
-    assert evaluate.grade(hle, "C", response, 6.0).correct  # the first "Answer: X" after the thinking
+    assert grade(hle, "C", response, 6.0).correct  # the first "Answer: X" after the thinking
     ours = dataclasses.replace(hle, prompt="sft")
-    assert evaluate.grade(ours, "C", response, 6.0).extracted == "B"  # ours: the last stated answer
-    assert evaluate.grade(hle, "C", "Answer: The option C", 6.0).extracted == "C"  # "The" is no letter
+    assert grade(ours, "C", response, 6.0).extracted == "B"  # ours: the last stated answer
+    assert grade(hle, "C", "Answer: The option C", 6.0).extracted == "C"  # "The" is no letter
     unparsed = dataclasses.replace(hle, options=None, correct_index=None, correct_letter="E")
-    assert evaluate.grade(unparsed, "E", "Answer: E", 6.0).correct  # options not parsed: any letter may be named
+    assert grade(unparsed, "E", "Answer: E", 6.0).correct  # options not parsed: any letter may be named
 
 
 def test_code_is_graded_on_private_tests_within_one_budget(tmp_path):
     problems = {p.question_id: p for p in benchmarks.load(BenchmarkSpec(**CODE))}
     # right on the private tests of code-max, wrong on its public one (3 1 9 4 -> 9)
     fits_private = fenced("n = int(input())\nxs = list(map(int, input().split()))\nprint(xs[0] if n != 3 else 0)")
-    assert evaluate.grade(problems["code-max"], "", fits_private, 6.0).correct
-    assert evaluate.grade(problems["code-max"], "", fits_private, 6.0, code_tests="all").reason == "wrong_answer"
+    assert grade(problems["code-max"], "", fits_private, 6.0).correct
+    assert grade(problems["code-max"], "", fits_private, 6.0, code_tests="all").reason == "wrong_answer"
     # two tests of 0.8 s each: over a 0.5 s limit per test, within the budget (0.5 + 1) * 2 + 5 s
     slow = fenced("import time\ntime.sleep(0.8)\ninput()\nprint(max(map(int, input().split())))")
-    assert evaluate.grade(problems["code-max"], "", slow, 0.5).correct
-    assert evaluate.grade(problems["code-max"], "", slow, 0.5, time_limit="per_test").reason == "timeout"
+    assert grade(problems["code-max"], "", slow, 0.5).correct
+    assert grade(problems["code-max"], "", slow, 0.5, time_limit="per_test").reason == "timeout"

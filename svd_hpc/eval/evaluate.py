@@ -9,7 +9,7 @@ or, for the UQ-TTC baseline (mode "uq_ttc", base model only), `eval.uq_ttc_candi
 whose final answers go through the verify stage's own cascade (`verify.run_cascade`); the first
 candidate that passes is the answer, else candidate 0. Output:
 eval/<model>/<benchmark>/seed-K[-uq_ttc].parquet (EVAL records) and a JSON summary beside it.
-Questions are saved in checkpointed chunks (generate.chunk_size), so a
+Questions are saved in chunk checkpoints (svd_hpc/chunks.py, generate.chunk_size), so a
 preempted task redoes only its missing chunks.
 
 Direct answers to every missing chunk are queued in one engine run, and each chunk is graded and
@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
-import os
-import re
 import shutil
 import time
 from collections import Counter
@@ -41,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import prompts
-from ..answers import last_boxed
+from ..chunks import Checkpoint
 from ..config import ConfigError, ModelConfig, RunConfig
 from ..engine import Completion, Engine, Sampling, request_seed, skip_stats, stage_sampling
 from ..generate import require_think
@@ -53,9 +52,7 @@ from . import benchmarks
 from . import prompts as eval_prompts
 from .benchmarks import Problem
 from .grading import GradeResult
-from .grading.choice import grade_choice
-from .grading.code import grade_code
-from .grading.math import grade_math
+from .grading.problem import grade_all
 from .sandbox import isolation_record, require_isolation
 
 log = logging.getLogger("svd_hpc")
@@ -90,62 +87,6 @@ def model_config(run: RunDir, cfg: RunConfig, model: str) -> ModelConfig:
     if not (final / "config.json").is_file():
         raise ValueError(f"the trained model {final} is missing; run (or resume) the train stage first.")
     return dataclasses.replace(cfg.model, path=str(final))
-
-
-# ----------------------------------------------------------------------------- grading
-
-
-def _box_last_number(response: str) -> str:
-    """An answer without \\boxed{} gets its last number boxed, so the math grader can read it."""
-    final = prompts.final_answer(response)
-    if last_boxed(final) is not None:
-        return response
-    numbers = re.findall(r"-?\d+(?:[.,]\d+)*(?:/\d+)?", final)
-    return f"{response}\n\\boxed{{{numbers[-1].replace(',', '')}}}" if numbers else response
-
-
-def grade(
-    problem: Problem,
-    reference: str,
-    response: str,
-    timeout_s: float,
-    code_tests: str = "private",
-    time_limit: str = "total",
-) -> GradeResult:
-    """Grade one response with the problem's grader against the reference it was presented with.
-
-    Code (eval.code_tests, eval.code_time_limit): the private tests, or public and private; one
-    budget of (timeout_s + 1) × tests + 5 s for all of them (the authors' lcb_run), or timeout_s each.
-    """
-    if problem.grader == "math":
-        return grade_math(response, reference)
-    if problem.grader == "math_last_number":
-        return grade_math(_box_last_number(response), reference)
-    if problem.grader == "choice":
-        return grade_choice(response, reference, problem.n_options, eval_prompts.letter_rule(problem))
-    tests = problem.tests if code_tests == "private" else (problem.public_tests or []) + problem.tests
-    budget = (timeout_s + 1) * len(tests) + 5 if time_limit == "total" else None
-    return grade_code(
-        response, tests, timeout_s=timeout_s, mode=problem.mode, fn_name=problem.fn_name, total_budget_s=budget
-    )
-
-
-def grade_all(
-    problems: list[Problem],
-    references: list[str],
-    responses: list[str],
-    timeout_s: float,
-    code_tests: str = "private",
-    time_limit: str = "total",
-) -> list[GradeResult]:
-    """Grade in order; code runs in sandboxed child processes, several at once (one per core)."""
-    jobs = list(zip(problems, references, responses))
-    if not any(p.grader == "code" for p in problems):
-        # math-verify's timeout needs the main thread
-        return [grade(p, ref, resp, timeout_s) for p, ref, resp in jobs]
-    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(lambda job: grade(*job, timeout_s, code_tests, time_limit), jobs))
 
 
 # ----------------------------------------------------------------------------- one chunk
@@ -268,10 +209,10 @@ def chunk_table(
 
 
 def answer_chunks(
-    engine: Engine, cfg: RunConfig, model: str, task: EvalTask, todo: dict[int, list[Problem]], progress: Path
+    engine: Engine, cfg: RunConfig, model: str, task: EvalTask, todo: dict[int, list[Problem]], checkpoint: Checkpoint
 ) -> None:
     """Direct answers to every chunk of `todo` (chunk number -> problems) in one engine run; each
-    chunk is graded and saved to `progress` as soon as its last question finishes."""
+    chunk is graded and saved to `checkpoint` as soon as its last question finishes."""
     owner = [c for c, chunk in todo.items() for _ in chunk]
     problems = [p for chunk in todo.values() for p in chunk]
     rendered = [engine.render([{"role": "user", "content": eval_prompts.user_prompt(p, task.seed)}]) for p in problems]
@@ -282,8 +223,7 @@ def answer_chunks(
     def save(c: int, outputs: list[list[Completion]]) -> None:
         chunk = todo[c]
         table = chunk_table(cfg, model, task, chunk, outputs, [0] * len(chunk), [[] for _ in chunk])
-        with atomic_path(progress / f"chunk-{c:05d}.parquet") as tmp:
-            pq.write_table(table, tmp)
+        _keep(checkpoint, table)
         log.info(f"eval: {task=} chunk={c} saved, correct={sum(table.column('correct').to_pylist())}/{len(chunk)}")
 
     # math-verify's timeouts need the main thread (and math grading is quick); code runs for
@@ -311,11 +251,17 @@ def answer_chunks(
             background.shutdown(wait=True, cancel_futures=True)
 
 
-def _chunk_is_valid(path: Path, ids: list[str]) -> bool:
-    try:
-        return pq.read_table(path, columns=["question_id"]).column("question_id").to_pylist() == ids
-    except (pa.ArrowInvalid, OSError):
-        return False
+def _keep(checkpoint: Checkpoint, table: pa.Table) -> None:
+    """Save one graded chunk's EVAL records as one chunk file."""
+    for row in table.to_pylist():
+        checkpoint.add(row["question_id"], row)
+    checkpoint.flush()
+
+
+def _fingerprint(task: EvalTask, model_path: str, problems: list[Problem]) -> str:
+    """What saved records must match to be reused: the task, the model and its questions in order."""
+    ids = [p.question_id for p in problems]
+    return json.dumps({"task": dataclasses.astuple(task), "model": model_path, "questions": ids})
 
 
 # ----------------------------------------------------------------------------- one task
@@ -351,26 +297,20 @@ def run_eval_task(run: RunDir, stage: str, index: int, engine: Engine | None = N
     size = cfg.generate.chunk_size
     chunks = [problems[i : i + size] for i in range(0, len(problems), size)]
     started = time.perf_counter()
-    todo = {
-        c: chunk
-        for c, chunk in enumerate(chunks)
-        if not _chunk_is_valid(progress / f"chunk-{c:05d}.parquet", [p.question_id for p in chunk])
-    }
+    checkpoint = Checkpoint(progress, size, _fingerprint(task, model_cfg.path, problems))
+    todo = {c: chunk for c, chunk in enumerate(chunks) if any(p.question_id not in checkpoint for p in chunk)}
     resumed = len(chunks) - len(todo)
     if todo:
         engine = engine or Engine(model_cfg)
     if todo and task.mode == "direct":
-        answer_chunks(engine, cfg, model, task, todo, progress)
+        answer_chunks(engine, cfg, model, task, todo, checkpoint)
     for c, chunk in todo.items() if task.mode == "uq_ttc" else ():
         table = evaluate_chunk(engine, cfg, model, task, chunk, checkpoint=progress / f"cascade-{c:05d}.json")
-        with atomic_path(progress / f"chunk-{c:05d}.parquet") as tmp:
-            pq.write_table(table, tmp)
+        _keep(checkpoint, table)
         log.info(
             f"eval: {stage=} {task=} chunk={c + 1}/{len(chunks)} correct={sum(table.column('correct').to_pylist())}"
         )
-    table = pa.concat_tables([pq.read_table(progress / f"chunk-{c:05d}.parquet") for c in range(len(chunks))]).cast(
-        EVAL
-    )
+    table = pa.Table.from_pylist([checkpoint[p.question_id] for p in problems], schema=EVAL)
     summary = summarize(table, task, model, spec.name, problems[0], model_cfg.path)
     summary.update(seconds=round(time.perf_counter() - started, 2), chunks_resumed=resumed, rows_left_out=left_out)
     if problems[0].grader == "code":
