@@ -5,16 +5,22 @@ stage at once with its dependencies; the local scheduler runs the stages here in
 
     eval_base ───────────────────────────────────────────────────────────────┐
     generate[S] ─aftercorr─> verify[S] ─afterok─> merge ─afterok─> train ─afterok─> eval_trained[B×K] ─afterok─> report
+
+With `rounds: K` > 1 the chain repeats K times, each stage named "round-R/STAGE" (svd_hpc.rounds),
+each round opening with a one-task `seeds` stage after the round before's train (and its eval, when
+the stopping rule compares pass@1); the base model is evaluated once, in round 1; one report ends it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import rounds
 from .config import RunConfig, train_procs_per_node
 from .eval.benchmarks import seeds_of
 
@@ -30,8 +36,9 @@ BODIES = {
     "train": "svd_hpc.train.train:run_task",
     "eval_trained": "svd_hpc.eval.evaluate:run_trained",
     "report": "svd_hpc.report:run_task",
+    "seeds": "svd_hpc.rounds:run_seeds",  # a round's questions (multi-round runs only)
 }
-CPU_STAGES = ("merge", "report")
+CPU_STAGES = ("merge", "report", "seeds")
 PREEMPTIBLE_DEFAULT = ("generate", "verify", "train", "eval_base", "eval_trained")
 
 
@@ -117,10 +124,16 @@ def build_plan(cfg: RunConfig) -> list[Stage]:
                 array_size=size,
                 kind=kind,
                 depends_on=[Dependency(s, k) for s, k in deps if s in known],
-                resources=resolve_resources(cfg, name),
+                resources=resolve_resources(cfg, rounds.split_stage(name)[1]),
             )
         )
 
+    if cfg.rounds > 1:
+        for number in range(1, cfg.rounds + 1):
+            _add_round(cfg, add, number)
+        ends = [s.name for s in stages if rounds.split_stage(s.name)[1] in ("eval_base", "eval_trained", "merge")]
+        add("report", 1, "single", [(name, "afterok") for name in ends])
+        return stages
     # Submission follows plan order, and schedulers favour older jobs: the chain towards the
     # trained model goes first, base-model eval (off that chain) takes what resources are left.
     add("generate", cfg.seeds.shards, "array", [])
@@ -136,6 +149,41 @@ def build_plan(cfg: RunConfig) -> list[Stage]:
         "report", 1, "single", [(s.name, "afterok") for s in stages if s.name in ("eval_base", "eval_trained", "merge")]
     )
     return stages
+
+
+def _add_round(cfg: RunConfig, add: Callable, number: int) -> None:
+    """Round `number`'s stages. Its seeds stage waits for what the stopping rule reads of the round before."""
+    name = functools.partial(rounds.stage_name, number)
+    before = functools.partial(rounds.stage_name, number - 1)
+    starts_after = []
+    if number > 1:
+        starts_after = [(before("train"), "afterok")]
+        if cfg.iteration.stop_unless_improved:
+            starts_after += [(before("eval_trained"), "afterok")] + ([(before("eval_base"), "afterok")] * (number == 2))
+    add(name("seeds"), 1, "single", starts_after)
+    add(name("generate"), cfg.seeds.shards, "array", [(name("seeds"), "afterok")])
+    add(name("verify"), cfg.seeds.shards, "array", [(name("generate"), "aftercorr")])
+    add(name("merge"), 1, "single", [(name("verify"), "afterok")])
+    add(name("train"), 1, "distributed", [(name("merge"), "afterok")])
+    if cfg.eval.benchmarks:
+        if number == 1:
+            add(name("eval_base"), len(eval_tasks(cfg, "base")), "array", [])
+        add(name("eval_trained"), len(eval_tasks(cfg, "trained")), "array", [(name("train"), "afterok")])
+
+
+def round_plan(plan: list[Stage], number: int) -> list[Stage]:
+    """Round `number`'s stages under their plain names (round-N/plan.json)."""
+    out = []
+    for stage in plan:
+        if rounds.split_stage(stage.name)[0] != number:
+            continue
+        deps = [
+            Dependency(rounds.split_stage(d.stage)[1], d.kind)
+            for d in stage.depends_on
+            if rounds.split_stage(d.stage)[0] == number
+        ]
+        out.append(dataclasses.replace(stage, name=rounds.split_stage(stage.name)[1], depends_on=deps))
+    return out
 
 
 def downstream(plan: list[Stage], roots: set[str]) -> set[str]:
@@ -162,17 +210,23 @@ def plan_from_json(data: list[dict]) -> list[Stage]:
 
 
 def stage_body(stage: str) -> Callable:
-    """The body of `stage`: BODIES, or the one the test bodies (SVD_HPC_TEST_BODIES) put in its place."""
-    return _test_bodies().get(stage) or _import(BODIES[stage])
+    """The body of `stage`: BODIES, or the one the test bodies (SVD_HPC_TEST_BODIES) put in its place.
+
+    A round's stage ("round-2/generate") runs its plain stage's body inside the round (rounds.round_body).
+    """
+    number, plain = rounds.split_stage(stage)
+    body = _test_bodies().get(plain) or _import(BODIES[plain])
+    return body if number is None else rounds.round_body(body, number, plain)
 
 
 def drop_scratch(stage: str, run, index: int) -> None:
     """Remove what task `index` of `stage` kept to resume from, once its done marker is written."""
-    if stage in _test_bodies():
+    number, plain = rounds.split_stage(stage)
+    if plain in _test_bodies():
         return
-    module = importlib.import_module(BODIES[stage].partition(":")[0])
+    module = importlib.import_module(BODIES[plain].partition(":")[0])
     if hasattr(module, "drop_scratch"):
-        module.drop_scratch(run, stage, index)
+        module.drop_scratch(run if number is None else run.round_dir(number), plain, index)
 
 
 # Tests run toy bodies through the real launcher, sbatch and task runner; the jobs inherit the

@@ -172,3 +172,52 @@ class RunDir:
 
     def exists(self) -> bool:
         return self.config_path.is_file()
+
+    def round_dir(self, number: int) -> RoundDir:
+        """Round `number` of a multi-round run: RUN_DIR/round-N/, the layout of a single-round run."""
+        return RoundDir(self, number)
+
+
+def round_folder(number: int) -> str:
+    return f"round-{number}"
+
+
+class RoundDir(RunDir):
+    """One round of a multi-round run, seen as a run of its own: its stage folders (seeds/, generate/,
+    ..., eval/, report.md) live in RUN_DIR/round-N/; the config, plan, jobs and logs stay the run's.
+
+    load_config gives the round's config: from round 2 on, the model that generates and judges is the
+    round before's trained one (svd_hpc.rounds.round_config). Stage names here are the plain ones
+    ("generate"); the run's plan names them "round-N/generate", round-N/plan.json the plain way.
+    `merge_dir` points train at another SFT set than the round's merge/ (the union of rounds).
+    """
+
+    def __init__(self, run: RunDir, number: int, merge_dir: Path | None = None):
+        self.run = run
+        self.number = number
+        self.root = run.root / round_folder(number)
+        self.merge_dir = merge_dir
+
+    def stage_dir(self, stage: str) -> Path:
+        if stage == "merge" and self.merge_dir is not None:
+            return self.merge_dir
+        return super().stage_dir(stage)
+
+    @property
+    def config_path(self) -> Path:
+        return self.run.config_path
+
+    @property
+    def jobs_path(self) -> Path:
+        return self.run.jobs_path
+
+    def sbatch_path(self, stage: str, part: int | None = None) -> Path:
+        return self.run.sbatch_path(f"{round_folder(self.number)}/{stage}", part)
+
+    def log_dir(self, stage: str) -> Path:
+        return self.run.log_dir(f"{round_folder(self.number)}/{stage}")
+
+    def load_config(self) -> config_mod.RunConfig:
+        from .rounds import round_config  # rounds reads run directories: imported here, not at the top
+
+        return round_config(self.run.load_config(), self.run, self.number)

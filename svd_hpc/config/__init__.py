@@ -10,6 +10,8 @@ names the file and the key, as a ConfigError (exit code 2 at the CLI).
 from .checks import STAGE_NAMES, VERIFY_STAGES, ConfigError, check_vote_rule
 from .cluster import ClusterProfile, StageResources
 from .evaluation import BenchmarkSpec, EvalConfig
+from .hub import HubConfig
+from .iteration import IterationConfig
 from .loading import PACKAGE_CONFIGS, apply_override, build, find_profile, from_dict, load, to_dict, validate
 from .method import GenerateConfig, MergeConfig, ModelConfig, SeedsConfig, TrainConfig, VerifyConfig
 from .run import RunConfig, train_procs_per_node
@@ -23,6 +25,8 @@ __all__ = [
     "ConfigError",
     "EvalConfig",
     "GenerateConfig",
+    "IterationConfig",
+    "HubConfig",
     "MergeConfig",
     "ModelConfig",
     "RunConfig",

@@ -21,6 +21,8 @@ import yaml
 from .checks import ConfigError
 from .cluster import ClusterProfile, StageResources
 from .evaluation import BenchmarkSpec, EvalConfig
+from .hub import HubConfig
+from .iteration import IterationConfig
 from .method import GenerateConfig, MergeConfig, ModelConfig, SeedsConfig, TrainConfig, VerifyConfig
 from .run import RunConfig
 
@@ -35,7 +37,9 @@ SECTIONS: dict[str, tuple[type, str]] = {
     "train": (TrainConfig, "train."),
     "eval": (EvalConfig, "eval."),
     "eval.benchmarks": (BenchmarkSpec, "eval.benchmarks[]."),
+    "iteration": (IterationConfig, "iteration."),
     "resources": (StageResources, "resources.STAGE."),
+    "hub": (HubConfig, "hub."),
     "cluster": (ClusterProfile, ""),
 }
 SECTION_TITLES = {

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from .checks import STAGE_NAMES, ConfigError
 from .cluster import ClusterProfile, StageResources
 from .evaluation import EvalConfig
+from .hub import HubConfig
+from .iteration import IterationConfig
 from .method import GenerateConfig, MergeConfig, ModelConfig, SeedsConfig, TrainConfig, VerifyConfig
 
 VLLM_STAGES = ("generate", "verify", "eval_base", "eval_trained")
@@ -36,8 +38,15 @@ class RunConfig:
     """Stage 4 (see train)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation of base and trained model (see eval)."""
+    rounds: int = 1
+    """Rounds of the method chained in one launch: round r+1 generates, judges and trains with round r's
+    model; each round in RUN_DIR/round-R/ when more than 1 (1: today's single-round layout)."""
+    iteration: IterationConfig = field(default_factory=IterationConfig)
+    """What changes from round to round, and the stopping rule (see iteration)."""
     resources: dict[str, StageResources] = field(default_factory=dict)
     """Per-stage overrides of the cluster profile, keyed by stage name (see resources.STAGE)."""
+    hub: HubConfig = field(default_factory=HubConfig)
+    """Publishing the SFT set and the trained model to the Hugging Face hub (see hub); off by default."""
     profile: ClusterProfile = field(default_factory=ClusterProfile)
     """Filled in at load time from `cluster`; not a user key in the run config itself."""
 
@@ -57,6 +66,8 @@ class RunConfig:
             section.check(source)
         self.merge.check(self.verify.votes, source)
         self.eval.check(source)
+        self.hub.check(source)
+        self.iteration.check(self.rounds, self.train.enabled, bool(self.eval.benchmarks), source)
         for stage, res in self.resources.items():
             res.check(stage, source)
         self.profile.check()
