@@ -21,10 +21,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import prompts
+from . import progress, prompts
 from .chunks import Checkpoint
 from .config import RunConfig
 from .engine import Completion, Engine, request_seed, skip_stats, stage_sampling
+from .progress import TaskProgress
 from .records import CANDIDATE, SEED, check_schema
 from .rundir import RunDir, atomic_path
 
@@ -82,7 +83,9 @@ def candidate_rows(
     return out
 
 
-def generate_questions(engine: Engine, cfg: RunConfig, rows: list[dict], checkpoint: Checkpoint) -> int:
+def generate_questions(
+    engine: Engine, cfg: RunConfig, rows: list[dict], checkpoint: Checkpoint, tracker: TaskProgress | None = None
+) -> int:
     """Sample every question of `rows` in one engine run, handing each question's candidates to
     `checkpoint` as soon as its last sample finishes; returns the tokens generated.
 
@@ -99,7 +102,10 @@ def generate_questions(engine: Engine, cfg: RunConfig, rows: list[dict], checkpo
     seeds = [request_seed(cfg.model.seed, "generate", r["question_id"]) for r in rows]
     tokens = 0
     for i, completions in engine.stream(rendered, sampling, seeds):
-        tokens += sum(c.completion_tokens for c in completions)
+        made = sum(c.completion_tokens for c in completions)
+        tokens += made
+        if tracker:  # the task's progress file and log line, once per chunk
+            tracker.update(1, made)
         checkpoint.add(
             rows[i]["question_id"], candidate_rows(rows[i], user_turns[i], completions, think, gen.format_filter)
         )
@@ -131,7 +137,9 @@ def run_shard(run: RunDir, index: int, engine: Engine | None = None) -> dict:
     tokens = 0
     if todo:
         engine = engine or Engine(cfg.model)
-        tokens = generate_questions(engine, cfg, todo, checkpoint)
+        resumed = len(rows) - len(todo)
+        tracker = progress.start(run, STAGE, index, len(rows), "questions", resumed, cfg.generate.chunk_size)
+        tokens = generate_questions(engine, cfg, todo, checkpoint, tracker)
     records = [candidate for r in rows for candidate in checkpoint[r["question_id"]]]
     shard = pa.Table.from_pylist(records, schema=CANDIDATE)
     with atomic_path(run.shard_path(STAGE, index)) as tmp:

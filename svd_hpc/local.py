@@ -1,5 +1,10 @@
 """The local scheduler: run the plan on this machine, stage by stage, with progress bars.
 
+A stage's bar moves per chunk, not only per task: while a task runs, its progress file
+(svd_hpc/progress.py) is read every POLL_S seconds, and the bar shows the finished tasks plus
+the running one's fraction, with its questions done, tokens/s and ETA. `local_running.json`
+in the run's logs/ names the task running now, so `status` can tell it from one that died.
+
 Each task runs in its own process (`python -m svd_hpc.task`, or torchrun for the distributed
 stage), exactly the command a SLURM job runs, so a model engine's memory is returned between
 tasks and a crash is confined to its task. Tasks with a done marker are skipped: running the
@@ -8,6 +13,9 @@ same run again resumes it.
 
 from __future__ import annotations
 
+import functools
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -16,10 +24,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from . import progress as task_progress
 from .config import RunConfig, train_procs_per_node
 from .plan import Stage
 from .rundir import RunDir, atomic_write_json
 from .task_env import without_secrets
+
+POLL_S = 1.0  # how often a running task's progress file is read for its bar
 
 
 class TaskFailed(RuntimeError):
@@ -71,14 +82,49 @@ def run_plan(cfg: RunConfig, run: RunDir, plan: list[Stage], console: Console | 
                 log_path.parent.mkdir(parents=True, exist_ok=True)
                 progress.update(bar, note=f"task {index}: {log_path}")
                 with log_path.open("a") as log_file:
-                    proc = subprocess.run(
+                    proc = subprocess.Popen(
                         task_command(cfg, run, stage, index), stdout=log_file, stderr=subprocess.STDOUT, env=env
                     )
+                    finished = stage.array_size - len(todo) + todo.index(index)
+                    follow(run, stage.name, index, proc, functools.partial(progress.update, bar), finished)
                 if proc.returncode != 0:
                     progress.update(bar, note="[red]failed")
                     raise TaskFailed(stage.name, index, log_path, proc.returncode)
-                progress.advance(bar)
+                progress.update(bar, completed=finished + 1)  # not advance: the bar may hold a fraction
             timings[stage.name] = time.monotonic() - start
             atomic_write_json(run.root / "logs" / "local_timings.json", timings)
             progress.update(bar, note=f"done in {timings[stage.name]:.1f} s" if todo else "done earlier")
     return timings
+
+
+def running_path(run: RunDir) -> Path:
+    """Which task the local scheduler runs now: stage, index, pid and host."""
+    return run.root / "logs" / "local_running.json"
+
+
+def follow(run: RunDir, stage: str, index: int, proc: subprocess.Popen, update, finished: int) -> None:
+    """Wait for task `index` of `stage`, calling update(completed=..., note=...) after each of its chunks.
+
+    `finished` tasks of the stage are done before this one; the bar adds this task's fraction.
+    """
+    launched = time.time()
+    record = dict(
+        stage=stage, index=index, pid=proc.pid, scheduler_pid=os.getpid(), host=socket.gethostname(), started=launched
+    )
+    atomic_write_json(running_path(run), record)
+    file, seen = task_progress.path(run, stage, index), None
+    while True:
+        try:
+            proc.wait(timeout=POLL_S)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        except BaseException:  # Ctrl-C or an error here: the task does not outlive its scheduler
+            proc.kill()
+            proc.wait()
+            raise
+        current = task_progress.read(file)
+        # a file left by an earlier attempt is older than this process
+        if current and current["updated"] >= launched and current != seen:
+            seen = current
+            update(completed=finished + task_progress.fraction(current), note=task_progress.line(current))

@@ -28,10 +28,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import aggregation, prompts
+from . import aggregation, progress, prompts
 from .chunks import Checkpoint
 from .config import VERIFY_STAGES, ModelConfig, VerifyConfig
 from .engine import Engine, request_seed, skip_stats, stage_sampling
+from .progress import TaskProgress
 from .records import CANDIDATE, VERDICT, VOTE_NONE, check_schema
 from .rundir import RunDir, atomic_path
 
@@ -79,6 +80,9 @@ def votes_per_inference(votes: int, inferences: int) -> list[int]:
 class _Cascade:
     """The state of one cascade run: results so far and which items are still alive."""
 
+    # the task's progress file, in candidate-stages: an item's votes of a stage make one unit
+    tracker: TaskProgress | None = None
+
     def __init__(self, engine: Engine, items: Sequence[CascadeItem], cfg: VerifyConfig, checkpoint: Checkpoint):
         self.engine, self.items, self.cfg, self.checkpoint = engine, list(items), cfg, checkpoint
         self.keys = [it.key or str(i) for i, it in enumerate(self.items)]
@@ -100,6 +104,11 @@ class _Cascade:
         prefix = self.cfg.verdict_prefix if judge else ""
         keys = [f"{stage}/{self.keys[i]}/{sub}" for i, _, _, sub in requests]
         todo = [j for j, key in enumerate(keys) if key not in self.checkpoint]
+        if self.tracker and judge:  # replies saved by an earlier attempt
+            asked = set(todo)
+            self.tracker.update(
+                sum(r[2] for j, r in enumerate(requests) if j not in asked) / self.cfg.votes, resumed=True
+            )
         if todo:
             seed = self.engine.model_cfg.seed
             rendered = [
@@ -117,6 +126,10 @@ class _Cascade:
                     "skipped": skipped,
                 }
                 self.checkpoint.add(keys[todo[t]], reply)
+                if self.tracker:
+                    self.tracker.update(
+                        requests[todo[t]][2] / self.cfg.votes if judge else 0, reply["completion_tokens"]
+                    )
             # the next step needs every reply of this one: save the last, partial chunk too
             self.checkpoint.flush()
         texts = []
@@ -171,6 +184,10 @@ class _Cascade:
                 survivors.append(i)
             else:
                 result.status, result.failed_stage = "rejected", stage
+        if self.tracker:  # who leaves here needs none of the later stages
+            self.tracker.update(
+                (len(alive) - len(survivors)) * (len(self.cfg.stages) - 1 - self.cfg.stages.index(stage))
+            )
         return survivors
 
 
@@ -197,7 +214,11 @@ def run_cascade(
 
 
 def judge(
-    engine: Engine, items: Sequence[CascadeItem], verify_cfg: VerifyConfig, saved: Checkpoint
+    engine: Engine,
+    items: Sequence[CascadeItem],
+    verify_cfg: VerifyConfig,
+    saved: Checkpoint,
+    tracker: TaskProgress | None = None,
 ) -> list[CascadeResult]:
     """`run_cascade` with the caller's checkpoint (which tells how many replies it resumed)."""
     for stage in verify_cfg.stages:
@@ -207,6 +228,7 @@ def judge(
     if saved.resumed:
         log.info(f"verify: resuming with {saved.resumed} judge replies from {saved.folder}")
     cascade = _Cascade(engine, items, verify_cfg, saved)
+    cascade.tracker = tracker
     alive = list(range(len(cascade.items)))
     for stage in verify_cfg.stages:
         started = time.perf_counter()
@@ -277,7 +299,9 @@ def run_shard(run: RunDir, index: int, engine: Engine | None = None) -> dict:
         engine = engine or Engine(cfg.model)
         saved = Checkpoint(progress_path(run, index), cfg.verify.chunk_size, fingerprint(cfg.model, items, cfg.verify))
         resumed = saved.resumed
-        results = judge(engine, items, cfg.verify, saved)
+        units = len(items) * len(cfg.verify.stages)
+        tracker = progress.start(run, STAGE, index, units, "candidate-stages", every=cfg.verify.chunk_size)
+        results = judge(engine, items, cfg.verify, saved, tracker)
     table = verdict_table(candidates, dict(zip(rows, results)))
     with atomic_path(run.shard_path(STAGE, index)) as tmp:
         pq.write_table(table, tmp)

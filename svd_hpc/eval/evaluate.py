@@ -39,6 +39,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import progress as task_progress
 from .. import prompts
 from ..chunks import Checkpoint
 from ..config import ConfigError, ModelConfig, RunConfig
@@ -209,7 +210,13 @@ def chunk_table(
 
 
 def answer_chunks(
-    engine: Engine, cfg: RunConfig, model: str, task: EvalTask, todo: dict[int, list[Problem]], checkpoint: Checkpoint
+    engine: Engine,
+    cfg: RunConfig,
+    model: str,
+    task: EvalTask,
+    todo: dict[int, list[Problem]],
+    checkpoint: Checkpoint,
+    tracker: task_progress.TaskProgress | None = None,
 ) -> None:
     """Direct answers to every chunk of `todo` (chunk number -> problems) in one engine run; each
     chunk is graded and saved to `checkpoint` as soon as its last question finishes."""
@@ -225,6 +232,8 @@ def answer_chunks(
         table = chunk_table(cfg, model, task, chunk, outputs, [0] * len(chunk), [[] for _ in chunk])
         _keep(checkpoint, table)
         log.info(f"eval: {task=} chunk={c} saved, correct={sum(table.column('correct').to_pylist())}/{len(chunk)}")
+        if tracker:
+            tracker.update(len(chunk), sum(table.column("completion_tokens").to_pylist()))
 
     # math-verify's timeouts need the main thread (and math grading is quick); code runs for
     # seconds per answer, so it is graded beside the engine, one chunk at a time
@@ -300,16 +309,20 @@ def run_eval_task(run: RunDir, stage: str, index: int, engine: Engine | None = N
     checkpoint = Checkpoint(progress, size, _fingerprint(task, model_cfg.path, problems))
     todo = {c: chunk for c, chunk in enumerate(chunks) if any(p.question_id not in checkpoint for p in chunk)}
     resumed = len(chunks) - len(todo)
+    tracker = None
     if todo:
         engine = engine or Engine(model_cfg)
+        saved = sum(len(chunk) for c, chunk in enumerate(chunks) if c not in todo)
+        tracker = task_progress.start(run, stage, index, len(problems), "questions", saved)
     if todo and task.mode == "direct":
-        answer_chunks(engine, cfg, model, task, todo, checkpoint)
+        answer_chunks(engine, cfg, model, task, todo, checkpoint, tracker)
     for c, chunk in todo.items() if task.mode == "uq_ttc" else ():
         table = evaluate_chunk(engine, cfg, model, task, chunk, checkpoint=progress / f"cascade-{c:05d}.json")
         _keep(checkpoint, table)
         log.info(
             f"eval: {stage=} {task=} chunk={c + 1}/{len(chunks)} correct={sum(table.column('correct').to_pylist())}"
         )
+        tracker.update(len(chunk), sum(table.column("completion_tokens").to_pylist()))
     table = pa.Table.from_pylist([checkpoint[p.question_id] for p in problems], schema=EVAL)
     summary = summarize(table, task, model, spec.name, problems[0], model_cfg.path)
     summary.update(seconds=round(time.perf_counter() - started, 2), chunks_resumed=resumed, rows_left_out=left_out)
