@@ -121,8 +121,6 @@ def run_seeds(run: RoundDir, index: int) -> dict:
 
     top, number = run.run, run.number
     cfg = top.load_config()
-    # the round's own plan under plain stage names: what a single-round run's report reads
-    atomic_write_json(run.plan_path, plan_to_json(round_plan(plan_from_json(top.load_json(top.plan_path)), number)))
     reason = rule_met(cfg, top, number - 1) if number > 1 else None
     table = None
     if reason is None:
@@ -134,6 +132,9 @@ def run_seeds(run: RoundDir, index: int) -> dict:
         atomic_write_json(run.root / STOPPED, {"round": number, "reason": reason})
         return {"stopped": reason}
     from .seeds import shard_bounds
+
+    # the round's own plan under plain stage names: what a single-round run's report reads
+    atomic_write_json(run.plan_path, plan_to_json(round_plan(plan_from_json(top.load_json(top.plan_path)), number)))
 
     sizes = []
     for i, (start, stop) in enumerate(shard_bounds(table.num_rows, cfg.seeds.shards)):

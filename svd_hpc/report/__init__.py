@@ -22,10 +22,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..rundir import RunDir, atomic_path, atomic_write_json, atomic_write_text
+from ..rundir import RoundDir, RunDir, atomic_path, atomic_write_json, atomic_write_text
 from .cost import cost_section, sacct_seconds
 from .eval_tables import benchmarks_section, pass1_section, pass_k_section
 from .pilot import pilot_section
+from .rounds import build_rounds
 from .scores import VARIANTS, EvalScores, PairedDelta, domains_of, read_eval, score, scores_json
 from .section import Section
 from .stages import funnel_section, skipped_section, votes_section
@@ -90,6 +91,8 @@ def chart(scores: EvalScores | None, path: Path) -> None:
 def build(run: RunDir, console: Console | None = None) -> Path:
     """Write <run>/report.md and <run>/report.png from the run's records, print the tables; returns report.md."""
     cfg = run.load_config()
+    if cfg.rounds > 1 and not isinstance(run, RoundDir):  # the rounds side by side; each round's own report
+        return build_rounds(run, cfg, console)
     table = read_eval(run)
     domain_of = domains_of(cfg, run)
     scores = score(table, domain_of) if table is not None else None
