@@ -39,8 +39,19 @@ class TaskProgress:
     """One task's progress file: `update` after each finished unit; written once `every` units
     have accumulated (a chunk) and at the end of the shard."""
 
-    def __init__(self, file: Path, stage: str, index: int, total: float, unit: str, done: float = 0, every: float = 1):
+    def __init__(
+        self,
+        file: Path,
+        stage: str,
+        index: int,
+        total: float,
+        unit: str,
+        done: float = 0,
+        every: float = 1,
+        log_lines: bool = True,  # False where the caller logs its own line per unit (train's steps)
+    ):
         self.file, self.stage, self.index, self.total, self.unit, self.every = file, stage, index, total, unit, every
+        self.log_lines = log_lines
         self.done = self.resumed = done  # units saved by earlier attempts count as done, not as this one's rate
         self.tokens = 0
         self.started = time.time()
@@ -75,7 +86,7 @@ class TaskProgress:
         record = self.record()
         atomic_write_json(self.file, record)
         self.written = self.done
-        if self.done > self.resumed:
+        if self.log_lines and self.done > self.resumed:
             log.info(line(record))
 
 
