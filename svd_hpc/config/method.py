@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -279,6 +280,16 @@ class TrainConfig:
     else the profile's gpus_per_node), else train.procs_per_node. So it counts only without GPUs
     (the local scheduler, CPU clusters).
     """
+    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
+    """Experiment trackers of loss, lr, grad norm, tokens/s and padding efficiency per step, and eval pass@1.
+
+    As transformers' Trainer: tensorboard writes to train/tensorboard (pip install tensorboard), wandb
+    to a W&B run named after the run (pip install wandb). Empty: only train/metrics.jsonl.
+    """
+    wandb_project: str = "svd_hpc"
+    """W&B project of the run."""
+    wandb_mode: Literal["offline", "online"] = "offline"
+    """offline (compute nodes often have no internet): `wandb sync` uploads it later; online needs `wandb login`."""
 
     def check(self, source: str) -> None:
         positive = ("steps", "global_batch", "micro_batch", "max_seq_len", "procs_per_node")
@@ -293,3 +304,9 @@ class TrainConfig:
             )
         if len(self.betas) != 2:
             raise ConfigError(f"{source}: train.betas must be two numbers, e.g. [0.9, 0.999].")
+        for tracker in self.report_to:  # the package and the tracker share a name
+            if importlib.util.find_spec(tracker) is None:
+                raise ConfigError(
+                    f"{source}: train.report_to lists {tracker}, which is not installed: pip install {tracker} "
+                    "(or pip install 'svd_hpc[tracking]'), or drop it from train.report_to."
+                )
