@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import records
+from .. import hub, records
 from ..config import VERIFY_STAGES, RunConfig
 from ..rundir import RunDir, atomic_path, atomic_write_json
 from . import funnel, selection
@@ -390,4 +390,5 @@ def run_task(run: RunDir, index: int) -> dict:
         stats = merge_shards(paths, cfg, tmp)
         funnel.chart(stats, tmp / "funnel.png")
     funnel.print_table(stats)
+    hub.publish_dataset(run, cfg)  # once, here, not per task; a failed push is recorded, the run goes on
     return {"kept": stats["overall"]["kept"], "skipped_shards": len(stats["skipped_shards"])}

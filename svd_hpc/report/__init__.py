@@ -22,6 +22,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from .. import hub, hub_cards, tracking
 from ..rundir import RoundDir, RunDir, atomic_path, atomic_write_json, atomic_write_text
 from .cost import cost_section, sacct_seconds
 from .eval_tables import benchmarks_section, pass1_section, pass_k_section
@@ -120,6 +121,7 @@ def build(run: RunDir, console: Console | None = None) -> Path:
         lines += ["![pass@1 per benchmark](report.png)", ""]
     lines += [s.markdown() for s in sections]
     lines += _sandbox_notes(run)
+    lines += hub.report_lines(run)
     if (run.stage_dir("merge") / "funnel.png").is_file():
         lines += ["![merge funnel](merge/funnel.png)", ""]
     chart(scores, run.root / "report.png")
@@ -169,5 +171,9 @@ def _sandbox_notes(run: RunDir) -> list[str]:
 
 
 def run_task(run: RunDir, index: int) -> dict:
-    """Stage body of `report` (a single task)."""
-    return {"report": str(build(run))}
+    """Stage body of `report` (a single task); then the eval table goes to the hub and the trackers."""
+    path = build(run)
+    cfg = run.load_config()
+    hub.publish_eval(run, cfg)
+    tracking.log_eval(run, cfg, hub_cards.summary_of(run))
+    return {"report": str(path)}

@@ -1,5 +1,5 @@
 """The step log of training: one record per optimiser step in <run>/train/metrics.jsonl (the file name
-is the run directory's public layout), a log line per step, a live bar at a terminal, TensorBoard if installed."""
+is the run directory's public layout), a log line per step, a live bar at a terminal, train.report_to's trackers."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ from ..rundir import atomic_write_text
 log = logging.getLogger("svd_hpc")
 
 STEP_LOG = "metrics.jsonl"
-BOARD_KEYS = ("loss", "lr", "grad_norm", "tokens_per_s", "padding_efficiency")
 
 
 class StepLog:
-    """Step records (rank 0), cut back to `start` on resume; a progress line; TensorBoard if installed."""
+    """Step records (rank 0), cut back to `start` on resume; a progress line; rank 0's `tracker` (tracking.py)."""
 
-    def __init__(self, out: Path, rank: int, start: int, total: int):
+    def __init__(self, out: Path, rank: int, start: int, total: int, tracker=None):
         self.rank, self.start, self.total = rank, start, total
         self.path = out / STEP_LOG
-        self.handle = self.board = self.bar = None
+        self.handle = self.bar = None
+        self.tracker = tracker
         self.began = time.perf_counter()
         if rank != 0:
             return
@@ -31,12 +31,6 @@ class StepLog:
             kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= start]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self.handle = open(self.path, "a")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.board = SummaryWriter(str(out / "tensorboard"))
-        except ImportError:
-            pass
         if sys.stderr.isatty():  # a live bar for people at a terminal; log files get the lines only
             self._start_bar()
 
@@ -65,12 +59,11 @@ class StepLog:
         )
         if self.bar:
             self.bar.update(self.bar_task, completed=step, status=status)
-        if self.board:
-            for key in BOARD_KEYS:
-                self.board.add_scalar(f"train/{key}", record[key], step)
+        if self.tracker:
+            self.tracker.log_step(record)
 
     def close(self) -> None:
-        for part in (self.handle, self.board):
+        for part in (self.handle, self.tracker):
             if part:
                 part.close()
         if self.bar:

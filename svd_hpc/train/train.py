@@ -31,8 +31,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .. import hub
 from ..rundir import RunDir, atomic_write_json
 from ..task import stop_request_path
+from ..tracking import Tracker
 from . import fsdp, sft_data
 from .inputs import TrainInputs, local_model_dir, prepare_data
 from .model import ACTIVATION_CHECKPOINTING_FROM, activation_checkpointing, build_model, build_optimizer, lr_factor
@@ -108,8 +110,12 @@ def train(run: RunDir, cfg, d: fsdp.Dist, dataset: Path, stop: StopFlag) -> dict
         ckpt_root=out / "checkpoints",
     )
     start = resume(trainer)
-    run_steps(trainer, start, stop, StepLog(out, d.rank, start, cfg.train.steps))
-    return finish(trainer, out, export_dtype)
+    tracker = Tracker(run, cfg, start) if d.rank == 0 else None
+    run_steps(trainer, start, stop, StepLog(out, d.rank, start, cfg.train.steps, tracker))
+    stats = finish(trainer, out, export_dtype)
+    if d.rank == 0:
+        hub.publish_model(run, cfg)  # records a failure instead of raising: the run goes on
+    return stats
 
 
 def run_steps(trainer: Trainer, start: int, stop: StopFlag, step_log: StepLog) -> None:
