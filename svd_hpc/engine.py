@@ -21,19 +21,19 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from .config import ModelConfig
+from .engine_watchdog import EXIT_ENGINE_FAILED, Watchdog, log_engine_failed
 from .models import resolve
 
 log = logging.getLogger("svd_hpc")
 
 Conversation = list[dict]  # [{"role": "user", "content": "..."}, ...]
-EXIT_ENGINE_FAILED = 70  # the engine hung or its process died; running the task again resumes it
 
 
 # Sampling settings a stage may leave to the model (None): the model's generation_config.json
@@ -137,40 +137,6 @@ def private_cache_root() -> str:
     return root
 
 
-class Watchdog:
-    """Ends the process when one engine step runs for `timeout_s` seconds, or the engine's
-    background process dies during a step: one log line, exit EXIT_ENGINE_FAILED.
-
-    A thread, and a hard exit, because a hung engine holds the main thread inside step().
-    """
-
-    def __init__(self, engine: Engine, timeout_s: float):
-        self.engine, self.timeout_s = engine, timeout_s
-        self.last_step = time.monotonic()
-        self.watching = False
-        threading.Thread(target=self._watch, name="svd_hpc-engine-watchdog", daemon=True).start()
-
-    def beat(self) -> None:
-        self.last_step = time.monotonic()
-
-    def _watch(self) -> None:
-        while True:
-            time.sleep(min(10.0, self.timeout_s / 4))
-            if not self.watching:
-                continue
-            quiet = time.monotonic() - self.last_step
-            if self.engine.background_died():
-                self._end("vLLM's engine process died")
-            elif quiet > self.timeout_s:
-                self._end(f"the engine finished no step for {quiet:.0f}s (model.stall_timeout_s={self.timeout_s:g})")
-
-    def _end(self, why: str) -> None:
-        log.error(f"engine failed: {why}; ending the task (exit {EXIT_ENGINE_FAILED}) so it can be run again")
-        for handler in logging.getLogger().handlers + log.handlers:
-            handler.flush()
-        os._exit(EXIT_ENGINE_FAILED)
-
-
 def template_knows_thinking(tokenizer) -> bool:
     template = getattr(tokenizer, "chat_template", None) or ""
     if isinstance(template, dict):  # several named templates
@@ -208,7 +174,9 @@ class Engine:
             )
         if not model_cfg.per_request_seeds:
             log.info("model.per_request_seeds=false: one engine-wide seed; a resumed task samples differently")
-        self.watchdog = Watchdog(self, model_cfg.stall_timeout_s) if model_cfg.stall_timeout_s > 0 else None
+        self.watchdog = (
+            Watchdog(self.background_died, model_cfg.stall_timeout_s) if model_cfg.stall_timeout_s > 0 else None
+        )
         knows = template_knows_thinking(self.tokenizer)
         self.template_knows_thinking = knows
         self.thinking = {"on": True, "off": False, "auto": knows}[model_cfg.thinking]
@@ -318,9 +286,29 @@ class Engine:
         per_prompt = [sampling] * len(prompts) if isinstance(sampling, Sampling) else list(sampling)
         if len(per_prompt) != len(prompts) or (seeds is not None and len(seeds) != len(prompts)):
             raise ValueError("Engine.stream needs one sampling and one seed per prompt.")
-        from vllm.exceptions import VLLMClientError
-        from vllm.inputs import TokensPrompt
+        skipped = self._unrunnable(prompts)
+        # built before anything is queued: a sampling setting vLLM refuses is no bad row but a bad
+        # config, so it stops the task here instead of skipping every request
+        params = {
+            i: self.sampling_params(per_prompt[i], None if seeds is None else seeds[i])
+            for i in range(len(prompts))
+            if i not in skipped
+        }
+        index_of: dict[str, int] = {}  # vLLM request id -> prompt index, of requests still running
+        try:
+            self._enqueue(prompts, params, index_of, skipped)
+            for i in sorted(skipped):
+                reason = skipped[i]
+                log.warning(f"request {i} skipped: {reason[:300]}")
+                tokens = 0 if isinstance(prompts[i], Refused) else len(prompts[i])
+                yield i, [Completion("", 0, "skipped", tokens, reason) for _ in range(per_prompt[i].n)]
+            yield from self._finished(prompts, index_of)
+        finally:
+            if index_of:  # the caller stopped early (an error, a kill): leave the engine empty
+                self.llm.llm_engine.abort_request(list(index_of))
 
+    def _unrunnable(self, prompts: Sequence[list[int] | Refused]) -> dict[int, str]:
+        """Skip reasons of the prompts that cannot run: Refused, or max_model_len+ tokens."""
         limit = self.model_cfg.max_model_len
         skipped: dict[int, str] = {}
         for i, prompt in enumerate(prompts):
@@ -331,61 +319,44 @@ class Engine:
                     f"prompt_too_long: {len(prompt)} prompt tokens leave "
                     f"no room to generate (model.max_model_len={limit})"
                 )
-        # built before anything is queued: a sampling setting vLLM refuses is no bad row but a bad
-        # config, so it stops the task here instead of skipping every request
-        params = {
-            i: self.sampling_params(per_prompt[i], None if seeds is None else seeds[i])
-            for i in range(len(prompts))
-            if i not in skipped
-        }
+        return skipped
+
+    def _enqueue(self, prompts, params: dict, index_of: dict[str, int], skipped: dict[int, str]) -> None:
+        """Queue every request, filling `index_of`; one vLLM rejects becomes a skip reason."""
+        from vllm.exceptions import VLLMClientError
+        from vllm.inputs import TokensPrompt
+
+        for i, param in params.items():
+            # one request per call: vLLM drops the whole call when one of its requests fails validation
+            try:
+                [rid] = self.llm.enqueue([TokensPrompt(prompt_token_ids=list(prompts[i]))], [param], use_tqdm=False)
+            except (ValueError, VLLMClientError) as err:
+                skipped[i] = f"engine_rejected: {err}"
+                continue
+            # enqueue returns vLLM's internal id ("<id>-<8 random chars>"); outputs carry the <id> part
+            index_of[rid.rsplit("-", 1)[0]] = i
+
+    def _finished(self, prompts, index_of: dict[str, int]) -> Iterator[tuple[int, list[Completion]]]:
+        """Step the engine until every queued request is done, yielding each as it finishes."""
         engine = self.llm.llm_engine
-        watchdog = self.watchdog
-        index_of: dict[str, int] = {}
-        try:
-            for i, param in params.items():
-                # one request per call: vLLM drops the whole call when one of its requests fails validation
-                try:
-                    [rid] = self.llm.enqueue([TokensPrompt(prompt_token_ids=list(prompts[i]))], [param], use_tqdm=False)
-                except (ValueError, VLLMClientError) as err:
-                    skipped[i] = f"engine_rejected: {err}"
-                    continue
-                # enqueue returns vLLM's internal id ("<id>-<8 random chars>"); outputs carry the <id> part
-                index_of[rid.rsplit("-", 1)[0]] = i
-            for i in sorted(skipped):
-                reason = skipped[i]
-                log.warning(f"request {i} skipped: {reason[:300]}")
-                tokens = 0 if isinstance(prompts[i], Refused) else len(prompts[i])
-                yield i, [Completion("", 0, "skipped", tokens, reason) for _ in range(per_prompt[i].n)]
-            while index_of and engine.has_unfinished_requests():
-                if watchdog:  # only time inside step() counts: the caller may save or grade between steps
-                    watchdog.beat()
-                    watchdog.watching = True
-                try:
+        while index_of and engine.has_unfinished_requests():
+            try:
+                with self.watchdog.step() if self.watchdog else nullcontext():
                     outputs = engine.step()
-                except Exception:
-                    if not self.background_died():
-                        raise
-                    index_of.clear()  # nothing left to abort in a dead engine
-                    log.error(f"engine failed: vLLM's engine process died; ending the task (exit {EXIT_ENGINE_FAILED})")
-                    raise SystemExit(EXIT_ENGINE_FAILED) from None
-                if watchdog:
-                    watchdog.watching = False
-                for out in outputs:
-                    i = index_of.pop(out.request_id, None) if out.finished else None
-                    if i is not None:
-                        samples = sorted(out.outputs, key=lambda c: c.index)
-                        length = len(prompts[i])
-                        yield (
-                            i,
-                            [Completion(c.text, len(c.token_ids), c.finish_reason or "abort", length) for c in samples],
-                        )
-            if index_of:
-                raise RuntimeError(f"vLLM finished without answering {len(index_of)} request(s).")
-        finally:
-            if watchdog:
-                watchdog.watching = False
-            if index_of:  # the caller stopped early (an error, a kill): leave the engine empty
-                engine.abort_request(list(index_of))
+            except Exception:
+                if not self.background_died():
+                    raise
+                index_of.clear()  # nothing left to abort in a dead engine
+                log_engine_failed("vLLM's engine process died")
+                raise SystemExit(EXIT_ENGINE_FAILED) from None
+            for out in outputs:
+                i = index_of.pop(out.request_id, None) if out.finished else None
+                if i is not None:
+                    samples = sorted(out.outputs, key=lambda c: c.index)
+                    length = len(prompts[i])
+                    yield i, [Completion(c.text, len(c.token_ids), c.finish_reason or "abort", length) for c in samples]
+        if index_of:
+            raise RuntimeError(f"vLLM finished without answering {len(index_of)} request(s).")
 
     def generate_tokens(
         self,
@@ -421,9 +392,9 @@ class Engine:
         """Prompt tokens so far: computed by the model vs served from the prefix cache."""
         stats = {"computed": 0, "cached": 0}
         names = {"local_compute": "computed", "local_cache_hit": "cached"}
-        for metric in self.llm.get_metrics():
-            if metric.name == "vllm:prompt_tokens_by_source":
-                key = names.get(metric.labels.get("source", ""))
+        for counter in self.llm.get_metrics():  # vLLM's Prometheus counters
+            if counter.name == "vllm:prompt_tokens_by_source":
+                key = names.get(counter.labels.get("source", ""))
                 if key:
-                    stats[key] += int(metric.value)
+                    stats[key] += int(counter.value)
         return stats

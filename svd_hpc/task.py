@@ -85,8 +85,7 @@ def run(stage: str, run_dir: str, index: int) -> None:
     spec = stages[stage]
     if not 0 <= index < spec.array_size:
         raise ConfigError(f"task index {index} is outside stage '{stage}' (array of {spec.array_size}).")
-    if rd.is_done(stage, index):
-        log.info(f"{stage=} {index=} already done")
+    if done_stats(rd, stage, index) is not None:
         return
     fit_threads_to_allocation()
     if spec.kind == "distributed":
@@ -104,16 +103,24 @@ def run_once(run: RunDir | str | Path, stage: str, index: int, body: Callable | 
     task) is dropped: a task that dies before its marker resumes from it.
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
-    marker = run.done_marker(stage, index)
-    if marker.exists():
-        log.info(f"{stage=} {index=} already done")
-        return run.load_json(marker, default={})
+    done = done_stats(run, stage, index)
+    if done is not None:
+        return done
     stats = (body or plan_mod.stage_body(stage))(run, index)
     if stats is None:
         return None
     run.mark_done(stage, index, **stats)
     plan_mod.drop_scratch(stage, run, index)
     return stats
+
+
+def done_stats(run: RunDir, stage: str, index: int) -> dict | None:
+    """The done marker's stats when the task has finished, else None."""
+    marker = run.done_marker(stage, index)
+    if not marker.exists():
+        return None
+    log.info(f"{stage=} {index=} already done")
+    return run.load_json(marker, default={})
 
 
 def main(argv: list[str] | None = None) -> int:

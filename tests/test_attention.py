@@ -65,6 +65,19 @@ def flash_like(calls):
     return attend
 
 
+def record_masks(monkeypatch, implementation: str) -> list:
+    """The attention masks `implementation` is called with, recorded while it runs as usual."""
+    real = ALL_ATTENTION_FUNCTIONS[implementation]
+    masks = []
+
+    def record(module, query, key, value, attention_mask, **kwargs):
+        masks.append(attention_mask)
+        return real(module, query, key, value, attention_mask, **kwargs)
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._local_mapping, implementation, record)
+    return masks
+
+
 def test_flash_attention_gets_a_micro_batch_as_one_row_with_position_restarts(stream, monkeypatch):
     calls = []
     monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._local_mapping, "flash_attention_2", flash_like(calls))
@@ -86,14 +99,7 @@ def test_flex_attention_gets_a_block_mask_and_keeps_packed_samples_apart(stream,
     _validate_device), which is why CPU training takes sdpa; GPUs train through this path."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    real = ALL_ATTENTION_FUNCTIONS["flex_attention"]
-    masks = []
-
-    def record(module, query, key, value, attention_mask, **kwargs):
-        masks.append(attention_mask)
-        return real(module, query, key, value, attention_mask, **kwargs)
-
-    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._local_mapping, "flex_attention", record)
+    masks = record_masks(monkeypatch, "flex_attention")
     model = tiny_model("flex_attention")
     with torch.no_grad():
         loss = float(train.loss_sum(model, stream.micro_batch([0, 1]), "cpu"))
@@ -102,14 +108,7 @@ def test_flex_attention_gets_a_block_mask_and_keeps_packed_samples_apart(stream,
 
 
 def test_sdpa_on_cpu_builds_the_dense_mask_flex_avoids(stream, monkeypatch):
-    real = ALL_ATTENTION_FUNCTIONS["sdpa"]
-    masks = []
-
-    def record(module, query, key, value, attention_mask, **kwargs):
-        masks.append(attention_mask)
-        return real(module, query, key, value, attention_mask, **kwargs)
-
-    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._local_mapping, "sdpa", record)
+    masks = record_masks(monkeypatch, "sdpa")
     batch = stream.micro_batch([0, 1])
     with torch.no_grad():
         loss = float(train.loss_sum(tiny_model("sdpa"), batch, "cpu"))
