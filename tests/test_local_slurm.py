@@ -3,7 +3,6 @@
 Run as: .venv/bin/python -m pytest tests/test_local_slurm.py -q   (starts the cluster if needed)
 """
 
-import os
 import re
 import subprocess
 import time
@@ -11,53 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import LOCAL_SLURM, sacct_states, slurm, wait_final
+
 pytestmark = pytest.mark.slurm  # every test here uses the cluster: `-m "not slurm"` never starts it
-
-LOCAL_SLURM = Path(__file__).resolve().parent.parent / "scripts" / "local-slurm.sh"
-
-# States after which a job never changes again (sacct's spelling; CANCELLED may read "CANCELLED by 0").
-FINAL_STATES = (
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-    "TIMEOUT",
-    "NODE_FAIL",
-    "OUT_OF_MEMORY",
-    "PREEMPTED",
-    "BOOT_FAIL",
-    "DEADLINE",
-)
-
-
-def run(args: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {result.returncode}: {result.stderr}")
-    return result
 
 
 def sbatch(env: dict[str, str], workdir: Path, *options: str) -> str:
     """Submit and return the job id; output goes to workdir/slurm-JOBID.out unless options say otherwise."""
-    out = run(["sbatch", "--parsable", f"--chdir={workdir}", f"--output={workdir}/slurm-%j.out", *options], env)
+    out = slurm(
+        ["sbatch", "--parsable", f"--chdir={workdir}", f"--output={workdir}/slurm-%j.out", *options], env, tries=1
+    )
     return out.stdout.strip().split(";")[0]
-
-
-def sacct_states(env: dict[str, str], job_id: str) -> dict[str, str]:
-    """{job id or array task id: state} for the allocations of job_id, as accounting sees them."""
-    out = run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "JobID,State"], env)
-    return dict(line.split("|", 1) for line in out.stdout.splitlines() if line)
-
-
-def wait_for_states(env: dict[str, str], job_id: str, count: int, timeout: float = 90) -> dict[str, str]:
-    """Poll sacct until job_id has `count` allocations, all in a final state."""
-    deadline = time.monotonic() + timeout
-    while True:
-        states = sacct_states(env, job_id)
-        if len(states) == count and all(s.startswith(FINAL_STATES) for s in states.values()):
-            return states
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} not finished after {timeout} s: sacct says {states}")
-        time.sleep(0.3)
 
 
 def test_array_tasks_complete_in_sacct_and_write_their_own_output(slurm_cluster, tmp_path):
@@ -70,7 +33,7 @@ def test_array_tasks_complete_in_sacct_and_write_their_own_output(slurm_cluster,
         "echo task $SLURM_ARRAY_TASK_ID",
     )
 
-    states = wait_for_states(slurm_cluster, job, count=4)
+    states = wait_final(job, slurm_cluster, count=4)
 
     assert states == {f"{job}_{i}": "COMPLETED" for i in range(4)}
     for i in range(4):
@@ -85,7 +48,7 @@ def test_two_node_job_runs_a_task_on_each_node_and_node_names_resolve(slurm_clus
     )
     job = sbatch(slurm_cluster, tmp_path, "--nodes=2", "--ntasks-per-node=1", str(script))
 
-    states = wait_for_states(slurm_cluster, job, count=1)
+    states = wait_final(job, slurm_cluster, count=1)
 
     assert states == {job: "COMPLETED"}
     lines = sorted((tmp_path / f"slurm-{job}.out").read_text().split("\n"))
@@ -101,19 +64,19 @@ def test_afterok_on_a_failed_job_cancels_the_dependent_job(slurm_cluster, tmp_pa
         slurm_cluster, tmp_path, f"--dependency=afterok:{failing}", "--kill-on-invalid-dep=yes", "--wrap", "true"
     )
 
-    assert wait_for_states(slurm_cluster, failing, count=1) == {failing: "FAILED"}
+    assert wait_final(failing, slurm_cluster, count=1) == {failing: "FAILED"}
     # Without --kill-on-invalid-dep it would stay PENDING (DependencyNeverSatisfied) forever.
-    states = wait_for_states(slurm_cluster, dependent, count=1)
+    states = wait_final(dependent, slurm_cluster, count=1)
     assert states[dependent].startswith("CANCELLED")
 
 
 def test_array_index_limit_follows_max_array_size(slurm_cluster, tmp_path):
-    config = run(["scontrol", "show", "config"], slurm_cluster).stdout
+    config = slurm(["scontrol", "show", "config"], slurm_cluster).stdout
     max_array_size = int(re.search(r"^MaxArraySize\s*=\s*(\d+)", config, re.M).group(1))
 
     held = sbatch(slurm_cluster, tmp_path, "--hold", f"--array={max_array_size - 1}", "--wrap", "true")
-    run(["scancel", held], slurm_cluster)
-    too_big = run(["sbatch", "--hold", f"--array={max_array_size}", "--wrap", "true"], slurm_cluster, check=False)
+    slurm(["scancel", held], slurm_cluster)
+    too_big = slurm(["sbatch", "--hold", f"--array={max_array_size}", "--wrap", "true"], slurm_cluster, check=False)
 
     assert too_big.returncode != 0
     assert "array" in too_big.stderr.lower(), too_big.stderr
@@ -168,9 +131,9 @@ def test_batch_signal_reaches_the_shell_and_not_the_tasks(slurm_cluster, tmp_pat
     while "task ready" not in (out.read_text() if out.exists() else ""):
         assert time.monotonic() < deadline, "the task never started"
         time.sleep(0.2)
-    run(["scancel", "--batch", "--signal=USR2", job], slurm_cluster)
+    slurm(["scancel", "--batch", "--signal=USR2", job], slurm_cluster)
 
-    assert wait_for_states(slurm_cluster, job, count=1) == {job: "COMPLETED"}
+    assert wait_final(job, slurm_cluster, count=1) == {job: "COMPLETED"}
     text = out.read_text()
     assert "shell got USR2" in text and "task got USR2" not in text, text
 
@@ -194,8 +157,8 @@ def test_a_job_that_requeues_itself_keeps_its_dependents_waiting(slurm_cluster, 
         "echo dependent ran",
     )
 
-    assert wait_for_states(slurm_cluster, dependent, count=1, timeout=120) == {dependent: "COMPLETED"}
-    assert sacct_states(slurm_cluster, job) == {job: "COMPLETED"}
+    assert wait_final(dependent, slurm_cluster, count=1, timeout=120) == {dependent: "COMPLETED"}
+    assert sacct_states(job, slurm_cluster) == {job: "COMPLETED"}
     assert "second life" in (tmp_path / f"slurm-{job}.out").read_text()
 
 
@@ -210,5 +173,5 @@ def test_srun_reports_the_signal_of_tasks_it_killed_not_their_exit_code(slurm_cl
     )
     job = sbatch(slurm_cluster, tmp_path, "--nodes=2", "--ntasks-per-node=1", str(script))
 
-    wait_for_states(slurm_cluster, job, count=1)
+    wait_final(job, slurm_cluster, count=1)
     assert "srun status 143" in (tmp_path / f"slurm-{job}.out").read_text()

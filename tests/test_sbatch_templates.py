@@ -19,14 +19,15 @@ from svd_hpc.rundir import RunDir
 from svd_hpc.task import run_once
 from svd_hpc.train import fsdp
 from tests import toy_stages
-from tests.test_launcher import (
+from tests.helpers import (
     REPO,
     merged_rows,
     restarts,
     run_launch,
-    sacct_states,
     send_warning,
-    squeue_ids,
+    slurm,
+    wait_final,
+    wait_gone,
     write_config,
 )
 
@@ -136,18 +137,7 @@ def test_master_port_is_outside_the_ephemeral_range():
 def submit(script: str, where: Path, env: dict, *options: str) -> str:
     path = where / "job.sh"
     path.write_text(script)
-    proc = subprocess.run(
-        ["sbatch", "--parsable", *options, str(path)], capture_output=True, text=True, env={**os.environ, **env}
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip().split(";")[0]
-
-
-def wait_gone(job_ids: set[str], env: dict, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while job_ids & squeue_ids(env):
-        assert time.monotonic() < deadline, f"jobs {job_ids} still queued after {timeout} s"
-        time.sleep(0.5)
+    return slurm(["sbatch", "--parsable", *options, str(path)], env, tries=1).stdout.strip().split(";")[0]
 
 
 @pytest.mark.slurm
@@ -169,8 +159,7 @@ def test_srun_gives_each_task_its_cpus(tmp_path, slurm_cluster):
     assert re.search(r"cpus 6, tasks 2\b", log), log  # without it: "cpus 2, tasks 2", one core per task
     # a site that deletes the --cpus-per-task line: srun must not be handed an empty value
     job = submit(re.sub(r"^#SBATCH --cpus-per-task=.*\n", "", text, flags=re.M), tmp_path, slurm_cluster)
-    wait_gone({job}, slurm_cluster, 60)
-    assert sacct_states(job, slurm_cluster) == ["COMPLETED"], (tmp_path / f"{job}_0_log.err").read_text()
+    assert wait_final(job, slurm_cluster) == {job: "COMPLETED"}, (tmp_path / f"{job}_0_log.err").read_text()
 
 
 @pytest.mark.slurm
@@ -187,8 +176,13 @@ def test_a_failing_rank_ends_the_job_at_once(tmp_path, slurm_cluster):
         ntasks_per_node=1,
     )
     job = submit(text, tmp_path, slurm_cluster)
-    wait_gone({job}, slurm_cluster, 45)
-    assert sacct_states(job, slurm_cluster) == ["FAILED"]
+    # sacct, not squeue: a job that has not started yet is no job that ended
+    began = time.monotonic()
+    assert wait_final(job, slurm_cluster, timeout=300) == {job: "FAILED"}
+    started = slurm(["sacct", "-n", "-X", "-P", "-j", job, "-o", "ElapsedRaw"], slurm_cluster).stdout.split()
+    assert int(started[0]) < 60, (
+        f"ran {started[0]} s: rank 0's sleep 300 was not ended at once ({time.monotonic() - began:.0f} s)"
+    )
 
 
 @pytest.mark.slurm
@@ -323,15 +317,9 @@ def test_prepared_train_script_checkpoints_and_requeues_on_the_warning(
     path, run = train_config(tmp_path, "plain-train", monkeypatch)
     proc = run_launch(["prepare", "--config", str(path)], env=slurm_cluster)
     assert proc.returncode == 0, proc.stderr
-    submitted = subprocess.run(
-        ["sbatch", "--parsable", str(run.sbatch_path("train"))],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **slurm_cluster},
-    )
-    assert submitted.returncode == 0, submitted.stderr
+    submitted = slurm(["sbatch", "--parsable", str(run.sbatch_path("train"))], slurm_cluster, tries=1)
     job = submitted.stdout.strip().split(";")[0]
     warn_once_training(run, job, slurm_cluster)
     wait_gone({job}, slurm_cluster, 400)
     assert_stopped_requeued_and_finished(run, job, slurm_cluster, uninterrupted)
-    assert sacct_states(job, slurm_cluster) == ["COMPLETED"]
+    assert wait_final(job, slurm_cluster) == {job: "COMPLETED"}

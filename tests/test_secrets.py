@@ -14,7 +14,7 @@ import pytest
 from svd_hpc.rundir import RunDir, atomic_write_json
 from svd_hpc.task_env import is_secret, without_secrets
 from tests import toy_stages
-from tests.test_launcher import REPO, run_launch, wait_jobs, write_config
+from tests.helpers import REPO, run_launch, wait_jobs, write_config
 
 CONFIG = REPO / "configs" / "tiny.yaml"
 SECRETS = {

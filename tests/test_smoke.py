@@ -11,7 +11,7 @@ from svd_hpc import config as config_mod
 from svd_hpc import smoke
 from svd_hpc.plan import build_plan, resolve_resources
 from svd_hpc.rundir import RunDir
-from tests.test_launcher import REPO, run_launch
+from tests.helpers import REPO, run_launch
 
 TINY = REPO / "configs" / "tiny.yaml"
 
