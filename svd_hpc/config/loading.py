@@ -15,7 +15,9 @@ from .cluster import ClusterProfile
 from .reference import user_fields, yaml_text
 from .run import RunConfig
 
-PACKAGE_CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs"
+# the package's own configs and demo data: svd_hpc/configs and svd_hpc/data (links to the repository's
+# configs/ and data/ in a checkout, copies in an installed wheel)
+PACKAGE_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def _type_name(tp: Any) -> str:
@@ -125,9 +127,33 @@ def validate(cfg: RunConfig, source: str) -> None:
     cfg.check(source)
 
 
+def find_config(name: str | Path) -> Path:
+    """A config file by path, else one of the package's by name (`demo`, `qwen3-8b-math`)."""
+    path = Path(name)
+    packaged = PACKAGE_CONFIGS / f"{name}.yaml"
+    return packaged if not path.exists() and path.suffix == "" and packaged.is_file() else path
+
+
+def _locate_inputs(cfg: RunConfig, config_dir: Path) -> None:
+    """A relative seeds or benchmark path missing from the launch directory is looked up beside the config.
+
+    First in the config's folder, then in the one above it, where a project's configs/ sits next to
+    its data/ (the package's own demo configs and questions are laid out that way).
+    """
+    holders = [(cfg.seeds, "path")] + [(bench, "path") for bench in cfg.eval.benchmarks]
+    for holder, key in holders:
+        value = getattr(holder, key)
+        if not value or Path(value).is_absolute() or Path(value).expanduser().exists():
+            continue
+        for base in (config_dir, config_dir.parent):
+            if (base / value).exists():
+                setattr(holder, key, str(base / value))
+                break
+
+
 def load(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Read, override and validate a run config; relative paths in it resolve against its folder."""
-    path = Path(path)
+    """Read, override and validate a run config (a path, or a packaged config's name)."""
+    path = find_config(path)
     data = _read_yaml(path, "config")
     for override in overrides:
         apply_override(data, override)
@@ -135,6 +161,7 @@ def load(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     if cfg.cluster != "local":
         profile_path = find_profile(cfg.cluster, path.resolve().parent)
         cfg.profile = build(ClusterProfile, _read_yaml(profile_path, "cluster profile"), str(profile_path))
+    _locate_inputs(cfg, path.resolve().parent)
     validate(cfg, str(path))
     return cfg
 
