@@ -26,8 +26,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from . import hub, progress, slurm
 from . import plan as plan_mod
-from . import progress, slurm
 from .plan import Stage
 from .rundir import RunDir
 
@@ -333,6 +333,8 @@ def renderables(run: RunDir, statuses: list[StageStatus], now: float | None = No
             )
             if task.tail:
                 out.append(Text(task.tail))
+    # pushes to the hub do not fail the run when they fail (svd_hpc/hub.py): they are shown here
+    out += [Text(line, "red" if "FAILED" in line else "") for line in hub.status_lines(run)]
     if all(st.complete for st in statuses):
         out.append(Text("run complete", "green"))
         return out

@@ -11,7 +11,7 @@ import yaml
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError
 
-from svd_hpc import config, hub, hub_cards
+from svd_hpc import config, hub, hub_cards, status
 from svd_hpc.report import run_task as report_task
 from svd_hpc.rundir import RunDir, atomic_write_json
 
@@ -146,6 +146,8 @@ def test_a_push_that_keeps_failing_is_recorded_shown_and_does_not_fail_the_run(r
     line = hub.status_lines(run)[0]
     assert line.startswith("hub dataset me/svd-sft: FAILED after 3 tries (ConnectionError: network unreachable)")
     assert f"python -m svd_hpc.hub {run.root}" in line
+    shown = "\n".join(str(t) for t in status.renderables(run, []))
+    assert "hub dataset me/svd-sft: FAILED after 3 tries" in shown
     report_task(run, 0)
     report = (run.root / "report.md").read_text()
     assert "## Hub" in report and "FAILED after 3 tries" in report

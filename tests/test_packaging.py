@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,12 +17,17 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(REPO), "-w", str(out)],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    leftover = not (REPO / "build").exists()  # setuptools builds in the tree: leave it as it was
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(REPO), "-w", str(out)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+    finally:
+        if leftover:
+            shutil.rmtree(REPO / "build", ignore_errors=True)
     (path,) = out.glob("svd_hpc-*.whl")
     return path
 
