@@ -11,7 +11,6 @@ import time
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO, run_launch, write_config
 from rich.console import Console
 from rich.progress import Progress
 
@@ -19,6 +18,7 @@ from svd_hpc import config, generate, local, progress, seeds, status
 from svd_hpc.engine import Completion
 from svd_hpc.plan import Dependency, Stage
 from svd_hpc.rundir import RunDir
+from tests.helpers import REPO, run_launch, write_config
 
 # ----------------------------------------------------------------------------- the ETA arithmetic
 
