@@ -204,3 +204,16 @@ def test_watch_ends_at_once_on_a_finished_run_and_on_ctrl_c(tmp_path, toy_bodies
     monkeypatch.setattr(status.time, "sleep", interrupted)
     monkeypatch.setattr(status, "ended", lambda statuses: False)
     assert status.watch(RunDir(run), Console(file=io.StringIO()), every=30) == 130
+
+
+def test_train_step_log_keeps_the_progress_file(tmp_path):
+    from svd_hpc.train.step_log import StepLog
+
+    steps = StepLog(tmp_path, rank=0, start=1, total=4)  # resumed after step 1
+    for step in (2, 3):
+        record = dict(step=step, loss=1.0, lr=1e-5, grad_norm=0.5, tokens=100, tokens_per_s=50.0)
+        steps.write({**record, "padding_efficiency": 0.9, "seconds": 2.0})
+        saved = progress.read(progress.file_of(tmp_path, 0))
+        assert (saved["done"], saved["total"], saved["resumed"], saved["unit"]) == (step, 4, 1, "steps")
+    steps.close()
+    assert saved["tokens"] == 200

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from .. import progress as task_progress
 from ..rundir import atomic_write_text
 
 log = logging.getLogger("svd_hpc")
@@ -31,6 +32,10 @@ class StepLog:
             kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= start]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self.handle = open(self.path, "a")
+        # what `status` and the local bars read of a running task (svd_hpc/progress.py); the line is ours
+        self.progress = task_progress.TaskProgress(
+            task_progress.file_of(out, 0), "train", 0, total, "steps", start, log_lines=False
+        )
         if sys.stderr.isatty():  # a live bar for people at a terminal; log files get the lines only
             self._start_bar()
 
@@ -48,6 +53,7 @@ class StepLog:
             return
         self.handle.write(json.dumps(record) + "\n")
         self.handle.flush()
+        self.progress.update(1, record["tokens"])
         step = record["step"]
         eta = (time.perf_counter() - self.began) / (step - self.start) * (self.total - step)
         status = (
