@@ -36,11 +36,14 @@ def provenance(run: RunDir) -> str:
 
 
 def seed_source(cfg: config_mod.RunConfig) -> list[str]:
-    s = cfg.seeds
-    where = f"`{s.path}`" + (f" (config `{s.hf_config}`)" if s.hf_config else "")
-    revision = f", revision `{s.revision}`" if s.revision else ""
-    lines = [f"- source: {where}, split `{s.split}`{revision}, question field `{s.question_field}`"]
-    lines.append(f"- limit: {s.limit if s.limit is not None else 'all questions'}; {s.shards} shard(s)")
+    lines = []
+    for s in cfg.seeds.source_list():
+        where = f"`{s.path}`" + (f" (config `{s.hf_config}`)" if s.hf_config else "")
+        revision = f", revision `{s.revision}`" if s.revision else ""
+        domain = f"domain field `{s.domain_field}`" if s.domain_field else f"domain {s.domain}"
+        lines.append(f"- source: {where}, split `{s.split}`{revision}, question field `{s.question_field}`, {domain}")
+    limit = cfg.seeds.limit
+    lines.append(f"- limit: {limit if limit is not None else 'all questions'}; {cfg.seeds.shards} shard(s)")
     return lines
 
 

@@ -54,7 +54,7 @@ def _git_commit() -> str | None:
 
 def _resolve_paths(cfg: RunConfig) -> None:
     """Relative input paths resolve against the launch directory; jobs may run elsewhere."""
-    for holder, key in ((cfg.seeds, "path"), (cfg.model, "path"), (cfg.train, "model")):
+    for holder, key in (*((s, "path") for s in cfg.seeds.source_list()), (cfg.model, "path"), (cfg.train, "model")):
         value = getattr(holder, key)
         if value and not value.startswith("builtin:") and Path(value).expanduser().exists():
             setattr(holder, key, str(Path(value).expanduser().resolve()))
@@ -113,14 +113,13 @@ def _record_submissions(run: RunDir, plan: list[Stage], subs: list[slurm.Submiss
 def _prepare_seeds(cfg: RunConfig, run: RunDir, dry_run: bool) -> None:
     from . import seeds
 
-    if dry_run and not Path(cfg.seeds.path).expanduser().exists():
+    if dry_run and seeds.reads_hub(cfg.seeds):
         return
     if dry_run or all(run.shard_path("seeds", i).exists() for i in range(cfg.seeds.shards)):
         table = seeds.load(cfg.seeds)  # validates; the shard plan is printed, nothing written
         per_shard = -(-table.num_rows // cfg.seeds.shards)
-        console.print(
-            f"seeds: {table.num_rows} questions from {cfg.seeds.path} -> {cfg.seeds.shards} shards of ≤{per_shard}"
-        )
+        where = seeds.describe(cfg.seeds)
+        console.print(f"seeds: {table.num_rows} questions from {where} -> {cfg.seeds.shards} shards of ≤{per_shard}")
         return
     stats = seeds.prepare(cfg, run)
     console.print(f"seeds: {stats}")
@@ -144,9 +143,9 @@ def prepare(cfg: RunConfig, run: RunDir, dry_run: bool = False) -> list[Stage]:
 
     for bench in cfg.eval.benchmarks:
         benchmarks.resolve(bench)  # an unknown preset or a spec without a source stops us here
-    hub_seeds = not Path(cfg.seeds.path).expanduser().exists() and cfg.seeds.format in ("auto", "hf")
+    hub_seeds = seeds.reads_hub(cfg.seeds)
     if dry_run and hub_seeds:
-        console.print(f"seeds: {cfg.seeds.path} is not a local path; it is loaded from the hub and sharded at launch.")
+        console.print(f"seeds: {seeds.describe(cfg.seeds)}: read from the hub and sharded at launch.")
     else:
         seeds.load(cfg.seeds)  # bad seeds stop us before anything is written or submitted
     run.root.mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,7 @@ def check(cfg: RunConfig, questions: int, available: int) -> None:
         raise ConfigError(f"--pilot {questions}: a pilot needs at least 1 question.")
     if questions > available:
         raise ConfigError(
-            f"--pilot {questions} asks for more questions than the {available} seeds in {cfg.seeds.path} "
+            f"--pilot {questions} asks for more questions than the {available} seeds in {seeds.describe(cfg.seeds)} "
             f"(after seeds.limit and duplicates); use --pilot {available} or fewer."
         )
 

@@ -51,6 +51,7 @@ def shrink(cfg: RunConfig, model: str = SMOKE_MODEL) -> RunConfig:
     smoke.model.max_model_len = 1024
     smoke.seeds.limit = SMOKE_QUESTIONS
     smoke.seeds.shards = min(cfg.seeds.shards, 2)
+    smoke.seeds.mix_domains = True  # two shards hold three domains only mixed
     g = smoke.generate
     g.n, g.max_tokens, g.chunk_size = 2, 32, 4
     g.require_think, g.format_filter = "off", False  # a random model writes no think block or \boxed{}

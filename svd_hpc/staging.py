@@ -167,10 +167,12 @@ def hub_inputs(cfg: RunConfig) -> list[HubInput]:
             found.append(HubInput(key, key, path, "model", holder, rev_field, f"{key.split('.')[0]}.{rev_field}"))
         elif not path.startswith(models.BUILTIN_PREFIX) and not Path(path).expanduser().exists():
             raise ConfigError(f"{key} {path} is neither a local folder, a built-in model nor a hub id; check the path.")
-    if seeds.is_hub_dataset(cfg.seeds):
-        found.append(
-            HubInput("seeds.path", "seeds.path", cfg.seeds.path, "dataset", cfg.seeds, "revision", "seeds.revision")
-        )
+    for i, source in enumerate(cfg.seeds.source_list()):
+        if seeds.is_hub_dataset(source):
+            key = seeds.source_key(cfg.seeds, i)
+            found.append(
+                HubInput(f"{key}.path", f"{key}.path", source.path, "dataset", source, "revision", f"{key}.revision")
+            )
     for spec in cfg.eval.benchmarks:
         src = benchmarks.resolve(spec)
         if src.hub_id:

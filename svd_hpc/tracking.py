@@ -53,7 +53,8 @@ def wandb_run_id(run: RunDir, name: str) -> str:
 def tags(cfg: config_mod.RunConfig) -> list[str]:
     """The run's W&B tags, from its config."""
     model = re.split(r"[/:]", cfg.model.path.rstrip("/"))[-1]
-    return [model, cfg.seeds.domain, f"N={cfg.generate.n}", f"V={cfg.verify.votes}", cfg.merge.selection]
+    domains = ["mixed" if s.domain_field else s.domain for s in cfg.seeds.source_list()]
+    return [model, *dict.fromkeys(domains), f"N={cfg.generate.n}", f"V={cfg.verify.votes}", cfg.merge.selection]
 
 
 class Tracker:

@@ -13,10 +13,20 @@ from .evaluation import BenchmarkSpec, EvalConfig
 from .hub import HubConfig
 from .iteration import IterationConfig
 from .loading import PACKAGE_CONFIGS, apply_override, build, find_profile, from_dict, load, to_dict, validate
-from .method import GenerateConfig, MergeConfig, ModelConfig, SeedsConfig, TrainConfig, VerifyConfig
+from .method import (
+    DOMAINS,
+    GenerateConfig,
+    MergeConfig,
+    ModelConfig,
+    SeedsConfig,
+    SeedSource,
+    TrainConfig,
+    VerifyConfig,
+)
 from .run import RunConfig, train_procs_per_node
 
 __all__ = [
+    "DOMAINS",
     "PACKAGE_CONFIGS",
     "STAGE_NAMES",
     "VERIFY_STAGES",
@@ -30,6 +40,7 @@ __all__ = [
     "MergeConfig",
     "ModelConfig",
     "RunConfig",
+    "SeedSource",
     "SeedsConfig",
     "StageResources",
     "TrainConfig",

@@ -140,7 +140,7 @@ def _locate_inputs(cfg: RunConfig, config_dir: Path) -> None:
     First in the config's folder, then in the one above it, where a project's configs/ sits next to
     its data/ (the package's own demo configs and questions are laid out that way).
     """
-    holders = [(cfg.seeds, "path")] + [(bench, "path") for bench in cfg.eval.benchmarks]
+    holders = [(source, "path") for source in cfg.seeds.source_list()] + [(b, "path") for b in cfg.eval.benchmarks]
     for holder, key in holders:
         value = getattr(holder, key)
         if not value or Path(value).is_absolute() or Path(value).expanduser().exists():

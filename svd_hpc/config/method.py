@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from .checks import VERIFY_STAGES, ConfigError, check_at_least_one, check_verify_stages, check_vote_rule
+
+Domain = Literal["math", "science", "code"]
+DOMAINS: tuple[str, ...] = get_args(Domain)  # the paper's three: each has its prompt, filter and benchmarks
 
 
 @dataclass
@@ -64,8 +68,8 @@ class ModelConfig:
 
 
 @dataclass
-class SeedsConfig:
-    """Unlabeled seed questions, split into `shards` slices at launch."""
+class SeedSource:
+    """One source of seed questions; an entry of seeds.sources, or the seeds section itself without them."""
 
     path: str = "data/demo_seeds.jsonl"
     """JSONL, parquet, a local HF dataset directory, or a hub id."""
@@ -83,15 +87,62 @@ class SeedsConfig:
     """Field holding a question id; null: a hash of the question text."""
     domain_field: str | None = None
     """Field holding each question's domain (math, science, code); null: `domain` for all."""
-    domain: Literal["math", "science", "code"] = "math"
-    """Domain of every question when there is no domain_field."""
+    domain: Domain = "math"
+    """Domain of every question when there is no domain_field.
+
+    It picks the question's generation instruction, its static filter (math \\boxed{}, code a
+    fenced block) and its column in the merge funnel and the report.
+    """
     limit: int | None = None
-    """Keep the first `limit` questions; null: all."""
+    """Keep the first `limit` questions of this source (after dropping duplicates); null: all."""
+
+
+@dataclass
+class SeedsConfig(SeedSource):
+    """Unlabeled seed questions, split into `shards` slices at launch.
+
+    One source is described by the keys path ... limit here; several (one per domain, say) by
+    `sources`, each entry with those keys.
+    """
+
+    limit: int | None = None
+    """Keep the first `limit` questions; null: all.
+
+    With `sources`: the first `limit` of the combined, interleaved order, so each domain keeps its
+    share (each source's own `limit` applies first).
+    """
+    sources: list[SeedSource] = field(default_factory=list)
+    """Several seed sources read as one set, e.g. one per domain; empty: the keys above are the one source.
+
+    A question found in two sources is kept once (the first source's copy); ids must not repeat
+    across sources.
+    """
+    mix_domains: bool = True
+    """Interleave domains so every shard holds each domain in its share of the questions; false: single-domain shards.
+
+    true (default): shards of like composition take alike time (code and math answers run longer
+    than science ones), which the status ETA and the pilot projection assume, and a lost or late
+    shard costs every domain a little rather than one domain a lot. false: each domain gets its
+    share of the shards (at least one, so seeds.shards must be at least the number of domains).
+    """
     shards: int = 1
     """Slices the questions are split into: one generate and one verify array task each."""
 
+    def source_list(self) -> list[SeedSource]:
+        """The sources to read: `sources`, else this section itself."""
+        return list(self.sources) or [self]
+
     def check(self, source: str) -> None:
         check_at_least_one(source, "seeds", self, "shards")
+        if not self.sources:
+            return
+        defaults = SeedSource()
+        for f in dataclasses.fields(SeedSource):
+            if f.name != "limit" and getattr(self, f.name) != getattr(defaults, f.name):
+                raise ConfigError(
+                    f"{source}: seeds.{f.name} is set beside seeds.sources, which replaces it; "
+                    f"move it into each entry of seeds.sources (or drop seeds.sources)."
+                )
 
 
 @dataclass
@@ -216,6 +267,14 @@ class MergeConfig:
     """Fraction of questions held out as a validation set (by question id hash), in [0, 1)."""
     allow_missing: bool = False
     """Proceed without missing or corrupt verify shards (recorded in stats.json)."""
+    domain_weights: dict[Domain, float] = field(default_factory=dict)
+    """Share of each domain's kept rows that enters the SFT set, in [0, 1], e.g. {math: 1.0, code: 0.5}; unnamed: 1.
+
+    A weight w keeps round(w × n) of the domain's n rows left after selection and dedup, chosen by a
+    fixed hash of (question_id, candidate_index) (a seeded draw without replacement that no shard
+    layout or re-run changes); the rest are counted as `weighted_out` in the funnel. Applied before
+    the validation split.
+    """
 
     def check(self, votes: int, source: str) -> None:
         """`votes` is verify.votes, the most a k_of_v rule can ask for."""
@@ -223,6 +282,12 @@ class MergeConfig:
         check_verify_stages(self.disabled_stages, "merge.disabled_stages", source)
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ConfigError(f"{source}: merge.validation_fraction must be in [0, 1).")
+        for domain, weight in self.domain_weights.items():
+            if domain not in DOMAINS or not 0.0 <= weight <= 1.0:
+                raise ConfigError(
+                    f"{source}: merge.domain_weights.{domain} is {weight}; name a domain "
+                    f"({', '.join(DOMAINS)}) with a weight in [0, 1]."
+                )
 
 
 @dataclass

@@ -23,7 +23,7 @@ from .cluster import ClusterProfile, StageResources
 from .evaluation import BenchmarkSpec, EvalConfig
 from .hub import HubConfig
 from .iteration import IterationConfig
-from .method import GenerateConfig, MergeConfig, ModelConfig, SeedsConfig, TrainConfig, VerifyConfig
+from .method import GenerateConfig, MergeConfig, ModelConfig, SeedsConfig, SeedSource, TrainConfig, VerifyConfig
 from .run import RunConfig
 
 # section name (for config-help) -> (the dataclass, how its keys are written in a config)
@@ -31,6 +31,7 @@ SECTIONS: dict[str, tuple[type, str]] = {
     "run": (RunConfig, ""),
     "model": (ModelConfig, "model."),
     "seeds": (SeedsConfig, "seeds."),
+    "seeds.sources": (SeedSource, "seeds.sources[]."),
     "generate": (GenerateConfig, "generate."),
     "verify": (VerifyConfig, "verify."),
     "merge": (MergeConfig, "merge."),
@@ -44,6 +45,7 @@ SECTIONS: dict[str, tuple[type, str]] = {
 }
 SECTION_TITLES = {
     "run": "run config: top-level keys",
+    "seeds.sources": "seeds.sources[]: one entry per seed source (e.g. one per domain)",
     "eval.benchmarks": "eval.benchmarks[]: one entry per benchmark",
     "resources": "resources.STAGE: per-stage resources (STAGE: eval_base, generate, verify, merge, train, "
     "eval_trained, report)",
@@ -95,7 +97,8 @@ def type_text(tp: Any) -> str:
             return "list of entries"
         return f"list[{type_text(args[0])}]"
     if origin is dict:
-        return f"mapping of stage names to {type_text(args[1])}s"
+        keys = "stage names" if args[0] is str else f"({type_text(args[0])})"
+        return f"mapping of {keys} to {type_text(args[1])}s"
     if dataclasses.is_dataclass(tp):
         return "section"
     if tp is type(None):

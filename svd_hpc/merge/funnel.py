@@ -11,6 +11,7 @@ Counts, overall and per domain:
   valid                candidates that passed every enabled stage
   selected             valid candidates picked by the selection rule
   duplicate_solutions  selected candidates dropped because an identical solution was kept
+  weighted_out         rows merge.domain_weights left out of the SFT set
   kept                 rows written: train + validation
 Judge votes, per verify stage (they show when judges are starved of tokens):
   votes_<stage>        votes cast at this stage
@@ -111,6 +112,7 @@ def count_names(stages: list[str]) -> list[str]:
         "valid",
         "selected",
         "duplicate_solutions",
+        "weighted_out",
         "kept",
         "train",
         "validation",
@@ -137,6 +139,7 @@ def summary(counts: Counts, cfg: RunConfig, skipped: list[dict], written: dict[s
             "selection": cfg.merge.selection,
             "max_per_question": cfg.merge.max_per_question,
             "validation_fraction": cfg.merge.validation_fraction,
+            "domain_weights": dict(cfg.merge.domain_weights),
         },
         "overall": overall,
         "per_domain": per_domain,

@@ -319,11 +319,25 @@ def merge_shards(paths: Sequence[str | Path], cfg: RunConfig, out_dir: str | Pat
 
 
 def _validation_rows(picks: Picks, state: ShardPass) -> np.ndarray:
-    """Per candidate, whether its question group is held out for validation; adds the last counts."""
+    """Per candidate, whether its question group is held out for validation; adds the last counts.
+
+    merge.domain_weights thins result.kept here, after dedup and before the split.
+    """
     result, domain = picks.result, picks.candidates["domain"]
     qids = result.question_ids
     state.counts.add_questions(picks.questions, qids, result.duplicate_questions)
     state.counts.add_rows(domain, {"selected": result.selected, "duplicate_solutions": result.selected & ~result.kept})
+    weights = state.cfg.merge.domain_weights
+    if weights and len(picks.candidates):
+        out = selection.weighted_out(
+            result.kept,
+            domain.to_pylist(),
+            picks.candidates["question_id"].to_pylist(),
+            picks.candidates["candidate_index"].to_pylist(),
+            weights,
+        )
+        state.counts.add_rows(domain, {"weighted_out": out})
+        result.kept = result.kept & ~out  # what _write_sft writes
     held_out = np.zeros(len(qids), bool)
     fraction = state.cfg.merge.validation_fraction
     if fraction > 0:

@@ -14,6 +14,8 @@ Every rule depends only on the candidates themselves, never on the order shards 
   once: the copy with the lowest (question_id, candidate_index) survives. Dedup runs after
   selection, so a question whose only pick repeats another question's pick is left out rather than
   falling back to a later candidate (that would need every passing candidate's text hashed).
+- Last, merge.domain_weights: a domain of weight w keeps round(w × n) of its n kept rows, those whose
+  keyed hash of (question_id, candidate_index) is lowest (`weighted_out`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import pyarrow.compute as pc
 
 from .. import aggregation
 from ..config import VERIFY_STAGES, MergeConfig
+
+WEIGHT_KEY = b"domain_weights"  # keys the hash that draws a weighted domain's rows (any fixed key would do)
 
 DIGEST_BYTES = 16
 
@@ -262,3 +266,32 @@ def resolve(questions: pa.Table, candidates: pa.Table, limit: int | None) -> Res
     by_key = by_key[selected[by_key]]
     kept = _first_of_each(as_keys(candidates["solution_digest"]), by_key) & selected
     return Resolution(qids, question_group, crank, selected, kept)
+
+
+# ----------------------------------------------------------------------------- domain weights
+
+
+def row_hash(question_id: str, candidate_index: int) -> int:
+    """The draw of a row under merge.domain_weights: a 64-bit keyed hash, the same in every process."""
+    data = f"{question_id}\x00{candidate_index}".encode()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8, key=WEIGHT_KEY).digest(), "big")
+
+
+def weighted_out(
+    kept: np.ndarray, domain: list[str], question_id: list[str], candidate_index: list[int], weights: dict[str, float]
+) -> np.ndarray:
+    """Mask of the kept rows merge.domain_weights leaves out (row-aligned lists; unnamed domains weigh 1).
+
+    A domain of weight w keeps round(w × n), halves up, of its n kept rows: those with the lowest
+    row_hash, a draw without replacement that depends on the rows alone.
+    """
+    out = np.zeros(len(kept), bool)
+    domains = np.array(domain, dtype=object)
+    for name, weight in weights.items():
+        rows = np.flatnonzero(kept & (domains == name))
+        keep = int(np.floor(weight * len(rows) + 0.5))
+        if keep >= len(rows):
+            continue
+        draw = np.array([row_hash(question_id[i], candidate_index[i]) for i in rows.tolist()], np.uint64)
+        out[rows[np.argsort(draw, kind="stable")[keep:]]] = True
+    return out

@@ -25,6 +25,7 @@ from rich.console import Console
 from .. import hub, hub_cards, tracking
 from ..rundir import RoundDir, RunDir, atomic_path, atomic_write_json, atomic_write_text
 from .cost import cost_section, sacct_seconds
+from .domains import domains_section
 from .eval_tables import benchmarks_section, pass1_section, pass_k_section
 from .pilot import pilot_section
 from .rounds import build_rounds
@@ -106,6 +107,7 @@ def build(run: RunDir, console: Console | None = None) -> Path:
         sections.append(Section("pass@1 (%)", [], note="No eval results yet."))
     if scores is not None:
         sections.append(benchmarks_section(run))
+    sections += [s for s in [domains_section(run, cfg, scores)] if s is not None]
     sections += [skipped_section(run, table), funnel_section(run), votes_section(run), cost_section(run, cfg, table)]
     sections += [s for s in [pilot_section(run)] if s is not None]
     lines = [
