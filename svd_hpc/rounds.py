@@ -131,16 +131,12 @@ def run_seeds(run: RoundDir, index: int) -> dict:
         log.info(f"round {number} does not run: {reason}")
         atomic_write_json(run.root / STOPPED, {"round": number, "reason": reason})
         return {"stopped": reason}
-    from .seeds import shard_bounds
+    from .seeds import write_shards
 
     # the round's own plan under plain stage names: what a single-round run's report reads
     atomic_write_json(run.plan_path, plan_to_json(round_plan(plan_from_json(top.load_json(top.plan_path)), number)))
 
-    sizes = []
-    for i, (start, stop) in enumerate(shard_bounds(table.num_rows, cfg.seeds.shards)):
-        with atomic_path(run.shard_path("seeds", i)) as tmp:
-            pq.write_table(table.slice(start, stop - start), tmp)
-        sizes.append(stop - start)
+    sizes = write_shards(run, table, cfg.seeds)  # laid out by seeds.mix_domains, as the launch's
     stats = {"seeds": table.num_rows, "shards": cfg.seeds.shards, "shard_sizes": sizes, "mode": cfg.iteration.seeds}
     atomic_write_json(run.stage_dir("seeds") / "stats.json", stats)
     return {"seeds": table.num_rows, "mode": cfg.iteration.seeds}
@@ -148,7 +144,11 @@ def run_seeds(run: RoundDir, index: int) -> dict:
 
 def pick_questions(cfg: RunConfig, run: RunDir, number: int) -> pa.Table:
     """Round `number`'s questions from the pool the launch sharded (RUN_DIR/seeds/)."""
+    from .seeds import interleave
+
     pool = pa.concat_tables([pq.read_table(run.shard_path("seeds", i)) for i in range(cfg.seeds.shards)])
+    if not cfg.seeds.mix_domains:  # grouped by domain: interleaved again, so fresh slices keep each domain's share
+        pool = interleave(pool)
     mode = cfg.iteration.seeds
     if mode == "fresh":
         start, stop = (number - 1) * pool.num_rows // cfg.rounds, number * pool.num_rows // cfg.rounds

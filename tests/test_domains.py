@@ -348,3 +348,19 @@ def test_mixed_config_has_the_three_domains_and_their_benchmarks(monkeypatch):
     assert sorted(inputs) == [f"seeds.sources[{i}].path" for i in range(3)]
     assert [inputs[f"seeds.sources[{i}].path"].holder for i in range(3)] == cfg.seeds.sources
     assert inputs["seeds.sources[2].path"].revision_key == "seeds.sources[2].revision"
+
+
+def test_rounds_of_fresh_questions_keep_each_domains_share_with_single_domain_shards(tmp_path):
+    from svd_hpc import rounds
+
+    path = sources_config(tmp_path, {"math": 8, "code": 4}, shards=3, mix_domains=False)
+    cfg = config.load(path, ["rounds=2", "iteration.seeds=fresh", "train.enabled=true"])
+    run = RunDir(tmp_path / "run")
+    seeds.prepare(cfg, run)  # grouped: math, math, code
+    for number in (1, 2):
+        picked = rounds.pick_questions(cfg, run, number)
+        assert sorted(picked["domain"].to_pylist()) == ["code"] * 2 + ["math"] * 4, number
+        round_run = run.round_dir(number)
+        assert seeds.write_shards(round_run, picked, cfg.seeds) == [2, 2, 2]
+        shards = [pq.read_table(round_run.shard_path("seeds", i))["domain"].to_pylist() for i in range(3)]
+        assert [set(s) for s in shards] == [{"math"}, {"math"}, {"code"}]
