@@ -123,12 +123,14 @@ def test_each_round_takes_its_questions_by_the_knob(tmp_path):
     _pool(run, 2, 6)
     _kept(run, 1, ["q0", "q3"])
     _kept(run, 2, ["q1"])
+
     def qids(mode, r):
         return (
             rounds.pick_questions(_cfg(rounds=3, seeds={"shards": 2}, iteration={"seeds": mode}), run, r)
             .column("question_id")
             .to_pylist()
         )  # noqa: E731
+
     assert qids("same", 3) == [f"q{i}" for i in range(6)]
     assert [qids("fresh", r) for r in (1, 2, 3)] == [["q0", "q1"], ["q2", "q3"], ["q4", "q5"]]
     assert qids("unsolved", 2) == ["q1", "q2", "q4", "q5"] and qids("unsolved", 3) == ["q2", "q4", "q5"]
@@ -255,3 +257,51 @@ def test_resume_after_a_round_two_failure_redoes_only_what_round_two_misses(tmp_
         ("report", (0,)),
     }
     assert run.is_done("report", 0) and "Rounds run: 2 of 2." in (run.root / "report.md").read_text()
+
+
+# ----------------------------------------------------------------------------- the tiny model, for real
+
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+def check_two_real_rounds(run: RunDir) -> None:
+    one, two = run.round_dir(1), run.round_dir(2)
+    for view in (one, two):
+        assert (view.stage_dir("train") / "final" / "config.json").is_file()
+        assert pq.read_table(view.stage_dir("eval") / "trained" / "demo_arithmetic" / "seed-0.parquet").num_rows == 4
+        assert (view.root / "report.md").is_file()
+    # round 2's candidates came from round 1's model: the fingerprint of its engine's model path
+    assert pq.read_table(two.shard_path("generate", 0)).num_rows > 0
+    assert (one.stage_dir("eval") / "base").is_dir() and not (two.stage_dir("eval") / "base").exists()
+    report = (run.root / "report.md").read_text()
+    assert "| base |" in report and "| round 1 |" in report and "| round 2 |" in report
+    assert "Rounds run: 2 of 2." in report
+
+
+@pytest.mark.slow  # two tiny rounds: minutes
+def test_two_tiny_rounds_through_the_local_scheduler(tmp_path):
+    proc = run_launch(["--config", str(TINY), f"run_root={tmp_path}", "rounds=2"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    check_two_real_rounds(RunDir(tmp_path / "tiny"))
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_two_tiny_rounds_on_the_local_cluster_resumed_after_a_round_two_failure(tmp_path, slurm_cluster):
+    env = {**slurm_cluster, "SVD_HPC_TEST_BODIES": "tests.toy_rounds:REAL_BUT_FAILING", "TOY_ROUND_FAIL": "2:verify:1"}
+    args = ["--config", str(TINY), f"run_root={tmp_path}", "rounds=2", "cluster=local-slurm"]
+    assert run_launch(args, env=env).returncode == 0
+    run = RunDir(tmp_path / "tiny")
+    wait_jobs(run, env, timeout=1800)
+    assert run.is_done("round-1/eval_trained", 0) and not run.is_done("round-2/verify", 1)
+    first = len(jobs(run))
+    assert run_launch(["resume", str(run.root)], env=env).returncode == 0
+    wait_jobs(run, env, timeout=1800)
+    assert {s["stage"] for s in jobs(run)[first:]} == {
+        "round-2/verify",
+        "round-2/merge",
+        "round-2/train",
+        "round-2/eval_trained",
+        "report",
+    }
+    check_two_real_rounds(run)
