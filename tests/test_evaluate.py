@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from svd_hpc import config, local, models, prompts
-from svd_hpc.config import BenchmarkSpec, ConfigError, ModelConfig
-from svd_hpc.engine import Completion, Engine
+from svd_hpc.config import BenchmarkSpec, ConfigError
+from svd_hpc.engine import Completion
 from svd_hpc.eval import benchmarks, evaluate
 from svd_hpc.eval.grading.choice import grade_choice
 from svd_hpc.eval.grading.math import grade_math
@@ -71,8 +71,14 @@ def prepare_run(tmp_path: Path, eval_settings: dict, name: str = "ev", **extra) 
 
 
 @pytest.fixture(scope="module")
-def engine():
-    return Engine(ModelConfig(**TINY))
+def engine(tiny_engine):
+    """The session's tiny engine as TINY configures it (thinking off), for this module's tests.
+
+    Set here, not with a test's monkeypatch: tests here call monkeypatch.undo() mid-test.
+    """
+    tiny_engine.thinking = False
+    yield tiny_engine
+    tiny_engine.thinking = tiny_engine.template_knows_thinking  # model.thinking=auto again
 
 
 def read_jsonl(path: Path) -> list[dict]:
