@@ -30,8 +30,13 @@ def test_config_dry_runs(path, tmp_path, monkeypatch):
     run = RunDir(tmp_path / cfg.name)
     assert run.config_path.is_file() and run.plan_path.is_file() and not run.jobs_path.exists()
     plan = [s["name"] for s in json.loads(run.plan_path.read_text())]
+    assert plan[-1] == "report"
     # dependencies come first; the chain to the trained model is submitted before base-model eval
-    assert plan.index("train") < plan.index("eval_base") and plan[-1] == "report"
+    # (with rounds: in round 1, whose stages are named round-1/STAGE)
+    first = [name.removeprefix("round-1/") for name in plan if "/" not in name or name.startswith("round-1/")]
+    assert first.index("train") < first.index("eval_base")
+    if cfg.rounds > 1:
+        assert f"round-{cfg.rounds}/eval_trained" in plan
     if cfg.is_local:
         return
     scripts = {p.stem: p.read_text() for p in (run.root / "sbatch").glob("*.sh")}

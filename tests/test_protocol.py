@@ -31,7 +31,12 @@ def test_qwen3_configs_run_the_authors_protocol(path):
         "",
     )
     assert (t.decay_ratio, t.decay_embeddings, t.min_lr_ratio, t.betas) == (0.9, False, 0.1, [0.9, 0.999])
-    assert (s.path, s.question_field, s.domain) == (SEEDS[s.domain], "instruction_seed", path.stem.split("-")[-1])
+    domain = path.stem.split("-")[-1]
+    sources = s.sources or [s]  # the mixed config reads one source per domain
+    assert [(src.path, src.question_field) for src in sources] == [
+        (SEEDS[src.domain], "instruction_seed") for src in sources
+    ]
+    assert [src.domain for src in sources] == (["math", "science", "code"] if domain == "mixed" else [domain])
 
 
 def test_demo_keeps_its_own_judge_and_schedule():

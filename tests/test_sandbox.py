@@ -286,6 +286,8 @@ def test_environment_secrets_are_not_visible(backend, monkeypatch):
 
 
 NOBODY = 65534
+# run what follows as the unprivileged user `nobody`, as a SLURM user runs the sandbox
+AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 needs_setpriv = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
     reason="needs root (to become an ordinary user) and /usr/bin/python3",
@@ -417,10 +419,7 @@ def test_unprivileged_user_gets_user_namespaces(nobody_files):
     home = token.parents[2]
     proc = subprocess.run(
         [
-            "setpriv",
-            f"--reuid={NOBODY}",
-            f"--regid={NOBODY}",
-            "--clear-groups",
+            *AS_NOBODY,
             "/usr/bin/python3",
             "-I",
             "-c",
@@ -519,10 +518,7 @@ def test_hostile_programs_under_a_fake_root(nested, nobody_files):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "HF_TOKEN": "hf_env_secret", "DB_PASSWORD": "pw_secret"}
     proc = subprocess.run(
         [
-            "setpriv",
-            f"--reuid={NOBODY}",
-            f"--regid={NOBODY}",
-            "--clear-groups",
+            *AS_NOBODY,
             "unshare",
             "--user",
             "--map-root-user",
@@ -597,10 +593,7 @@ def test_process_group_counts_threads_for_rlimit_nproc():
     """RLIMIT_NPROC counts tasks: the limit must leave room for all of the user's threads."""
     proc = subprocess.run(
         [
-            "setpriv",
-            f"--reuid={NOBODY}",
-            f"--regid={NOBODY}",
-            "--clear-groups",
+            *AS_NOBODY,
             "/usr/bin/python3",
             "-I",
             "-c",

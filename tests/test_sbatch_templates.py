@@ -57,12 +57,11 @@ def offline_overrides(tmp_path: Path) -> list[str]:
 # ----------------------------------------------------------------------------- without SLURM
 
 
-def test_prepare_writes_scripts_that_match_the_config_and_the_site(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(REPO)
-    profile = yaml.safe_load(EXAMPLE_PROFILE.read_text())
-    profile["command_prefix"] = "apptainer exec --nv /images/svd.sif"
+def prepare_args(tmp_path: Path, site: dict) -> list[str]:
+    """`launch prepare` of qwen3-8b-math, offline, on the example profile with `site` changed."""
+    profile = {**yaml.safe_load(EXAMPLE_PROFILE.read_text()), **site}
     (tmp_path / "site.yaml").write_text(yaml.safe_dump(profile))
-    args = [
+    return [
         "prepare",
         "--config",
         str(QWEN3_8B_MATH),
@@ -70,7 +69,11 @@ def test_prepare_writes_scripts_that_match_the_config_and_the_site(tmp_path, mon
         *offline_overrides(tmp_path),
     ]
 
-    assert launch.main(args) == 0
+
+def test_prepare_writes_scripts_that_match_the_config_and_the_site(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    site = {"command_prefix": "apptainer exec --nv /images/svd.sif"}
+    assert launch.main(prepare_args(tmp_path, site)) == 0
 
     run = RunDir(tmp_path / "runs" / "qwen3-8b-math")
     assert capsys.readouterr().out == f"RUN_DIR={run.root}\n"
@@ -103,16 +106,7 @@ def test_prepare_writes_scripts_that_match_the_config_and_the_site(tmp_path, mon
 
 def test_prepare_refuses_an_array_the_site_would_reject(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    profile = {**yaml.safe_load(EXAMPLE_PROFILE.read_text()), "max_array_size": 100}
-    (tmp_path / "site.yaml").write_text(yaml.safe_dump(profile))
-    args = [
-        "prepare",
-        "--config",
-        str(QWEN3_8B_MATH),
-        f"cluster={tmp_path / 'site.yaml'}",
-        *offline_overrides(tmp_path),
-    ]
-    assert launch.main(args) == 2
+    assert launch.main(prepare_args(tmp_path, {"max_array_size": 100})) == 2
     assert not (tmp_path / "runs").exists()
 
 
