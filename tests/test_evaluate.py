@@ -536,6 +536,7 @@ def test_uq_ttc_answers_with_the_first_verified_candidate(tmp_path, engine, monk
     assert rows["choice-1"]["response"] != direct["choice-1"]["response"]
 
 
+@pytest.mark.slow  # ~35 s; eval tasks in their own processes also run in the default end-to-end run on the cluster
 def test_eval_task_through_the_local_scheduler(tmp_path):
     run = prepare_run(tmp_path, {"benchmarks": [{**MATH, "limit": 2}], "seeds": [7]})
     cfg = run.load_config()

@@ -255,19 +255,19 @@ def test_arrays_split_at_max_array_size(tmp_path, slurm_cluster):
         assert time.monotonic() < deadline, "the cluster never became idle"
         time.sleep(1)
     subprocess.run(
-        [str(script), "start", "--max-array-size", "10"], check=True, env=env, capture_output=True, timeout=300
+        [str(script), "start", "--max-array-size", "4"], check=True, env=env, capture_output=True, timeout=300
     )
     try:
-        path = write_config(tmp_path, 25, cluster="local-slurm", **{"train.enabled": False, "eval.benchmarks": []})
+        path = write_config(tmp_path, 9, cluster="local-slurm", **{"train.enabled": False, "eval.benchmarks": []})
         proc = run_launch(["--config", str(path)], env=slurm_cluster)
         assert proc.returncode == 0, proc.stderr
         run = RunDir(tmp_path / "runs" / "toy")
         gen = [s for s in jobs(run) if s["stage"] == "generate"]
-        assert [(s["offset"], len(s["indices"])) for s in gen] == [(0, 10), (10, 10), (20, 5)]
+        assert [(s["offset"], len(s["indices"])) for s in gen] == [(0, 4), (4, 4), (8, 1)]
         wait_jobs(run, slurm_cluster)
-        assert all(run.is_done("verify", i) for i in range(25))
+        assert all(run.is_done("verify", i) for i in range(9))
         questions = [r["question"] for r in merged_rows(run)]
-        assert questions == [f"What is {i} + {i}?" for i in range(50)]
+        assert questions == [f"What is {i} + {i}?" for i in range(18)]
     finally:
         subprocess.run([str(script), "start"], check=True, env=env, capture_output=True, timeout=300)
 
