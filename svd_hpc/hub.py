@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +43,26 @@ NO_TOKEN = (
 def record_path(run: RunDir, what: str) -> Path:
     """RUN_DIR/hub/<what>.json: the outcome of one push (what: dataset, model, model_card)."""
     return run.root / "hub" / f"{what}.json"
+
+
+def jobs_token_warning(cfg: config_mod.RunConfig) -> str | None:
+    """At launch: a sentence when the config publishes but the jobs will find no token, else None.
+
+    Jobs never see HF_TOKEN, so what counts is huggingface_hub's token file (read when the jobs run).
+    """
+    if not (cfg.hub.dataset or cfg.hub.model):
+        return None
+    from huggingface_hub import constants
+
+    path = Path(constants.HF_TOKEN_PATH)
+    if path.is_file() and path.read_text().strip():
+        return None
+    where = "HF_TOKEN is set here, but jobs never see it" if os.environ.get("HF_TOKEN") else "there is no hub token"
+    return (
+        f"hub.{'dataset' if cfg.hub.dataset else 'model'} is set, but {where} and {path} does not exist: "
+        "run `hf auth login` (it writes that file) before the merge job runs, or the pushes will be recorded as "
+        "failed and can be repeated with `python -m svd_hpc.hub RUN_DIR`."
+    )
 
 
 def _token() -> str | None:

@@ -30,7 +30,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__, local, pilot, slurm, smoke, staging, status
+from . import __version__, hub, local, pilot, slurm, smoke, staging, status
 from . import config as config_mod
 from .config import ConfigError, RunConfig, reference
 from .plan import Stage, build_plan, downstream, plan_to_json
@@ -164,6 +164,8 @@ def launch(cfg: RunConfig, run: RunDir, dry_run: bool = False, wait: bool = Fals
             "is not on PATH; use cluster=local or a login node."
         )
     plan = prepare(cfg, run, dry_run)
+    if warning := hub.jobs_token_warning(cfg):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
     if not dry_run:
         pilot.reuse(run)  # a pilot's candidates of these questions are not generated again
     if cfg.is_local:
@@ -249,6 +251,14 @@ def _parser() -> argparse.ArgumentParser:
         "the full run's cost, wall time and SFT size into RUN_DIR/pilot.json; submits nothing else",
     )
     p_run.add_argument("--pilot-seed", type=int, default=0, help="seed of the pilot's random draw of questions")
+    p_run.add_argument(
+        "--pilot-train-steps",
+        type=int,
+        default=pilot.DEFAULT_TRAIN_STEPS,
+        metavar="K",
+        help=f"timed training steps of the pilot at train.max_seq_len, the first a warm-up (default "
+        f"{pilot.DEFAULT_TRAIN_STEPS}; 0: none)",
+    )
     p_prep = sub.add_parser(
         "prepare", help="write the run directory, seed shards and every stage's sbatch script; print RUN_DIR=..."
     )
@@ -289,7 +299,8 @@ def _run_command(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config, args.overrides)
     _resolve_paths(cfg)
     if args.pilot is not None:
-        pilot.run(cfg, RunDir(Path(cfg.run_root) / cfg.name), args.pilot, args.pilot_seed, console)
+        run_dir = RunDir(Path(cfg.run_root) / cfg.name)
+        pilot.run(cfg, run_dir, args.pilot, args.pilot_seed, console, train_steps=args.pilot_train_steps)
         return 0
     return launch(cfg, RunDir(Path(cfg.run_root) / cfg.name), dry_run=args.dry_run, wait=args.wait)
 

@@ -243,3 +243,29 @@ def test_dataset_card_lists_a_validation_split(run):
     card = hub_cards.dataset_card(run, run.load_config(), ["train", "validation"])
     files = card_meta(card)["configs"][0]["data_files"]
     assert files[1] == {"split": "validation", "path": "data/validation.parquet"}
+
+
+@pytest.mark.parametrize("env_token", [False, True])
+def test_launch_warns_when_the_jobs_will_find_no_token(tmp_path, monkeypatch, capsys, env_token):
+    """Jobs never see HF_TOKEN: a launch that publishes, with no token file, says so and what to do."""
+    from svd_hpc import launch
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"question": f"What is {i} + {i}?"}) + "\n" for i in range(4)))
+    path = tmp_path / "pub.yaml"
+    path.write_text(yaml.safe_dump({"name": "pub", "run_root": str(tmp_path / "runs"), "seeds": {"path": str(seeds)}}))
+    missing = tmp_path / "hf_home" / "token"
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(missing))
+    if env_token:
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+    else:
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+    args = ["--config", str(path), "--dry-run", "train.enabled=false", "eval.benchmarks=[]"]
+    assert launch.main([*args, "hub.dataset=me/svd-sft"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "hub.dataset is set" in said and "hf auth login" in said and str(missing) in said
+    assert ("jobs never see it" in said) == env_token and TOKEN not in said
+    missing.parent.mkdir()
+    missing.write_text(TOKEN)
+    assert launch.main([*args, "hub.dataset=me/svd-sft", "name=pub2"]) == 0
+    assert "hf auth login" not in capsys.readouterr().out
