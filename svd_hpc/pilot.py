@@ -1,11 +1,16 @@
-"""The pilot: run generate, verify and merge on a random sample of the seeds, then project the full run.
+"""The pilot: run generate, verify and merge on a random sample of the seeds, time a few training
+steps, then project the full run.
 
-Run as: python -m svd_hpc.launch --config configs/X.yaml --pilot [N] [--pilot-seed S]
+Run as: python -m svd_hpc.launch --config configs/X.yaml --pilot [N] [--pilot-seed S] [--pilot-train-steps K]
 
 The pilot is a small run directory of its own, RUN_DIR/pilot/, with the run's config except one
 seed shard of N questions drawn at random (random.Random(S), recorded in pilot/questions.json),
-no training and no eval. Its tasks are the real stage bodies run the way the full run runs them:
-here by the local scheduler, or as SLURM jobs with the config's cluster profile and resources.
+no eval, and instead of train a `pilot_train` task: K real optimiser steps of the configured model
+and train setup on the pilot's SFT set at train.max_seq_len (train/pilot_steps.py), on one node
+with the configured processes per node (a multi-node allocation would queue like the run itself;
+projection.py scales the step to the configured nodes). Its tasks are the real stage bodies run
+the way the full run runs them: here by the local scheduler (torchrun for pilot_train), or as
+SLURM jobs with the config's cluster profile and resources (srun).
 Measurements and the projection (projection.py) go to RUN_DIR/pilot.json and the terminal.
 
 A later launch of the same config keeps the pilot's candidates: `reuse` puts them into the full
@@ -33,13 +38,15 @@ from . import __version__, generate, local, projection, seeds, slurm, staging
 from . import config as config_mod
 from .chunks import Checkpoint
 from .config import ConfigError, RunConfig
-from .plan import build_plan, plan_to_json
+from .plan import Dependency, Stage, build_plan, plan_to_json, resolve_resources
 from .rundir import RunDir, atomic_path, atomic_write_json
 
 log = logging.getLogger("svd_hpc")
 
 DEFAULT_QUESTIONS = 64
+DEFAULT_TRAIN_STEPS = 4  # one warm-up step, then three timed ones
 STAGES = ("generate", "verify", "merge")
+TRAIN_STAGE = "pilot_train"
 FOLDER = "pilot"
 ENGINE_READY = re.compile(r"engine ready: .* in ([0-9.]+)s")  # engine.py's line once vLLM has loaded
 
@@ -52,13 +59,37 @@ def result_path(run: RunDir) -> Path:
     return run.root / "pilot.json"
 
 
-def pilot_config(cfg: RunConfig) -> RunConfig:
-    """The run's config for the pilot: one seed shard, no training, no eval; model and sampling unchanged."""
+def pilot_config(cfg: RunConfig, train_steps: int = 0) -> RunConfig:
+    """The run's config for the pilot: one seed shard, no train stage, no eval; model and sampling unchanged.
+
+    train.steps becomes the pilot's timed steps (what pilot_train runs), every other train key stays.
+    """
     pcfg = config_mod.from_dict(config_mod.to_dict(cfg))
     pcfg.seeds.shards = 1
     pcfg.train.enabled = False
+    pcfg.train.steps = train_steps or pcfg.train.steps
     pcfg.eval.benchmarks = []
     return pcfg
+
+
+def timed_steps(cfg: RunConfig, train_steps: int) -> int:
+    """The training steps the pilot times: none when the config trains nothing."""
+    return train_steps if cfg.train.enabled else 0
+
+
+def train_stage(cfg: RunConfig) -> Stage:
+    """The pilot's timed steps as a one-node distributed task with train's resources."""
+    return Stage(
+        TRAIN_STAGE, 1, "distributed", [Dependency("merge", "afterok")], resolve_resources(cfg, "train") | {"nodes": 1}
+    )
+
+
+def check_train_steps(train_steps: int) -> None:
+    if train_steps == 1 or train_steps < 0:
+        raise ConfigError(
+            f"--pilot-train-steps {train_steps}: the first step warms up and is not timed; "
+            "use 0 (no training steps) or at least 2."
+        )
 
 
 def check(cfg: RunConfig, questions: int, available: int) -> None:
@@ -90,13 +121,17 @@ def generate_settings(cfg: RunConfig) -> dict:
     return out
 
 
-def prepare(cfg: RunConfig, run: RunDir, questions: int, seed: int) -> tuple[RunConfig, RunDir, int]:
+def prepare(
+    cfg: RunConfig, run: RunDir, questions: int, seed: int, train_steps: int = 0
+) -> tuple[RunConfig, RunDir, int]:
     """Check the input, then write the pilot's run directory; returns its config, folder and the seed count."""
+    check_train_steps(train_steps)
     staged = staging.stage(cfg, workspace(run))  # hub inputs pinned as the full launch pins them
     table = seeds.load(cfg.seeds)
     check(cfg, questions, table.num_rows)
-    pcfg, prun = pilot_config(cfg), workspace(run)
-    drawn = {"questions": questions, "seed": seed, "of": table.num_rows}
+    train_steps = timed_steps(cfg, train_steps)
+    pcfg, prun = pilot_config(cfg, train_steps), workspace(run)
+    drawn = {"questions": questions, "seed": seed, "of": table.num_rows, "train_steps": train_steps}
     if prun.exists():
         same = config_mod.to_dict(prun.load_config()) == config_mod.to_dict(pcfg)
         before = prun.load_json(prun.root / "questions.json", default={}) or {}
@@ -110,7 +145,8 @@ def prepare(cfg: RunConfig, run: RunDir, questions: int, seed: int) -> tuple[Run
             pq.write_table(picked, tmp)
         atomic_write_json(prun.root / "questions.json", {**drawn, "question_ids": picked["question_id"].to_pylist()})
         staged.save(prun)
-        atomic_write_json(prun.plan_path, plan_to_json([s for s in build_plan(pcfg) if s.name in STAGES]))
+        plan = [s for s in build_plan(pcfg) if s.name in STAGES] + ([train_stage(cfg)] if train_steps else [])
+        atomic_write_json(prun.plan_path, plan_to_json(plan))
         prun.write_config(pcfg, {"version": __version__, "pilot_of": str(run.root)})
     return pcfg, prun, table.num_rows
 
@@ -196,15 +232,41 @@ def measure(prun: RunDir, walls: dict[str, float]) -> dict:
             "fixed_s": max(0.0, wall - work),  # process start, imports and engine load
         }
     stages["merge"] = {"wall_s": float(walls.get("merge", 0.0))}
+    timed = prun.load_json(prun.done_marker(TRAIN_STAGE, 0), default=None)
+    if timed:
+        stages["train"] = measure_train(timed, float(walls.get(TRAIN_STAGE, 0.0)))
     stats = prun.load_json(prun.stage_dir("merge") / "stats.json", default={}) or {}
     return {"stages": stages, "funnel": stats.get("overall", {})}
 
 
-def run(cfg: RunConfig, run: RunDir, questions: int, seed: int = 0, console: Console | None = None) -> dict:
+def measure_train(timed: dict, wall: float) -> dict:
+    """The timed steps' figures: seconds and tokens per step after the warm-up step, and the rest of the task."""
+    seconds, tokens = timed["step_seconds"][1:], timed["step_tokens"][1:]
+    step_s = sum(seconds) / len(seconds)
+    return {
+        "steps": len(timed["step_seconds"]),
+        "timed_steps": len(seconds),
+        "world_size": timed["world_size"],
+        "device": timed["device"],
+        "step_s": step_s,
+        "tokens_per_step": sum(tokens) / len(tokens),
+        "wall_s": wall,
+        "fixed_s": max(0.0, wall - len(timed["step_seconds"]) * step_s),  # start, model load, warm-up's excess
+    }
+
+
+def run(
+    cfg: RunConfig,
+    run: RunDir,
+    questions: int,
+    seed: int = 0,
+    console: Console | None = None,
+    train_steps: int = DEFAULT_TRAIN_STEPS,
+) -> dict:
     """Prepare, run and measure the pilot; write RUN_DIR/pilot.json and print its tables."""
     console = console or Console()
     started = time.time()
-    pcfg, prun, available = prepare(cfg, run, questions, seed)
+    pcfg, prun, available = prepare(cfg, run, questions, seed, train_steps)
     console.print(f"pilot: {questions} of {available} seed questions (seed {seed}) in {prun.root}")
     measured = measure(prun, execute(pcfg, prun, console))
     result = projection.project(cfg, available, measured, started)

@@ -34,6 +34,7 @@ BODIES = {
     "verify": "svd_hpc.verify:run_task",
     "merge": "svd_hpc.merge.merge:run_task",
     "train": "svd_hpc.train.train:run_task",
+    "pilot_train": "svd_hpc.train.pilot_steps:run_task",  # the pilot's timed training steps (pilot.py)
     "eval_trained": "svd_hpc.eval.evaluate:run_trained",
     "report": "svd_hpc.report:run_task",
     "seeds": "svd_hpc.rounds:run_seeds",  # a round's questions (multi-round runs only)

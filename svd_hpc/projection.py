@@ -8,7 +8,12 @@ The method (README "Pilot: will it be done by morning?"):
   follows generate task i (aftercorr), so the two overlap; queue wait is ignored;
 - not linear, so not captured: the long tail of output lengths within one shard (a task waits
   for its longest sample), a fuller engine batch on bigger shards (faster per token), and merge
-  (its pilot time is taken as is).
+  (its pilot time is taken as is);
+- train is one task: its pilot's fixed part (start, model load) plus train.steps × the seconds of a
+  timed step (after a warm-up step, packs full to max_seq_len), the step scaled by the pilot's
+  world size over the configured one (each rank's share of the global batch; the pilot runs on one
+  node, so traffic between nodes is not measured), and tokenizing the full SFT set, checkpoints
+  and the final export are not counted.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from .config import RunConfig
+from .config import RunConfig, train_procs_per_node
 from .plan import resolve_resources
 from .seeds import shard_bounds
 
@@ -91,6 +96,66 @@ def project_stage(cfg: RunConfig, stage: str, measured: dict, shard_sizes: list[
         "wall_s": math.ceil(len(task_s) / slots) * max(task_s),
         "time_limit_s": limit,
     }
+
+
+def project_train(cfg: RunConfig, measured: dict) -> dict:
+    """The train task of the full run from the pilot's timed steps (the keys of project_stage, and more)."""
+    t, res = cfg.train, resolve_resources(cfg, "train")
+    nodes = res["nodes"] or 1
+    world = nodes * train_procs_per_node(cfg)
+    step_s = measured["step_s"] * measured["world_size"] / world  # each rank's share of the global batch
+    task_s = measured["fixed_s"] + t.steps * step_s
+    gpus = gpus_per_task(cfg, "train") * nodes
+    limit = slurm_seconds(res["time"])
+    return {
+        "tasks": 1,
+        "nodes": nodes,
+        "processes": world,
+        "steps": t.steps,
+        "samples": t.steps * t.global_batch,  # packed sequences
+        "tokens": t.steps * t.global_batch * t.max_seq_len,
+        "tokens_per_s": measured["tokens_per_step"] / measured["step_s"] / measured["world_size"],
+        "rate_unit": "per GPU" if gpus else "per process",
+        "fixed_s": measured["fixed_s"],
+        "step_s": step_s,
+        "max_task_s": task_s,
+        "task_hours": task_s / 3600,
+        "gpu_hours": task_s * gpus / 3600 if gpus else None,
+        "parallel": 1,
+        "waves": 1,
+        "wall_s": task_s,
+        "time_limit_s": limit,
+        # jobs it takes when it checkpoints at each time-limit warning and is requeued
+        "jobs": math.ceil(task_s / max(1, limit - res["signal_seconds"])),
+    }
+
+
+def train_warning(cfg: RunConfig, p: dict) -> str | None:
+    """A train task over TIME_MARGIN of its limit: how it would go on, and what to change."""
+    if p["max_task_s"] <= TIME_MARGIN * p["time_limit_s"]:
+        return None
+    res = resolve_resources(cfg, "train")
+    head = (
+        f"train: the task is projected at {_hours(p['max_task_s'])}, over {TIME_MARGIN:.0%} of its time limit "
+        f"{_hours(p['time_limit_s'])}; "
+    )
+    restart = f"each restart reloads the model (~{_hours(p['fixed_s'])})"
+    if res["preemptible"] and p["jobs"] - 1 <= res["requeue_cap"]:
+        return head + (
+            f"it checkpoints at the time-limit warning and its batch script requeues it, so it runs as "
+            f"{p['jobs']} jobs ({restart}); raise resources.train.time or resources.train.nodes to need fewer."
+        )
+    if res["preemptible"]:
+        return head + (
+            f"it would need {p['jobs']} jobs, more than the profile's requeue_cap {res['requeue_cap']} requeues allow; "
+            "raise resources.train.time, resources.train.nodes or requeue_cap."
+        )
+    return head + (
+        "the time limit ends it: set resources.train.preemptible=true so it checkpoints at the warning and is "
+        f"requeued ({p['jobs']} jobs, {restart}), or raise resources.train.time or resources.train.nodes; "
+        "else `launch resume` restarts it from its last checkpoint "
+        f"(every train.checkpoint_every={cfg.train.checkpoint_every} steps)."
+    )
 
 
 def shards_that_fit(fixed: float, per_question: float, questions: int, limit_s: float) -> int | None:
@@ -169,6 +234,8 @@ def warnings(cfg: RunConfig, stages: dict, funnel_: dict, kept: dict, total_ques
                 f"verify {row['stage']}: {row['cut_off']} of {row['votes']} judge votes were cut off at "
                 f"verify.max_tokens={cfg.verify.max_tokens} (they count as no); raise verify.max_tokens."
             )
+    if "train" in stages and (line := train_warning(cfg, stages["train"])):
+        out.append(line)
     need = cfg.train.steps * cfg.train.global_batch
     if cfg.train.enabled and kept["train_rows"] < need:
         repeats = need / max(kept["train_rows"], 1)
@@ -192,23 +259,31 @@ def project(cfg: RunConfig, total_questions: int, measured: dict, started: float
     else:
         wall = g["max_task_s"] + v["wall_s"]
     merge_s = measured["stages"].get("merge", {}).get("wall_s", 0.0)
+    if cfg.train.enabled and "train" in measured["stages"]:
+        stages["train"] = project_train(cfg, measured["stages"]["train"])
+    train_s = stages["train"]["wall_s"] if "train" in stages else 0.0
     funnel_ = funnel(cfg, measured["funnel"], measured["stages"]["generate"]["questions"])
     kept = project_kept(cfg, funnel_, total_questions)
     now = time.time() if started is None else started
+    finish = {
+        "if_launched_at": time.strftime("%Y-%m-%d %H:%M", time.localtime(now)),
+        "through_merge_at": time.strftime("%Y-%m-%d %H:%M", time.localtime(now + wall + merge_s)),
+        "covers": "generate, verify and merge; ignoring queue wait; train and eval are not projected",
+    }
+    if "train" in stages:
+        finish["through_train_at"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(now + wall + merge_s + train_s))
+        finish["covers"] = "generate, verify, merge and train; ignoring queue wait; eval is not projected"
     return {
         "questions": total_questions,
         "shards": cfg.seeds.shards,
         "stages": stages,
         "generate_verify_wall_s": wall,
         "merge_s": merge_s,
+        "train_s": train_s,
         "funnel": funnel_,
         "kept": kept,
         "warnings": warnings(cfg, stages, funnel_, kept, total_questions),
-        "finish": {
-            "if_launched_at": time.strftime("%Y-%m-%d %H:%M", time.localtime(now)),
-            "through_merge_at": time.strftime("%Y-%m-%d %H:%M", time.localtime(now + wall + merge_s)),
-            "covers": "generate, verify and merge; ignoring queue wait; train and eval are not projected",
-        },
+        "finish": finish,
     }
 
 
@@ -228,7 +303,9 @@ def render(result: dict, console: Console) -> None:
             f"{p['samples']:,}",
             f"{p['tokens']:,}",
             rate,
-            f"{p['tasks']} ({p['parallel']} at once)",
+            f"1 ({p['nodes']} node(s) × {p['processes'] // p['nodes']})"
+            if name == "train"
+            else f"{p['tasks']} ({p['parallel']} at once)",
             f"{_hours(p['max_task_s'])} / {_hours(p['time_limit_s'])}",
             f"{p['task_hours']:.2f}",
             "—" if p["gpu_hours"] is None else f"{p['gpu_hours']:.2f}",
@@ -250,10 +327,21 @@ def render(result: dict, console: Console) -> None:
         f"SFT set: {k['expected']} rows projected ({k['low']}–{k['high']}, {k['interval']}; "
         f"{f['kept']} kept of {f['questions']} pilot questions)"
     )
+    finish = result["finish"]
+    train = "through_train_at" in finish
     console.print(
-        f"generate+verify wall {_hours(result['generate_verify_wall_s'])}, merge {result['merge_s']:.0f} s: "
-        f"launched now ({result['finish']['if_launched_at']}), through merge by {result['finish']['through_merge_at']} "
-        f"({result['finish']['covers']})."
+        f"generate+verify wall {_hours(result['generate_verify_wall_s'])}, merge {result['merge_s']:.0f} s"
+        + (f", train {_hours(result['train_s'])}" if train else "")
+        + f": launched now ({finish['if_launched_at']}), through merge by {finish['through_merge_at']}"
+        + (f", through train by {finish['through_train_at']}" if train else "")
+        + f" ({finish['covers']})."
     )
+    if "train" in result["stages"]:
+        p, m = result["stages"]["train"], result["pilot"]["measured"]["train"]
+        console.print(
+            f"train: {m['timed_steps']} timed steps of the pilot at {m['step_s']:.2f} s each on {m['world_size']} "
+            f"process(es) of one node → {p['step_s']:.2f} s per step on {p['processes']} process(es), "
+            f"{p['steps']} steps (start-up {p['fixed_s']:.0f} s)."
+        )
     for line in result["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)

@@ -1,4 +1,4 @@
-"""The pilot: sampling, measurement, projection, warnings, reuse by the full launch, bad input.
+"""The pilot: sampling, measurement, timed training steps, projection, warnings, reuse by the full launch, bad input.
 
 The pipeline tests run the pilot through the real launcher, local scheduler and task runner with
 the small generate and verify bodies below (SVD_HPC_TEST_BODIES=tests.test_pilot:BODIES): they
@@ -30,6 +30,7 @@ from svd_hpc.rundir import RunDir, atomic_path
 
 REPO = Path(__file__).resolve().parent.parent
 N = 2  # candidates per question in the test config
+NO_TRAIN = ("--pilot-train-steps", "0")  # the tests that are not about the timed training steps skip them
 ENGINE_S, PER_QUESTION_S = 0.5, 0.25  # what the toy generate body reports
 
 # ----------------------------------------------------------------------------- toy bodies
@@ -107,7 +108,7 @@ def write_config(tmp_path: Path, questions: int = 12, **over) -> Path:
         "seeds": {"path": str(seeds), "id_field": "id", "shards": 3},
         "generate": {"n": N, "max_tokens": 32, "chunk_size": 2},
         "verify": {"votes": 2, "max_tokens": 16},
-        "train": {"steps": 5, "global_batch": 4, "procs_per_node": 1},
+        "train": {"steps": 5, "global_batch": 4, "procs_per_node": 1, "max_seq_len": 96},
     }
     for key, value in over.items():  # section__field=value, or a top-level key
         section, _, field = key.partition("__")
@@ -133,7 +134,7 @@ def run_launch(*args: str, env: dict | None = None) -> subprocess.CompletedProce
 
 def test_pilot_measures_projects_and_writes_pilot_json(tmp_path):
     cfg_path = write_config(tmp_path)
-    proc = run_launch("--config", str(cfg_path), "--pilot", "6", "--pilot-seed", "3")
+    proc = run_launch("--config", str(cfg_path), "--pilot", "6", "--pilot-seed", "3", "--pilot-train-steps", "3")
     assert proc.returncode == 0, proc.stderr
     run = RunDir(tmp_path / "runs" / "p")
     result = json.loads((run.root / "pilot.json").read_text())
@@ -166,6 +167,18 @@ def test_pilot_measures_projects_and_writes_pilot_json(tmp_path):
     assert any("verify.max_tokens" in w for w in result["warnings"])
     printed = " ".join(proc.stdout.split())
     assert "pilot funnel" in printed and "ignoring queue wait" in printed
+    # three real optimiser steps of tiny-qwen3 (torchrun, one process) on the pilot's SFT set, each
+    # of global_batch sequences filled to max_seq_len; the first warms up and is not timed
+    prun = pilot.workspace(run)
+    steps = prun.load_json(prun.done_marker("pilot_train", 0))
+    assert steps["step_tokens"] == [4 * 96] * 3 and steps["world_size"] == 1 and len(steps["step_seconds"]) == 3
+    t = result["pilot"]["measured"]["train"]
+    assert t["timed_steps"] == 2 and t["step_s"] == pytest.approx(sum(steps["step_seconds"][1:]) / 2)
+    assert 0 < t["fixed_s"] < t["wall_s"]
+    p = result["stages"]["train"]
+    assert p["steps"] == 5 and p["max_task_s"] == pytest.approx(t["fixed_s"] + 5 * t["step_s"])
+    assert p["tokens_per_s"] == pytest.approx(4 * 96 / t["step_s"]) and p["rate_unit"] == "per process"
+    assert "through_train_at" in result["finish"] and "train" in printed and "timed steps" in printed
     # nothing of the full run was written: its config, plan and seed shards wait for the launch
     assert not run.config_path.exists() and not run.plan_path.exists()
 
@@ -174,7 +187,7 @@ def test_launch_after_pilot_generates_only_the_other_questions(tmp_path, monkeyp
     """The full launch puts the pilot's candidates into its generate checkpoints by question id;
     the shard's generate task asks the engine only for the rest, and its records equal the pilot's."""
     cfg_path = write_config(tmp_path)
-    assert run_launch("--config", str(cfg_path), "--pilot", "5").returncode == 0
+    assert run_launch("--config", str(cfg_path), "--pilot", "5", *NO_TRAIN).returncode == 0
     cfg = config_mod.load(cfg_path)
     run = RunDir(tmp_path / "runs" / "p")
     launch.prepare(cfg, run)  # what launch does first: config, plan, seed shards
@@ -220,7 +233,7 @@ def test_launch_after_pilot_generates_only_the_other_questions(tmp_path, monkeyp
 
 def test_reuse_needs_the_same_sampling_settings(tmp_path):
     cfg_path = write_config(tmp_path)
-    assert run_launch("--config", str(cfg_path), "--pilot", "4").returncode == 0
+    assert run_launch("--config", str(cfg_path), "--pilot", "4", *NO_TRAIN).returncode == 0
     run = RunDir(tmp_path / "runs" / "p")
     launch.prepare(config_mod.load(cfg_path, ["generate.temperature=0.3"]), run)
     assert pilot.reuse(run) == 0
@@ -230,7 +243,7 @@ def test_reuse_needs_the_same_sampling_settings(tmp_path):
 
 def test_reuse_places_candidates_whatever_the_shard_count(tmp_path):
     cfg_path = write_config(tmp_path)
-    assert run_launch("--config", str(cfg_path), "--pilot", "12").returncode == 0
+    assert run_launch("--config", str(cfg_path), "--pilot", "12", *NO_TRAIN).returncode == 0
     cfg = config_mod.load(cfg_path, ["seeds.shards=5"])
     run = RunDir(tmp_path / "runs" / "p")
     launch.prepare(cfg, run)
@@ -297,6 +310,99 @@ def test_projection_warns_when_the_sft_set_is_too_small(tmp_path):
     assert not any(w.startswith(("generate:", "verify ")) for w in result["warnings"])
 
 
+def timed(step_s: float = 30.0, world_size: int = 4, wall: float = 300.0) -> dict:
+    """The pilot's timed training steps as pilot.measure_train gives them: 4 steps, 3 timed."""
+    fixed = wall - 4 * step_s
+    return {"steps": 4, "timed_steps": 3, "world_size": world_size, "device": "cuda", "step_s": step_s,
+            "tokens_per_step": 64 * 4096, "wall_s": wall, "fixed_s": fixed}  # fmt: skip
+
+
+def train_cluster_config(tmp_path: Path, steps: int, **resources) -> config_mod.RunConfig:
+    """4 GPUs per node, 2 nodes for train (8 processes), 4 h limit; 64 sequences of 4,096 tokens per step."""
+    res = {"train": {"nodes": 2, **resources}}
+    return cluster_config(tmp_path, resources=res, train__steps=steps, train__global_batch=64, train__max_seq_len=4096)
+
+
+def test_pilot_measures_train_after_the_warm_up_step():
+    m = pilot.measure_train({"world_size": 4, "device": "cuda", "step_seconds": [55.0, 31.0, 29.0, 30.0],
+                             "step_tokens": [9, 262144, 262144, 262144]}, wall=300.0)  # fmt: skip
+    assert m == timed()  # warm-up excluded: (31 + 29 + 30) / 3 = 30 s; fixed 300 − 4 × 30
+
+
+def test_projection_of_train_from_the_timed_steps(tmp_path):
+    cfg = train_cluster_config(tmp_path, steps=1000)
+    data = measured(10.0, 1.0)
+    data["stages"]["train"] = timed()
+    result = projection.project(cfg, 40, data, started=0.0)
+    p = result["stages"]["train"]
+    # the pilot's 4 ranks each ran 16 of the 64 sequences in 30 s; the run's 8 ranks run 8: 15 s a step
+    assert (p["nodes"], p["processes"], p["step_s"]) == (2, 8, pytest.approx(15.0))
+    assert p["max_task_s"] == pytest.approx(180 + 1000 * 15) and p["wall_s"] == p["max_task_s"]
+    assert p["task_hours"] == pytest.approx(15_180 / 3600)
+    assert p["gpu_hours"] == pytest.approx(15_180 * 8 / 3600)  # 2 nodes × 4 GPUs
+    assert p["tokens_per_s"] == pytest.approx(64 * 4096 / 30 / 4) and p["rate_unit"] == "per GPU"
+    assert (p["samples"], p["tokens"]) == (64_000, 64_000 * 4096)
+    # 15,180 s against a 4 h limit less the 120 s warning: 2 jobs
+    assert p["time_limit_s"] == 14_400 and p["jobs"] == 2
+    # generate+verify 48 s (3 shards of ≤14 questions: 24 s each), merge 3 s, then train
+    assert result["train_s"] == pytest.approx(15_180)
+    assert result["finish"]["through_train_at"] == time.strftime("%Y-%m-%d %H:%M", time.localtime(48 + 3 + 15_180))
+    warning = next(w for w in result["warnings"] if w.startswith("train:"))
+    assert "4.22 h" in warning and "set resources.train.preemptible=true" in warning and "2 jobs" in warning
+
+
+def test_projection_of_train_under_its_time_limit_or_requeued(tmp_path):
+    fits = projection.project(train_cluster_config(tmp_path, steps=500), 40, measured(10.0, 1.0), started=0.0)
+    assert "train" not in fits["stages"]  # no timed steps measured: train is not projected
+    data = measured(10.0, 1.0)
+    data["stages"]["train"] = timed()
+    fits = projection.project(train_cluster_config(tmp_path, steps=500), 40, data, started=0.0)
+    assert fits["stages"]["train"]["max_task_s"] == pytest.approx(180 + 500 * 15)  # 2.1 h: no warning
+    assert not any(w.startswith("train:") for w in fits["warnings"])
+    requeued = projection.project(train_cluster_config(tmp_path, 1000, preemptible=True), 40, data, started=0.0)
+    warning = next(w for w in requeued["warnings"] if w.startswith("train:"))
+    assert "its batch script requeues it, so it runs as 2 jobs" in warning
+    assert requeued["finish"]["covers"].startswith("generate, verify, merge and train")
+
+
+def test_pilot_times_training_only_when_the_config_trains(tmp_path):
+    from svd_hpc.plan import plan_from_json
+
+    plans = {}
+    for enabled in (True, False):
+        (tmp_path / str(enabled)).mkdir()
+        cfg = config_mod.load(write_config(tmp_path / str(enabled), train__enabled=enabled))
+        _, prun, _ = pilot.prepare(cfg, RunDir(tmp_path / str(enabled) / "runs" / "p"), 4, 0, train_steps=3)
+        plans[enabled] = {s.name: s for s in plan_from_json(prun.load_json(prun.plan_path))}
+        assert json.loads((prun.root / "questions.json").read_text())["train_steps"] == (3 if enabled else 0)
+    assert list(plans[False]) == ["generate", "verify", "merge"]
+    assert list(plans[True]) == ["generate", "verify", "merge", "pilot_train"]
+    train = plans[True]["pilot_train"]  # run as train runs: torchrun here, srun on SLURM, on one node
+    assert train.kind == "distributed" and train.resources["nodes"] == 1 and train.resources["ntasks_per_node"] == 1
+    assert [(d.stage, d.kind) for d in train.depends_on] == [("merge", "afterok")]
+
+
+def test_timed_steps_fill_every_pack_to_max_seq_len():
+    import numpy as np
+
+    from svd_hpc.train import pilot_steps, sft_data
+
+    lengths = [5, 3, 7]
+    ids = np.arange(15, dtype=np.int32)
+    labels = ids + 100  # every token carries loss
+    data = sft_data.TokenizedSet(ids, labels, np.array([0, 5, 8, 15]), {})
+    pieces, rows = pilot_steps.fill(data, 8, packs=4, seed=0)
+    assert [int(pieces.lengths[r].sum()) for r in rows] == [8] * 4
+    starts = {0: 0, 1: 5, 2: 8}
+    for i in range(len(pieces)):
+        got_ids, got_labels = pieces.sample(i)
+        sample = next(k for k, at in starts.items() if ids[at] == got_ids[0])
+        assert list(got_ids) == list(ids[starts[sample] : starts[sample] + len(got_ids)])  # a prefix of a sample
+        cut = len(got_ids) < lengths[sample]
+        assert got_labels[-1] == (sft_data.IGNORE if cut else got_ids[-1] + 100)
+    assert all(pieces.lengths[r[0]] in lengths for r in rows)  # every pack opens with a whole sample
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -315,6 +421,16 @@ def test_pilot_of_a_config_without_judges_exits_2(tmp_path):
     proc = run_launch("--config", str(write_config(tmp_path, verify__stages=[])), "--pilot", "4")
     assert proc.returncode == 2
     assert "verify.stages is empty" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_pilot_with_one_training_step_exits_2(tmp_path):
+    proc = run_launch("--config", str(write_config(tmp_path)), "--pilot", "4", "--pilot-train-steps", "1")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: --pilot-train-steps 1: the first step warms up and is not timed; "
+        "use 0 (no training steps) or at least 2."
+    ]
     assert not (tmp_path / "runs").exists()
 
 
@@ -354,16 +470,19 @@ def test_report_compares_the_pilot_with_the_run(tmp_path):
     from svd_hpc.rundir import atomic_write_json
 
     cfg_path = write_config(tmp_path)
-    assert run_launch("--config", str(cfg_path), "--pilot", "6").returncode == 0
+    assert run_launch("--config", str(cfg_path), "--pilot", "6", *NO_TRAIN).returncode == 0
     run = RunDir(tmp_path / "runs" / "p")
     launch.prepare(config_mod.load(cfg_path), run)
     assert pilot.reuse(run) == 6
     projected = json.loads((run.root / "pilot.json").read_text())
-    atomic_write_json(run.root / "logs" / "local_timings.json", {"generate": 30.0, "verify": 45.0})
+    projected["stages"]["train"] = {"task_hours": 0.02}  # what a pilot with timed steps projects: 72 s
+    atomic_write_json(run.root / "pilot.json", projected)
+    atomic_write_json(run.root / "logs" / "local_timings.json", {"generate": 30.0, "verify": 45.0, "train": 90.0})
     atomic_write_json(run.stage_dir("merge") / "stats.json", {"overall": {"kept": 7}})
     rows = {r[0].split(",")[0]: r for r in pilot_section(run).rows}
     g = projected["stages"]["generate"]
     want = g["task_hours"] * 3600 - 6 * g["per_question_s"]  # the 6 reused questions cost nothing
     assert rows["generate task seconds"][1:] == [f"{want:,.0f}", "30", f"{30 / want:.2f}"]
     assert rows["kept (SFT) rows"][1:3] == [f"{projected['kept']['expected']:,}", "7"]
+    assert rows["train task seconds"][1:] == ["72", "90", "1.25"]
     assert "6 of its questions were reused" in pilot_section(run).note

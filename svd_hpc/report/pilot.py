@@ -46,6 +46,8 @@ def pilot_section(run: RunDir) -> Section | None:
         row(f"{stage} task seconds", want, actual.get(stage), ",.0f")
     if all(stage in actual for stage in ("generate", "verify")):
         row("generate + verify task seconds", total_p, total_a, ",.0f")
+    if "train" in projected["stages"]:  # the run's train job against the pilot's timed steps
+        row("train task seconds", projected["stages"]["train"]["task_hours"] * 3600, actual.get("train"), ",.0f")
     kept = projected["kept"]
     got = stats.get("overall", {}).get("kept")
     row(f"kept (SFT) rows, interval {kept['low']}–{kept['high']}", kept["expected"], got, ",.0f")
