@@ -106,13 +106,13 @@ def bench_model(name: str, max_seq_len: int, accumulation: int, steps: int, pad_
     stream = sft_data.PackedStream(data, max_seq_len, seed=0, pad_id=tokenizer.pad_token_id or 0)
     d = fsdp.init_distributed()
     try:
-        ours = fsdp.build_meta_model(model_dir, "sdpa")
-        fsdp.apply_fsdp(ours, d.mesh, bf16=False)
-        fsdp.materialize(ours, model_dir, d.device)
-        ours.train()
         t = argparse.Namespace(
-            weight_decay=0.01, lr=1e-5, betas=[0.9, 0.999], warmup_ratio=0.0, steps=steps, min_lr_ratio=0.1
-        )
+            weight_decay=0.01, lr=1e-5, betas=[0.9, 0.999], warmup_ratio=0.0, steps=steps, min_lr_ratio=0.1,
+            seed=0, max_seq_len=max_seq_len, activation_checkpointing=False,
+        )  # fmt: skip
+        # built as the train stage builds it: sharded, loaded shard by shard, the loss head registered
+        # as an FSDP forward of the root (train_step calls it)
+        ours, _ = train.build_model(model_dir, t, d)
         our_opt, _ = train.build_optimizer(ours, t)
         bare = bare_fsdp_model(model_dir, d.mesh)
         bare.train()
