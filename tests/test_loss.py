@@ -74,3 +74,19 @@ def test_model_loss_equals_the_models_own_logits_and_gradients():
     torch.testing.assert_close(chunked, full, rtol=1e-6, atol=1e-5)
     for (name, _), g, w in zip(model.named_parameters(), got, want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_single_chunk_is_not_recomputed(monkeypatch):
+    """Checkpointing saves memory only across chunks: one chunk is computed once, several are checkpointed."""
+    import torch.utils.checkpoint
+
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    states, weight = torch.randn(64, 8, requires_grad=True), torch.randn(20, 8, requires_grad=True)
+    labels = torch.randint(0, 20, (64,))
+    one = train.token_loss_sum(states, weight, labels, chunk=64)
+    assert calls == []
+    several = train.token_loss_sum(states, weight, labels, chunk=16)
+    assert len(calls) == 4 and torch.allclose(one, several)

@@ -54,6 +54,10 @@ def token_loss_sum(
     """
     from torch.utils.checkpoint import checkpoint
 
+    if hidden.shape[0] <= chunk:
+        # one chunk: its logits exist in backward either way, so checkpointing would only add a
+        # second lm_head forward (a tenth of a small model's step) for no memory saved
+        return _chunk_loss(hidden, weight, labels)
     # split, not slicing: its backward concatenates the chunks' gradients once, where each
     # slice's backward would allocate a zero tensor of the full size
     parts = [
