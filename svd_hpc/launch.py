@@ -247,8 +247,9 @@ def _parser() -> argparse.ArgumentParser:
         nargs="?",
         const=pilot.DEFAULT_QUESTIONS,
         metavar="N",
-        help=f"run generate and verify on N random seed questions (default {pilot.DEFAULT_QUESTIONS}) and project "
-        "the full run's cost, wall time and SFT size into RUN_DIR/pilot.json; submits nothing else",
+        help=f"run generate, verify and merge on N random seed questions (default {pilot.DEFAULT_QUESTIONS}), then "
+        "a few timed train steps, and project the full run's cost, wall time and SFT size into RUN_DIR/pilot.json; "
+        "submits nothing else",
     )
     p_run.add_argument("--pilot-seed", type=int, default=0, help="seed of the pilot's random draw of questions")
     p_run.add_argument(
