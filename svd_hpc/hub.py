@@ -65,6 +65,12 @@ def jobs_token_warning(cfg: config_mod.RunConfig) -> str | None:
     )
 
 
+def wait_between_tries(seconds: float) -> None:
+    """The pause before a push is tried again (its own function: replacing time.sleep would pause
+    every thread of the process, an engine's watchdog included)."""
+    time.sleep(seconds)
+
+
 def _token() -> str | None:
     from huggingface_hub import get_token
 
@@ -150,7 +156,7 @@ def _commit_with_retries(repo_id, repo_type, files, message, hub, token, record)
                 raise
             wait = hub.backoff_s * 2 ** (attempt - 1)
             log.warning(f"hub: {repo_type} {repo_id} try {attempt} failed ({type(err).__name__}); again in {wait:.0f}s")
-            time.sleep(wait)
+            wait_between_tries(wait)
     raise AssertionError("unreachable")
 
 

@@ -58,7 +58,7 @@ def token_file(tmp_path, monkeypatch):
     path.write_text(TOKEN)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(path))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as staging.go_offline leaves a task
-    monkeypatch.setattr(hub.time, "sleep", lambda s: sleeps.append(s))
+    monkeypatch.setattr(hub, "wait_between_tries", lambda s: sleeps.append(s))
     sleeps.clear()
     return path
 
