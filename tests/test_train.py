@@ -5,6 +5,7 @@ Training across 2 nodes of the local SLURM cluster, stopped by the warning signa
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -408,7 +409,11 @@ def test_tokenising_longer_than_the_group_timeout_still_trains(tmp_path):
 
 
 def test_a_bad_row_on_one_rank_stops_every_rank_at_once(tmp_path):
-    """Rank 1's half has a row without an assistant turn; rank 0 (1 s per row) stops within seconds."""
+    """Rank 1's half has a row without an assistant turn; rank 0 (1 s per row) stops within seconds.
+
+    Rank 0 stops either on its own, raising rank 1's error from the hand-off folder, or because
+    torchrun ends the worker group when rank 1 exits: which comes first is a race. That rank 0
+    raises the same error is tested without the race in test_sft_data.py."""
     run = make_run(tmp_path / "run")
     rows = sft_rows(40)
     rows[30] = rows[30][:1]  # the user turn only
@@ -417,8 +422,10 @@ def test_a_bad_row_on_one_rank_stops_every_rank_at_once(tmp_path):
     write_sft(run / "merge" / "sft" / "train.parquet", rows)
     result = torchrun_driver(run, "prepare", SLOW_RANKS="0", SLOW_SECONDS="1")
     assert result.returncode != 0
-    for rank in (0, 1):
-        assert f"[rank{rank}]: ValueError: " in result.stderr and "row 30 has no assistant message" in result.stderr
+    assert re.search(r"\[rank1\]: ValueError: .*row 30 has no assistant message", result.stderr), result.stderr[-3000:]
+    rank0_raised = re.search(r"\[rank0\]: ValueError: .*row 30 has no assistant message", result.stderr)
+    rank0_ended = "Sending process" in result.stderr and "closing signal SIGTERM" in result.stderr
+    assert rank0_raised or rank0_ended, result.stderr[-3000:]
     assert 0 < encoded(run, 0) < 10 and encoded(run, 1) == 0
 
 
