@@ -296,13 +296,23 @@ def test_set_device_refuses_a_rank_without_its_gpu(monkeypatch):
         fsdp.init_distributed()
 
 
+def assert_every_rank_stopped(result: subprocess.CompletedProcess, failing: int, message: str) -> None:
+    """The failing rank raised `message`; the other rank raised it too, from the hand-off folder, or was
+    ended by torchrun when the failing rank exited: which comes first is a race. That the other rank
+    raises the same error is tested without the race in test_sft_data.py."""
+    other = 1 - failing
+    assert re.search(rf"\[rank{failing}\]: ValueError: .*{message}", result.stderr), result.stderr[-3000:]
+    raised = re.search(rf"\[rank{other}\]: ValueError: .*{message}", result.stderr)
+    ended = "Sending process" in result.stderr and "closing signal SIGTERM" in result.stderr
+    assert raised or ended, result.stderr[-3000:]
+
+
 def test_an_error_found_by_rank_0_stops_every_rank(tmp_path):
     """Rank 0 joins the ranks' parts and finds no sample left; its error reaches the other rank too."""
     run = make_run(tmp_path / "run", max_seq_len=16)
     result = torchrun(run)
     assert result.returncode != 0
-    for rank in (0, 1):
-        assert f"[rank{rank}]: ValueError: " in result.stderr and "none of 40 samples is left" in result.stderr
+    assert_every_rank_stopped(result, failing=0, message="none of 40 samples is left")
     assert not RunDir(run).is_done("train", 0)
 
 
@@ -409,11 +419,7 @@ def test_tokenising_longer_than_the_group_timeout_still_trains(tmp_path):
 
 
 def test_a_bad_row_on_one_rank_stops_every_rank_at_once(tmp_path):
-    """Rank 1's half has a row without an assistant turn; rank 0 (1 s per row) stops within seconds.
-
-    Rank 0 stops either on its own, raising rank 1's error from the hand-off folder, or because
-    torchrun ends the worker group when rank 1 exits: which comes first is a race. That rank 0
-    raises the same error is tested without the race in test_sft_data.py."""
+    """Rank 1's half has a row without an assistant turn; rank 0 (1 s per row) stops within seconds."""
     run = make_run(tmp_path / "run")
     rows = sft_rows(40)
     rows[30] = rows[30][:1]  # the user turn only
@@ -422,10 +428,7 @@ def test_a_bad_row_on_one_rank_stops_every_rank_at_once(tmp_path):
     write_sft(run / "merge" / "sft" / "train.parquet", rows)
     result = torchrun_driver(run, "prepare", SLOW_RANKS="0", SLOW_SECONDS="1")
     assert result.returncode != 0
-    assert re.search(r"\[rank1\]: ValueError: .*row 30 has no assistant message", result.stderr), result.stderr[-3000:]
-    rank0_raised = re.search(r"\[rank0\]: ValueError: .*row 30 has no assistant message", result.stderr)
-    rank0_ended = "Sending process" in result.stderr and "closing signal SIGTERM" in result.stderr
-    assert rank0_raised or rank0_ended, result.stderr[-3000:]
+    assert_every_rank_stopped(result, failing=1, message="row 30 has no assistant message")
     assert 0 < encoded(run, 0) < 10 and encoded(run, 1) == 0
 
 
