@@ -201,6 +201,25 @@ def _run_on_slurm(pcfg: RunConfig, prun: RunDir, plan, todo: dict[str, list[int]
     return walls
 
 
+def cluster_slots(cfg: RunConfig) -> int | None:
+    """How many generate or verify tasks the partition holds at once (sinfo); None here or when unknown.
+
+    On a small partition the run's own tasks wait for each other, however high array_parallelism is.
+    """
+    if cfg.is_local or not slurm.available():
+        return None
+    res = [resolve_resources(cfg, stage) for stage in projection.VLLM_STAGES]
+    if len({r["partition"] for r in res}) > 1:
+        return None  # each array on a partition of its own: they do not share slots
+    mems = [r["mem"] for r in res if r["mem"]]
+    return slurm.partition_slots(
+        res[0]["partition"],
+        max(r["cpus_per_task"] or 1 for r in res),
+        max(mems, key=slurm.memory_mb) if mems else None,
+        max(r["gpus_per_node"] or 0 for r in res),
+    )
+
+
 def engine_seconds(prun: RunDir, stage: str) -> float:
     """The engine's load time in the stage's task log (0 when the task loaded none)."""
     times = []
@@ -269,7 +288,7 @@ def run(
     pcfg, prun, available = prepare(cfg, run, questions, seed, train_steps)
     console.print(f"pilot: {questions} of {available} seed questions (seed {seed}) in {prun.root}")
     measured = measure(prun, execute(pcfg, prun, console))
-    result = projection.project(cfg, available, measured, started)
+    result = projection.project(cfg, available, measured, started, cluster_slots(cfg))
     result["pilot"] = {"questions": questions, "seed": seed, "run_dir": str(prun.root), "measured": measured["stages"]}
     atomic_write_json(result_path(run), result)
     projection.render(result, console)

@@ -4,8 +4,10 @@ The method (README "Pilot: will it be done by morning?"):
 - a task costs a fixed part (process start, imports, engine load: measured on the pilot's task)
   plus a part linear in its questions (the pilot's work seconds per question);
 - tokens, samples and the SFT set scale linearly with the number of questions;
-- an array's wall time is its waves (tasks / parallel slots) × its longest task; verify task i
-  follows generate task i (aftercorr), so the two overlap; queue wait is ignored;
+- the two arrays' wall time is their schedule replayed (schedule()): each array runs at most its
+  `array_parallelism` tasks at once, the run's tasks together at most what the partition's nodes
+  hold (sinfo, the partition empty), verify task i starts once generate task i has ended
+  (aftercorr), and a free slot goes to the earliest submitted task; queue wait is ignored;
 - not linear, so not captured: the long tail of output lengths within one shard (a task waits
   for its longest sample), a fuller engine batch on bigger shards (faster per token), and merge
   (its pilot time is taken as is);
@@ -63,21 +65,57 @@ def gpus_per_task(cfg: RunConfig, stage: str) -> int:
     return 0 if cfg.is_local else int(resolve_resources(cfg, stage)["gpus_per_node"] or 0)
 
 
-def parallel_slots(cfg: RunConfig, stage: str, tasks: int) -> int:
-    """Tasks of an array running at once: one here; array_parallelism (else all) on a cluster."""
+def parallel_slots(cfg: RunConfig, stage: str, tasks: int, cluster_slots: int | None = None) -> int:
+    """Tasks of an array running at once: one here; on a cluster array_parallelism (else all), at
+    most what the partition holds."""
     if cfg.is_local:
         return 1
-    return max(1, min(tasks, resolve_resources(cfg, stage)["array_parallelism"] or tasks))
+    return max(1, min(tasks, resolve_resources(cfg, stage)["array_parallelism"] or tasks, cluster_slots or tasks))
 
 
-def project_stage(cfg: RunConfig, stage: str, measured: dict, shard_sizes: list[int]) -> dict:
+def schedule(
+    generate_s: list[float],
+    verify_s: list[float],
+    generate_slots: int,
+    verify_slots: int,
+    cluster_slots: int | None = None,
+) -> float:
+    """Seconds from the first generate task's start to the last verify task's end, as SLURM runs them.
+
+    Each array runs at most its slots at once, both together at most cluster_slots; verify task i
+    waits for generate task i (aftercorr). A free slot goes to the earliest submitted pending task:
+    SLURM's default priority is submit time, and generate's array is submitted first.
+    """
+    cap = cluster_slots or len(generate_s) + len(verify_s)
+    pending = [("generate", i, s) for i, s in enumerate(generate_s)]
+    ready: list[tuple[str, int, float]] = []
+    running: list[tuple[float, str, int]] = []  # (end, array, index)
+    now = 0.0
+    while pending or ready or running:
+        for task in [*pending, *ready]:
+            array, index, seconds = task
+            busy = sum(1 for _, a, _ in running if a == array)
+            if len(running) < cap and busy < (generate_slots if array == "generate" else verify_slots):
+                running.append((now + seconds, array, index))
+                (pending if array == "generate" else ready).remove(task)
+        running.sort()
+        now, array, index = running.pop(0)
+        if array == "generate":
+            ready.append(("verify", index, verify_s[index]))
+            ready.sort()  # by index: an array's tasks start in index order
+    return now
+
+
+def project_stage(
+    cfg: RunConfig, stage: str, measured: dict, shard_sizes: list[int], cluster_slots: int | None = None
+) -> dict:
     """One vLLM stage of the full run from its pilot task: per task, per array, per GPU."""
     n = measured["questions"]
     per_question = measured["work_s"] / n
     fixed = measured["fixed_s"]
     task_s = [fixed + per_question * q for q in shard_sizes if q] or [0.0]
     gpus = gpus_per_task(cfg, stage)
-    slots = parallel_slots(cfg, stage, len(task_s))
+    slots = parallel_slots(cfg, stage, len(task_s), cluster_slots)
     limit = slurm_seconds(resolve_resources(cfg, stage)["time"])
     total_q = sum(shard_sizes)
     return {
@@ -93,8 +131,9 @@ def project_stage(cfg: RunConfig, stage: str, measured: dict, shard_sizes: list[
         "gpu_hours": sum(task_s) * gpus / 3600 if gpus else None,
         "parallel": slots,
         "waves": math.ceil(len(task_s) / slots),
-        "wall_s": math.ceil(len(task_s) / slots) * max(task_s),
+        "wall_s": math.ceil(len(task_s) / slots) * max(task_s),  # the array alone
         "time_limit_s": limit,
+        "task_s": task_s,
     }
 
 
@@ -247,17 +286,23 @@ def warnings(cfg: RunConfig, stages: dict, funnel_: dict, kept: dict, total_ques
     return out
 
 
-def project(cfg: RunConfig, total_questions: int, measured: dict, started: float | None = None) -> dict:
-    """pilot.json's projection: per stage, the generate+verify wall, yield, warnings, finish time."""
+def project(
+    cfg: RunConfig,
+    total_questions: int,
+    measured: dict,
+    started: float | None = None,
+    cluster_slots: int | None = None,
+) -> dict:
+    """pilot.json's projection: per stage, the generate+verify wall, yield, warnings, finish time.
+
+    cluster_slots: how many generate or verify tasks the partition holds at once (None: not limiting).
+    """
+    if cfg.is_local:  # the local scheduler runs one task at a time: every task of generate, then of verify
+        cluster_slots = 1
     sizes = [b - a for a, b in shard_bounds(total_questions, cfg.seeds.shards)]
-    stages = {name: project_stage(cfg, name, measured["stages"][name], sizes) for name in VLLM_STAGES}
+    stages = {name: project_stage(cfg, name, measured["stages"][name], sizes, cluster_slots) for name in VLLM_STAGES}
     g, v = stages["generate"], stages["verify"]
-    if cfg.is_local:  # the local scheduler runs every task of generate, then every task of verify
-        wall = g["task_hours"] * 3600 + v["task_hours"] * 3600
-    elif v["waves"] <= g["waves"]:  # verify keeps up: the last verify task follows the last generate task
-        wall = g["wall_s"] + v["max_task_s"]
-    else:
-        wall = g["max_task_s"] + v["wall_s"]
+    wall = schedule(g.pop("task_s"), v.pop("task_s"), g["parallel"], v["parallel"], cluster_slots)
     merge_s = measured["stages"].get("merge", {}).get("wall_s", 0.0)
     if cfg.train.enabled and "train" in measured["stages"]:
         stages["train"] = project_train(cfg, measured["stages"]["train"])
@@ -276,6 +321,7 @@ def project(cfg: RunConfig, total_questions: int, measured: dict, started: float
     return {
         "questions": total_questions,
         "shards": cfg.seeds.shards,
+        "cluster_slots": cluster_slots,
         "stages": stages,
         "generate_verify_wall_s": wall,
         "merge_s": merge_s,
@@ -312,6 +358,11 @@ def render(result: dict, console: Console) -> None:
             _hours(p["wall_s"]),
         )
     console.print(cost)
+    if result.get("cluster_slots"):
+        console.print(
+            f"the partition holds {result['cluster_slots']} generate or verify task(s) at once when idle (sinfo); "
+            "the wall time counts the run's tasks waiting for each other, not for other users' jobs."
+        )
     f = result["funnel"]
     table = Table(title=f"pilot funnel: {f['candidates']} candidates of {f['questions']} questions")
     for column in ("stage", "in", "passed", "pass rate", "no verdict", "cut off"):

@@ -68,6 +68,45 @@ def _run(cmd: list[str], what: str, check: bool = True) -> subprocess.CompletedP
     return proc
 
 
+def memory_mb(value: str) -> int:
+    """A SLURM memory size (--mem: a number with an optional K, M, G or T suffix; M if none) in MB."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)B?", value.strip().upper())
+    if not match:
+        raise ValueError(f"not a SLURM memory size: {value!r}")
+    factor = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}[match.group(2)]
+    return int(float(match.group(1)) * factor)
+
+
+def gres_gpus(gres: str) -> int:
+    """The GPUs in a node's sinfo %G field, e.g. "gpu:a100:4(S:0-1),shard:8" → 4; "(null)" → 0."""
+    return sum(int(m) for m in re.findall(r"(?:^|,)gpu(?::[^:,(]+)?:(\d+)", gres))
+
+
+def partition_slots(partition: str | None, cpus: int, mem: str | None, gpus: int) -> int | None:
+    """How many tasks of this size the partition's nodes hold at once, all idle (sinfo); None if unknown.
+
+    A node holds as many as its CPUs, memory and GPUs each allow; other users' jobs are not counted.
+    No partition: the nodes of every partition (the site's default is among them).
+    """
+    where = ["-p", partition] if partition else []
+    proc = _run(["sinfo", "-h", "-N", *where, "-o", "%N|%c|%m|%G"], "sinfo", check=False)
+    if proc.returncode != 0:
+        return None
+    nodes = {}
+    for line in proc.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) != 4 or not parts[1].isdigit() or not parts[2].rstrip("+").isdigit():
+            continue
+        name, node_cpus, node_mem, gres = parts
+        fits = [int(node_cpus) // max(cpus, 1)]
+        if mem:
+            fits.append(int(node_mem.rstrip("+")) // max(memory_mb(mem), 1))
+        if gpus:
+            fits.append(gres_gpus(gres) // gpus)
+        nodes[name] = min(fits)
+    return sum(nodes.values()) if nodes else None
+
+
 def site_max_array_size() -> int:
     """MaxArraySize from `scontrol show config` (array indices must stay below it)."""
     proc = _run(["scontrol", "show", "config"], "scontrol show config", check=False)
@@ -346,11 +385,12 @@ def task_states(job_ids: list[str]) -> dict[str, TaskState]:
 
 
 def wait(job_ids: list[str], timeout_s: float = 600, poll_s: float = 1.0) -> dict[str, TaskState]:
-    """Block until no job of `job_ids` is pending or running (for tests and `launch --wait`)."""
+    """Block until no job of `job_ids` is pending or running (the pilot waits for its jobs with it)."""
     deadline = time.monotonic() + timeout_s
     while True:
         proc = _run(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i"], "squeue", False)
-        if not proc.stdout.strip() or time.monotonic() > deadline:
+        # a busy slurmctld's squeue times out and prints nothing: that is not "no jobs left"
+        if (proc.returncode == 0 and not proc.stdout.strip()) or time.monotonic() > deadline:
             break
         time.sleep(poll_s)
     return task_states(job_ids)

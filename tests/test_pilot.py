@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ import pytest
 import yaml
 
 from svd_hpc import config as config_mod
-from svd_hpc import generate, launch, pilot, projection
+from svd_hpc import generate, launch, pilot, projection, slurm
 from svd_hpc.chunks import Checkpoint
 from svd_hpc.engine import Completion
 from svd_hpc.records import CANDIDATE, VERDICT
@@ -302,6 +303,72 @@ def test_projection_on_a_cluster_counts_gpus_waves_and_the_time_limit(tmp_path):
     # 0.9 × 4 h − 60 s leaves room for 645 questions: 16 shards
     assert "seeds.shards=16" in warning and "4.00 h" in warning
     assert projection.shards_that_fit(60.0, 20.0, 10_000, 14_400) == 16
+
+
+def test_schedule_replays_slots_aftercorr_and_submit_order():
+    gen, ver = [100.0] * 4, [150.0] * 4
+    # two slots per array, none shared: verify 0 and 1 start as generate 0 and 1 end (t=100), generate
+    # 2 and 3 too; verify 2 and 3 wait for verify's slots (t=250)
+    assert projection.schedule(gen, ver, 2, 2) == 400
+    # two slots in all: generate's array was submitted first, so it takes both until it is done (t=200)
+    assert projection.schedule(gen, ver, 2, 2, cluster_slots=2) == 200 + 150 + 150
+    # one at a time: every task in turn, generate first (the local scheduler)
+    assert projection.schedule(gen, ver, 4, 4, cluster_slots=1) == 4 * 100 + 4 * 150
+    # unequal tasks: verify 1 starts when generate 1 ends, not when the longest generate task ends
+    assert projection.schedule([10.0, 50.0], [5.0, 5.0], 2, 2) == 55
+    assert projection.schedule([10.0, 50.0], [30.0, 5.0], 1, 1) == 65  # verify 0 runs during generate 1
+
+
+def test_projection_counts_what_the_partition_holds(tmp_path):
+    """array_parallelism 2 for both arrays; a partition that holds only 2 tasks makes them take turns."""
+    res = {"generate": {"array_parallelism": 2}, "verify": {"array_parallelism": 2}}
+    cfg = cluster_config(tmp_path, seeds__shards=4, resources=res)
+    free = projection.project(cfg, 40, measured(60.0, 4.0), started=0.0)  # 100 s per task
+    full = projection.project(cfg, 40, measured(60.0, 4.0), started=0.0, cluster_slots=2)
+    assert free["generate_verify_wall_s"] == pytest.approx(300) and free["cluster_slots"] is None
+    assert full["generate_verify_wall_s"] == pytest.approx(400) and full["cluster_slots"] == 2
+    one = projection.project(cfg, 40, measured(60.0, 4.0), started=0.0, cluster_slots=1)
+    assert one["stages"]["generate"]["parallel"] == 1 and one["generate_verify_wall_s"] == pytest.approx(800)
+
+
+@pytest.mark.parametrize(("text", "mb"), [("8G", 8192), ("8000", 8000), ("512M", 512), ("1T", 1048576), ("2gb", 2048)])
+def test_memory_sizes(text, mb):
+    assert slurm.memory_mb(text) == mb
+
+
+def test_gpus_from_gres():
+    assert slurm.gres_gpus("gpu:a100:4(S:0-1),shard:8") == 4
+    assert slurm.gres_gpus("gpu:8") == 8 and slurm.gres_gpus("(null)") == 0
+    assert slurm.gres_gpus("gpu:h100:4,gpu:a100:2") == 6
+
+
+def test_waiting_for_the_pilots_jobs_outlasts_a_failing_squeue(monkeypatch):
+    """squeue timing out (exit 1, nothing printed) is not the end of the jobs: the wait goes on."""
+    replies = iter([(1, ""), (0, "17_0\n"), (0, "")])
+    calls = []
+
+    def fake_run(cmd, what, check=True):
+        calls.append(cmd[0])
+        code, out = next(replies)
+        return subprocess.CompletedProcess(cmd, code, out, "")
+
+    monkeypatch.setattr(slurm, "_run", fake_run)
+    monkeypatch.setattr(slurm, "task_states", lambda ids: {"17_0": "done"})
+    assert slurm.wait(["17"], timeout_s=60, poll_s=0) == {"17_0": "done"}
+    assert calls == ["squeue"] * 3
+
+
+def test_partition_slots_from_sinfo(slurm_cluster, monkeypatch):
+    """The local cluster: 2 nodes of 8 CPUs and 90% of the machine's memory shared (scripts/local-slurm.sh)."""
+    for key, value in slurm_cluster.items():
+        monkeypatch.setenv(key, value)
+    node = subprocess.run(["scontrol", "show", "node", "n1"], capture_output=True, text=True, check=True).stdout
+    node_mb = int(re.search(r"RealMemory=(\d+)", node).group(1))
+    assert slurm.partition_slots("debug", 1, "8G", 0) == 2 * min(8, node_mb // 8192)  # memory bounds it
+    assert slurm.partition_slots("debug", 2, "1G", 0) == 8  # CPUs allow four per node
+    assert slurm.partition_slots("debug", 1, None, 0) == 16
+    assert slurm.partition_slots("debug", 1, None, 1) == 0  # no GPUs there
+    assert slurm.partition_slots("no-such-partition", 1, None, 0) is None
 
 
 def test_projection_warns_when_the_sft_set_is_too_small(tmp_path):
