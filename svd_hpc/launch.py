@@ -37,7 +37,8 @@ from .plan import Stage, build_plan, downstream, plan_to_json
 from .rundir import RunDir, atomic_write_json
 
 log = logging.getLogger("svd_hpc")
-console = Console(stderr=False)
+# Piped or redirected (a batch log, `| tee`), rich would wrap every table at 80 columns.
+console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
 EXIT_USER_ERROR = 2
 COMMANDS = ("run", "prepare", "smoke", "status", "resume", "cancel", "report", "config-help")
 

@@ -191,7 +191,11 @@ def test_launch_after_pilot_generates_only_the_other_questions(tmp_path, monkeyp
     """The full launch puts the pilot's candidates into its generate checkpoints by question id;
     the shard's generate task asks the engine only for the rest, and its records equal the pilot's."""
     cfg_path = write_config(tmp_path)
-    assert run_launch("--config", str(cfg_path), "--pilot", "5", *NO_TRAIN).returncode == 0
+    proc = run_launch("--config", str(cfg_path), "--pilot", "5", *NO_TRAIN, env={"COLUMNS": ""})
+    assert proc.returncode == 0, proc.stderr
+    # piped, as into a batch log or `| tee`: each table row on one line, not wrapped at 80 columns
+    header = ("stage", "samples", "tokens", "tokens/s", "tasks", "task-hours", "GPU-hours", "wall")
+    assert any(all(word in line for word in header) for line in proc.stdout.splitlines()), proc.stdout
     cfg = config_mod.load(cfg_path)
     run = RunDir(tmp_path / "runs" / "p")
     launch.prepare(cfg, run)  # what launch does first: config, plan, seed shards
