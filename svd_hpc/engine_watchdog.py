@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -24,14 +25,20 @@ class Watchdog:
     """Ends the process when one engine step runs for `timeout_s` seconds, or the engine's
     background process dies during a step: one log line, exit EXIT_ENGINE_FAILED.
 
-    A thread, and a hard exit, because a hung engine holds the main thread inside step().
+    A thread, and a hard exit, because a hung engine holds the main thread inside step(). The
+    thread holds the engine weakly (background_died is one of its methods) and ends with it, so an
+    engine that is let go is freed with its model and KV cache.
     """
 
     def __init__(self, background_died: Callable[[], bool], timeout_s: float):
-        self.background_died, self.timeout_s = background_died, timeout_s
+        self.timeout_s = timeout_s
         self.last_step = time.monotonic()
         self.watching = False
-        threading.Thread(target=self._watch, name="svd_hpc-engine-watchdog", daemon=True).start()
+        self.thread = threading.Thread(
+            target=_watch, args=(weakref.ref(self), weakref.WeakMethod(background_died)),
+            name="svd_hpc-engine-watchdog", daemon=True,
+        )  # fmt: skip
+        self.thread.start()
 
     @contextmanager
     def step(self) -> Iterator[None]:
@@ -43,19 +50,31 @@ class Watchdog:
         finally:
             self.watching = False
 
-    def _watch(self) -> None:
-        while True:
-            time.sleep(min(10.0, self.timeout_s / 4))
-            if not self.watching:
-                continue
-            quiet = time.monotonic() - self.last_step
-            if self.background_died():
-                self._end("vLLM's engine process died")
-            elif quiet > self.timeout_s:
-                self._end(f"the engine finished no step for {quiet:.0f}s (model.stall_timeout_s={self.timeout_s:g})")
 
-    def _end(self, why: str) -> None:
-        log_engine_failed(why)
-        for handler in logging.getLogger().handlers + log.handlers:
-            handler.flush()
-        os._exit(EXIT_ENGINE_FAILED)
+def _watch(watchdog_ref: weakref.ref, background_died_ref: weakref.WeakMethod) -> None:
+    """The watchdog's thread: looks every quarter of the timeout (at most 10 s) until its engine is gone."""
+    while True:
+        watchdog = watchdog_ref()
+        if watchdog is None:
+            return
+        pause = min(10.0, watchdog.timeout_s / 4)
+        del watchdog  # no strong reference while asleep
+        time.sleep(pause)
+        watchdog, background_died = watchdog_ref(), background_died_ref()
+        if watchdog is None or background_died is None:
+            return
+        if not watchdog.watching:
+            continue
+        quiet = time.monotonic() - watchdog.last_step
+        if background_died():
+            _end("vLLM's engine process died")
+        elif quiet > watchdog.timeout_s:
+            _end(f"the engine finished no step for {quiet:.0f}s (model.stall_timeout_s={watchdog.timeout_s:g})")
+        del watchdog, background_died
+
+
+def _end(why: str) -> None:
+    log_engine_failed(why)
+    for handler in logging.getLogger().handlers + log.handlers:
+        handler.flush()
+    os._exit(EXIT_ENGINE_FAILED)

@@ -3,6 +3,7 @@ touched, the environment vLLM's workers inherit), the arguments and sampling par
 gets, and the model's own generation_config defaults."""
 
 import dataclasses
+import gc
 import json
 import os
 import subprocess
@@ -10,12 +11,14 @@ import sys
 import tempfile
 import textwrap
 import time
+import weakref
 from pathlib import Path
 
 import pytest
 
 from svd_hpc.config import GenerateConfig, ModelConfig
 from svd_hpc.engine import Engine, Sampling, stage_sampling
+from svd_hpc.engine_watchdog import Watchdog
 from svd_hpc.models import ensure_tiny_qwen3
 
 REPO = Path(__file__).resolve().parent.parent
@@ -248,6 +251,25 @@ STALL_SCRIPT = textwrap.dedent(
         print("finished", flush=True)
     """
 )
+
+
+def test_the_watchdog_lets_go_of_its_engine():
+    """An engine let go is freed (its model and KV cache with it) and its watchdog thread ends."""
+
+    class Owner:  # an engine's part in it: holds the watchdog, lends it a method
+        def __init__(self):
+            self.watchdog = Watchdog(self.background_died, timeout_s=0.2)
+
+        def background_died(self) -> bool:
+            return False
+
+    owner = Owner()
+    thread, freed = owner.watchdog.thread, weakref.ref(owner)
+    del owner
+    gc.collect()
+    assert freed() is None
+    thread.join(timeout=2)
+    assert not thread.is_alive()
 
 
 # "dead" is slow-marked (~30 s) to keep the default run under 15 minutes; both exit through one path
