@@ -338,8 +338,16 @@ def renderables(run: RunDir, statuses: list[StageStatus], now: float | None = No
     if all(st.complete for st in statuses):
         out.append(Text("run complete", "green"))
         return out
+    resume = f"resume with: python -m svd_hpc.launch resume {run.root}"
+    if ended(statuses):  # nothing runs or waits: no end to project, the rest starts only on resume
+        failed = [f"{st.name} ({len(st.failed)})" for st in statuses if st.failed]
+        left = [st.name for st in statuses if not st.complete]
+        why = f"failed tasks in {', '.join(failed)}" if failed else "no task of it runs or waits"
+        out.append(Text(f"the run has stopped: {why}; not done: {', '.join(left)}", "red"))
+        out.append(Text(resume))
+        return out
     if any(st.failed for st in statuses):
-        out.append(Text(f"resume with: python -m svd_hpc.launch resume {run.root}"))
+        out.append(Text(resume))
     end, unmeasured = projected_end(load_plan(run), statuses, now)
     when = f"{_clock(end, now)} (in {progress.duration(end - now)})"
     if unmeasured:

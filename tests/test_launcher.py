@@ -182,6 +182,10 @@ def test_failed_shard_cancels_downstream_and_resume_completes(tmp_path, slurm_cl
     assert list(sacct_states(str(merge_job), env).values()) == ["CANCELLED"]
     status = run_launch(["status", str(run.root)], env=env)
     assert "generate task 2" in status.stdout and "toy failure of generate task 2" in status.stdout
+    # the chain stopped there: said so, with no projected end
+    shown = " ".join(status.stdout.split())
+    assert "the run has stopped: failed tasks in generate (1), verify (1), merge (1)" in shown
+    assert "projected end" not in shown
 
     before = len(jobs(run))
     proc = run_launch(["resume", str(run.root)], env=fail_env)

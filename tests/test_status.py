@@ -196,7 +196,11 @@ def test_watch_ends_at_once_on_a_finished_run_and_on_ctrl_c(tmp_path, toy_bodies
     assert proc.returncode == 0 and "run complete" in proc.stdout and time.time() - started < 30
     # a stopped local run (its scheduler gone) with a task left: nothing runs, the watch ends with 1
     (RunDir(run).done_marker("report", 0)).unlink()
-    assert status.watch(RunDir(run), Console(file=io.StringIO()), every=30) == 1
+    out = io.StringIO()
+    assert status.watch(RunDir(run), Console(file=out, width=200), every=30) == 1
+    text = out.getvalue()
+    assert "the run has stopped: no task of it runs or waits; not done: report" in text and "resume with" in text
+    assert "projected end" not in text  # nothing will end while nothing runs
 
     def interrupted(seconds):
         raise KeyboardInterrupt
