@@ -362,13 +362,23 @@ def test_waiting_for_the_pilots_jobs_outlasts_a_failing_squeue(monkeypatch):
     assert calls == ["squeue"] * 3
 
 
+def node_mb(slurm_cluster: dict) -> int:
+    """A local cluster node's memory in MB, as slurmd declares it."""
+    node = subprocess.run(
+        ["scontrol", "show", "node", "n1"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **slurm_cluster},
+    ).stdout
+    return int(re.search(r"RealMemory=(\d+)", node).group(1))
+
+
 def test_partition_slots_from_sinfo(slurm_cluster, monkeypatch):
     """The local cluster: 2 nodes of 8 CPUs and 90% of the machine's memory shared (scripts/local-slurm.sh)."""
     for key, value in slurm_cluster.items():
         monkeypatch.setenv(key, value)
-    node = subprocess.run(["scontrol", "show", "node", "n1"], capture_output=True, text=True, check=True).stdout
-    node_mb = int(re.search(r"RealMemory=(\d+)", node).group(1))
-    assert slurm.partition_slots("debug", 1, "8G", 0) == 2 * min(8, node_mb // 8192)  # memory bounds it
+    assert slurm.partition_slots("debug", 1, "8G", 0) == 2 * min(8, node_mb(slurm_cluster) // 8192)  # memory bounds it
     assert slurm.partition_slots("debug", 2, "1G", 0) == 8  # CPUs allow four per node
     assert slurm.partition_slots("debug", 1, None, 0) == 16
     assert slurm.partition_slots("debug", 1, None, 1) == 0  # no GPUs there
@@ -509,6 +519,24 @@ def test_pilot_with_one_training_step_exits_2(tmp_path):
 
 
 @pytest.mark.slurm
+@pytest.mark.slurm
+def test_pilot_on_the_local_cluster(tmp_path, slurm_cluster):
+    """The pilot's tasks as SLURM jobs: their wall times from sacct, what the partition holds from sinfo."""
+    res = {stage: {"mem": "6G"} for stage in ("generate", "verify")}
+    cfg_path = write_config(tmp_path, cluster="local-slurm", resources=res)
+    proc = run_launch("--config", str(cfg_path), "--pilot", "4", *NO_TRAIN, env=slurm_cluster)
+    assert proc.returncode == 0, proc.stderr
+    run = RunDir(tmp_path / "runs" / "p")
+    result = json.loads((run.root / "pilot.json").read_text())
+    submitted = json.loads((run.root / "pilot" / "jobs.json").read_text())["submissions"]
+    assert [s["stage"] for s in submitted] == ["generate", "verify", "merge"]
+    gen = result["pilot"]["measured"]["generate"]
+    assert gen["wall_s"] >= math.floor(ENGINE_S + 4 * PER_QUESTION_S)  # sacct's Elapsed, whole seconds
+    assert gen["work_s"] == pytest.approx(4 * PER_QUESTION_S) and result["pilot"]["measured"]["merge"]["wall_s"] > 0
+    assert result["cluster_slots"] == 2 * (node_mb(slurm_cluster) // 6144)  # a 6G task per node's memory
+    assert result["stages"]["generate"]["tasks"] == 3 and result["funnel"]["candidates"] == 4 * N
+
+
 def test_pilot_refused_by_the_cluster_submits_nothing(tmp_path, slurm_cluster):
     profile = tmp_path / "refusing.yaml"
     profile.write_text(yaml.safe_dump({"name": "refusing", "partition": "no-such-partition", "time": "00:10:00"}))
