@@ -286,6 +286,25 @@ def test_job_states_and_report_costs_read_sacct_through_one_reader(tmp_path, mon
     ]
 
 
+def test_cost_of_a_run_of_rounds_counts_each_rounds_tokens(tmp_path):
+    """Stages named round-R/generate and round-R/verify: their tokens and samples come from the round's folder."""
+    run = prepare_run(tmp_path, rounds=2)
+    for number, tokens in ((1, [5, 7]), (2, [11])):
+        generate = run.stage_dir(f"round-{number}/generate")
+        generate.mkdir(parents=True)
+        pq.write_table(pa.table({"completion_tokens": tokens}), generate / "shard-00000.parquet")
+    verify = run.stage_dir("round-1/verify")
+    verify.mkdir(parents=True)
+    pq.write_table(
+        pa.table({"judge_completion_tokens": [30, 40], "judge_samples": [3, 4]}), verify / "shard-00000.parquet"
+    )
+    cfg = run.load_config()
+    rows = {row[0]: row for row in report.cost_section(run, cfg, None).rows}
+    assert rows["round-1/generate"][4:] == ["12", "2", "—"]
+    assert rows["round-2/generate"][4:] == ["11", "1", "—"]
+    assert rows["round-1/verify"][4:] == ["70", "7", "7"]
+
+
 def test_report_of_a_run_without_eval_or_training(tmp_path):
     run = prepare_run(tmp_path, train={"enabled": False})
     # whatever the merge stage wrote, read defensively: a flat mapping with stray entries

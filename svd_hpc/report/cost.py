@@ -57,11 +57,16 @@ def cost_section(run: RunDir, cfg: RunConfig, table: pa.Table | None) -> Section
     )
     subs = status.submissions(run) if run.jobs_path.is_file() else []
     accounting = sacct_seconds(sorted({str(s["job_id"]) for s in subs}))
-    generated = _shard_totals(run, "generate", ["completion_tokens"])
-    judged = _shard_totals(run, "verify", ["judge_completion_tokens", "judge_samples"])
-    tokens = {"generate": generated.get("completion_tokens"), "verify": judged.get("judge_completion_tokens")}
-    samples = {"generate": generated.get("rows"), "verify": judged.get("judge_samples")}
-    judges = {"verify": judged.get("judge_samples")}
+    tokens, samples, judges = {}, {}, {}
+    for stage in stages:  # "generate", or "round-R/generate" in a run of several rounds
+        kind = stage.rsplit("/", 1)[-1]
+        if kind == "generate":
+            generated = _shard_totals(run, stage, ["completion_tokens"])
+            tokens[stage], samples[stage] = generated.get("completion_tokens"), generated.get("rows")
+        elif kind == "verify":
+            judged = _shard_totals(run, stage, ["judge_completion_tokens", "judge_samples"])
+            tokens[stage] = judged.get("judge_completion_tokens")
+            samples[stage] = judges[stage] = judged.get("judge_samples")
     if table is not None:
         for stage, model in (("eval_base", "base"), ("eval_trained", "trained")):
             rows = [
