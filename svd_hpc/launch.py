@@ -290,6 +290,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """The command line, with overrides (key=value) anywhere among the options.
+
+    argparse takes positionals in one run only, and `--pilot`'s optional N would swallow the
+    override after it: `--pilot cluster=x` is `--pilot` with its default N, then the override.
+    """
+    argv = list(argv)
+    for i, token in enumerate(argv):
+        if token == "--pilot" and (i + 1 == len(argv) or not argv[i + 1].lstrip("-").isdigit()):
+            argv[i] = f"--pilot={pilot.DEFAULT_QUESTIONS}"
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = [token for token in extra if "=" in token and not token.startswith("-")]
+    if extra != overrides or (extra and not hasattr(args, "overrides")):
+        parser.parse_args(argv)  # exits with argparse's message about what it does not know
+    if overrides:
+        args.overrides += overrides
+    return args
+
+
 def _config_help_command(args: argparse.Namespace) -> int:
     """Every config key: type, default, meaning."""
     sys.stdout.write(reference.markdown() if args.markdown else reference.text(args.section))
@@ -379,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         argv.insert(0, "run")
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
     try:

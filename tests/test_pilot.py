@@ -490,6 +490,20 @@ def test_timed_steps_fill_every_pack_to_max_seq_len():
 # ----------------------------------------------------------------------------- bad input
 
 
+@pytest.mark.parametrize(
+    ("argv", "overrides", "questions"),
+    [
+        (["--config", "X", "a=1", "--pilot"], ["a=1"], pilot.DEFAULT_QUESTIONS),
+        (["--config", "X", "--pilot", "a=1"], ["a=1"], pilot.DEFAULT_QUESTIONS),  # not N: an override
+        (["--config", "X", "a=1", "--pilot", "5", "b=2"], ["a=1", "b=2"], 5),
+        (["--config", "X", "a=1", "--dry-run", "b=2"], ["a=1", "b=2"], None),
+    ],
+)
+def test_overrides_may_come_before_or_after_the_options(argv, overrides, questions):
+    args = launch._parse(["run", *argv])
+    assert args.overrides == overrides and args.pilot == questions
+
+
 def test_pilot_larger_than_the_seed_set_exits_2_and_writes_nothing(tmp_path):
     cfg_path = write_config(tmp_path)
     proc = run_launch("--config", str(cfg_path), "--pilot", "13")
