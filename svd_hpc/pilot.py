@@ -65,6 +65,7 @@ def pilot_config(cfg: RunConfig, train_steps: int = 0) -> RunConfig:
     train.steps becomes the pilot's timed steps (what pilot_train runs), every other train key stays.
     """
     pcfg = config_mod.from_dict(config_mod.to_dict(cfg))
+    pcfg.rounds = 1  # a run of rounds: the pilot measures round 1, with the base model
     pcfg.seeds.shards = 1
     pcfg.train.enabled = False
     pcfg.train.steps = train_steps or pcfg.train.steps
@@ -307,6 +308,9 @@ def reuse(run: RunDir) -> int:
     if not (prun.is_done("generate", 0) and shard.is_file() and prun.exists()):
         return 0
     cfg = run.load_config()
+    if cfg.rounds > 1:  # round 1's questions are picked by its seeds task, after the launch
+        log.info(f"pilot: a run of {cfg.rounds} rounds generates afresh; {prun.root}'s candidates are not reused")
+        return 0
     if generate_settings(prun.load_config()) != generate_settings(cfg):
         log.info(f"pilot: {prun.root} sampled with other model or generate settings; its candidates are not reused")
         return 0

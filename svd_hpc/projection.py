@@ -318,6 +318,8 @@ def project(
     if "train" in stages:
         finish["through_train_at"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(now + wall + merge_s + train_s))
         finish["covers"] = "generate, verify, merge and train; ignoring queue wait; eval is not projected"
+    if cfg.rounds > 1:
+        finish["covers"] += f"; round 1 of {cfg.rounds} only (later rounds depend on what each round trains)"
     return {
         "questions": total_questions,
         "shards": cfg.seeds.shards,

@@ -239,6 +239,20 @@ def test_launch_after_pilot_generates_only_the_other_questions(tmp_path, monkeyp
     assert len(asked) == 12 - 5
 
 
+def test_pilot_of_a_run_of_rounds_measures_round_1(tmp_path):
+    """rounds: 2: the pilot runs round 1's stages and says it projects round 1; the full launch
+    generates afresh (round 1's questions are picked by its seeds task after the launch)."""
+    cfg_path = write_config(tmp_path, rounds=2)
+    proc = run_launch("--config", str(cfg_path), "--pilot", "4", *NO_TRAIN)
+    assert proc.returncode == 0, proc.stderr
+    run = RunDir(tmp_path / "runs" / "p")
+    result = json.loads((run.root / "pilot.json").read_text())
+    assert result["pilot"]["measured"]["generate"]["samples"] == 4 * N
+    assert result["finish"]["covers"].endswith("round 1 of 2 only (later rounds depend on what each round trains)")
+    launch.prepare(config_mod.load(cfg_path), run)
+    assert pilot.reuse(run) == 0
+
+
 def test_reuse_needs_the_same_sampling_settings(tmp_path):
     cfg_path = write_config(tmp_path)
     assert run_launch("--config", str(cfg_path), "--pilot", "4", *NO_TRAIN).returncode == 0
