@@ -76,7 +76,22 @@ def fit_threads_to_allocation() -> None:
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
 
-def run(stage: str, run_dir: str, index: int) -> None:
+def end_process(code: int) -> None:
+    """Exit at once, without the interpreter's teardown: for a distributed task that has its done marker.
+
+    The communication libraries' native threads outlive the process group (gloo's loops stay while
+    a DeviceMesh keeps the group registered; NCCL's watchdog), as do Arrow's and the tokenizer's
+    pools, and a static destructor of one of them can abort the process at exit ("terminate called
+    without an active exception", SIGABRT). The work is recorded by then; an abort would fail the
+    job and, under afterok, cancel the rest of the chain overnight.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def run(stage: str, run_dir: str, index: int) -> str:
     rd = RunDir(run_dir)
     plan = plan_mod.plan_from_json(rd.load_json(rd.plan_path, default=[]))
     stages = {s.name: s for s in plan}
@@ -86,13 +101,14 @@ def run(stage: str, run_dir: str, index: int) -> None:
     if not 0 <= index < spec.array_size:
         raise ConfigError(f"task index {index} is outside stage '{stage}' (array of {spec.array_size}).")
     if done_stats(rd, stage, index) is not None:
-        return
+        return spec.kind
     fit_threads_to_allocation()
     if spec.kind == "distributed":
         export_torch_env_from_slurm()
     if smoke.is_smoke(rd):
         smoke.record(rd, spec, index)  # what this node gives the task, recorded before the body runs
     run_once(rd, stage, index)
+    return spec.kind
 
 
 def run_once(run: RunDir | str | Path, stage: str, index: int, body: Callable | None = None) -> dict | None:
@@ -123,7 +139,8 @@ def done_stats(run: RunDir, stage: str, index: int) -> dict | None:
     return run.load_json(marker, default={})
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, exit_when_done: bool = False) -> int:
+    """The task command; exit_when_done: a distributed task that finished ends its process at once (end_process)."""
     parser = argparse.ArgumentParser(prog="python -m svd_hpc.task", description=__doc__.splitlines()[0])
     parser.add_argument("stage")
     parser.add_argument("--run-dir", required=True)
@@ -141,15 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     index = task_index(args.index)
     try:
-        run(args.stage, args.run_dir, index)
+        kind = run(args.stage, args.run_dir, index)
     except (ConfigError, ValueError) as err:
         print(f"error: stage {args.stage} task {index}: {err}", file=sys.stderr)
         return EXIT_USAGE
     except StorageError as err:
         print(f"error: stage {args.stage} task {index}: {err}", file=sys.stderr)
         return EXIT_STORAGE
+    if exit_when_done and kind == "distributed":
+        end_process(0)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(exit_when_done=True))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from svd_hpc import verify
 from svd_hpc.rundir import RunDir, StorageError, atomic_write_text
 from svd_hpc.task import run_once
-from tests.helpers import REPO, run_launch
+from tests.helpers import REPO, run_launch, write_config
 from tests.test_generate_verify import ScriptedEngine, prepare_run, synthetic_candidates
 
 
@@ -144,3 +145,20 @@ def test_the_task_command_says_what_to_do_and_exits_74(small_fs):
     resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert run.is_done("generate", 0) and pq.read_table(shard).num_rows == 0
+
+
+@pytest.mark.parametrize(("stage", "code"), [("train", 0), ("merge", -signal.SIGABRT)])
+def test_a_finished_distributed_task_is_not_failed_by_an_abort_at_exit(tmp_path, stage, code):
+    """A body that finishes, then aborts the process at exit (as gloo, NCCL or Arrow threads may in
+    their destructors): the distributed train task ends before the teardown and exits 0; merge, a
+    plain task, shows the abort is real."""
+    prepared = run_launch(["prepare", "--config", str(write_config(tmp_path, 1))])
+    assert prepared.returncode == 0, prepared.stderr
+    run = RunDir(tmp_path / "runs" / "toy")
+    done = subprocess.run(
+        [sys.executable, "-m", "svd_hpc.task", stage, "--run-dir", str(run.root), "--index", "0"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "SVD_HPC_TEST_BODIES": "tests.toy_stages:ABORT_AT_EXIT"},
+    )  # fmt: skip
+    assert done.returncode == code, done.stderr[-2000:]
+    assert run.is_done(stage, 0)

@@ -11,6 +11,7 @@ Knobs come from the environment, which sbatch passes on to the jobs:
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
@@ -133,3 +134,12 @@ BODIES = {
 # the real train stage among toy ones (tests of the sbatch train template)
 BODIES_BUT_TRAIN = {stage: body for stage, body in BODIES.items() if stage != "train"}
 ENV = {"SVD_HPC_TEST_BODIES": "tests.toy_stages:BODIES"}
+
+
+def _aborts_at_exit(run: RunDir, index: int) -> dict:
+    """Finishes, then aborts the process at interpreter exit, as a native library's destructor may."""
+    atexit.register(os.abort)
+    return {"seconds": 0.0}
+
+
+ABORT_AT_EXIT = {"train": _aborts_at_exit, "merge": _aborts_at_exit}
