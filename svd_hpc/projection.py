@@ -20,6 +20,7 @@ The method (README "Pilot: will it be done by morning?"):
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 
@@ -84,25 +85,31 @@ def schedule(
 
     Each array runs at most its slots at once, both together at most cluster_slots; verify task i
     waits for generate task i (aftercorr). A free slot goes to the earliest submitted pending task:
-    SLURM's default priority is submit time, and generate's array is submitted first.
+    SLURM's default priority is submit time, generate's array is submitted first, and an array's
+    tasks start in index order.
     """
     cap = cluster_slots or len(generate_s) + len(verify_s)
-    pending = [("generate", i, s) for i, s in enumerate(generate_s)]
-    ready: list[tuple[str, int, float]] = []
-    running: list[tuple[float, str, int]] = []  # (end, array, index)
+    next_generate = 0
+    ready: list[int] = []  # verify tasks whose generate task has ended (a heap of indices)
+    running: list[tuple[float, bool, int]] = []  # a heap of (end, is_generate, index)
+    busy = {True: 0, False: 0}  # running tasks per array: generate (True), verify (False)
     now = 0.0
-    while pending or ready or running:
-        for task in [*pending, *ready]:
-            array, index, seconds = task
-            busy = sum(1 for _, a, _ in running if a == array)
-            if len(running) < cap and busy < (generate_slots if array == "generate" else verify_slots):
-                running.append((now + seconds, array, index))
-                (pending if array == "generate" else ready).remove(task)
-        running.sort()
-        now, array, index = running.pop(0)
-        if array == "generate":
-            ready.append(("verify", index, verify_s[index]))
-            ready.sort()  # by index: an array's tasks start in index order
+    while next_generate < len(generate_s) or ready or running:
+        while len(running) < cap:
+            if next_generate < len(generate_s) and busy[True] < generate_slots:
+                is_generate, index, seconds = True, next_generate, generate_s[next_generate]
+                next_generate += 1
+            elif ready and busy[False] < verify_slots:
+                index = heapq.heappop(ready)
+                is_generate, seconds = False, verify_s[index]
+            else:
+                break
+            heapq.heappush(running, (now + seconds, is_generate, index))
+            busy[is_generate] += 1
+        now, is_generate, index = heapq.heappop(running)
+        busy[is_generate] -= 1
+        if is_generate:
+            heapq.heappush(ready, index)
     return now
 
 

@@ -332,6 +332,8 @@ def test_schedule_replays_slots_aftercorr_and_submit_order():
     # unequal tasks: verify 1 starts when generate 1 ends, not when the longest generate task ends
     assert projection.schedule([10.0, 50.0], [5.0, 5.0], 2, 2) == 55
     assert projection.schedule([10.0, 50.0], [30.0, 5.0], 1, 1) == 65  # verify 0 runs during generate 1
+    # a large array: 20 waves of 100 generate tasks, each verify task right after its generate task
+    assert projection.schedule([60.0] * 2000, [30.0] * 2000, 100, 2000) == 20 * 60 + 30
 
 
 def test_projection_counts_what_the_partition_holds(tmp_path):
