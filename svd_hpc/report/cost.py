@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import slurm, status
+from .. import rounds, slurm, status
 from ..config import STAGE_NAMES, RunConfig
 from ..rundir import RunDir
 from .section import Section
@@ -59,7 +59,7 @@ def cost_section(run: RunDir, cfg: RunConfig, table: pa.Table | None) -> Section
     accounting = sacct_seconds(sorted({str(s["job_id"]) for s in subs}))
     tokens, samples, judges = {}, {}, {}
     for stage in stages:  # "generate", or "round-R/generate" in a run of several rounds
-        kind = stage.rsplit("/", 1)[-1]
+        kind = rounds.split_stage(stage)[1]
         if kind == "generate":
             generated = _shard_totals(run, stage, ["completion_tokens"])
             tokens[stage], samples[stage] = generated.get("completion_tokens"), generated.get("rows")
