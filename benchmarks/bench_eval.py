@@ -35,7 +35,8 @@ import pyarrow.parquet as pq
 from svd_hpc import config
 from svd_hpc.engine import Engine
 from svd_hpc.eval import evaluate
-from svd_hpc.plan import build_plan, plan_to_json
+from svd_hpc.plan import build_plan
+from svd_hpc.planfile import plan_to_json
 from svd_hpc.rundir import RunDir, atomic_path, atomic_write_json
 
 

@@ -15,7 +15,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from .task import EXIT_STOPPED
+from .contract import EXIT_STOPPED
 
 # The rendezvous port of every multi-node job: below Linux's ephemeral range (32768-60999, where
 # the kernel picks outgoing ports, so no client socket can hold it) and above Slurm's daemons.

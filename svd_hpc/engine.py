@@ -28,8 +28,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from .config import ModelConfig
-from .engine_watchdog import EXIT_ENGINE_FAILED, Watchdog, log_engine_failed
+from .contract import EXIT_ENGINE_FAILED
+from .engine_watchdog import Watchdog, log_engine_failed
 from .models import resolve
+from .records import skip_kind
 
 log = logging.getLogger("svd_hpc")
 
@@ -73,19 +75,11 @@ class Completion:
     skip_reason: str | None = None  # set when the request never ran (then text is empty)
 
 
-# Why a request was skipped, the first word of its skip_reason
-SKIP_KINDS = ("prompt_too_long", "template_error", "engine_rejected")
-
-
 @dataclass(frozen=True)
 class Refused:
     """A conversation that could not become a prompt (`render` returns it; `stream` skips it)."""
 
     reason: str
-
-
-def skip_kind(reason: str) -> str:
-    return reason.split(":", 1)[0]
 
 
 def skip_stats(reasons: Iterable[tuple[str, str | None]]) -> dict:

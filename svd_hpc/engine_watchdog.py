@@ -11,9 +11,9 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-log = logging.getLogger("svd_hpc")
+from .contract import EXIT_ENGINE_FAILED
 
-EXIT_ENGINE_FAILED = 70  # the engine hung or its process died; running the task again resumes it
+log = logging.getLogger("svd_hpc")
 
 
 def log_engine_failed(why: str) -> None:

@@ -46,12 +46,6 @@ def read_seed_shard(run: RunDir, index: int) -> pa.Table:
     return table
 
 
-def require_think(cfg: RunConfig, engine: Engine) -> bool:
-    """Whether the filter demands a closed think block: `auto` follows the model's thinking mode."""
-    knob = cfg.generate.require_think
-    return engine.thinking if knob == "auto" else knob == "on"
-
-
 def candidate_rows(
     row: dict, user: str, completions: list[Completion], think: bool, require_format: bool = True
 ) -> list[dict]:
@@ -94,7 +88,7 @@ def generate_questions(
     """
     gen = cfg.generate
     sampling = stage_sampling(gen, n=gen.n, stop=gen.stop)
-    think = require_think(cfg, engine)
+    think = prompts.require_think(cfg, engine)
     user_turns = [prompts.user_prompt(r["question"], r["domain"]) for r in rows]
     rendered = [engine.render([{"role": "user", "content": u}]) for u in user_turns]
     # the seed depends on the question only, not on what else is in the batch: a resumed shard

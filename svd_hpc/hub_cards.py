@@ -14,6 +14,7 @@ import yaml
 
 from . import config as config_mod
 from . import models
+from .report.stages import funnel_section
 from .rundir import RunDir
 
 METHOD_SECTIONS = ("model", "seeds", "generate", "verify", "merge", "train")
@@ -49,8 +50,6 @@ def seed_source(cfg: config_mod.RunConfig) -> list[str]:
 
 def dataset_card(run: RunDir, cfg: config_mod.RunConfig, splits: list[str]) -> str:
     """README.md of the SFT set: the HF-datasets layout, the seed source, the funnel and the config."""
-    from .report.stages import funnel_section
-
     meta = {
         "pretty_name": f"SVD self-curated SFT set ({cfg.name})",
         "tags": TAGS + ["synthetic"],

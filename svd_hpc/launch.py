@@ -30,16 +30,17 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__, hub, local, pilot, slurm, smoke, staging, status
+from . import __version__, catalog, hub, local, pilot, slurm, smoke, staging, status
 from . import config as config_mod
 from .config import ConfigError, RunConfig, reference
-from .plan import Stage, build_plan, downstream, plan_to_json
+from .contract import EXIT_USER_ERROR
+from .plan import build_plan
+from .planfile import Stage, downstream, plan_to_json
 from .rundir import RunDir, atomic_write_json
 
 log = logging.getLogger("svd_hpc")
 # Piped or redirected (a batch log, `| tee`), rich would wrap every table at 80 columns.
 console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
-EXIT_USER_ERROR = 2
 COMMANDS = ("run", "prepare", "smoke", "status", "resume", "cancel", "report", "config-help")
 
 
@@ -128,9 +129,8 @@ def _prepare_seeds(cfg: RunConfig, run: RunDir, dry_run: bool) -> None:
 
 def prepare(cfg: RunConfig, run: RunDir, dry_run: bool = False) -> list[Stage]:
     """Validate the seeds, then write the run directory: config, plan and (unless dry_run) seed shards."""
-    staged = staging.stage(
-        cfg, run, dry_run
-    )  # hub inputs fetched and pinned (cfg revisions) before anything reads them
+    # hub inputs fetched and pinned (cfg revisions) before anything reads them
+    staged = staging.stage(run, catalog.hub_inputs(cfg), dry_run)
     plan = build_plan(cfg)
     if run.exists():
         stored = run.load_config()
@@ -215,7 +215,7 @@ def run_smoke(cfg: RunConfig) -> int:
     """Run the smoke version of a config to the end, then print one table of checks; 0 if all passed."""
     run = RunDir(Path(cfg.run_root) / cfg.name)
     if smoke.is_smoke(run):  # a smoke run starts afresh: its checks describe the nodes as they are now
-        slurm.cancel(sorted({str(s["job_id"]) for s in status.submissions(run)}))
+        slurm.cancel(sorted({str(s["job_id"]) for s in run.submissions()}))
         shutil.rmtree(run.root)
     prepare(cfg, run)
     smoke.mark(run)
@@ -368,7 +368,7 @@ def _status_command(args: argparse.Namespace) -> int:
 def _cancel_command(args: argparse.Namespace) -> int:
     """Cancel every job of the run."""
     _, run = _open_run(args.run_dir)
-    ids = sorted({str(s["job_id"]) for s in status.submissions(run)})
+    ids = sorted({str(s["job_id"]) for s in run.submissions()})
     slurm.cancel(ids)
     console.print(f"cancelled {len(ids)} job(s) of {run.root}: {' '.join(ids) or 'none'}")
     return 0
@@ -376,7 +376,7 @@ def _cancel_command(args: argparse.Namespace) -> int:
 
 def _report_command(args: argparse.Namespace) -> int:
     """Rebuild the run's report."""
-    from . import report
+    from .report import build as report
 
     _, run = _open_run(args.run_dir)
     report.build(run, console=console)

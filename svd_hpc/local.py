@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import progress as task_progress
 from .config import RunConfig, train_procs_per_node
-from .plan import Stage
+from .planfile import Stage
 from .rundir import RunDir, atomic_write_json
 from .task_env import without_secrets
 
@@ -97,11 +97,6 @@ def run_plan(cfg: RunConfig, run: RunDir, plan: list[Stage], console: Console | 
     return timings
 
 
-def running_path(run: RunDir) -> Path:
-    """Which task the local scheduler runs now: stage, index, pid and host."""
-    return run.root / "logs" / "local_running.json"
-
-
 def follow(run: RunDir, stage: str, index: int, proc: subprocess.Popen, update, finished: int) -> None:
     """Wait for task `index` of `stage`, calling update(completed=..., note=...) after each of its chunks.
 
@@ -111,7 +106,7 @@ def follow(run: RunDir, stage: str, index: int, proc: subprocess.Popen, update, 
     record = dict(
         stage=stage, index=index, pid=proc.pid, scheduler_pid=os.getpid(), host=socket.gethostname(), started=launched
     )
-    atomic_write_json(running_path(run), record)
+    atomic_write_json(run.local_running_path, record)
     file, seen = task_progress.path(run, stage, index), None
     while True:
         try:

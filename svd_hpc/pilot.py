@@ -34,11 +34,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from rich.console import Console
 
-from . import __version__, generate, local, projection, seeds, slurm, staging
+from . import __version__, catalog, generate, local, projection, seeds, slurm, staging
 from . import config as config_mod
 from .chunks import Checkpoint
 from .config import ConfigError, RunConfig
-from .plan import Dependency, Stage, build_plan, plan_to_json, resolve_resources
+from .plan import build_plan, resolve_resources
+from .planfile import Dependency, Stage, plan_to_json
 from .rundir import RunDir, atomic_path, atomic_write_json
 
 log = logging.getLogger("svd_hpc")
@@ -47,16 +48,7 @@ DEFAULT_QUESTIONS = 64
 DEFAULT_TRAIN_STEPS = 4  # one warm-up step, then three timed ones
 STAGES = ("generate", "verify", "merge")
 TRAIN_STAGE = "pilot_train"
-FOLDER = "pilot"
 ENGINE_READY = re.compile(r"engine ready: .* in ([0-9.]+)s")  # engine.py's line once vLLM has loaded
-
-
-def workspace(run: RunDir) -> RunDir:
-    return RunDir(run.root / FOLDER)
-
-
-def result_path(run: RunDir) -> Path:
-    return run.root / "pilot.json"
 
 
 def pilot_config(cfg: RunConfig, train_steps: int = 0) -> RunConfig:
@@ -127,11 +119,11 @@ def prepare(
 ) -> tuple[RunConfig, RunDir, int]:
     """Check the input, then write the pilot's run directory; returns its config, folder and the seed count."""
     check_train_steps(train_steps)
-    staged = staging.stage(cfg, workspace(run))  # hub inputs pinned as the full launch pins them
+    staged = staging.stage(run.pilot_dir, catalog.hub_inputs(cfg))  # hub inputs pinned as the full launch pins them
     table = seeds.load(cfg.seeds)
     check(cfg, questions, table.num_rows)
     train_steps = timed_steps(cfg, train_steps)
-    pcfg, prun = pilot_config(cfg, train_steps), workspace(run)
+    pcfg, prun = pilot_config(cfg, train_steps), run.pilot_dir
     drawn = {"questions": questions, "seed": seed, "of": table.num_rows, "train_steps": train_steps}
     if prun.exists():
         same = config_mod.to_dict(prun.load_config()) == config_mod.to_dict(pcfg)
@@ -154,7 +146,7 @@ def prepare(
 
 def execute(pcfg: RunConfig, prun: RunDir, console: Console) -> dict[str, float]:
     """Run the pilot's unfinished tasks (here or on SLURM); returns wall seconds per stage, kept in walls.json."""
-    from .plan import plan_from_json
+    from .planfile import plan_from_json
 
     plan = plan_from_json(prun.load_json(prun.plan_path))
     walls_path = prun.root / "walls.json"
@@ -291,9 +283,9 @@ def run(
     measured = measure(prun, execute(pcfg, prun, console))
     result = projection.project(cfg, available, measured, started, cluster_slots(cfg))
     result["pilot"] = {"questions": questions, "seed": seed, "run_dir": str(prun.root), "measured": measured["stages"]}
-    atomic_write_json(result_path(run), result)
+    atomic_write_json(run.pilot_result_path, result)
     projection.render(result, console)
-    console.print(f"pilot.json: {result_path(run)}")
+    console.print(f"pilot.json: {run.pilot_result_path}")
     return result
 
 
@@ -303,7 +295,7 @@ def reuse(run: RunDir) -> int:
     Only for shards not yet done, and only when the model and sampling settings equal the pilot's;
     question ids place each candidate set in its shard whatever seeds.shards is now.
     """
-    prun = workspace(run)
+    prun = run.pilot_dir
     shard = prun.shard_path("generate", 0)
     if not (prun.is_done("generate", 0) and shard.is_file() and prun.exists()):
         return 0

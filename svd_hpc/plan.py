@@ -13,16 +13,16 @@ the stopping rule compares pass@1); the base model is evaluated once, in round 1
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from . import rounds
 from .config import RunConfig, train_procs_per_node
-from .eval.benchmarks import seeds_of
+from .eval.tasks import eval_tasks
+from .planfile import Dependency, Stage
+from .rundir import split_stage, stage_name
 
 # Where each stage's body lives: a function (run: RunDir, index) -> stats for the done marker
 # (None: this process writes none). Looked up by stage name when a task runs, so a run directory
@@ -36,50 +36,11 @@ BODIES = {
     "train": "svd_hpc.train.train:run_task",
     "pilot_train": "svd_hpc.train.pilot_steps:run_task",  # the pilot's timed training steps (pilot.py)
     "eval_trained": "svd_hpc.eval.evaluate:run_trained",
-    "report": "svd_hpc.report:run_task",
+    "report": "svd_hpc.report.build:run_task",
     "seeds": "svd_hpc.rounds:run_seeds",  # a round's questions (multi-round runs only)
 }
 CPU_STAGES = ("merge", "report", "seeds")
 PREEMPTIBLE_DEFAULT = ("generate", "verify", "train", "eval_base", "eval_trained")
-
-
-@dataclass
-class Dependency:
-    stage: str
-    kind: str  # afterok | aftercorr | afterany
-
-
-@dataclass
-class Stage:
-    name: str
-    array_size: int  # number of tasks; 1 for single jobs
-    kind: str  # array | single | distributed
-    depends_on: list[Dependency] = field(default_factory=list)
-    resources: dict = field(default_factory=dict)  # resolved SLURM resources (see resolve_resources)
-
-    @property
-    def is_array(self) -> bool:
-        return self.kind == "array"
-
-
-@dataclass
-class EvalTask:
-    """One eval array task: a (benchmark, seed, mode) of one model."""
-
-    benchmark: str
-    seed: int
-    mode: str  # direct | uq_ttc
-
-
-def eval_tasks(cfg: RunConfig, model: str) -> list[EvalTask]:
-    """The eval array of `model` (base | trained), in task-index order."""
-    modes = ["direct"] + (["uq_ttc"] if model == "base" and cfg.eval.uq_ttc else [])
-    return [
-        EvalTask(bench.name, seed, mode)
-        for mode in modes
-        for bench in cfg.eval.benchmarks
-        for seed in seeds_of(cfg.eval, bench)
-    ]
 
 
 def resolve_resources(cfg: RunConfig, stage: str) -> dict:
@@ -125,14 +86,14 @@ def build_plan(cfg: RunConfig) -> list[Stage]:
                 array_size=size,
                 kind=kind,
                 depends_on=[Dependency(s, k) for s, k in deps if s in known],
-                resources=resolve_resources(cfg, rounds.split_stage(name)[1]),
+                resources=resolve_resources(cfg, split_stage(name)[1]),
             )
         )
 
     if cfg.rounds > 1:
         for number in range(1, cfg.rounds + 1):
             _add_round(cfg, add, number)
-        ends = [s.name for s in stages if rounds.split_stage(s.name)[1] in ("eval_base", "eval_trained", "merge")]
+        ends = [s.name for s in stages if split_stage(s.name)[1] in ("eval_base", "eval_trained", "merge")]
         add("report", 1, "single", [(name, "afterok") for name in ends])
         return stages
     # Submission follows plan order, and schedulers favour older jobs: the chain towards the
@@ -154,8 +115,8 @@ def build_plan(cfg: RunConfig) -> list[Stage]:
 
 def _add_round(cfg: RunConfig, add: Callable, number: int) -> None:
     """Round `number`'s stages. Its seeds stage waits for what the stopping rule reads of the round before."""
-    name = functools.partial(rounds.stage_name, number)
-    before = functools.partial(rounds.stage_name, number - 1)
+    name = functools.partial(stage_name, number)
+    before = functools.partial(stage_name, number - 1)
     starts_after = []
     if number > 1:
         starts_after = [(before("train"), "afterok")]
@@ -172,57 +133,19 @@ def _add_round(cfg: RunConfig, add: Callable, number: int) -> None:
         add(name("eval_trained"), len(eval_tasks(cfg, "trained")), "array", [(name("train"), "afterok")])
 
 
-def round_plan(plan: list[Stage], number: int) -> list[Stage]:
-    """Round `number`'s stages under their plain names (round-N/plan.json)."""
-    out = []
-    for stage in plan:
-        if rounds.split_stage(stage.name)[0] != number:
-            continue
-        deps = [
-            Dependency(rounds.split_stage(d.stage)[1], d.kind)
-            for d in stage.depends_on
-            if rounds.split_stage(d.stage)[0] == number
-        ]
-        out.append(dataclasses.replace(stage, name=rounds.split_stage(stage.name)[1], depends_on=deps))
-    return out
-
-
-def downstream(plan: list[Stage], roots: set[str]) -> set[str]:
-    """`roots` and every stage that depends on them, transitively."""
-    out = set(roots)
-    for stage in plan:  # plan order is topological
-        if any(d.stage in out for d in stage.depends_on):
-            out.add(stage.name)
-    return out
-
-
-def plan_to_json(plan: list[Stage]) -> list[dict]:
-    return [dataclasses.asdict(s) for s in plan]
-
-
-def plan_from_json(data: list[dict]) -> list[Stage]:
-    stages = []
-    for item in data:
-        item = dict(item)
-        item.pop("body", None)  # plans written before bodies were looked up by stage name
-        item["depends_on"] = [Dependency(**d) for d in item["depends_on"]]
-        stages.append(Stage(**item))
-    return stages
-
-
 def stage_body(stage: str) -> Callable:
     """The body of `stage`: BODIES, or the one the test bodies (SVD_HPC_TEST_BODIES) put in its place.
 
     A round's stage ("round-2/generate") runs its plain stage's body inside the round (rounds.round_body).
     """
-    number, plain = rounds.split_stage(stage)
+    number, plain = split_stage(stage)
     body = _test_bodies().get(plain) or _import(BODIES[plain])
     return body if number is None else rounds.round_body(body, number, plain)
 
 
 def drop_scratch(stage: str, run, index: int) -> None:
     """Remove what task `index` of `stage` kept to resume from, once its done marker is written."""
-    number, plain = rounds.split_stage(stage)
+    number, plain = split_stage(stage)
     if plain in _test_bodies():
         return
     module = importlib.import_module(BODIES[plain].partition(":")[0])

@@ -11,9 +11,14 @@ candidate (`final_answer`), never its think block.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from .answers import THINK_CLOSE, THINK_OPEN, after_think, last_boxed
 from .records import VOTE_NO, VOTE_NONE, VOTE_YES
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .engine import Engine
 
 DOMAIN_INSTRUCTIONS = {
     "math": "Work through the problem step by step, then write the final answer inside \\boxed{}.",
@@ -186,3 +191,9 @@ def parse_verdict(text: str, rule: str = "authors") -> int:
         if found:
             return VOTE_YES if found[-1][0].upper() == "Y" else VOTE_NO
     return VOTE_NONE
+
+
+def require_think(cfg: RunConfig, engine: Engine) -> bool:
+    """Whether the filter demands a closed think block: `auto` follows the model's thinking mode."""
+    knob = cfg.generate.require_think
+    return engine.thinking if knob == "auto" else knob == "on"

@@ -18,6 +18,8 @@ run is skipped too (failed_stage names the stage), and a skipped candidate never
 
 from __future__ import annotations
 
+import hashlib
+
 import pyarrow as pa
 
 from .config import VERIFY_STAGES
@@ -110,3 +112,16 @@ def check_schema(table: pa.Table, expected: pa.Schema, where: str) -> None:
         actual = table.schema.field(field.name).type
         if actual != field.type and not (pa.types.is_null(actual)):
             raise ValueError(f"{where}: field '{field.name}' has type {actual}, expected {field.type}.")
+
+
+def question_id(question: str) -> str:
+    """The id of a question without an id field: a hash of its text, stable across runs."""
+    return hashlib.sha256(question.encode()).hexdigest()[:16]
+
+
+# Why a request was skipped, the first word of its skip_reason
+SKIP_KINDS = ("prompt_too_long", "template_error", "engine_rejected")
+
+
+def skip_kind(reason: str) -> str:
+    return reason.split(":", 1)[0]

@@ -12,64 +12,27 @@ rule" (its done marker says so), so the SLURM dependencies hold, the report runs
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
-import re
 from collections.abc import Callable
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import RunConfig
-from .rundir import RoundDir, RunDir, atomic_path, atomic_write_json, round_folder
+from .rundir import (
+    SKIPPED_KEY,
+    STOPPED,
+    RoundDir,
+    RunDir,
+    atomic_path,
+    atomic_write_json,
+    stop_reason,
+    trains_on_union,
+    union_dir,
+)
 
 log = logging.getLogger("svd_hpc")
-
-_ROUND_STAGE = re.compile(r"^round-(\d+)/(\w+)$")
-STOPPED = "stopped.json"
-SKIPPED_KEY = "skipped_by_stopping_rule"
-
-
-def stage_name(number: int, stage: str) -> str:
-    return f"{round_folder(number)}/{stage}"
-
-
-def split_stage(name: str) -> tuple[int | None, str]:
-    """'round-2/generate' -> (2, 'generate'); a single-round stage name -> (None, name)."""
-    match = _ROUND_STAGE.match(name)
-    return (int(match.group(1)), match.group(2)) if match else (None, name)
-
-
-def trained_model(run: RunDir, number: int) -> Path:
-    """Where round `number`'s train stage saves its model (what eval.evaluate.trained_model_path reads)."""
-    return run.round_dir(number).stage_dir("train") / "final"
-
-
-def round_config(cfg: RunConfig, run: RunDir, number: int) -> RunConfig:
-    """The config round `number` runs with: from round 2 on, the round before's model generates and judges,
-    and training starts from it (iteration.train_from: previous) or from the base model."""
-    if number == 1:
-        return cfg
-    cfg = copy.deepcopy(cfg)
-    base = (cfg.train.model, cfg.train.model_revision) if cfg.train.model else (cfg.model.path, cfg.model.revision)
-    previous = str(trained_model(run, number - 1))
-    cfg.model.path, cfg.model.revision = previous, None
-    if cfg.iteration.train_from == "previous":
-        cfg.train.model, cfg.train.model_revision = previous, None
-    else:
-        cfg.train.model, cfg.train.model_revision = base
-    return cfg
-
-
-def union_dir(run: RoundDir) -> Path:
-    """The folder whose sft/train.parquet round `run` trains on when every round trains from the base."""
-    return run.root / "union"
-
-
-def trains_on_union(cfg: RunConfig, number: int) -> bool:
-    return number > 1 and cfg.iteration.train_from == "base"
 
 
 def round_body(body: Callable, number: int, stage: str) -> Callable:
@@ -94,30 +57,12 @@ def round_body(body: Callable, number: int, stage: str) -> Callable:
     return run_in_round
 
 
-def stop_reason(run: RunDir, through: int) -> str | None:
-    """Why the chain stopped at or before round `through`, or None while it runs on."""
-    for number in range(1, through + 1):
-        record = run.load_json(run.round_dir(number).root / STOPPED)
-        if record:
-            return record["reason"]
-    return None
-
-
-def stopped_round(run: RunDir, rounds: int) -> tuple[int, str] | None:
-    """(the first round the stopping rule skipped, why), or None."""
-    for number in range(1, rounds + 1):
-        record = run.load_json(run.round_dir(number).root / STOPPED)
-        if record:
-            return number, record["reason"]
-    return None
-
-
 # ----------------------------------------------------------------------------- the seeds stage
 
 
 def run_seeds(run: RoundDir, index: int) -> dict:
     """Stage body of round-R/seeds: apply the stopping rule to round R-1, then write round R's seed shards."""
-    from .plan import plan_from_json, plan_to_json, round_plan
+    from .planfile import plan_from_json, plan_to_json, round_plan
 
     top, number = run.run, run.number
     cfg = top.load_config()

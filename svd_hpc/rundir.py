@@ -8,9 +8,11 @@ exits at once, so re-running a finished task is a no-op.
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -173,6 +175,25 @@ class RunDir:
     def exists(self) -> bool:
         return self.config_path.is_file()
 
+    def submissions(self) -> list[dict]:
+        """The SLURM submissions jobs.json records (job id, stage, array part), oldest first."""
+        return self.load_json(self.jobs_path, default={"submissions": []})["submissions"]
+
+    @property
+    def local_running_path(self) -> Path:
+        """Which task the local scheduler runs now: stage, index, pid and host."""
+        return self.root / "logs" / "local_running.json"
+
+    @property
+    def pilot_dir(self) -> RunDir:
+        """The pilot's own run directory: a small copy of the run, timed to project the full one."""
+        return RunDir(self.root / "pilot")
+
+    @property
+    def pilot_result_path(self) -> Path:
+        """What the pilot measured and projected (pilot.json)."""
+        return self.root / "pilot.json"
+
     def round_dir(self, number: int) -> RoundDir:
         """Round `number` of a multi-round run: RUN_DIR/round-N/, the layout of a single-round run."""
         return RoundDir(self, number)
@@ -187,7 +208,7 @@ class RoundDir(RunDir):
     ..., eval/, report.md) live in RUN_DIR/round-N/; the config, plan, jobs and logs stay the run's.
 
     load_config gives the round's config: from round 2 on, the model that generates and judges is the
-    round before's trained one (svd_hpc.rounds.round_config). Stage names here are the plain ones
+    round before's trained one (round_config). Stage names here are the plain ones
     ("generate"); the run's plan names them "round-N/generate", round-N/plan.json the plain way.
     `merge_dir` points train at another SFT set than the round's merge/ (the union of rounds).
     """
@@ -218,6 +239,71 @@ class RoundDir(RunDir):
         return self.run.log_dir(f"{round_folder(self.number)}/{stage}")
 
     def load_config(self) -> config_mod.RunConfig:
-        from .rounds import round_config  # rounds reads run directories: imported here, not at the top
-
         return round_config(self.run.load_config(), self.run, self.number)
+
+
+# ----------------------------------------------------------------------------- rounds in the run directory
+# A round's stage is named "round-R/STAGE" in the plan; its folder is RUN_DIR/round-R/. The stopping rule
+# (svd_hpc.rounds) records why the chain ended in round-R/stopped.json.
+
+_ROUND_STAGE = re.compile(r"^round-(\d+)/(\w+)$")
+STOPPED = "stopped.json"
+SKIPPED_KEY = "skipped_by_stopping_rule"
+
+
+def stage_name(number: int, stage: str) -> str:
+    return f"{round_folder(number)}/{stage}"
+
+
+def split_stage(name: str) -> tuple[int | None, str]:
+    """'round-2/generate' -> (2, 'generate'); a single-round stage name -> (None, name)."""
+    match = _ROUND_STAGE.match(name)
+    return (int(match.group(1)), match.group(2)) if match else (None, name)
+
+
+def trained_model(run: RunDir, number: int) -> Path:
+    """Where round `number`'s train stage saves its model (what eval.evaluate.trained_model_path reads)."""
+    return run.round_dir(number).stage_dir("train") / "final"
+
+
+def round_config(cfg: config_mod.RunConfig, run: RunDir, number: int) -> config_mod.RunConfig:
+    """The config round `number` runs with: from round 2 on, the round before's model generates and judges,
+    and training starts from it (iteration.train_from: previous) or from the base model."""
+    if number == 1:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    base = (cfg.train.model, cfg.train.model_revision) if cfg.train.model else (cfg.model.path, cfg.model.revision)
+    previous = str(trained_model(run, number - 1))
+    cfg.model.path, cfg.model.revision = previous, None
+    if cfg.iteration.train_from == "previous":
+        cfg.train.model, cfg.train.model_revision = previous, None
+    else:
+        cfg.train.model, cfg.train.model_revision = base
+    return cfg
+
+
+def union_dir(run: RoundDir) -> Path:
+    """The folder whose sft/train.parquet round `run` trains on when every round trains from the base."""
+    return run.root / "union"
+
+
+def trains_on_union(cfg: config_mod.RunConfig, number: int) -> bool:
+    return number > 1 and cfg.iteration.train_from == "base"
+
+
+def stop_reason(run: RunDir, through: int) -> str | None:
+    """Why the chain stopped at or before round `through`, or None while it runs on."""
+    for number in range(1, through + 1):
+        record = run.load_json(run.round_dir(number).root / STOPPED)
+        if record:
+            return record["reason"]
+    return None
+
+
+def stopped_round(run: RunDir, rounds: int) -> tuple[int, str] | None:
+    """(the first round the stopping rule skipped, why), or None."""
+    for number in range(1, rounds + 1):
+        record = run.load_json(run.round_dir(number).root / STOPPED)
+        if record:
+            return number, record["reason"]
+    return None

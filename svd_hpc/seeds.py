@@ -14,8 +14,6 @@ and every prefix holds each domain in its share (`interleave`); shards are slice
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,17 +24,11 @@ import pyarrow.parquet as pq
 
 from . import staging
 from .config import DOMAINS, RunConfig, SeedsConfig, SeedSource
-from .records import SEED
+from .records import SEED, question_id
 from .rundir import RunDir, atomic_path, atomic_write_json
+from .sources import JSONL_SUFFIXES, MissingSplit, read_dataset_split, read_jsonl
 
 log = logging.getLogger("svd_hpc")
-
-JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
-
-
-def question_id(question: str) -> str:
-    """The id of a question without an id field: a hash of its text, stable across runs."""
-    return hashlib.sha256(question.encode()).hexdigest()[:16]
 
 
 def duplicate_key(question: str) -> str:
@@ -68,30 +60,6 @@ def detect_format(seeds: SeedSource, key: str = "seeds") -> str:
 def is_hub_dataset(seeds: SeedSource) -> bool:
     """Whether the seeds come from a hub dataset (staged at launch, read at seeds.revision)."""
     return detect_format(seeds) == "hf" and not Path(seeds.path).expanduser().exists()
-
-
-def _read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
-    """Rows of a JSON-lines file and, for messages, where each came from ("file line N")."""
-    rows, where = [], []
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError:
-                raise ValueError(f"{path} line {number}: not valid UTF-8; re-save the file as UTF-8.") from None
-            if not line.strip():
-                continue
-            if number == 1 and line.lstrip().startswith("["):
-                raise ValueError(f"{path} is one JSON array; write one JSON object per line (JSONL) instead.")
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} line {number}: invalid JSON ({err.msg}); fix or remove the line.") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}.")
-            rows.append(row)
-            where.append(f"{path} line {number}")
-    return rows, where
 
 
 def _read_table(seeds: SeedSource, fmt: str, key: str) -> tuple[list[dict], list[str]]:
@@ -130,28 +98,6 @@ def _read_hf(seeds: SeedSource, key: str) -> tuple[pa.Table, str]:
     return data.with_format("arrow")[:], f"{seeds.path} [{seeds.split}]"
 
 
-class MissingSplit(ValueError):
-    """A dataset folder lacks the configured split."""
-
-
-def read_dataset_split(path: Path, hf_config: str | None, split: str, where: str, split_key: str = ""):
-    """The `split` of a dataset folder: one written by `save_to_disk`, or one `datasets.load_dataset`
-    reads (a downloaded hub snapshot). MissingSplit names `where` (and the config key `split_key`)
-    and the splits there are; anything else is the library's own error."""
-    import datasets
-
-    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-        data = datasets.load_from_disk(str(path))
-    else:
-        data = datasets.load_dataset(str(path), hf_config)
-    if isinstance(data, (datasets.DatasetDict, dict)):
-        if split not in data:
-            key = f" ({split_key})" if split_key else ""
-            raise MissingSplit(f"{where} has no split '{split}'{key}; splits: {', '.join(data)}.")
-        data = data[split]
-    return data
-
-
 def source_key(seeds: SeedsConfig, index: int) -> str:
     """How source `index` is written in the config: `seeds`, or `seeds.sources[i]`."""
     return f"seeds.sources[{index}]" if seeds.sources else "seeds"
@@ -164,7 +110,7 @@ def _read_source(source: SeedSource, key: str) -> tuple[list[dict], list[str], s
         path = Path(source.path).expanduser()
         if not path.is_file():
             raise ValueError(f"{key}.path {source.path} does not exist; check the path.")
-        rows, where = _read_jsonl(path)
+        rows, where = read_jsonl(path)
     else:
         rows, where = _read_table(source, fmt, key)
     if not rows:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from .batch_script import batch_script
 from .config import ClusterProfile, ConfigError, RunConfig
-from .plan import Stage
+from .contract import stop_request_path
+from .planfile import Stage
 from .rundir import RunDir, atomic_write_text
-from .task import stop_request_path
 from .task_env import without_secrets
 
 log = logging.getLogger("svd_hpc")

@@ -26,7 +26,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import __version__
+from . import __version__, planfile, status
 from .config import RunConfig, StageResources
 from .rundir import RunDir, atomic_write_json
 
@@ -228,12 +228,9 @@ def record(run: RunDir, stage, index: int) -> None:
 
 def summarize(run: RunDir) -> list[tuple[str, Check]]:
     """(task, check) for every task of the plan: its recorded checks, or why it left none."""
-    from . import plan as plan_mod
-    from . import status
-
     rows: list[tuple[str, Check]] = []
     statuses = {s.name: s for s in status.collect(run)}
-    for stage in plan_mod.plan_from_json(run.load_json(run.plan_path, default=[])):
+    for stage in planfile.plan_from_json(run.load_json(run.plan_path, default=[])):
         st = statuses.get(stage.name)
         failed = {f.index: f for f in (st.failed if st else [])}
         for index in range(stage.array_size):

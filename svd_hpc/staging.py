@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .config import ConfigError, RunConfig
+from .config import ConfigError
 from .rundir import RunDir, atomic_write_json
 
 log = logging.getLogger("svd_hpc")
@@ -152,48 +152,6 @@ class HubInput:
         return getattr(self.holder, self.field)
 
 
-def hub_inputs(cfg: RunConfig) -> list[HubInput]:
-    """The inputs of `cfg` that come from the hub; ConfigError/ValueError for a path that is nothing."""
-    from . import models, seeds
-    from .eval import benchmarks
-
-    found = []
-    model_inputs = [("model.path", cfg.model, "path", "revision")]
-    if cfg.train.enabled and cfg.train.model:
-        model_inputs.append(("train.model", cfg.train, "model", "model_revision"))
-    for key, holder, path_field, rev_field in model_inputs:
-        path = getattr(holder, path_field)
-        if models.is_hub_id(path):
-            found.append(HubInput(key, key, path, "model", holder, rev_field, f"{key.split('.')[0]}.{rev_field}"))
-        elif not path.startswith(models.BUILTIN_PREFIX) and not Path(path).expanduser().exists():
-            raise ConfigError(f"{key} {path} is neither a local folder, a built-in model nor a hub id; check the path.")
-    for i, source in enumerate(cfg.seeds.source_list()):
-        if seeds.is_hub_dataset(source):
-            key = seeds.source_key(cfg.seeds, i)
-            found.append(
-                HubInput(f"{key}.path", f"{key}.path", source.path, "dataset", source, "revision", f"{key}.revision")
-            )
-    for spec in cfg.eval.benchmarks:
-        src = benchmarks.resolve(spec)
-        if src.hub_id:
-            local = src.path if src.path and Path(src.path).expanduser().exists() else None
-            label = f"eval.benchmarks '{spec.name}'"
-            found.append(
-                HubInput(
-                    f"eval.benchmarks.{spec.name}",
-                    label,
-                    src.hub_id,
-                    "dataset",
-                    spec,
-                    "revision",
-                    f"the revision of {label}",
-                    benchmarks.hub_files(src),
-                    local,
-                )
-            )
-    return found
-
-
 @dataclass
 class Staged:
     """What `stage` resolved: staged.json's entries, written into the run directory by `save`."""
@@ -205,13 +163,12 @@ class Staged:
             atomic_write_json(run.root / STAGED_FILE, {"cache": str(hub_cache()), "inputs": self.entries})
 
 
-def stage(cfg: RunConfig, run: RunDir, dry_run: bool = False) -> Staged:
-    """Pin every hub input of `cfg` to a commit (written into cfg) and, unless dry_run, fetch it.
+def stage(run: RunDir, inputs: list[HubInput], dry_run: bool = False) -> Staged:
+    """Pin every hub input (catalog.hub_inputs) to a commit (written into the config) and, unless dry_run, fetch it.
 
     A dry run resolves commits (from staged.json, the cache or the hub) without downloading and
     only warns about what it cannot resolve; a launch raises ConfigError naming the input.
     """
-    inputs = hub_inputs(cfg)
     if not inputs:
         return Staged()
     previous = (run.load_json(run.root / STAGED_FILE, default={}) or {}).get("inputs", {})

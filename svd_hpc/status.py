@@ -26,9 +26,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from . import hub, progress, slurm
-from . import plan as plan_mod
-from .plan import Stage
+from . import hub, planfile, progress, slurm
+from .planfile import Stage
 from .rundir import RunDir
 
 FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
@@ -77,10 +76,6 @@ class StageStatus:
         return self.running + self.pending
 
 
-def submissions(run: RunDir) -> list[dict]:
-    return run.load_json(run.jobs_path, default={"submissions": []})["submissions"]
-
-
 def task_job_id(sub: dict, index: int) -> str:
     """SLURM's id of task `index` within one submission: JOB_ARRAYINDEX for arrays, else JOB."""
     return f"{sub['job_id']}_{index - sub['offset']}" if sub.get("array") else str(sub["job_id"])
@@ -100,7 +95,7 @@ def _tail(path: Path | None, lines: int = 8) -> str:
 def collect(run: RunDir) -> list[StageStatus]:
     """Status of every stage of the run, the latest submission of each task deciding its state."""
     plan = load_plan(run)
-    subs = submissions(run)
+    subs = run.submissions()
     states = slurm.task_states(sorted({str(s["job_id"]) for s in subs})) if subs and slurm.available() else {}
     local = _local_scheduler(run) if not subs else None
     out = []
@@ -146,16 +141,15 @@ def collect(run: RunDir) -> list[StageStatus]:
 
 
 def load_plan(run: RunDir) -> list[Stage]:
-    return plan_mod.plan_from_json(run.load_json(run.plan_path, default=[]))
+    return planfile.plan_from_json(run.load_json(run.plan_path, default=[]))
 
 
 def _local_scheduler(run: RunDir) -> dict | None:
     """The local scheduler's record of the task it runs (task_alive: whether that task still
     runs), if the scheduler is alive on this host."""
-    from .local import running_path  # local imports the task runner's world; status needs only this path
 
     try:
-        record = json.loads(running_path(run).read_text())
+        record = json.loads(run.local_running_path.read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or not progress.alive_here(record, "scheduler_pid"):
@@ -204,7 +198,7 @@ def _add_marker(st: StageStatus, path: Path) -> None:
 def live_tasks(run: RunDir) -> dict[str, tuple[list[int], list[str]]]:
     """Per stage: task indices queued or running now, and the job ids holding them."""
     result = {}
-    subs = submissions(run)
+    subs = run.submissions()
     for st in collect(run):
         if st.live:
             live = set(st.live)

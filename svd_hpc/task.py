@@ -10,8 +10,8 @@ A multi-process stage (train) gets the torch.distributed variables from SLURM's 
 started it, as torchrun would have set them.
 
 Tasks never requeue themselves: the batch script does (batch_script.py), outside any container.
-It asks a multi-process task to stop by creating stop_request_path; the task then checkpoints
-and exits EXIT_STOPPED, and the script requeues the job.
+It asks a multi-process task to stop by creating contract.stop_request_path; the task then
+checkpoints and exits contract.EXIT_STOPPED, and the script requeues the job.
 """
 
 from __future__ import annotations
@@ -24,22 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import plan as plan_mod
-from . import smoke, staging
+from . import planfile, smoke, staging
 from .config import ConfigError
+from .contract import EXIT_STORAGE, EXIT_USAGE
 from .rundir import RunDir, StorageError
 from .task_env import drop_secrets
 
 log = logging.getLogger("svd_hpc")
-
-EXIT_USAGE = 2
-EXIT_STORAGE = 74  # the run directory took no write (full, read-only); resume once it does (EX_IOERR)
-EXIT_STOPPED = 75  # stopped with a checkpoint on request; running the task again resumes (EX_TEMPFAIL)
-STOP_REQUEST = "stop-requested"
-
-
-def stop_request_path(run: RunDir, stage: str) -> Path:
-    """The file by which the batch script asks a running task of `stage` to checkpoint and stop."""
-    return run.stage_dir(stage) / STOP_REQUEST
 
 
 def task_index(explicit: int | None) -> int:
@@ -93,7 +84,7 @@ def end_process(code: int) -> None:
 
 def run(stage: str, run_dir: str, index: int) -> str:
     rd = RunDir(run_dir)
-    plan = plan_mod.plan_from_json(rd.load_json(rd.plan_path, default=[]))
+    plan = planfile.plan_from_json(rd.load_json(rd.plan_path, default=[]))
     stages = {s.name: s for s in plan}
     if stage not in stages:
         raise ConfigError(f"stage '{stage}' is not in {rd.plan_path}; stages: {', '.join(stages) or 'none'}.")

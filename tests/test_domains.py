@@ -14,12 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from svd_hpc import config, generate, launch, prompts, report, seeds, staging, verify
+from svd_hpc import catalog, config, generate, launch, prompts, seeds, verify
 from svd_hpc.config import ConfigError
 from svd_hpc.engine import Completion, Sampling
 from svd_hpc.eval import benchmarks
 from svd_hpc.merge import merge, selection
 from svd_hpc.records import VERDICT
+from svd_hpc.report.domains import domains_section
+from svd_hpc.report.scores import EvalScores
 from svd_hpc.rundir import RunDir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -227,7 +229,7 @@ def test_each_question_gets_its_domains_prompt_and_filter_and_the_one_cascade(tm
     assert {d: c["candidates"] for d, c in stats["per_domain"].items()} == {"math": 4, "science": 4, "code": 4}
     assert {d: c["filtered"] for d, c in stats["per_domain"].items()} == {"math": 4, "science": 0, "code": 0}
     assert {d: c["kept"] for d, c in stats["per_domain"].items()} == {"math": 0, "science": 2, "code": 2}
-    section = report.domains_section(run, cfg, None)
+    section = domains_section(run, cfg, None)
     assert section.headers[:5] == ["domain", "seeds", "candidates", "valid %", "kept"]
     assert [row[:5] for row in section.rows] == [
         ["math", "2", "4", "0.0", "0"],
@@ -299,16 +301,16 @@ def test_domain_section_only_for_several_domains(tmp_path):
     (run.root / "merge").mkdir(parents=True)
     counts = {"seeds": 4, "candidates": 8, "valid": 2, "kept": 2}
     (run.root / "merge" / "stats.json").write_text(json.dumps({"per_domain": {"math": counts}}))
-    assert report.domains_section(run, cfg, None) is None
+    assert domains_section(run, cfg, None) is None
     code = {"seeds": 10, "candidates": 20, "valid": 5, "kept": 3}
     (run.root / "merge" / "stats.json").write_text(json.dumps({"per_domain": {"code": code, "math": counts}}))
-    scores = report.EvalScores(
+    scores = EvalScores(
         pass1={("base", "domain:math"): (0.5, 0.1), ("SVD", "domain:math"): (0.7, 0.1)},
         seeds={},
         questions={},
         pass_k={},
     )
-    section = report.domains_section(run, cfg, scores)
+    section = domains_section(run, cfg, scores)
     assert [row[0] for row in section.rows] == ["math", "code"]  # the paper's order
     assert section.rows[0] == ["math", "4", "8", "25.0", "2", "0.50", "1", "40.0", "50.0 ± 10.0", "70.0 ± 10.0"] + [
         "+20.0 ± 14.1",
@@ -344,7 +346,7 @@ def test_mixed_config_has_the_three_domains_and_their_benchmarks(monkeypatch):
         "lcb_v6": ("code", "code"),
     }
     # every hub source is staged and pinned in its own entry
-    inputs = {i.key: i for i in staging.hub_inputs(cfg) if i.key.startswith("seeds")}
+    inputs = {i.key: i for i in catalog.hub_inputs(cfg) if i.key.startswith("seeds")}
     assert sorted(inputs) == [f"seeds.sources[{i}].path" for i in range(3)]
     assert [inputs[f"seeds.sources[{i}].path"].holder for i in range(3)] == cfg.seeds.sources
     assert inputs["seeds.sources[2].path"].revision_key == "seeds.sources[2].revision"

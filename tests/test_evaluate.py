@@ -24,7 +24,9 @@ from svd_hpc.eval import benchmarks, evaluate
 from svd_hpc.eval.grading.choice import grade_choice
 from svd_hpc.eval.grading.math import grade_math
 from svd_hpc.eval.grading.problem import grade, grade_all
-from svd_hpc.plan import build_plan, eval_tasks, plan_to_json
+from svd_hpc.eval.tasks import eval_tasks
+from svd_hpc.plan import build_plan
+from svd_hpc.planfile import plan_to_json
 from svd_hpc.records import EVAL
 from svd_hpc.rundir import RunDir, atomic_write_json
 from svd_hpc.verify import CascadeResult

@@ -12,7 +12,7 @@ from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError
 
 from svd_hpc import config, hub, hub_cards, status
-from svd_hpc.report import run_task as report_task
+from svd_hpc.report.build import run_task as report_task
 from svd_hpc.rundir import RunDir, atomic_write_json
 
 TOKEN = "hf_standin_token_0123456789"

@@ -170,7 +170,7 @@ def test_pilot_measures_projects_and_writes_pilot_json(tmp_path):
     assert "pilot funnel" in printed and "ignoring queue wait" in printed
     # three real optimiser steps of tiny-qwen3 (torchrun, one process) on the pilot's SFT set, each
     # of global_batch sequences filled to max_seq_len; the first warms up and is not timed
-    prun = pilot.workspace(run)
+    prun = run.pilot_dir
     steps = prun.load_json(prun.done_marker("pilot_train", 0))
     assert steps["step_tokens"] == [4 * 96] * 3 and steps["world_size"] == 1 and len(steps["step_seconds"]) == 3
     t = result["pilot"]["measured"]["train"]
@@ -463,7 +463,7 @@ def test_projection_of_train_under_its_time_limit_or_requeued(tmp_path):
 
 
 def test_pilot_times_training_only_when_the_config_trains(tmp_path):
-    from svd_hpc.plan import plan_from_json
+    from svd_hpc.planfile import plan_from_json
 
     plans = {}
     for enabled in (True, False):

@@ -15,10 +15,14 @@ import pytest
 import yaml
 from rich.console import Console
 
-from svd_hpc import config, report, slurm
+from svd_hpc import config, slurm
 from svd_hpc.eval import scoring
-from svd_hpc.plan import build_plan, plan_to_json
+from svd_hpc.plan import build_plan
+from svd_hpc.planfile import plan_to_json
 from svd_hpc.records import EVAL
+from svd_hpc.report import build as report
+from svd_hpc.report.cost import cost_section, sacct_seconds
+from svd_hpc.report.scores import domains_of, read_eval, score
 from svd_hpc.rundir import RunDir, atomic_write_json
 from svd_hpc.task import run_once
 
@@ -172,7 +176,7 @@ def test_report_numbers_match_the_records(tmp_path, fake_sacct):
     out = io.StringIO()
     path = report.build(run, console=Console(file=out, width=250))
     text = path.read_text()
-    scores = report.score(report.read_eval(run), report.domains_of(run.load_config(), run))
+    scores = score(read_eval(run), domains_of(run.load_config(), run))
 
     for bench, domain in (("m1", "math"), ("m2", "math"), ("sci", "science")):
         cells = {}
@@ -278,7 +282,7 @@ def test_job_states_and_report_costs_read_sacct_through_one_reader(tmp_path, mon
 
     states = slurm.task_states(["7"])
     assert {k: v.state for k, v in states.items()} == {"7_0": "COMPLETED", "7_1": "PENDING", "7_2": "PENDING"}
-    assert report.sacct_seconds(["7"]) == {"7": (60.0, 120.0)}
+    assert sacct_seconds(["7"]) == {"7": (60.0, 120.0)}
     assert asked == [["JobID", "State", "Elapsed", "Reason"], ["JobID", "ElapsedRaw", "AllocTRES"]]
     assert log.read_text().splitlines() == [
         "-n -P -X --format=JobID,State,Elapsed,Reason -j 7",
@@ -299,7 +303,7 @@ def test_cost_of_a_run_of_rounds_counts_each_rounds_tokens(tmp_path):
         pa.table({"judge_completion_tokens": [30, 40], "judge_samples": [3, 4]}), verify / "shard-00000.parquet"
     )
     cfg = run.load_config()
-    rows = {row[0]: row for row in report.cost_section(run, cfg, None).rows}
+    rows = {row[0]: row for row in cost_section(run, cfg, None).rows}
     assert rows["round-1/generate"][4:] == ["12", "2", "—"]
     assert rows["round-2/generate"][4:] == ["11", "1", "—"]
     assert rows["round-1/verify"][4:] == ["70", "7", "7"]
@@ -395,7 +399,7 @@ def test_domain_of_benchmarks_with_different_repeats_weighs_each_question_once(t
                     "chosen_candidate": 0,
                 }
             )
-    scores = report.score(pa.Table.from_pylist(records, schema=EVAL), {"a": "math", "h": "math"})
+    scores = score(pa.Table.from_pylist(records, schema=EVAL), {"a": "math", "h": "math"})
     # per question means: base a-q0 1, a-q1 0, h-q0 1/4; SVD 1, 1, 3/4
     assert scores.pass1[("base", "domain:math")] == pytest.approx((np.mean([1, 0, 0.25]), None))
     assert scores.pass1[("SVD", "domain:math")] == pytest.approx((np.mean([1, 1, 0.75]), None))

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from svd_hpc import config, plan, rounds
+from svd_hpc import config, plan, rounds, rundir
 from svd_hpc.records import EVAL
 from svd_hpc.rundir import RunDir, atomic_write_json
 from tests.helpers import REPO, jobs, run_launch, wait_jobs, write_config
@@ -88,12 +88,12 @@ def test_impossible_round_settings_are_refused(data, words):
 def test_round_two_generates_with_round_one_model_and_trains_by_the_knob(tmp_path):
     run = RunDir(tmp_path)
     cfg = _cfg(rounds=2, model={"path": "org/base", "revision": "abc"})
-    second = rounds.round_config(cfg, run, 2)
+    second = rundir.round_config(cfg, run, 2)
     assert second.model.path == str(tmp_path / "round-1" / "train" / "final") and second.model.revision is None
     assert (second.train.model, second.train.model_revision) == ("org/base", "abc")
-    previous = rounds.round_config(_cfg(rounds=2, iteration={"train_from": "previous"}), run, 2)
+    previous = rundir.round_config(_cfg(rounds=2, iteration={"train_from": "previous"}), run, 2)
     assert previous.train.model == second.model.path
-    assert rounds.round_config(cfg, run, 1) is cfg
+    assert rundir.round_config(cfg, run, 1) is cfg
 
 
 # ----------------------------------------------------------------------------- questions and the stopping rule
@@ -141,7 +141,7 @@ def test_the_union_keeps_each_questions_latest_answer(tmp_path):
     _kept(run, 1, ["q0", "q3"])
     _kept(run, 2, ["q3", "q5"])
     assert rounds.write_union(run, 2) == 3
-    union = pq.read_table(rounds.union_dir(run.round_dir(2)) / "sft" / "train.parquet").to_pylist()
+    union = pq.read_table(rundir.union_dir(run.round_dir(2)) / "sft" / "train.parquet").to_pylist()
     assert union == [
         {"question_id": "q0", "answer": "q0@1"},
         {"question_id": "q3", "answer": "q3@2"},
@@ -218,7 +218,7 @@ def test_rounds_run_locally_each_in_its_folder_until_the_stopping_rule(tmp_path)
     assert _markers(run, "round-3/seeds")[0]["stopped"] == why
     for stage in ("round-3/generate", "round-3/verify", "round-3/merge", "round-3/train", "round-3/eval_trained"):
         markers = _markers(run, stage)
-        assert markers and all(m[rounds.SKIPPED_KEY] == why for m in markers), stage
+        assert markers and all(m[rundir.SKIPPED_KEY] == why for m in markers), stage
     assert not three.shard_path("generate", 0).exists() and not (three.root / "plan.json").exists()
     report = (run.root / "report.md").read_text()
     assert f"The chain stopped before round 3 of 3: {why}." in report

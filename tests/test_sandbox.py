@@ -643,7 +643,8 @@ def test_code_benchmark_task_refuses_before_loading_a_model(tmp_path, monkeypatc
 
     from svd_hpc import config
     from svd_hpc.eval import evaluate
-    from svd_hpc.plan import build_plan, plan_to_json
+    from svd_hpc.plan import build_plan
+    from svd_hpc.planfile import plan_to_json
     from svd_hpc.rundir import RunDir, atomic_write_json
 
     code = {
@@ -777,7 +778,7 @@ def test_cgroup_delegation_moves_us_to_a_leaf(tmp_path):
 
 
 def test_report_states_the_isolation(tmp_path):
-    from svd_hpc import report
+    from svd_hpc.report import build as report
     from svd_hpc.rundir import RunDir
 
     run = RunDir(tmp_path / "run")

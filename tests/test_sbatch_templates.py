@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from svd_hpc import batch_script, launch, task
+from svd_hpc import batch_script, contract, launch
 from svd_hpc.rundir import RunDir
 from svd_hpc.task import run_once
 from svd_hpc.train import fsdp
@@ -277,12 +277,12 @@ def test_a_stop_request_makes_train_checkpoint_and_exit_for_a_requeue(tmp_path, 
     for key in (*TORCH_ENV, "SLURM_JOB_ID"):
         monkeypatch.delenv(key, raising=False)
     run = RunDir(make_run(tmp_path / "run", n=12, steps=3, global_batch=2))
-    request = task.stop_request_path(run, "train")
+    request = contract.stop_request_path(run, "train")
     request.parent.mkdir(parents=True, exist_ok=True)
     request.touch()
     with pytest.raises(SystemExit) as stopped:
         run_once(run.root, "train", 0)
-    assert stopped.value.code == task.EXIT_STOPPED
+    assert stopped.value.code == contract.EXIT_STOPPED
     assert fsdp.latest_checkpoint(run.stage_dir("train") / "checkpoints").name == "step-000001"
     assert not request.exists() and not run.is_done("train", 0)  # consumed: the next life trains on
     run_once(run.root, "train", 0)

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from svd_hpc import config, seeds
+from svd_hpc import config, records, seeds
 from svd_hpc.records import SEED
 from svd_hpc.rundir import RunDir
 
@@ -46,7 +46,7 @@ def test_unicode_passes_through_untouched(tmp_path):
     assert seeds.load(seeds_cfg(padded)).column("question").to_pylist() == UNICODE_QUESTIONS
     assert table.column("domain").to_pylist() == ["math"] * len(UNICODE_QUESTIONS)
     ids = table.column("question_id").to_pylist()
-    assert len(set(ids)) == len(ids) and ids[0] == seeds.question_id(UNICODE_QUESTIONS[0])
+    assert len(set(ids)) == len(ids) and ids[0] == records.question_id(UNICODE_QUESTIONS[0])
 
 
 def test_questions_are_stripped_and_case_or_whitespace_duplicates_dropped(tmp_path):
@@ -66,7 +66,7 @@ def test_questions_are_stripped_and_case_or_whitespace_duplicates_dropped(tmp_pa
     assert table.column("question").to_pylist() == ["What is 1+1?", "What is 1 + 1?", "Straße?", "全角 spaces?"]
     assert table.column("source_index").to_pylist() == [0, 4, 5, 7]
     # the id of a question without an id field is the hash of its stripped text
-    assert table.column("question_id").to_pylist()[0] == seeds.question_id("What is 1+1?")
+    assert table.column("question_id").to_pylist()[0] == records.question_id("What is 1+1?")
     assert report["duplicates_dropped"] == 5 and report["questions_stripped"] == 3 and report["seeds"] == 4
     # prepare keeps the counts in the seed stats
     run = RunDir(tmp_path / "run")

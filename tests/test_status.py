@@ -16,7 +16,7 @@ from rich.progress import Progress
 
 from svd_hpc import config, generate, local, progress, seeds, status
 from svd_hpc.engine import Completion
-from svd_hpc.plan import Dependency, Stage
+from svd_hpc.planfile import Dependency, Stage
 from svd_hpc.rundir import RunDir
 from tests.helpers import REPO, run_launch, write_config
 
@@ -174,7 +174,7 @@ def test_watch_ends_when_the_local_run_ends(tmp_path, toy_bodies):
     run = RunDir(tmp_path / "runs" / "toy")
     try:
         deadline = time.time() + 60
-        while not local.running_path(run).is_file():
+        while not run.local_running_path.is_file():
             assert time.time() < deadline and launch.poll() is None
             time.sleep(0.1)
         out = io.StringIO()

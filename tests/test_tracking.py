@@ -11,7 +11,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from svd_hpc import config, tracking
-from svd_hpc.report import run_task as report_task
+from svd_hpc.report.build import run_task as report_task
 from svd_hpc.rundir import RunDir, atomic_write_json
 from svd_hpc.train.step_log import StepLog
 

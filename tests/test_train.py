@@ -16,8 +16,9 @@ import torch
 import yaml
 
 from svd_hpc import config, models
+from svd_hpc.contract import EXIT_STOPPED
 from svd_hpc.rundir import RunDir
-from svd_hpc.task import EXIT_STOPPED, run_once
+from svd_hpc.task import run_once
 from svd_hpc.train import fsdp, sft_cache, sft_data, train
 
 REPO = Path(__file__).resolve().parent.parent

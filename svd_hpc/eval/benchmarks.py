@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from .. import staging
 from ..config import BenchmarkSpec, ConfigError
-from ..seeds import JSONL_SUFFIXES, MissingSplit, _read_jsonl, read_dataset_split
+from ..sources import JSONL_SUFFIXES, MissingSplit, read_dataset_split, read_jsonl
 from .presets import PRESETS, Preset, Source, resolve, seeds_of
 from .problems import Problem, _problems, in_contest_window
 
@@ -155,7 +155,7 @@ def _read_local(path: Path, src: Source, left_out: Counter) -> list[dict]:
     suffix = path.suffix.lower()
     if path.is_file():
         if suffix in JSONL_SUFFIXES:
-            return _read_jsonl(path)[0]
+            return read_jsonl(path)[0]
         if suffix == ".parquet":
             return pq.read_table(path).to_pylist()
         if suffix == ".csv":
@@ -169,7 +169,7 @@ def _read_local(path: Path, src: Source, left_out: Counter) -> list[dict]:
             raise ValueError(f"benchmark '{src.name}': {path} lacks {', '.join(missing)} for version {src.hf_config}.")
         rows = []
         for f in lcb_files(src.hf_config):  # one release file at a time: only the window's rows stay in memory
-            for index, row in enumerate(_read_jsonl(path / f)[0]):
+            for index, row in enumerate(read_jsonl(path / f)[0]):
                 if in_contest_window(row, src, f"benchmark '{src.name}': {path / f} row {index}"):
                     rows.append(row)
                 else:

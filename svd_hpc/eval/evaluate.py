@@ -44,8 +44,7 @@ from .. import prompts
 from ..chunks import Checkpoint
 from ..config import ConfigError, ModelConfig, RunConfig
 from ..engine import Completion, Engine, Sampling, request_seed, skip_stats, stage_sampling
-from ..generate import require_think
-from ..plan import EvalTask, eval_tasks
+from ..prompts import require_think
 from ..records import EVAL
 from ..rundir import RunDir, atomic_path, atomic_write_json
 from ..verify import CascadeItem, CascadeResult, run_cascade
@@ -55,6 +54,7 @@ from .benchmarks import Problem
 from .grading import GradeResult
 from .grading.problem import grade_all
 from .sandbox import isolation_record, require_isolation
+from .tasks import EvalTask, eval_tasks
 
 log = logging.getLogger("svd_hpc")
 MODEL_OF_STAGE = {"eval_base": "base", "eval_trained": "trained"}

@@ -15,7 +15,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass
 
-from ..seeds import question_id
+from ..records import question_id
 from .grading.choice import LETTERS, format_choice_question, order_options
 from .presets import Source
 

@@ -6,7 +6,7 @@ Counts, overall and per domain:
   candidates           verify records
   filtered             candidates the static filter rejected (status "filtered")
   skipped              candidates the engine could not run, at generate or as judged (status "skipped");
-                       skipped_<kind> splits them by reason (engine.SKIP_KINDS); none of them passes
+                       skipped_<kind> splits them by reason (records.SKIP_KINDS); none of them passes
   passed_<stage>       candidates that met the threshold of this and every earlier enabled stage
   valid                candidates that passed every enabled stage
   selected             valid candidates picked by the selection rule
@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from .. import records
 from ..config import RunConfig
-from ..engine import SKIP_KINDS
+from ..records import SKIP_KINDS
 from .selection import enabled_stages
 
 

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import rounds, slurm, status
+from .. import slurm
 from ..config import STAGE_NAMES, RunConfig
-from ..rundir import RunDir
+from ..rundir import RunDir, split_stage
 from .section import Section
 
 
@@ -55,11 +55,11 @@ def cost_section(run: RunDir, cfg: RunConfig, table: pa.Table | None) -> Section
         "Cost per stage",
         ["stage", "tasks done", "task hours", "GPU hours", "tokens generated", "samples", "judge calls"],
     )
-    subs = status.submissions(run) if run.jobs_path.is_file() else []
+    subs = run.submissions() if run.jobs_path.is_file() else []
     accounting = sacct_seconds(sorted({str(s["job_id"]) for s in subs}))
     tokens, samples, judges = {}, {}, {}
     for stage in stages:  # "generate", or "round-R/generate" in a run of several rounds
-        kind = rounds.split_stage(stage)[1]
+        kind = split_stage(stage)[1]
         if kind == "generate":
             generated = _shard_totals(run, stage, ["completion_tokens"])
             tokens[stage], samples[stage] = generated.get("completion_tokens"), generated.get("rows")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from .. import status
-from ..pilot import result_path, workspace
 from ..rundir import RunDir
 from .cost import sacct_seconds
 from .section import Section
@@ -11,7 +9,7 @@ from .section import Section
 
 def actual_task_seconds(run: RunDir) -> dict[str, float]:
     """Process seconds of all tasks per stage: sacct on SLURM, the local scheduler's stage timings here."""
-    subs = status.submissions(run) if run.jobs_path.is_file() else []
+    subs = run.submissions() if run.jobs_path.is_file() else []
     accounting = sacct_seconds(sorted({str(s["job_id"]) for s in subs})) if subs else None
     if accounting is not None:
         out: dict[str, float] = {}
@@ -23,10 +21,10 @@ def actual_task_seconds(run: RunDir) -> dict[str, float]:
 
 def pilot_section(run: RunDir) -> Section | None:
     """None when the run had no pilot."""
-    projected = run.load_json(result_path(run))
+    projected = run.load_json(run.pilot_result_path)
     if not projected:
         return None
-    reused = (run.load_json(workspace(run).root / "reused.json", default={}) or {}).get("questions", 0)
+    reused = (run.load_json(run.pilot_dir.root / "reused.json", default={}) or {}).get("questions", 0)
     actual = actual_task_seconds(run)
     stats = run.load_json(run.stage_dir("merge") / "stats.json", default={}) or {}
     section = Section("Pilot: projected vs actual", ["quantity", "projected", "actual", "actual / projected"])

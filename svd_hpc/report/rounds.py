@@ -7,21 +7,19 @@ RUN_DIR/round-R/report.md.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from rich.console import Console
 
-from .. import rounds as rounds_mod
 from ..config import RunConfig
-from ..rundir import RoundDir, RunDir, atomic_path, atomic_write_text
+from ..rundir import RoundDir, RunDir, atomic_path, atomic_write_text, stopped_round
 from .cost import _marker_seconds, _shard_totals, cost_section
 from .scores import read_eval, score
 from .section import Section
 from .stages import FUNNEL_ORDER, VOTE_KINDS
 
 
-def _ran(run: RunDir, cfg: RunConfig) -> list[RoundDir]:
+def rounds_ran(run: RunDir, cfg: RunConfig) -> list[RoundDir]:
     """The rounds that ran (their seeds stage wrote the round's plan; a stopped round has none)."""
     return [run.round_dir(n) for n in range(1, cfg.rounds + 1) if run.round_dir(n).plan_path.is_file()]
 
@@ -29,7 +27,7 @@ def _ran(run: RunDir, cfg: RunConfig) -> list[RoundDir]:
 def pass1_per_round(run: RunDir, cfg: RunConfig) -> dict[str, dict[str, tuple[float, float | None]]]:
     """Row label (base, round 1, ...) -> benchmark -> (pass@1 mean over seeds, standard error)."""
     out: dict[str, dict] = {}
-    for view in _ran(run, cfg):
+    for view in rounds_ran(run, cfg):
         table = read_eval(view)
         if table is None:
             continue
@@ -59,7 +57,7 @@ def pass1_section(scores: dict[str, dict]) -> Section:
 
 def funnel_section(run: RunDir, cfg: RunConfig) -> Section:
     """Each round's merge funnel side by side: does the judge get stricter as the model improves?"""
-    views = _ran(run, cfg)
+    views = rounds_ran(run, cfg)
     section = Section("Merge funnel per round", ["count", *(f"round {v.number}" for v in views)])
     overall = {}
     for view in views:
@@ -144,22 +142,17 @@ def chart(scores: dict[str, dict], costs: dict[int, dict], path: Path) -> None:
 
 
 def build_rounds(run: RunDir, cfg: RunConfig, console: Console | None = None) -> Path:
-    """RUN_DIR/report.md of a multi-round run, and each round's own report in its folder."""
-    from . import build
-
-    quiet = Console(file=io.StringIO())
-    for view in _ran(run, cfg):
-        build(view, console=quiet)
+    """RUN_DIR/report.md of a multi-round run, from the rounds' records (build.build writes each round's own)."""
     scores = pass1_per_round(run, cfg)
-    costs = {view.number: round_cost(run, cfg, view) for view in _ran(run, cfg)}
+    costs = {view.number: round_cost(run, cfg, view) for view in rounds_ran(run, cfg)}
     sections = [
         pass1_section(scores),
         funnel_section(run, cfg),
         cost_per_round_section(costs),
         cost_section(run, cfg, None),
     ]
-    stopped = rounds_mod.stopped_round(run, cfg.rounds)
-    ran = [v.number for v in _ran(run, cfg)]
+    stopped = stopped_round(run, cfg.rounds)
+    ran = [v.number for v in rounds_ran(run, cfg)]
     if stopped:
         status = f"The chain stopped before round {stopped[0]} of {cfg.rounds}: {stopped[1]}."
     else:

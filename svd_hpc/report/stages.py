@@ -11,8 +11,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..config import VERIFY_STAGES
-from ..engine import skip_kind
 from ..merge.funnel import count_names
+from ..records import skip_kind
 from ..rundir import RunDir
 from .section import Section
 

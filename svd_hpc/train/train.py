@@ -32,8 +32,8 @@ import torch
 import torch.distributed as dist
 
 from .. import hub
+from ..contract import stop_request_path
 from ..rundir import RunDir, atomic_write_json
-from ..task import stop_request_path
 from ..tracking import Tracker
 from . import fsdp, sft_data
 from .inputs import TrainInputs, local_model_dir, prepare_data
