@@ -33,11 +33,12 @@ sys.path.insert(0, str(REPO))
 import pyarrow.parquet as pq
 
 from svd_hpc import config
-from svd_hpc.engine import Engine
-from svd_hpc.eval import evaluate
-from svd_hpc.plan import build_plan
-from svd_hpc.planfile import plan_to_json
-from svd_hpc.rundir import RunDir, atomic_path, atomic_write_json
+from svd_hpc.rundir.atomic import atomic_path, atomic_write_json
+from svd_hpc.rundir.layout import RunDir
+from svd_hpc.rundir.planfile import plan_to_json
+from svd_hpc.runner.plan import build_plan
+from svd_hpc.sampling.engine import Engine
+from svd_hpc.stages import evaluate
 
 
 class StepMeter:

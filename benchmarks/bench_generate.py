@@ -25,9 +25,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from svd_hpc import config, generate, prompts, seeds
-from svd_hpc.engine import Engine, request_seed
-from svd_hpc.rundir import RunDir
+from svd_hpc import config
+from svd_hpc.inputs import seeds
+from svd_hpc.rundir.layout import RunDir
+from svd_hpc.sampling import prompts
+from svd_hpc.sampling.engine import Engine, request_seed
+from svd_hpc.stages import generate
 
 
 def machine() -> str:

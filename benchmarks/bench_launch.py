@@ -23,8 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from svd_hpc import config, plan, slurm  # noqa: E402
-from svd_hpc.rundir import RunDir  # noqa: E402
+from svd_hpc import config  # noqa: E402
+from svd_hpc.rundir.layout import RunDir  # noqa: E402
+from svd_hpc.runner import plan
+from svd_hpc.slurm import commands as slurm
 
 
 def count_tree(root: Path) -> tuple[int, int]:

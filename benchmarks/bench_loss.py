@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from svd_hpc.train import sft_data, train  # noqa: E402
+from svd_hpc.stages import train
+from svd_hpc.train import sft_data  # noqa: E402
 
 BASELINE_CHUNK = 4096  # today's LOSS_CHUNK
 

@@ -180,8 +180,8 @@ def pandas_merge(paths: list[Path], cfg: RunConfig, out_dir: Path) -> int:
     """The same rules in plain pandas: everything in one DataFrame, a \\s+ regex for normalising."""
     import pandas as pd
 
-    from svd_hpc.merge.merge import id_hash
     from svd_hpc.merge.selection import enabled_stages, selection_limit
+    from svd_hpc.stages.merge import id_hash
 
     columns = ["question_id", "question", "domain", "candidate_index", "status", "prompt", "text"]
     columns += [f"{s}_votes" for s in VERIFY_STAGES]
@@ -231,7 +231,7 @@ def pandas_merge(paths: list[Path], cfg: RunConfig, out_dir: Path) -> int:
 
 
 def ours_merge(paths: list[Path], cfg: RunConfig, out_dir: Path) -> int:
-    from svd_hpc.merge.merge import merge_shards
+    from svd_hpc.stages.merge import merge_shards
 
     return merge_shards(paths, cfg, out_dir)["overall"]["kept"]
 
@@ -242,7 +242,7 @@ ENGINES = {"svd_hpc.merge": ours_merge, "pandas": pandas_merge}
 def child(engine: str, cache: Path, shards: int, out_dir: Path) -> None:
     """Run one engine in this (fresh) process and print its wall and CPU time as JSON."""
     paths = [cache / records_shard(i) for i in range(shards)]
-    __import__("pandas" if engine == "pandas" else "svd_hpc.merge.merge")  # imports are not part of the timed merge
+    __import__("pandas" if engine == "pandas" else "svd_hpc.stages.merge")  # imports are not part of the timed merge
     wall, cpu = time.perf_counter(), time.process_time()
     rows = ENGINES[engine](paths, RunConfig(), out_dir)
     print(json.dumps({"seconds": time.perf_counter() - wall, "cpu": time.process_time() - cpu, "rows": rows}))

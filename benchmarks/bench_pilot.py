@@ -49,7 +49,7 @@ def sacct_span(run_dir: Path, first: str, last: str) -> float:
     jobs = json.loads((run_dir / "jobs.json").read_text())["submissions"]
     ids = {s["stage"]: s["job_id"] for s in jobs}
     sys.path.insert(0, str(REPO))
-    from svd_hpc import slurm
+    from svd_hpc.slurm import commands as slurm
 
     def times(stage: str, column: int) -> list[datetime]:
         rows = slurm.sacct([ids[stage]], ["JobID", "Start", "End", "State"]) or []
@@ -64,7 +64,7 @@ def sacct_span(run_dir: Path, first: str, last: str) -> float:
 def wait_for_run(run_dir: Path) -> None:
     """Until no job of the run is queued or running (squeue checked, as the pilot waits)."""
     sys.path.insert(0, str(REPO))
-    from svd_hpc import slurm
+    from svd_hpc.slurm import commands as slurm
 
     jobs = json.loads((run_dir / "jobs.json").read_text())["submissions"]
     slurm.wait([s["job_id"] for s in jobs], timeout_s=4 * 3600, poll_s=10)

@@ -35,8 +35,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from svd_hpc import models  # noqa: E402
-from svd_hpc.train import fsdp, sft_data, train  # noqa: E402
+from svd_hpc.inputs import models  # noqa: E402
+from svd_hpc.stages import train
+from svd_hpc.train import fsdp, sft_data  # noqa: E402
 
 WARMUP = 2  # steps per side not measured: first-touch of optimiser state and allocator warm-up
 WORDS = "the sum of two numbers is found by adding them so we add step by step and check the result".split()

@@ -2,7 +2,7 @@
 
 Run as: .venv/bin/python benchmarks/bench_verify.py [--questions 6 --n 4 --votes 5]
 
-Ours: `verify.run_cascade` (one batched call per stage, votes as n=V, judge instruction as the
+Ours: `cascade.run_cascade` (one batched call per stage, votes as n=V, judge instruction as the
 shared prompt prefix, prefix caching with block_size 32, early exit).
 Naive: every stage of every candidate asked with V separate requests (n=1), no early exit, on an
 engine without prefix caching, with the same prompts and sampling settings.
@@ -33,24 +33,24 @@ sys.path.insert(0, str(REPO))
 
 from bench_generate import machine, write_questions
 
-from svd_hpc import prompts, verify
 from svd_hpc.config import ModelConfig, VerifyConfig
-from svd_hpc.engine import Engine, Sampling, request_seed
+from svd_hpc.sampling import cascade, prompts
+from svd_hpc.sampling.engine import Engine, Sampling, request_seed
 
 
-def make_candidates(engine: Engine, questions: list[str], n: int, max_tokens: int) -> list[verify.CascadeItem]:
+def make_candidates(engine: Engine, questions: list[str], n: int, max_tokens: int) -> list[cascade.CascadeItem]:
     convs = [[{"role": "user", "content": prompts.user_prompt(q, "math")}] for q in questions]
     outs = engine.chat(
         convs, Sampling(n=n, temperature=0.8, top_p=0.95, max_tokens=max_tokens), seeds=list(range(len(convs)))
     )
     return [
-        verify.CascadeItem(q, prompts.final_answer(c.text), key=f"{i}/{k}")
+        cascade.CascadeItem(q, prompts.final_answer(c.text), key=f"{i}/{k}")
         for i, (q, cs) in enumerate(zip(questions, outs))
         for k, c in enumerate(cs)
     ]
 
 
-def naive_verify(engine: Engine, items: list[verify.CascadeItem], cfg: VerifyConfig) -> int:
+def naive_verify(engine: Engine, items: list[cascade.CascadeItem], cfg: VerifyConfig) -> int:
     """Every stage of every candidate, V separate n=1 requests each; returns judge samples drawn."""
     one = Sampling(n=1, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
     seed = engine.model_cfg.seed
@@ -76,13 +76,13 @@ def naive_verify(engine: Engine, items: list[verify.CascadeItem], cfg: VerifyCon
     return len(items) + sum(len(o) for o in outs)
 
 
-def measure(engine: Engine, items: list[verify.CascadeItem], vcfg: VerifyConfig) -> dict:
+def measure(engine: Engine, items: list[cascade.CascadeItem], vcfg: VerifyConfig) -> dict:
     """Our cascade (early exit), then every stage on every candidate; prompt tokens and samples."""
     out = {}
     engine.llm.reset_prefix_cache()
     before = engine.prefill_stats()
     started = time.perf_counter()
-    results = verify.run_cascade(engine, items, vcfg)
+    results = cascade.run_cascade(engine, items, vcfg)
     out["seconds"] = time.perf_counter() - started
     after = engine.prefill_stats()
     out["computed"], out["cached"] = after["computed"] - before["computed"], after["cached"] - before["cached"]
@@ -93,14 +93,14 @@ def measure(engine: Engine, items: list[verify.CascadeItem], vcfg: VerifyConfig)
     return out
 
 
-def every_stage(engine: Engine, items: list[verify.CascadeItem], vcfg: VerifyConfig) -> tuple[int, int, int]:
+def every_stage(engine: Engine, items: list[cascade.CascadeItem], vcfg: VerifyConfig) -> tuple[int, int, int]:
     """The cascade without early exit (each stage on every candidate): what caching and n=V
     alone save, whatever the judges decide."""
     engine.llm.reset_prefix_cache()
     before = engine.prefill_stats()
     samples = 0
     for stage in vcfg.stages:
-        full = verify.run_cascade(engine, items, dataclasses.replace(vcfg, stages=[stage]))
+        full = cascade.run_cascade(engine, items, dataclasses.replace(vcfg, stages=[stage]))
         samples += sum(r.samples for r in full)
     after = engine.prefill_stats()
     return after["computed"] - before["computed"], after["cached"] - before["cached"], samples

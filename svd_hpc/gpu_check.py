@@ -12,7 +12,7 @@ start in a process that has not touched CUDA):
             the loss with the restarts removed (samples attending each other) is printed beside
             it, to show the difference the check would catch
           - steps: 6 optimiser steps on that batch are finite and lower its loss
-  engine  where CUDA vLLM is installed: svd_hpc.engine.Engine with tensor_parallel_size=1 starts
+  engine  where CUDA vLLM is installed: svd_hpc.sampling.engine.Engine with tensor_parallel_size=1 starts
           and writes a reply
 One line per check; exit 1 if any failed. Without a CUDA GPU it says so and exits 0.
 """
@@ -67,8 +67,10 @@ def dialogues(n: int) -> list[list[dict]]:
 def check_train() -> bool:
     import torch
 
-    from . import config, models
-    from .train import fsdp, sft_data, train
+    from . import config
+    from .inputs import models
+    from .stages import train
+    from .train import fsdp, sft_data
 
     for key in TORCH_ENV:  # a world of one, whatever the shell exported
         os.environ.pop(key, None)
@@ -140,8 +142,8 @@ def check_engine() -> bool:
     if importlib.util.find_spec("vllm") is None:
         print("[SKIP] engine: vllm is not installed", flush=True)
         return True
-    from . import engine
     from .config import ModelConfig
+    from .sampling import engine
 
     device = engine.vllm_device()  # before anything touches CUDA
     if device != "cuda":

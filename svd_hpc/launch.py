@@ -30,13 +30,19 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__, catalog, hub, local, pilot, slurm, smoke, staging, status
+from . import __version__
 from . import config as config_mod
 from .config import ConfigError, RunConfig, reference
-from .contract import EXIT_USER_ERROR
-from .plan import build_plan
-from .planfile import Stage, downstream, plan_to_json
-from .rundir import RunDir, atomic_write_json
+from .forecast import pilot
+from .inputs import staging
+from .publish import hub
+from .rundir.atomic import atomic_write_json
+from .rundir.contract import EXIT_USER_ERROR
+from .rundir.layout import RunDir
+from .rundir.planfile import Stage, downstream, plan_to_json
+from .runner import catalog, local, smoke, status
+from .runner.plan import build_plan
+from .slurm import commands as slurm
 
 log = logging.getLogger("svd_hpc")
 # Piped or redirected (a batch log, `| tee`), rich would wrap every table at 80 columns.
@@ -113,7 +119,7 @@ def _record_submissions(run: RunDir, plan: list[Stage], subs: list[slurm.Submiss
 
 
 def _prepare_seeds(cfg: RunConfig, run: RunDir, dry_run: bool) -> None:
-    from . import seeds
+    from .inputs import seeds
 
     if dry_run and seeds.reads_hub(cfg.seeds):
         return
@@ -139,8 +145,8 @@ def prepare(cfg: RunConfig, run: RunDir, dry_run: bool = False) -> list[Stage]:
                 f"run directory {run.root} holds a different config; resume it with "
                 f"`python -m svd_hpc.launch resume {run.root}` or choose another name=..."
             )
-    from . import seeds
     from .eval import benchmarks
+    from .inputs import seeds
 
     for bench in cfg.eval.benchmarks:
         benchmarks.resolve(bench)  # an unknown preset or a spec without a source stops us here
@@ -376,7 +382,7 @@ def _cancel_command(args: argparse.Namespace) -> int:
 
 def _report_command(args: argparse.Namespace) -> int:
     """Rebuild the run's report."""
-    from .report import build as report
+    from .stages import report
 
     _, run = _open_run(args.run_dir)
     report.build(run, console=console)

@@ -75,7 +75,7 @@ def tiny_engine():
     settings start their own; a module that changes an attribute (e.g. `thinking`) restores it.
     """
     from svd_hpc.config import ModelConfig
-    from svd_hpc.engine import Engine
+    from svd_hpc.sampling.engine import Engine
 
     return Engine(ModelConfig(path="builtin:tiny-qwen3", block_size=32, max_model_len=1024))
 
@@ -85,7 +85,7 @@ def tiny_engine():
 
 def run_eval(run, stage: str, index: int, engine=None) -> dict:
     """Eval task `index` of `stage` as svd_hpc.task runs it (done marker included); returns its summary."""
-    from svd_hpc.eval import evaluate
-    from svd_hpc.task import run_once
+    from svd_hpc.runner.task import run_once
+    from svd_hpc.stages import evaluate
 
     return run_once(run, stage, index, body=lambda r, i: evaluate.run_eval_task(r, stage, i, engine=engine))

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import time
 
-from svd_hpc import progress
-from svd_hpc.rundir import RunDir
+from svd_hpc.rundir import progress
+from svd_hpc.rundir.layout import RunDir
 from tests import toy_stages
 
 

@@ -10,8 +10,9 @@ from transformers import AutoModelForCausalLM
 from transformers.modeling_flash_attention_utils import _is_packed_sequence
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from svd_hpc import models
-from svd_hpc.train import fsdp, sft_data, train
+from svd_hpc.inputs import models
+from svd_hpc.stages import train
+from svd_hpc.train import fsdp, sft_data
 
 SEQ_LEN = 128
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from svd_hpc import config, launch
-from svd_hpc.rundir import RunDir
+from svd_hpc.rundir.layout import RunDir
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml"))

@@ -14,15 +14,19 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from svd_hpc import catalog, config, generate, launch, prompts, seeds, verify
+from svd_hpc import config, launch
 from svd_hpc.config import ConfigError
-from svd_hpc.engine import Completion, Sampling
 from svd_hpc.eval import benchmarks
-from svd_hpc.merge import merge, selection
+from svd_hpc.eval.scores import EvalScores
+from svd_hpc.inputs import seeds
+from svd_hpc.merge import selection
 from svd_hpc.records import VERDICT
 from svd_hpc.report.domains import domains_section
-from svd_hpc.report.scores import EvalScores
-from svd_hpc.rundir import RunDir
+from svd_hpc.rundir.layout import RunDir
+from svd_hpc.runner import catalog
+from svd_hpc.sampling import prompts
+from svd_hpc.sampling.engine import Completion, Sampling
+from svd_hpc.stages import generate, merge, verify
 
 REPO = Path(__file__).resolve().parent.parent
 MIXED = REPO / "configs" / "qwen3-4b-mixed.yaml"
@@ -353,7 +357,7 @@ def test_mixed_config_has_the_three_domains_and_their_benchmarks(monkeypatch):
 
 
 def test_rounds_of_fresh_questions_keep_each_domains_share_with_single_domain_shards(tmp_path):
-    from svd_hpc import rounds
+    from svd_hpc.stages import rounds
 
     path = sources_config(tmp_path, {"math": 8, "code": 4}, shards=3, mix_domains=False)
     cfg = config.load(path, ["rounds=2", "iteration.seeds=fresh", "train.enabled=true"])

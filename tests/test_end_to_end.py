@@ -17,8 +17,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from svd_hpc import models, records
-from svd_hpc.rundir import RunDir
+from svd_hpc import records
+from svd_hpc.inputs import models
+from svd_hpc.rundir.layout import RunDir
 from tests.helpers import REPO, run_launch, wait_jobs
 
 CONFIG = REPO / "configs" / "tiny.yaml"

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from svd_hpc.config import GenerateConfig, ModelConfig
-from svd_hpc.engine import Engine, Sampling, stage_sampling
-from svd_hpc.engine_watchdog import Watchdog
-from svd_hpc.models import ensure_tiny_qwen3
+from svd_hpc.inputs.models import ensure_tiny_qwen3
+from svd_hpc.sampling.engine import Engine, Sampling, stage_sampling
+from svd_hpc.sampling.watchdog import Watchdog
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -107,8 +107,9 @@ def construct(platform: str, body: str, target: str, tmp_path: Path, **extra_env
 
 def prepared_run(tmp_path: Path) -> Path:
     """A run directory with one seed shard and one eval benchmark, as launch leaves it."""
-    from svd_hpc import config, seeds
-    from svd_hpc.rundir import RunDir
+    from svd_hpc import config
+    from svd_hpc.inputs import seeds
+    from svd_hpc.rundir.layout import RunDir
 
     (tmp_path / "seeds.jsonl").write_text(json.dumps({"question": "What is 2+2?"}) + "\n")
     (tmp_path / "bench.jsonl").write_text(json.dumps({"question": "What is 3+3?", "answer": "6"}) + "\n")

@@ -17,19 +17,24 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from svd_hpc import config, local, models, prompts
+from svd_hpc import config
 from svd_hpc.config import BenchmarkSpec, ConfigError
-from svd_hpc.engine import Completion
-from svd_hpc.eval import benchmarks, evaluate
+from svd_hpc.eval import benchmarks
+from svd_hpc.eval.grade import grade, grade_all
 from svd_hpc.eval.grading.choice import grade_choice
 from svd_hpc.eval.grading.math import grade_math
-from svd_hpc.eval.grading.problem import grade, grade_all
 from svd_hpc.eval.tasks import eval_tasks
-from svd_hpc.plan import build_plan
-from svd_hpc.planfile import plan_to_json
+from svd_hpc.inputs import models
 from svd_hpc.records import EVAL
-from svd_hpc.rundir import RunDir, atomic_write_json
-from svd_hpc.verify import CascadeResult
+from svd_hpc.rundir.atomic import atomic_write_json
+from svd_hpc.rundir.layout import RunDir
+from svd_hpc.rundir.planfile import plan_to_json
+from svd_hpc.runner import local
+from svd_hpc.runner.plan import build_plan
+from svd_hpc.sampling import prompts
+from svd_hpc.sampling.cascade import CascadeResult
+from svd_hpc.sampling.engine import Completion
+from svd_hpc.stages import evaluate
 from tests.conftest import run_eval
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,9 +17,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from svd_hpc import verify
-from svd_hpc.rundir import RunDir, StorageError, atomic_write_text
-from svd_hpc.task import run_once
+from svd_hpc.rundir.atomic import StorageError, atomic_write_text
+from svd_hpc.rundir.layout import RunDir
+from svd_hpc.runner.task import run_once
+from svd_hpc.stages import verify
 from tests.helpers import REPO, run_launch, write_config
 from tests.test_generate_verify import ScriptedEngine, prepare_run, synthetic_candidates
 

@@ -15,12 +15,15 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from svd_hpc import config, generate, prompts, seeds, verify
+from svd_hpc import config
 from svd_hpc.config import ModelConfig, VerifyConfig
-from svd_hpc.engine import Completion, Engine, Sampling
+from svd_hpc.inputs import seeds
 from svd_hpc.records import CANDIDATE, VERDICT, VOTE_NO, VOTE_NONE, VOTE_YES
-from svd_hpc.rundir import RunDir
-from svd_hpc.task import run_once
+from svd_hpc.rundir.layout import RunDir
+from svd_hpc.runner.task import run_once
+from svd_hpc.sampling import cascade, prompts
+from svd_hpc.sampling.engine import Completion, Engine, Sampling
+from svd_hpc.stages import generate, verify
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -63,7 +66,7 @@ def check_verdicts(table: pa.Table, cfg: config.RunConfig) -> None:
             else:  # early exit: nothing recorded past the stage a candidate failed
                 assert stage_votes is None
         if status == "rejected":
-            assert not verify.aggregate(row[f"{row['failed_stage']}_votes"], cfg.verify.aggregation, cfg.verify.k)
+            assert not cascade.aggregate(row[f"{row['failed_stage']}_votes"], cfg.verify.aggregation, cfg.verify.k)
         inferences = cfg.verify.cycle_inferences if "cycle" in reached else 0
         assert len(row["inferred_questions"] or []) == inferences
         assert row["judge_samples"] == inferences + votes * len(reached)
@@ -202,17 +205,17 @@ STAGE_PREFIX = {
 }
 
 ITEMS = [
-    verify.CascadeItem("Q0?", "clean answer", key="q0/0"),
-    verify.CascadeItem("Q1?", "fail:cycle", key="q1/0"),
-    verify.CascadeItem("Q2?", "fail:factuality", key="q2/0"),
-    verify.CascadeItem("Q3?", "fail:correctness", key="q3/0"),
-    verify.CascadeItem("Q4?", "mute:cycle", key="q4/0"),
+    cascade.CascadeItem("Q0?", "clean answer", key="q0/0"),
+    cascade.CascadeItem("Q1?", "fail:cycle", key="q1/0"),
+    cascade.CascadeItem("Q2?", "fail:factuality", key="q2/0"),
+    cascade.CascadeItem("Q3?", "fail:correctness", key="q3/0"),
+    cascade.CascadeItem("Q4?", "mute:cycle", key="q4/0"),
 ]
 
 
 def test_cascade_early_exit_batching_and_votes():
     eng = ScriptedEngine()
-    results = verify.run_cascade(eng, ITEMS, VerifyConfig(votes=3))
+    results = cascade.run_cascade(eng, ITEMS, VerifyConfig(votes=3))
     assert [r.status for r in results] == ["passed", "rejected", "rejected", "rejected", "rejected"]
     assert [r.failed_stage for r in results] == [None, "cycle", "factuality", "correctness", "cycle"]
     assert results[0].votes == {"cycle": [1, 1, 1], "factuality": [1, 1, 1], "correctness": [1, 1, 1]}
@@ -230,28 +233,28 @@ def test_cascade_early_exit_batching_and_votes():
     seeds_first = [s for c in eng.calls for s in c["seeds"]]
     assert len(set(seeds_first)) == len(seeds_first)
     again = ScriptedEngine()
-    verify.run_cascade(again, ITEMS, VerifyConfig(votes=3))
+    cascade.run_cascade(again, ITEMS, VerifyConfig(votes=3))
     assert [s for c in again.calls for s in c["seeds"]] == seeds_first
 
 
 def test_cascade_aggregation_order_and_judge_texts():
     eng = ScriptedEngine()
     cfg = VerifyConfig(votes=3, aggregation="majority", stages=["correctness", "cycle"], keep_judge_text=True)
-    results = verify.run_cascade(eng, ITEMS, cfg)
+    results = cascade.run_cascade(eng, ITEMS, cfg)
     # 2 of 3 yes passes a majority; the silent judge still rejects
     assert [r.status for r in results] == ["passed", "passed", "passed", "passed", "rejected"]
     assert results[0].votes["factuality"] is None  # not a configured stage
     assert eng.calls[0]["prompts"][0].startswith(prompts.CORRECTNESS_JUDGE)
     assert set(results[0].judge_texts) == {"correctness", "cycle_infer", "cycle"}
     assert len(results[0].judge_texts["cycle"]) == 3
-    k_of_v = verify.run_cascade(ScriptedEngine(), ITEMS, VerifyConfig(votes=3, aggregation="k_of_v", k=3))
+    k_of_v = cascade.run_cascade(ScriptedEngine(), ITEMS, VerifyConfig(votes=3, aggregation="k_of_v", k=3))
     assert [r.status for r in k_of_v] == ["passed", "rejected", "rejected", "rejected", "rejected"]
 
 
 def test_verdict_prefix_opens_judge_replies_but_not_inferred_questions():
-    plain = verify.run_cascade(ScriptedEngine(), ITEMS, VerifyConfig(votes=3))
+    plain = cascade.run_cascade(ScriptedEngine(), ITEMS, VerifyConfig(votes=3))
     eng = ScriptedEngine()
-    results = verify.run_cascade(eng, ITEMS, VerifyConfig(votes=3, verdict_prefix="[[", keep_judge_text=True))
+    results = cascade.run_cascade(eng, ITEMS, VerifyConfig(votes=3, verdict_prefix="[[", keep_judge_text=True))
     assert [c["prefix"] for c in eng.calls] == ["", "[[", "[[", "[["]
     assert [r.votes for r in results] == [r.votes for r in plain]
     assert results[0].inferred_questions == plain[0].inferred_questions
@@ -261,35 +264,35 @@ def test_verdict_prefix_opens_judge_replies_but_not_inferred_questions():
 
 def test_cycle_votes_spread_over_several_inferred_questions():
     eng = ScriptedEngine()
-    results = verify.run_cascade(eng, ITEMS[:1], VerifyConfig(votes=5, cycle_inferences=2, stages=["cycle"]))
+    results = cascade.run_cascade(eng, ITEMS[:1], VerifyConfig(votes=5, cycle_inferences=2, stages=["cycle"]))
     assert eng.calls[0]["n"] == [2]
     assert eng.calls[1]["n"] == [3, 2]  # votes 5 over 2 inferred questions
     assert len(results[0].inferred_questions) == 2 and len(results[0].votes["cycle"]) == 5
     assert results[0].samples == 2 + 5
     with pytest.raises(ValueError, match=r"cycle_inferences \(6\) must not exceed verify.votes \(5\)"):
-        verify.run_cascade(ScriptedEngine(), ITEMS, VerifyConfig(votes=5, cycle_inferences=6))
+        cascade.run_cascade(ScriptedEngine(), ITEMS, VerifyConfig(votes=5, cycle_inferences=6))
 
 
 def test_cascade_killed_anywhere_redoes_at_most_one_chunk(tmp_path):
     cfg = VerifyConfig(votes=3, chunk_size=2)
-    fresh = verify.run_cascade(ScriptedEngine(), ITEMS, cfg)
+    fresh = cascade.run_cascade(ScriptedEngine(), ITEMS, cfg)
     total = 5 + 5 + 3 + 2  # replies: inferred questions, then cycle, factuality, correctness votes
     for killed_after in range(total):
         checkpoint = tmp_path / f"progress-{killed_after}"
         with pytest.raises(RuntimeError, match="killed"):
-            verify.run_cascade(ScriptedEngine(fail_after=killed_after), ITEMS, cfg, checkpoint=checkpoint)
+            cascade.run_cascade(ScriptedEngine(fail_after=killed_after), ITEMS, cfg, checkpoint=checkpoint)
         saved = sum(len(json.loads(p.read_text())) for p in checkpoint.glob("chunk-*.json"))
         assert killed_after - cfg.chunk_size < saved <= killed_after  # at most one chunk lost
         resumed = ScriptedEngine()
-        results = verify.run_cascade(resumed, ITEMS, cfg, checkpoint=checkpoint)
+        results = cascade.run_cascade(resumed, ITEMS, cfg, checkpoint=checkpoint)
         assert resumed.replies == total - saved  # only what was not saved is asked again
         assert results == fresh
     # a changed chunk size keeps the saved replies; different items make them stale
     again = ScriptedEngine()
-    assert verify.run_cascade(again, ITEMS, VerifyConfig(votes=3, chunk_size=5), checkpoint=checkpoint) == fresh
+    assert cascade.run_cascade(again, ITEMS, VerifyConfig(votes=3, chunk_size=5), checkpoint=checkpoint) == fresh
     assert again.replies == 0
     other = ScriptedEngine()
-    verify.run_cascade(other, ITEMS[:2], cfg, checkpoint=checkpoint)
+    cascade.run_cascade(other, ITEMS[:2], cfg, checkpoint=checkpoint)
     assert len(other.calls) == 4 and other.replies == 2 + 2 + 1 + 1
 
 

@@ -11,9 +11,13 @@ import yaml
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError
 
-from svd_hpc import config, hub, hub_cards, status
-from svd_hpc.report.build import run_task as report_task
-from svd_hpc.rundir import RunDir, atomic_write_json
+from svd_hpc import config
+from svd_hpc.publish import cards as hub_cards
+from svd_hpc.publish import hub
+from svd_hpc.rundir.atomic import atomic_write_json
+from svd_hpc.rundir.layout import RunDir
+from svd_hpc.runner import status
+from svd_hpc.stages.report import run_task as report_task
 
 TOKEN = "hf_standin_token_0123456789"
 
@@ -145,7 +149,7 @@ def test_a_push_that_keeps_failing_is_recorded_shown_and_does_not_fail_the_run(r
     assert record["error"] == "ConnectionError: network unreachable"
     line = hub.status_lines(run)[0]
     assert line.startswith("hub dataset me/svd-sft: FAILED after 3 tries (ConnectionError: network unreachable)")
-    assert f"python -m svd_hpc.hub {run.root}" in line
+    assert f"python -m svd_hpc.publish.hub {run.root}" in line
     shown = "\n".join(str(t) for t in status.renderables(run, []))
     assert "hub dataset me/svd-sft: FAILED after 3 tries" in shown
     report_task(run, 0)

@@ -10,8 +10,8 @@ import time
 import pytest
 import yaml
 
-from svd_hpc import task
-from svd_hpc.rundir import RunDir
+from svd_hpc.rundir.layout import RunDir
+from svd_hpc.runner import task
 from tests import toy_stages
 from tests.helpers import (
     REPO,

@@ -4,8 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from svd_hpc import models
-from svd_hpc.train import sft_data, train
+from svd_hpc.inputs import models
+from svd_hpc.stages import train
+from svd_hpc.train import sft_data
 
 
 def head_inputs(tokens: int, hidden: int, vocab: int, seed: int = 0):

@@ -15,11 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from svd_hpc import aggregation, records, verify
+from svd_hpc import records
 from svd_hpc.config import VERIFY_STAGES, MergeConfig, RunConfig
-from svd_hpc.merge import merge, selection
-from svd_hpc.rundir import RunDir
-from svd_hpc.task import run_once
+from svd_hpc.merge import selection
+from svd_hpc.rundir.layout import RunDir
+from svd_hpc.runner.task import run_once
+from svd_hpc.sampling import aggregation, cascade
+from svd_hpc.stages import merge
 
 YES5 = [1, 1, 1, 1, 1]
 INSTRUCTION = "\nPut the final answer in \\boxed{}."
@@ -123,7 +125,7 @@ def test_cascade_and_merge_apply_one_aggregation_rule(monkeypatch):
     for options in ({}, {"aggregation": "majority"}, {"aggregation": "k_of_v", "k": 2}):
         merge_cfg = MergeConfig(**options)
         at_merge = selection.passes(table(rows), merge_cfg, ["cycle"]).to_pylist()
-        at_verify = [verify.aggregate(v, merge_cfg.aggregation, merge_cfg.k) for v in stage_votes]
+        at_verify = [cascade.aggregate(v, merge_cfg.aggregation, merge_cfg.k) for v in stage_votes]
         assert at_merge == at_verify, options
     assert set(asked) == {"merge", "verify"}
 
@@ -502,8 +504,8 @@ class CutOffEngine:
         return [completions for _, completions in self.stream(rendered, samplings, seeds)]
 
     def stream(self, rendered, samplings, seeds=None):
-        from svd_hpc import prompts
-        from svd_hpc.engine import Completion
+        from svd_hpc.sampling import prompts
+        from svd_hpc.sampling.engine import Completion
 
         for i, (prompt, sampling) in enumerate(zip(rendered, samplings)):
             answer = "a0" if "a0" in prompt else "a1" if "a1" in prompt else "a2"
@@ -524,17 +526,17 @@ class CutOffEngine:
 
 def judged_shard(tmp_path: Path, verdict_rule: str) -> Path:
     """Three candidates of one question through the real cascade, written as a verify shard."""
-    from svd_hpc import verify
     from svd_hpc.config import VerifyConfig
+    from svd_hpc.sampling import cascade
 
     rows = [cand("q", k, text=f"<think>w</think>a{k}") for k in range(3)]
     candidates = pa.Table.from_pylist(rows, schema=records.CANDIDATE)
-    items = [verify.CascadeItem("question q", f"a{k}", key=f"q/{k}") for k in range(3)]
+    items = [cascade.CascadeItem("question q", f"a{k}", key=f"q/{k}") for k in range(3)]
     cfg = VerifyConfig(votes=3, verdict_rule=verdict_rule)
-    results = verify.run_cascade(CutOffEngine(), items, cfg)
+    results = cascade.run_cascade(CutOffEngine(), items, cfg)
     path = tmp_path / f"verify-{verdict_rule}" / "shard-00000.parquet"
     path.parent.mkdir(parents=True)
-    pq.write_table(verify.verdict_table(candidates, dict(enumerate(results))), path)
+    pq.write_table(cascade.verdict_table(candidates, dict(enumerate(results))), path)
     return path
 
 

@@ -23,11 +23,15 @@ import pytest
 import yaml
 
 from svd_hpc import config as config_mod
-from svd_hpc import generate, launch, pilot, projection, slurm
-from svd_hpc.chunks import Checkpoint
-from svd_hpc.engine import Completion
+from svd_hpc import launch
+from svd_hpc.forecast import pilot, projection
 from svd_hpc.records import CANDIDATE, VERDICT
-from svd_hpc.rundir import RunDir, atomic_path
+from svd_hpc.rundir.atomic import atomic_path
+from svd_hpc.rundir.chunks import Checkpoint
+from svd_hpc.rundir.layout import RunDir
+from svd_hpc.sampling.engine import Completion
+from svd_hpc.slurm import commands as slurm
+from svd_hpc.stages import generate
 
 REPO = Path(__file__).resolve().parent.parent
 N = 2  # candidates per question in the test config
@@ -463,7 +467,7 @@ def test_projection_of_train_under_its_time_limit_or_requeued(tmp_path):
 
 
 def test_pilot_times_training_only_when_the_config_trains(tmp_path):
-    from svd_hpc.planfile import plan_from_json
+    from svd_hpc.rundir.planfile import plan_from_json
 
     plans = {}
     for enabled in (True, False):
@@ -482,7 +486,8 @@ def test_pilot_times_training_only_when_the_config_trains(tmp_path):
 def test_timed_steps_fill_every_pack_to_max_seq_len():
     import numpy as np
 
-    from svd_hpc.train import pilot_steps, sft_data
+    from svd_hpc.stages import pilot_train as pilot_steps
+    from svd_hpc.train import sft_data
 
     lengths = [5, 3, 7]
     ids = np.arange(15, dtype=np.int32)
@@ -596,7 +601,7 @@ def test_pilot_on_the_tiny_model(tmp_path):
 
 def test_report_compares_the_pilot_with_the_run(tmp_path):
     from svd_hpc.report.pilot import pilot_section
-    from svd_hpc.rundir import atomic_write_json
+    from svd_hpc.rundir.atomic import atomic_write_json
 
     cfg_path = write_config(tmp_path)
     assert run_launch("--config", str(cfg_path), "--pilot", "6", *NO_TRAIN).returncode == 0

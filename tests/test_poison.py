@@ -16,16 +16,15 @@ import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
-from svd_hpc import generate, prompts, status, verify
 from svd_hpc.config import ModelConfig
-from svd_hpc.engine import Engine, Refused, Sampling
-from svd_hpc.eval import evaluate
-from svd_hpc.merge import merge
-from svd_hpc.models import ensure_tiny_qwen3
-from svd_hpc.plan import build_plan
-from svd_hpc.planfile import plan_to_json
-from svd_hpc.report import build as report
-from svd_hpc.rundir import atomic_write_json
+from svd_hpc.inputs.models import ensure_tiny_qwen3
+from svd_hpc.rundir.atomic import atomic_write_json
+from svd_hpc.rundir.planfile import plan_to_json
+from svd_hpc.runner import status
+from svd_hpc.runner.plan import build_plan
+from svd_hpc.sampling import prompts
+from svd_hpc.sampling.engine import Engine, Refused, Sampling
+from svd_hpc.stages import evaluate, generate, merge, report, verify
 from tests.conftest import run_eval
 from tests.test_generate_verify import prepare_run
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from svd_hpc import prompts
 from svd_hpc.records import VOTE_NO, VOTE_NONE, VOTE_YES
+from svd_hpc.sampling import prompts
 
 # ----------------------------------------------------------------------------- verdicts
 

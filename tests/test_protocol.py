@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from svd_hpc import config
-from svd_hpc.train import train
+from svd_hpc.stages import train
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("qwen3-*.yaml"))
 SEEDS = {  # marin experiments/self_instill/ (instruction_seed = the user turn, answers dropped)
@@ -93,9 +93,9 @@ def test_decay_ratio_beyond_what_warmup_leaves_is_refused(tmp_path):
 
 
 def test_uq_ttc_judges_every_candidate_against_the_raw_question(monkeypatch):
-    from svd_hpc.engine import Completion
-    from svd_hpc.eval import evaluate
     from svd_hpc.eval.benchmarks import Problem
+    from svd_hpc.sampling.engine import Completion
+    from svd_hpc.stages import evaluate
 
     seen = []
     monkeypatch.setattr(evaluate, "run_cascade", lambda engine, items, cfg, checkpoint=None: seen.extend(items) or [])

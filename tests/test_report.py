@@ -15,16 +15,18 @@ import pytest
 import yaml
 from rich.console import Console
 
-from svd_hpc import config, slurm
-from svd_hpc.eval import scoring
-from svd_hpc.plan import build_plan
-from svd_hpc.planfile import plan_to_json
+from svd_hpc import config
+from svd_hpc.eval import scores as scoring
+from svd_hpc.eval.scores import domains_of, read_eval, score
 from svd_hpc.records import EVAL
-from svd_hpc.report import build as report
 from svd_hpc.report.cost import cost_section, sacct_seconds
-from svd_hpc.report.scores import domains_of, read_eval, score
-from svd_hpc.rundir import RunDir, atomic_write_json
-from svd_hpc.task import run_once
+from svd_hpc.rundir.atomic import atomic_write_json
+from svd_hpc.rundir.layout import RunDir
+from svd_hpc.rundir.planfile import plan_to_json
+from svd_hpc.runner.plan import build_plan
+from svd_hpc.runner.task import run_once
+from svd_hpc.slurm import commands as slurm
+from svd_hpc.stages import report
 
 SEEDS = [0, 1, 2]
 # benchmark -> variant -> seed -> correctness per question

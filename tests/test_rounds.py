@@ -12,9 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from svd_hpc import config, plan, rounds, rundir
+from svd_hpc import config
 from svd_hpc.records import EVAL
-from svd_hpc.rundir import RunDir, atomic_write_json
+from svd_hpc.rundir import layout as rundir
+from svd_hpc.rundir.atomic import atomic_write_json
+from svd_hpc.rundir.layout import RunDir
+from svd_hpc.runner import plan
+from svd_hpc.stages import rounds
 from tests.helpers import REPO, jobs, run_launch, wait_jobs, write_config
 
 
@@ -102,7 +106,7 @@ def test_round_two_generates_with_round_one_model_and_trains_by_the_knob(tmp_pat
 def _pool(run: RunDir, shards: int, n: int) -> None:
     qids = [f"q{i}" for i in range(n)]
     table = pa.table({"question_id": qids, "question": [f"Q{i}" for i in range(n)]})
-    from svd_hpc.seeds import shard_bounds
+    from svd_hpc.inputs.seeds import shard_bounds
 
     for i, (a, b) in enumerate(shard_bounds(n, shards)):
         run.shard_path("seeds", i).parent.mkdir(parents=True, exist_ok=True)

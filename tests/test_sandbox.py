@@ -642,10 +642,11 @@ def test_code_benchmark_task_refuses_before_loading_a_model(tmp_path, monkeypatc
     import yaml
 
     from svd_hpc import config
-    from svd_hpc.eval import evaluate
-    from svd_hpc.plan import build_plan
-    from svd_hpc.planfile import plan_to_json
-    from svd_hpc.rundir import RunDir, atomic_write_json
+    from svd_hpc.rundir.atomic import atomic_write_json
+    from svd_hpc.rundir.layout import RunDir
+    from svd_hpc.rundir.planfile import plan_to_json
+    from svd_hpc.runner.plan import build_plan
+    from svd_hpc.stages import evaluate
 
     code = {
         "name": "code",
@@ -778,8 +779,8 @@ def test_cgroup_delegation_moves_us_to_a_leaf(tmp_path):
 
 
 def test_report_states_the_isolation(tmp_path):
-    from svd_hpc.report import build as report
-    from svd_hpc.rundir import RunDir
+    from svd_hpc.rundir.layout import RunDir
+    from svd_hpc.stages import report
 
     run = RunDir(tmp_path / "run")
     for bench, record in (

@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from svd_hpc import batch_script, contract, launch
-from svd_hpc.rundir import RunDir
-from svd_hpc.task import run_once
+from svd_hpc import launch
+from svd_hpc.rundir import contract
+from svd_hpc.rundir.layout import RunDir
+from svd_hpc.runner.task import run_once
+from svd_hpc.slurm import script as batch_script
 from svd_hpc.train import fsdp
 from tests import toy_stages
 from tests.helpers import (

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from svd_hpc.rundir import RunDir, atomic_write_json
-from svd_hpc.task_env import is_secret, without_secrets
+from svd_hpc.rundir.atomic import atomic_write_json
+from svd_hpc.rundir.env import is_secret, without_secrets
+from svd_hpc.rundir.layout import RunDir
 from tests import toy_stages
 from tests.helpers import REPO, run_launch, wait_jobs, write_config
 
@@ -100,7 +101,7 @@ def test_slurm_jobs_never_get_the_secrets(tmp_path, slurm_cluster, monkeypatch):
 
 def test_sbatch_is_called_without_the_secrets(monkeypatch):
     # what sbatch gets, slurmctld keeps (and `sacct --env-vars` shows with AccountingStoreFlags=job_env)
-    from svd_hpc import slurm
+    from svd_hpc.slurm import commands as slurm
 
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)

@@ -7,9 +7,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from svd_hpc import config, records, seeds
+from svd_hpc import config, records
+from svd_hpc.inputs import seeds
 from svd_hpc.records import SEED
-from svd_hpc.rundir import RunDir
+from svd_hpc.rundir.layout import RunDir
 
 UNICODE_QUESTIONS = [
     "Combien font 12 × 3 ?",

@@ -9,8 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from svd_hpc import models, records
-from svd_hpc.train import sft_cache, sft_data, train
+from svd_hpc import records
+from svd_hpc.inputs import models
+from svd_hpc.stages import train
+from svd_hpc.train import sft_cache, sft_data
 from svd_hpc.train.rank_files import RankFiles
 
 QUESTION = "What is 2 + 3?"

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from svd_hpc import config as config_mod
-from svd_hpc import smoke
-from svd_hpc.plan import build_plan, resolve_resources
-from svd_hpc.rundir import RunDir
+from svd_hpc.rundir.layout import RunDir
+from svd_hpc.runner import smoke
+from svd_hpc.runner.plan import build_plan, resolve_resources
 from tests.helpers import REPO, run_launch
 
 TINY = REPO / "configs" / "tiny.yaml"

@@ -35,8 +35,10 @@ from huggingface_hub.errors import (
 from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import filter_repo_objects
 
-from svd_hpc import launch, models, staging
-from svd_hpc.rundir import RunDir, atomic_write_json
+from svd_hpc import launch
+from svd_hpc.inputs import models, staging
+from svd_hpc.rundir.atomic import atomic_write_json
+from svd_hpc.rundir.layout import RunDir
 
 REPO = Path(__file__).resolve().parent.parent
 REAL_SNAPSHOT = huggingface_hub.snapshot_download
@@ -259,7 +261,7 @@ def read_inputs_offline(run: RunDir, index: int) -> dict:
     import transformers
 
     from svd_hpc.eval import benchmarks
-    from svd_hpc.train.train import local_model_dir
+    from svd_hpc.stages.train import local_model_dir
 
     cfg = run.load_config()
     tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.model.path, revision=cfg.model.revision)
@@ -509,8 +511,8 @@ def test_task_module_imports_no_hub_client():
 
 
 def test_hub_dataset_names_may_hold_dots():
-    from svd_hpc import seeds
     from svd_hpc.config import SeedsConfig
+    from svd_hpc.inputs import seeds
 
     assert seeds.is_hub_dataset(SeedsConfig(path="AI-MO/NuminaMath-1.5"))  # the qwen3-*-math configs' seeds
     with pytest.raises(ValueError, match="seeds.path data/missing.csv does not exist"):

@@ -14,10 +14,14 @@ import yaml
 from rich.console import Console
 from rich.progress import Progress
 
-from svd_hpc import config, generate, local, progress, seeds, status
-from svd_hpc.engine import Completion
-from svd_hpc.planfile import Dependency, Stage
-from svd_hpc.rundir import RunDir
+from svd_hpc import config
+from svd_hpc.inputs import seeds
+from svd_hpc.rundir import progress
+from svd_hpc.rundir.layout import RunDir
+from svd_hpc.rundir.planfile import Dependency, Stage
+from svd_hpc.runner import local, status
+from svd_hpc.sampling.engine import Completion
+from svd_hpc.stages import generate
 from tests.helpers import REPO, run_launch, write_config
 
 # ----------------------------------------------------------------------------- the ETA arithmetic

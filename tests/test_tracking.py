@@ -10,9 +10,11 @@ import types
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from svd_hpc import config, tracking
-from svd_hpc.report.build import run_task as report_task
-from svd_hpc.rundir import RunDir, atomic_write_json
+from svd_hpc import config
+from svd_hpc.publish import tracking
+from svd_hpc.rundir.atomic import atomic_write_json
+from svd_hpc.rundir.layout import RunDir
+from svd_hpc.stages.report import run_task as report_task
 from svd_hpc.train.step_log import StepLog
 
 SUMMARY = {

@@ -15,11 +15,13 @@ import pytest
 import torch
 import yaml
 
-from svd_hpc import config, models
-from svd_hpc.contract import EXIT_STOPPED
-from svd_hpc.rundir import RunDir
-from svd_hpc.task import run_once
-from svd_hpc.train import fsdp, sft_cache, sft_data, train
+from svd_hpc import config
+from svd_hpc.inputs import models
+from svd_hpc.rundir.contract import EXIT_STOPPED
+from svd_hpc.rundir.layout import RunDir
+from svd_hpc.runner.task import run_once
+from svd_hpc.stages import train
+from svd_hpc.train import fsdp, sft_cache, sft_data
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = {

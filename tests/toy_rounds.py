@@ -14,8 +14,9 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from svd_hpc import plan
-from svd_hpc.rundir import RunDir, atomic_path, atomic_write_json
+from svd_hpc.rundir.atomic import atomic_path, atomic_write_json
+from svd_hpc.rundir.layout import RunDir
+from svd_hpc.runner import plan
 from tests import toy_stages
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from svd_hpc.rundir import RunDir, atomic_path, atomic_write_json
+from svd_hpc.rundir.atomic import atomic_path, atomic_write_json
+from svd_hpc.rundir.layout import RunDir
 
 
 def _begin(run: RunDir, stage: str, index: int) -> float:

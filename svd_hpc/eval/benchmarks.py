@@ -35,9 +35,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from .. import staging
 from ..config import BenchmarkSpec, ConfigError
-from ..sources import JSONL_SUFFIXES, MissingSplit, read_dataset_split, read_jsonl
+from ..inputs import staging
+from ..inputs.sources import JSONL_SUFFIXES, MissingSplit, read_dataset_split, read_jsonl
 from .presets import PRESETS, Preset, Source, resolve, seeds_of
 from .problems import Problem, _problems, in_contest_window
 

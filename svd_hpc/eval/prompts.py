@@ -14,7 +14,7 @@ The texts are the authors', verbatim (teetone/evalchemy eval/chat_benchmarks/):
 
 from __future__ import annotations
 
-from .. import prompts
+from ..sampling import prompts
 from .benchmarks import Problem
 from .grading.choice import LETTERS
 

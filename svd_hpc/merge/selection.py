@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import aggregation
 from ..config import VERIFY_STAGES, MergeConfig
+from ..sampling import aggregation
 
 WEIGHT_KEY = b"domain_weights"  # keys the hash that draws a weighted domain's rows (any fixed key would do)
 

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import slurm
 from ..config import STAGE_NAMES, RunConfig
-from ..rundir import RunDir, split_stage
+from ..rundir.layout import RunDir, split_stage
+from ..slurm import commands as slurm
 from .section import Section
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 from ..config import DOMAINS, RunConfig
-from ..eval import scoring
-from ..rundir import RunDir
+from ..eval import scores as scoring
+from ..eval.scores import EvalScores
+from ..rundir.layout import RunDir
 from .eval_tables import _ci, _pct
-from .scores import EvalScores
 from .section import Section
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from ..eval import scoring
-from ..rundir import RunDir
-from .scores import VARIANTS, EvalScores, PairedDelta, Score
+from ..eval import scores as scoring
+from ..eval.scores import VARIANTS, EvalScores, PairedDelta, Score
+from ..rundir.layout import RunDir
 from .section import Section
 
 

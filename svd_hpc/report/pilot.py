@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..rundir import RunDir
+from ..rundir.layout import RunDir
 from .cost import sacct_seconds
 from .section import Section
 

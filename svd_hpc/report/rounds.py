@@ -12,9 +12,10 @@ from pathlib import Path
 from rich.console import Console
 
 from ..config import RunConfig
-from ..rundir import RoundDir, RunDir, atomic_path, atomic_write_text, stopped_round
+from ..eval.scores import read_eval, score
+from ..rundir.atomic import atomic_path, atomic_write_text
+from ..rundir.layout import RoundDir, RunDir, stopped_round
 from .cost import _marker_seconds, _shard_totals, cost_section
-from .scores import read_eval, score
 from .section import Section
 from .stages import FUNNEL_ORDER, VOTE_KINDS
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from ..config import VERIFY_STAGES
 from ..merge.funnel import count_names
 from ..records import skip_kind
-from ..rundir import RunDir
+from ..rundir.layout import RunDir
 from .section import Section
 
 FUNNEL_ORDER = count_names(VERIFY_STAGES)

@@ -4,7 +4,7 @@ import logging
 import os
 import sys
 
-from ..task import run_once
+from ..runner.task import run_once
 
 rank = os.environ.get("RANK", "0")
 logging.basicConfig(

@@ -37,7 +37,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor, Shard
 
-from ..rundir import atomic_path
+from ..rundir.atomic import atomic_path
 
 log = logging.getLogger("svd_hpc")
 

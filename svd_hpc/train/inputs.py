@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from .. import models
+from ..inputs import models
 from . import fsdp, sft_cache, sft_data
 from .rank_files import RankFiles
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from ..contract import EXIT_STOPPED
+from ..rundir.contract import EXIT_STOPPED
 from . import fsdp
 
 log = logging.getLogger("svd_hpc")

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..rundir import atomic_write_json
+from ..rundir.atomic import atomic_write_json
 
 log = logging.getLogger("svd_hpc")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..rundir import atomic_path
+from ..rundir.atomic import atomic_path
 from . import sft_data
 from .rank_files import RankFiles
 from .sft_data import TokenizedSet

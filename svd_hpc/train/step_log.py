@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from .. import progress as task_progress
-from ..rundir import atomic_write_text
+from ..rundir import progress as task_progress
+from ..rundir.atomic import atomic_write_text
 
 log = logging.getLogger("svd_hpc")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...answers import after_think as final_part  # noqa: F401  (the graders read only the answer part)
+from ...sampling.answers import after_think as final_part  # noqa: F401  (the graders read only the answer part)
 
 
 @dataclass(frozen=True)

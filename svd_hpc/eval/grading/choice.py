@@ -13,7 +13,7 @@ import random
 import re
 import string
 
-from ...answers import last_boxed
+from ...sampling.answers import last_boxed
 from . import GradeResult, final_part, unfinished_thinking
 
 LETTERS = string.ascii_uppercase

@@ -11,7 +11,7 @@ import logging
 import re
 import threading
 
-from ...answers import last_boxed
+from ...sampling.answers import last_boxed
 from . import GradeResult, final_part, unfinished_thinking
 
 log = logging.getLogger("svd_hpc")

@@ -1,0 +1,251 @@
+"""The eval scores from the records: pass@1 per benchmark and domain (mean over seeds ± standard
+error), paired deltas against the base model with a bootstrap interval, and pass@k.
+
+pass@k (Chen et al., 2021): with n samples of a question of which c are correct, the chance that
+at least one of k samples drawn without replacement is correct is 1 - C(n-c, k) / C(n, k). It
+is unbiased for every k <= n, unlike 1 - (1 - c/n)^k; pass@1 reduces to c / n.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..config import RunConfig
+from ..records import EVAL, check_schema
+from ..rundir.layout import RunDir
+from . import benchmarks
+
+# (model, mode) of each column, in report order
+VARIANTS = {"base": ("base", "direct"), "SVD": ("trained", "direct"), "UQ-TTC": ("base", "uq_ttc")}
+Score = tuple[float, "float | None"]  # mean, standard error (None with a single seed)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of one question with `c` correct out of `n` samples (k <= n)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got {n=} {c=} {k=}")
+    if n - c < k:
+        return 1.0
+    # the product form of C(n-c, k) / C(n, k) stays exact enough without huge binomials
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def mean_pass_at_k(counts: Sequence[tuple[int, int]], k: int) -> float:
+    """pass@k averaged over questions, each given as (n samples, c correct)."""
+    if not counts:
+        raise ValueError("pass@k of an empty benchmark")
+    return sum(pass_at_k(n, c, k) for n, c in counts) / len(counts)
+
+
+def ks_for(n: int) -> list[int]:
+    """The k worth reporting for n samples per question: 1, 2, 4, ... up to n, and n itself."""
+    ks, k = [], 1
+    while k <= n:
+        ks.append(k)
+        k *= 2
+    if ks[-1] != n:
+        ks.append(n)
+    return ks
+
+
+def mean_stderr(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and standard error of the mean (sample std with n-1 / sqrt(n)); None for one value."""
+    if not values:
+        raise ValueError("mean of no values")
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(variance / n)
+
+
+def delta(a: tuple[float, float | None], b: tuple[float, float | None]) -> tuple[float, float | None]:
+    """b - a for two (mean, stderr) pairs; the errors of independent runs add in quadrature."""
+    err = None if a[1] is None or b[1] is None else math.hypot(a[1], b[1])
+    return b[0] - a[0], err
+
+
+def paired_bootstrap_ci(
+    differences: Sequence[float], level: float = 0.95, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile interval of the mean paired difference, resampling questions with replacement.
+
+    `differences` holds one value per question: the mean over its seeds of (variant − base) on the
+    same question and seed (both sampled with the same request seed). The question is the unit
+    resampled: each (question, seed) request has its own seed, so seeds share nothing across
+    questions, and a question's seed-to-seed spread is already in its mean. A fixed `seed` makes
+    the interval the same on every rebuild of the report.
+    """
+    import numpy as np
+
+    values = np.asarray(differences, dtype=float)
+    if values.size == 0:
+        raise ValueError("a bootstrap interval of no paired questions")
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    block = max(1, 2_000_000 // values.size)  # bounded memory: questions × resamples per block
+    for start in range(0, resamples, block):
+        stop = min(resamples, start + block)
+        means[start:stop] = values[rng.integers(0, values.size, size=(stop - start, values.size))].mean(axis=1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def read_eval(run: RunDir) -> pa.Table | None:
+    """Every finished eval record of the run (EVAL schema), or None when there is none yet."""
+    paths = sorted(run.stage_dir("eval").glob("*/*/seed-*.parquet"))
+    tables = []
+    for path in paths:
+        table = pq.read_table(path)
+        check_schema(table, EVAL, str(path))
+        tables.append(table.select(EVAL.names).cast(EVAL))
+    return pa.concat_tables(tables) if tables else None
+
+
+def domains_of(cfg: RunConfig, run: RunDir) -> dict[str, str]:
+    """Benchmark -> domain, from the config (presets resolved) and the eval summaries."""
+    out = {}
+    for path in run.stage_dir("eval").glob("*/*/seed-*.json"):
+        try:
+            summary = json.loads(path.read_text())
+            out[summary["benchmark"]] = summary["domain"]
+        except (OSError, ValueError, KeyError):
+            continue
+    for spec in cfg.eval.benchmarks:
+        try:
+            out[spec.name] = benchmarks.resolve(spec).domain
+        except ValueError:
+            out.setdefault(spec.name, "unknown")
+    return out
+
+
+@dataclass(frozen=True)
+class PairedDelta:
+    """variant − base over the (question, seed) pairs both answered, with its bootstrap interval."""
+
+    mean: float
+    low: float
+    high: float
+    questions: int
+    pairs: int
+
+
+@dataclass
+class EvalScores:
+    pass1: dict[tuple[str, str], Score]  # (variant, benchmark or "domain:<d>") -> score
+    seeds: dict[tuple[str, str], int]  # 0: a domain whose benchmarks repeat a different number of times
+    questions: dict[str, int]  # benchmark or "domain:<d>" -> distinct questions
+    pass_k: dict[tuple[str, str], dict[int, float]]  # (variant, benchmark) -> {k: pass@k}
+    deltas: dict[tuple[str, str], PairedDelta] = field(default_factory=dict)  # (SVD | UQ-TTC, group)
+
+
+def paired_deltas(records: dict[tuple[str, str, str, int], bool], groups_of) -> dict[tuple[str, str], PairedDelta]:
+    """SVD − base and UQ-TTC − base per group: per question, the mean over the seeds both answered of
+    the paired difference; its mean over questions and a 95% paired bootstrap interval."""
+    out = {}
+    for variant in ("SVD", "UQ-TTC"):
+        per_question: dict[str, dict[tuple[str, str], list[float]]] = defaultdict(lambda: defaultdict(list))
+        for (name, bench, qid, seed), correct in records.items():
+            if name != variant or ("base", bench, qid, seed) not in records:
+                continue
+            for group in groups_of(bench):
+                per_question[group][(bench, qid)].append(float(correct) - float(records[("base", bench, qid, seed)]))
+        for group, diffs in per_question.items():
+            means = [sum(d) / len(d) for d in diffs.values()]
+            low, high = paired_bootstrap_ci(means)
+            out[(variant, group)] = PairedDelta(
+                sum(means) / len(means), low, high, len(means), sum(len(d) for d in diffs.values())
+            )
+    return out
+
+
+def score(table: pa.Table, domain_of: dict[str, str]) -> EvalScores:
+    """pass@1 per seed, then mean ± stderr over seeds; domains pool their benchmarks' questions.
+
+    A domain whose benchmarks repeat a different number of times (AIME26 once, HMMT ten times)
+    weighs every question once: the mean over questions of each question's mean over its seeds,
+    without a seed-level error (its seeds do not pool into one set).
+    """
+    correct: dict[tuple[str, str, int], list[bool]] = defaultdict(list)
+    per_question: dict[tuple[str, str, str], list[bool]] = defaultdict(list)
+    questions: dict[str, set] = defaultdict(set)
+    records: dict[tuple[str, str, str, int], bool] = {}
+    names = {v: k for k, v in VARIANTS.items()}
+    groups_of = lambda bench: (bench, f"domain:{domain_of.get(bench, 'unknown')}")  # noqa: E731
+    for row in table.select(["benchmark", "model", "mode", "seed", "question_id", "correct"]).to_pylist():
+        variant = names.get((row["model"], row["mode"]))
+        if variant is None:
+            continue
+        bench = row["benchmark"]
+        for group in groups_of(bench):
+            correct[(variant, group, row["seed"])].append(bool(row["correct"]))
+            questions[group].add((bench, row["question_id"]))
+        per_question[(variant, bench, row["question_id"])].append(bool(row["correct"]))
+        records[(variant, bench, row["question_id"], row["seed"])] = bool(row["correct"])
+    by_group: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for (variant, group, _seed), values in sorted(correct.items()):
+        by_group[(variant, group)].append(sum(values) / len(values))
+    pass1 = {key: mean_stderr(values) for key, values in by_group.items()}
+    seeds = {key: len(values) for key, values in by_group.items()}
+    seed_sets: dict[tuple[str, str], set] = defaultdict(set)  # (variant, domain) -> each benchmark's seeds
+    for variant, group, seed in correct:
+        if not group.startswith("domain:"):
+            seed_sets[(variant, f"domain:{domain_of.get(group, 'unknown')}", group)].add(seed)
+    for variant, domain in list(pass1):
+        if not domain.startswith("domain:"):
+            continue
+        sets = {frozenset(v) for (var, dom, _b), v in seed_sets.items() if (var, dom) == (variant, domain)}
+        if len(sets) > 1:
+            means = [
+                sum(v) / len(v)
+                for (var, b, _q), v in per_question.items()
+                if var == variant and f"domain:{domain_of.get(b, 'unknown')}" == domain
+            ]
+            pass1[(variant, domain)], seeds[(variant, domain)] = (sum(means) / len(means), None), 0
+    counts: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
+    for (variant, bench, _q), values in per_question.items():
+        counts[(variant, bench)].append((len(values), sum(values)))
+    pass_k = {}
+    for key, nc in counts.items():
+        n = min(n for n, _ in nc)
+        if n >= 2:
+            pass_k[key] = {k: mean_pass_at_k(nc, k) for k in ks_for(n)}
+    return EvalScores(
+        pass1=pass1,
+        seeds=seeds,
+        questions={group: len(qs) for group, qs in questions.items()},
+        pass_k=pass_k,
+        deltas=paired_deltas(records, groups_of),
+    )
+
+
+def scores_json(scores: EvalScores) -> dict:
+    """The scores for programs: eval/summary.json."""
+    out: dict = defaultdict(dict)
+    for (variant, group), (mean, err) in scores.pass1.items():
+        out[group][variant] = {
+            "pass_at_1": mean,
+            "stderr": err,
+            "seeds": scores.seeds[(variant, group)],
+            "pass_at_k": {str(k): v for k, v in scores.pass_k.get((variant, group), {}).items()},
+        }
+    for (variant, group), d in scores.deltas.items():
+        out[group].setdefault("delta", {})[variant] = {
+            "vs": "base",
+            "mean": d.mean,
+            "stderr": delta(scores.pass1[("base", group)], scores.pass1[(variant, group)])[1],
+            "ci95": [d.low, d.high],
+            "ci_method": "paired bootstrap over questions, 10000 resamples",
+            "paired_questions": d.questions,
+            "paired_samples": d.pairs,
+        }
+    return {group: {"questions": scores.questions[group], **variants} for group, variants in out.items()}

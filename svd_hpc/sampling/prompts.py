@@ -1,0 +1,199 @@
+"""Every text the model is asked, and how its answers are read: domain instructions, the static
+filter, the judge prompts of the verification cascade, and verdict parsing.
+
+Judge prompts open with their fixed instruction, so every request of a stage shares that prefix
+in vLLM's prefix cache; the per-candidate text (question, answer) follows, and a short restatement
+of the verdict format closes the prompt, so a judge reads the format last (as in the authors'
+layout) without the shared prefix changing. Judges only ever see the final answer part of a
+candidate (`final_answer`), never its think block.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from ..records import VOTE_NO, VOTE_NONE, VOTE_YES
+from .answers import THINK_CLOSE, THINK_OPEN, after_think, last_boxed
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from .engine import Engine
+
+DOMAIN_INSTRUCTIONS = {
+    "math": "Work through the problem step by step, then write the final answer inside \\boxed{}.",
+    # a science question shows its options (then the answer is a letter) or asks for a free-form answer
+    "science": "Reason through the question step by step, then write the final answer inside \\boxed{}.",
+    "code": "Explain your approach briefly, then give the complete solution as one fenced code block.",
+}
+SCIENCE_CHOICE_INSTRUCTION = (
+    "Reason through the question step by step, then end with the line 'Answer: X', "
+    "where X is the letter of the correct option."
+)
+
+# an option line: "A) text", "(B) text", "C. text", "D: text"
+_OPTION_LINE = re.compile(r"^\s*\(?([A-Z])[).:]\s+\S", re.MULTILINE)
+
+
+def shows_options(question: str) -> bool:
+    """Whether a question lists lettered options, starting at A and B (e.g. "A) ..." lines)."""
+    letters = _OPTION_LINE.findall(question)
+    return "A" in letters and "B" in letters
+
+
+def instruction(question: str, domain: str) -> str:
+    """The domain's instruction for this question (science: letter answer only when options are shown)."""
+    if domain not in DOMAIN_INSTRUCTIONS:
+        raise ValueError(f"unknown domain '{domain}'; choose one of {', '.join(DOMAIN_INSTRUCTIONS)}.")
+    if domain == "science" and shows_options(question):
+        return SCIENCE_CHOICE_INSTRUCTION
+    return DOMAIN_INSTRUCTIONS[domain]
+
+
+def user_prompt(question: str, domain: str) -> str:
+    """The user turn of a generation request: the question, a newline, the domain's instruction."""
+    return f"{question}\n{instruction(question, domain)}"
+
+
+def final_answer(text: str) -> str:
+    """The final answer part of a completion (answers.after_think), without surrounding space."""
+    return after_think(text).strip()
+
+
+_FENCED = re.compile(r"```[^\n]*\n.*?```", re.DOTALL)
+
+
+def filter_reason(text: str, domain: str, require_think: bool, require_format: bool = True) -> str | None:
+    """Why the static filter rejects a candidate (None: it passes, and goes to the judges).
+
+    A think block opened and never closed is rejected even when not required: its "answer"
+    would be unfinished reasoning.
+    """
+    closed = THINK_CLOSE in text
+    if not closed and (require_think or THINK_OPEN in text):
+        return "unclosed_think"
+    answer = final_answer(text)
+    if not answer:
+        return "empty_answer"
+    if require_format and domain == "math" and last_boxed(answer) is None:
+        return "no_boxed"
+    if require_format and domain == "code" and not _FENCED.search(answer):
+        return "no_code_block"
+    return None
+
+
+# ----------------------------------------------------------------------------- judge prompts
+# Each prompt states its verdict format in its instruction and once more at its end.
+
+INFER_QUESTION = (
+    "Below is an answer written in reply to some question. Work out the question this answer most "
+    "likely replies to: the core question it addresses. Write only that question, on one line, "
+    "with no preamble and no comment."
+)
+
+CYCLE_JUDGE = (
+    "You compare two questions: an original question, and a question reconstructed only from an "
+    "answer to it. Decide whether they ask the same thing: the same core topic, the same key "
+    "elements and requirements, so that answering one would also answer the other. "
+    "Small differences of wording do not matter; a different quantity, condition or goal does.\n"
+    "Finish with [[Y]] if they ask the same thing, or [[N]] if they do not."
+)
+
+FACTUALITY_JUDGE = (
+    "You are an impartial reviewer checking an answer for errors of fact and reasoning. Look for "
+    "wrong facts, numbers, formulas or dates; steps whose logic does not hold; explanations that "
+    "mislead or leave out something essential; common misconceptions. Be strict about calculation "
+    "mistakes and logical flaws, but ignore typos, grammar and style. When you are unsure about a "
+    "claim and find no clear error in it, lean towards accepting it.\n"
+    "Finish with [[Y]] if the answer has no factual errors and no major flaws, or [[N]] if it has "
+    "an important factual or logical error that would mislead a reader."
+)
+
+CORRECTNESS_JUDGE = (
+    "You are an impartial examiner deciding whether an answer fully and correctly solves a "
+    "question. First solve the question yourself, briefly. Then compare the answer with your "
+    "solution. Reject the answer if it is partial or only sketches an approach, if it gives up or "
+    "calls the problem open, if it lacks the detail needed to follow it, or if it contains any "
+    "error. Accept it only if it is at least 95% correct and really answers what was asked. "
+    "Check your decision a second time before you give it.\n"
+    "Finish with [[Y]] if you accept the answer, or [[N]] if you reject it."
+)
+
+# after the per-candidate text: the format is read last, the shared prefix above stays the same
+VERDICT_REMINDER = "End your reply with your verdict: [[Y]] or [[N]]."
+
+
+def infer_question_prompt(answer: str) -> str:
+    """Cycle consistency, step (a): ask for the question behind an answer (the answer alone)."""
+    return f"{INFER_QUESTION}\n\nAnswer:\n{answer}"
+
+
+def cycle_judge_prompt(question: str, inferred: str) -> str:
+    """Cycle consistency, step (b): the judge sees only the two questions."""
+    return (
+        f"{CYCLE_JUDGE}\n\nOriginal question:\n{question}\n\nReconstructed question:\n{inferred}\n\n{VERDICT_REMINDER}"
+    )
+
+
+def factuality_prompt(question: str, answer: str) -> str:
+    return f"{FACTUALITY_JUDGE}\n\nQuestion:\n{question}\n\nAnswer:\n{answer}\n\n{VERDICT_REMINDER}"
+
+
+def correctness_prompt(question: str, answer: str) -> str:
+    return f"{CORRECTNESS_JUDGE}\n\nQuestion:\n{question}\n\nAnswer:\n{answer}\n\n{VERDICT_REMINDER}"
+
+
+JUDGE_PROMPTS = {"factuality": factuality_prompt, "correctness": correctness_prompt}
+
+
+def inferred_question(text: str, rule: str = "first_line") -> str:
+    """The question read from a cycle_infer reply.
+
+    first_line (the authors'): the first line of what follows the last </think>, or of the whole
+    reply when it has none. full: everything after the judge's thinking.
+    """
+    if rule == "first_line":
+        body = text.rsplit(THINK_CLOSE, 1)[-1] if THINK_CLOSE in text else text
+        return body.strip().split("\n", 1)[0].strip()
+    if rule == "full":
+        return after_think(text).strip()
+    raise ValueError(f"unknown inferred-question rule '{rule}'; choose first_line or full.")
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+_BRACKETED = re.compile(r"\[\[\s*([YN])\s*\]\]", re.IGNORECASE)
+# authors: a letter not touching another letter, any case (digits and "_" may touch it)
+_ANY_LETTER = re.compile(r"(?<![A-Za-z])([YN])(?![A-Za-z])", re.IGNORECASE)
+_ANY_WORD = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+# strict: a bare capital letter standing alone: lower-case y/n are too common as variables to count
+_LETTER = re.compile(r"(?<![A-Za-z0-9_])([YN])(?![A-Za-z0-9_])")
+_WORD = re.compile(r"(?<![A-Za-z0-9_])(yes|no)(?![A-Za-z0-9_])", re.IGNORECASE)
+VERDICT_RULES = {"authors": (_BRACKETED, _ANY_LETTER, _ANY_WORD), "strict": (_BRACKETED, _LETTER, _WORD)}
+
+
+def parse_verdict(text: str, rule: str = "authors") -> int:
+    """VOTE_YES, VOTE_NO, or VOTE_NONE (a rejection) for one judge output.
+
+    Precedence: the last [[Y]]/[[N]] (any case, spaces inside allowed); else the last standalone
+    Y or N; else the last word yes/no (any case); else no verdict.
+    authors (evalchemy ttc_utils.extract_decision_robust): over the whole output, the judge's
+    thinking included, and a standalone y/n in any case counts.
+    strict: only the text after the judge's thinking (a verdict inside the thinking, or in a reply
+    cut off while thinking, is no verdict), and only a capital Y/N counts as a bare letter.
+    """
+    if rule not in VERDICT_RULES:
+        raise ValueError(f"unknown verdict rule '{rule}'; choose {' or '.join(VERDICT_RULES)}.")
+    # the authors upper-case the reply first, which also changes what stands alone ("ß" -> "SS")
+    text = after_think(text) if rule == "strict" else text.upper()
+    for pattern in VERDICT_RULES[rule]:
+        found = pattern.findall(text)
+        if found:
+            return VOTE_YES if found[-1][0].upper() == "Y" else VOTE_NO
+    return VOTE_NONE
+
+
+def require_think(cfg: RunConfig, engine: Engine) -> bool:
+    """Whether the filter demands a closed think block: `auto` follows the model's thinking mode."""
+    knob = cfg.generate.require_think
+    return engine.thinking if knob == "auto" else knob == "on"
