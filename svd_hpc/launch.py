@@ -229,7 +229,7 @@ def run_smoke(cfg: RunConfig) -> int:
         launch(cfg, run, wait=True)
     except local.TaskFailed as err:  # the local scheduler stops at the first failure; the table says which
         console.print(f"{err}", markup=False)
-    return 0 if smoke.render(run, smoke.summarize(run), console) else 1
+    return 0 if smoke.render(run, smoke.summarize(run, status.collect(run)), console) else 1
 
 
 def _stage(plan: list[Stage], name: str) -> Stage:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from rich.table import Table as RichTable
+if TYPE_CHECKING:
+    from rich.table import Table as RichTable
 
 
 @dataclass
@@ -26,6 +28,10 @@ class Section:
         return "\n".join(lines + ([""] + [self.note] if self.note else []) + [""])
 
     def rich(self) -> RichTable:
+        # imported here: the merge and train tasks write the funnel into a dataset card as markdown,
+        # and need no terminal library for it
+        from rich.table import Table as RichTable
+
         table = RichTable(title=self.title, caption=self.note or None)
         for i, header in enumerate(self.headers):
             table.add_column(header, justify="left" if i == 0 else "right")

@@ -25,13 +25,16 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..config import RunConfig, StageResources
 from ..rundir import planfile
 from ..rundir.atomic import atomic_write_json
 from ..rundir.layout import RunDir
-from . import status
+
+if TYPE_CHECKING:
+    from .status import StageStatus
 
 SMOKE_MODEL = "builtin:tiny-qwen3"
 SMOKE_QUESTIONS = 8
@@ -229,10 +232,14 @@ def record(run: RunDir, stage, index: int) -> None:
 # ----------------------------------------------------------------------------- the table
 
 
-def summarize(run: RunDir) -> list[tuple[str, Check]]:
-    """(task, check) for every task of the plan: its recorded checks, or why it left none."""
+def summarize(run: RunDir, stage_statuses: list[StageStatus]) -> list[tuple[str, Check]]:
+    """(task, check) for every task of the plan: its recorded checks, or why it left none.
+
+    `stage_statuses` is status.collect(run): the caller reads the queue, so a task, which imports this
+    module to record its checks, loads no Slurm client.
+    """
     rows: list[tuple[str, Check]] = []
-    statuses = {s.name: s for s in status.collect(run)}
+    statuses = {s.name: s for s in stage_statuses}
     for stage in planfile.plan_from_json(run.load_json(run.plan_path, default=[])):
         st = statuses.get(stage.name)
         failed = {f.index: f for f in (st.failed if st else [])}
