@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -308,3 +310,24 @@ def test_warned_task_requeues_without_slurm_in_its_container_and_finishes(tmp_pa
     assert restarts(f"{gen}_0", env) == 1
     log = next(run.log_dir("generate").glob("*_0_log.err")).read_text()
     assert f"requeueing {gen}_0 (restart 1 of at most 3)" in log
+
+
+# Written by svd_hpc at 212e7e5, the flat layout before the layers (a local toy run without train, its
+# report marker removed; made in /tmp/fx with its seeds beside it): a run directory from before a move
+# still shows its status, resumes and reports.
+RUN_BEFORE_LAYERS = Path(__file__).parent / "data" / "run-212e7e5"
+
+
+def test_a_run_directory_from_the_flat_layout_still_shows_status_resumes_and_reports(tmp_path):
+    run = RunDir(shutil.copytree(RUN_BEFORE_LAYERS, tmp_path / "runs" / "toy"))
+    shutil.copy(RUN_BEFORE_LAYERS.with_name("run-212e7e5-seeds.jsonl"), tmp_path / "seeds.jsonl")
+    run.config_path.write_text(run.config_path.read_text().replace("/tmp/fx", str(tmp_path)))
+    status = run_launch(["status", str(run.root)])
+    assert status.returncode == 0, status.stderr
+    assert "merge" in status.stdout and "report" in status.stdout
+    resumed = run_launch(["resume", str(run.root)])
+    assert resumed.returncode == 0, resumed.stderr
+    assert run.is_done("report", 0) and [r["name"] for r in run.load_json(run.plan_path)][-1] == "report"
+    report = run_launch(["report", str(run.root)])  # builds report.md with the real report code
+    assert report.returncode == 0, report.stderr
+    assert "merge" in (run.root / "report.md").read_text()
