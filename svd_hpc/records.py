@@ -10,7 +10,7 @@ Votes are int8: 1 = yes ([[Y]]), 0 = no, -1 = no verdict found (counts as a reje
 vote list is null when the candidate never reached that stage (early exit or static filter); its
 cut-off list, parallel to the votes, says which replies hit verify.max_tokens before they ended.
 
-skip_reason is null unless the engine could not run the item (see engine.py): "<kind>: <detail>",
+skip_reason is null unless the engine could not run the item (see sampling/engine.py): "<kind>: <detail>",
 kind prompt_too_long | template_error | engine_rejected. A skipped question keeps its N candidate
 rows (empty text, passed_filter false); in VERDICT a candidate whose own judge request could not
 run is skipped too (failed_stage names the stage), and a skipped candidate never passes.

@@ -336,7 +336,7 @@ class TrainConfig:
     activation_checkpointing: bool | None = None
     """Recompute each decoder layer in backward; null: on from ACTIVATION_CHECKPOINTING_FROM tokens of max_seq_len.
 
-    svd_hpc/train/train.py says why; true or false wins over the default.
+    svd_hpc/stages/train.py says why; true or false wins over the default.
     """
     procs_per_node: int = 1
     """Training processes per node (torchrun --nproc_per_node) where nothing else sets it.

@@ -7,7 +7,7 @@ left at its default: where its rows are, its eval prompt, its repeats (eval seed
 order and, for LiveCodeBench, its contest window — each as the authors' evalchemy has it
 (docs/PROTOCOL.md). Sources are tried in this order: the hub copy, then the local copy in
 `path`; when neither works the error names both and what to do. The launch stages the hub copy
-(staging.py: a snapshot in the HF cache, its commit pinned in `revision`); tasks run offline and
+(inputs/staging.py: a snapshot in the HF cache, its commit pinned in `revision`); tasks run offline and
 read that snapshot, or the local copy when the hub copy was not staged.
 
 Row layouts:

@@ -6,7 +6,7 @@ Run as: python -m svd_hpc.launch --config configs/X.yaml --pilot [N] [--pilot-se
 The pilot is a small run directory of its own, RUN_DIR/pilot/, with the run's config except one
 seed shard of N questions drawn at random (random.Random(S), recorded in pilot/questions.json),
 no eval, and instead of train a `pilot_train` task: K real optimiser steps of the configured model
-and train setup on the pilot's SFT set at train.max_seq_len (train/pilot_steps.py), on one node
+and train setup on the pilot's SFT set at train.max_seq_len (stages/pilot_train.py), on one node
 with the configured processes per node (a multi-node allocation would queue like the run itself;
 projection.py scales the step to the configured nodes). Its tasks are the real stage bodies run
 the way the full run runs them: here by the local scheduler (torchrun for pilot_train), or as
@@ -54,7 +54,7 @@ DEFAULT_QUESTIONS = 64
 DEFAULT_TRAIN_STEPS = 4  # one warm-up step, then three timed ones
 STAGES = ("generate", "verify", "merge")
 TRAIN_STAGE = "pilot_train"
-ENGINE_READY = re.compile(r"engine ready: .* in ([0-9.]+)s")  # engine.py's line once vLLM has loaded
+ENGINE_READY = re.compile(r"engine ready: .* in ([0-9.]+)s")  # sampling/engine.py's line once vLLM has loaded
 
 
 def pilot_config(cfg: RunConfig, train_steps: int = 0) -> RunConfig:

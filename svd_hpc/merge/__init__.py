@@ -1,1 +1,2 @@
-"""The merge stage: selection of verified candidates into the SFT set (merge), its rules (selection), the funnel."""
+"""The merge's library (the merge stage's body is stages/merge.py): the selection rules (selection), the funnel
+counts (funnel) and the spill files (writers)."""

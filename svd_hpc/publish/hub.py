@@ -9,7 +9,7 @@ A push that fails with a rate limit, a concurrent commit (412), a server error o
 retried with doubling waits; then, as without a token, its outcome is recorded in
 RUN_DIR/hub/<what>.json, which `status` and the report show, and the run goes on.
 
-The token: tasks drop HF_TOKEN and every other secret from their environment (task_env.py), so it
+The token: tasks drop HF_TOKEN and every other secret from their environment (rundir/env.py), so it
 never reaches sbatch scripts, job environments, logs or the run directory. A task reads the token
 as huggingface_hub does when the variable is absent: from its token file (`hf auth login` writes
 it to HF_HOME/token, or HF_TOKEN_PATH), on the home directory compute nodes share. Tasks also run

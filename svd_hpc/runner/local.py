@@ -1,7 +1,7 @@
 """The local scheduler: run the plan on this machine, stage by stage, with progress bars.
 
 A stage's bar moves per chunk, not only per task: while a task runs, its progress file
-(svd_hpc/progress.py) is read every POLL_S seconds, and the bar shows the finished tasks plus
+(svd_hpc/rundir/progress.py) is read every POLL_S seconds, and the bar shows the finished tasks plus
 the running one's fraction, with its questions done, tokens/s and ETA. `local_running.json`
 in the run's logs/ names the task running now, so `status` can tell it from one that died.
 

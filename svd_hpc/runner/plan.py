@@ -34,7 +34,7 @@ BODIES = {
     "verify": "svd_hpc.stages.verify:run_task",
     "merge": "svd_hpc.stages.merge:run_task",
     "train": "svd_hpc.stages.train:run_task",
-    "pilot_train": "svd_hpc.stages.pilot_train:run_task",  # the pilot's timed training steps (pilot.py)
+    "pilot_train": "svd_hpc.stages.pilot_train:run_task",  # the pilot's timed training steps (forecast/pilot.py)
     "eval_trained": "svd_hpc.stages.evaluate:run_trained",
     "report": "svd_hpc.stages.report:run_task",
     "seeds": "svd_hpc.stages.rounds:run_seeds",  # a round's questions (multi-round runs only)

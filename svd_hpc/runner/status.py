@@ -329,7 +329,7 @@ def renderables(run: RunDir, statuses: list[StageStatus], now: float | None = No
             )
             if task.tail:
                 out.append(Text(task.tail))
-    # pushes to the hub do not fail the run when they fail (svd_hpc/hub.py): they are shown here
+    # pushes to the hub do not fail the run when they fail (svd_hpc/publish/hub.py): they are shown here
     out += [Text(line, "red" if "FAILED" in line else "") for line in hub.status_lines(run)]
     if all(st.complete for st in statuses):
         out.append(Text("run complete", "green"))

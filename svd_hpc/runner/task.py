@@ -9,7 +9,7 @@ body never touches markers; one that returns None (a training rank other than 0)
 A multi-process stage (train) gets the torch.distributed variables from SLURM's when srun
 started it, as torchrun would have set them.
 
-Tasks never requeue themselves: the batch script does (batch_script.py), outside any container.
+Tasks never requeue themselves: the batch script does (slurm/script.py), outside any container.
 It asks a multi-process task to stop by creating contract.stop_request_path; the task then
 checkpoints and exits contract.EXIT_STOPPED, and the script requeues the job.
 """

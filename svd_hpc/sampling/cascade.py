@@ -60,7 +60,7 @@ class CascadeResult:
 
 
 def aggregate(votes: Sequence[int], rule: str, k: int | None = None) -> bool:
-    """Whether a stage passes by verify.aggregation (the rule itself: svd_hpc/aggregation.py)."""
+    """Whether a stage passes by verify.aggregation (the rule itself: svd_hpc/sampling/aggregation.py)."""
     return aggregation.votes_pass(votes, rule, k, section="verify")
 
 

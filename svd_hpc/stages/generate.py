@@ -3,7 +3,7 @@
 Run as: python -m svd_hpc.task generate --run-dir runs/demo   (task index from SLURM_ARRAY_TASK_ID)
 
 All the shard's questions are queued in one engine run; every generate.chunk_size finished
-questions are written atomically to <run>/generate/chunks/NNNNN/chunk-MMMMM.json (svd_hpc/chunks.py),
+questions are written atomically to <run>/generate/chunks/NNNNN/chunk-MMMMM.json (svd_hpc/rundir/chunks.py),
 so a task killed or preempted half-way redoes at most one chunk. Every question samples with its
 own seed (from model.seed and its id), so the resumed shard equals an uninterrupted one.
 """

@@ -14,7 +14,7 @@ optimiser, LR schedule), step.py (the loss and one optimiser step), preemption.p
 request), step_log.py (the step records). This module runs the steps, checkpoints and exports.
 
 When asked to stop (preemption.py), every rank finishes its step, all agree, save a checkpoint
-and exit EXIT_STOPPED; the batch script then requeues the job (batch_script.py). A restart
+and exit EXIT_STOPPED; the batch script then requeues the job (slurm/script.py). A restart
 resumes from the newest complete checkpoint with the same data order, optimiser, scheduler and
 RNG state, so an interrupted run ends with the weights of an uninterrupted one.
 """

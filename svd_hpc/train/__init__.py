@@ -1,2 +1,3 @@
-"""The train stage: the step loop (train), its inputs, model, step, preemption and step log (step_log), SFT data
-and packing (sft_data), the tokenized-set cache (sft_cache), FSDP2 helpers (fsdp), rank hand-offs (rank_files)."""
+"""Training's library (the train stage's body is stages/train.py): SFT data and packing (sft_data), the tokenized-set
+cache (sft_cache), the model and optimiser (model), the step (step), preemption, the step log, FSDP2 helpers (fsdp)
+and rank hand-offs (rank_files)."""

@@ -1,6 +1,6 @@
 """Stopping training on request: the stop flag checked at step boundaries, and the exit after the stop checkpoint.
 
-The batch script owns the warning signal and the requeue (batch_script.py); on SLURM's warning it
+The batch script owns the warning signal and the requeue (slurm/script.py); on SLURM's warning it
 creates <run>/train/stop-requested, which rank 0 checks at every step boundary. SIGUSR2/SIGTERM
 do the same. Every rank finishes its step, all agree, save a checkpoint and exit EXIT_STOPPED.
 """

@@ -32,7 +32,7 @@ class StepLog:
             kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= start]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self.handle = open(self.path, "a")
-        # what `status` and the local bars read of a running task (svd_hpc/progress.py); the line is ours
+        # what `status` and the local bars read of a running task (svd_hpc/rundir/progress.py); the line is ours
         self.progress = task_progress.TaskProgress(
             task_progress.file_of(out, 0), "train", 0, total, "steps", start, log_lines=False
         )
