@@ -111,7 +111,7 @@ def test_start_on_a_running_cluster_is_a_fast_no_op(slurm_cluster):
     assert pid_file.read_text() == pid_before
 
 
-# --- what the batch scripts (svd_hpc/batch_script.py) rely on ----------------------------------
+# --- what the batch scripts (svd_hpc/slurm/script.py) rely on ----------------------------------
 
 
 def test_batch_signal_reaches_the_shell_and_not_the_tasks(slurm_cluster, tmp_path):

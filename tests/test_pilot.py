@@ -518,7 +518,7 @@ def test_timed_steps_fill_every_pack_to_max_seq_len():
     ],
 )
 def test_overrides_may_come_before_or_after_the_options(argv, overrides, questions):
-    args = launch._parse(["run", *argv])
+    args = launch.parse_args(["run", *argv])
     assert args.overrides == overrides and args.pilot == questions
 
 

@@ -104,9 +104,9 @@ def test_uq_ttc_judges_every_candidate_against_the_raw_question(monkeypatch):
     problem = Problem("q1", "Which gas?", "science", "choice", options=["N2", "O2"])
     task = argparse.Namespace(benchmark="b", seed=0)
     outputs = [[Completion("<think>x</think>Answer: A", 5, "stop", 3), Completion("no think block", 5, "stop", 3)]]
-    evaluate._choose(engine, cfg, task, [problem], ["Which gas?\n\nA) N2\nB) O2"], outputs, None)
+    evaluate.uq_ttc_choose(engine, cfg, task, [problem], ["Which gas?\n\nA) N2\nB) O2"], outputs, None)
     assert [(i.question, i.answer) for i in seen] == [("Which gas?", "Answer: A"), ("Which gas?", "no think block")]
     seen.clear()
     cfg.eval.uq_ttc_filter, cfg.eval.uq_ttc_judge_question = True, "presented"  # ours, as knobs
-    evaluate._choose(engine, cfg, task, [problem], ["Which gas?\n\nA) N2\nB) O2"], outputs, None)
+    evaluate.uq_ttc_choose(engine, cfg, task, [problem], ["Which gas?\n\nA) N2\nB) O2"], outputs, None)
     assert [(i.question, i.answer) for i in seen] == [("Which gas?\n\nA) N2\nB) O2", "Answer: A")]

@@ -790,7 +790,7 @@ def test_report_states_the_isolation(tmp_path):
         path = run.stage_dir("eval") / "base" / bench / "seed-0.json"
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps({"sandbox": record}))
-    text = "\n".join(report._sandbox_notes(run))
+    text = "\n".join(report.sandbox_notes(run))
     assert "isolation `bubblewrap` for lcb; `process-group` for humaneval" in text
     assert "Total memory: cgroup v2 x." in text
     assert "humaneval was graded without isolation" in text

@@ -72,5 +72,5 @@ BODIES = {
     "train": _record_inputs("train", toy_stages.train),
 }
 BODIES.pop("report")  # the real report: it reads only what exists
-REAL_BUT_FAILING = {"verify": _fail_once("verify", plan._import(plan.BODIES["verify"]))}
+REAL_BUT_FAILING = {"verify": _fail_once("verify", plan.import_spec(plan.BODIES["verify"]))}
 ENV = {"SVD_HPC_TEST_BODIES": "tests.toy_rounds:BODIES"}

@@ -139,7 +139,7 @@ def stage_body(stage: str) -> Callable:
     A round's stage ("round-2/generate") runs its plain stage's body inside the round (rounds.round_body).
     """
     number, plain = split_stage(stage)
-    body = _test_bodies().get(plain) or _import(BODIES[plain])
+    body = _test_bodies().get(plain) or import_spec(BODIES[plain])
     return body if number is None else rounds.round_body(body, number, plain)
 
 
@@ -161,9 +161,10 @@ TEST_BODIES = "SVD_HPC_TEST_BODIES"
 
 def _test_bodies() -> dict[str, Callable]:
     spec = os.environ.get(TEST_BODIES)
-    return _import(spec) if spec else {}
+    return import_spec(spec) if spec else {}
 
 
-def _import(spec: str):
+def import_spec(spec: str):
+    """The object a "module:name" spec names (BODIES, SVD_HPC_TEST_BODIES)."""
     module_name, _, name = spec.partition(":")
     return getattr(importlib.import_module(module_name), name)

@@ -104,7 +104,7 @@ def _ask(engine: Engine, cfg: RunConfig, task: EvalTask, chunk: list[Problem], n
     return engine.chat(conversations, _sampling(cfg, n), seeds=seeds)
 
 
-def _choose(
+def uq_ttc_choose(
     engine: Engine,
     cfg: RunConfig,
     task: EvalTask,
@@ -148,7 +148,7 @@ def evaluate_chunk(
     if task.mode == "direct":
         chosen, judged = [0] * len(chunk), [[] for _ in chunk]
     else:
-        chosen, judged = _choose(engine, cfg, task, chunk, shown, outputs, checkpoint)
+        chosen, judged = uq_ttc_choose(engine, cfg, task, chunk, shown, outputs, checkpoint)
     return chunk_table(cfg, model, task, chunk, outputs, chosen, judged)
 
 

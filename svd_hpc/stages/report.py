@@ -107,7 +107,7 @@ def build(run: RunDir, console: Console | None = None) -> Path:
     if scores is not None:
         lines += ["![pass@1 per benchmark](report.png)", ""]
     lines += [s.markdown() for s in sections]
-    lines += _sandbox_notes(run)
+    lines += sandbox_notes(run)
     lines += hub.report_lines(run)
     if (run.stage_dir("merge") / "funnel.png").is_file():
         lines += ["![merge funnel](merge/funnel.png)", ""]
@@ -126,7 +126,7 @@ def build(run: RunDir, console: Console | None = None) -> Path:
     return path
 
 
-def _sandbox_notes(run: RunDir) -> list[str]:
+def sandbox_notes(run: RunDir) -> list[str]:
     """State the isolation generated code was graded in, and say so when it had none."""
     used: dict[str, set[str]] = {}
     exposed, memory = set(), set()
