@@ -149,7 +149,7 @@ def test_a_push_that_keeps_failing_is_recorded_shown_and_does_not_fail_the_run(r
     assert record["error"] == "ConnectionError: network unreachable"
     line = hub.status_lines(run)[0]
     assert line.startswith("hub dataset me/svd-sft: FAILED after 3 tries (ConnectionError: network unreachable)")
-    assert f"python -m svd_hpc.publish.hub {run.root}" in line
+    assert f"python -m svd_hpc.hub {run.root}" in line
     shown = "\n".join(str(t) for t in status.renderables(run, []))
     assert "hub dataset me/svd-sft: FAILED after 3 tries" in shown
     report_task(run, 0)

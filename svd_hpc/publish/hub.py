@@ -1,6 +1,6 @@
 """Publishing a run to the Hugging Face hub: the SFT set, the trained model, its eval table.
 
-Run as:  python -m svd_hpc.publish.hub RUN_DIR   (push again what failed, e.g. from a login node with internet)
+Run as:  python -m svd_hpc.hub RUN_DIR   (push again what failed, e.g. from a login node with internet)
 
 Each push happens once, in one job, as one commit: the merge job pushes the SFT set with its
 dataset card, train's rank 0 the final model with its model card, and the report job the model
@@ -37,8 +37,7 @@ log = logging.getLogger("svd_hpc")
 RETRY_STATUS = {408, 409, 412, 429, 500, 502, 503, 504}  # 409/412: another commit landed first
 NO_TOKEN = (
     "no hub token: tasks do not see HF_TOKEN (it is kept out of jobs); run `hf auth login` once on a machine "
-    "sharing this home (it writes huggingface_hub's token file), or push from there with "
-    "`python -m svd_hpc.publish.hub {run}`"
+    "sharing this home (it writes huggingface_hub's token file), or push from there with `python -m svd_hpc.hub {run}`"
 )
 
 
@@ -63,7 +62,7 @@ def jobs_token_warning(cfg: config_mod.RunConfig) -> str | None:
     return (
         f"hub.{'dataset' if cfg.hub.dataset else 'model'} is set, but {where} and {path} does not exist: "
         "run `hf auth login` (it writes that file) before the merge job runs, or the pushes will be recorded as "
-        "failed and can be repeated with `python -m svd_hpc.publish.hub RUN_DIR`."
+        "failed and can be repeated with `python -m svd_hpc.hub RUN_DIR`."
     )
 
 
@@ -237,7 +236,7 @@ def status_lines(run: RunDir) -> list[str]:
         else:
             lines.append(
                 f"hub {name} {rec['repo']}: FAILED after {rec.get('attempts', 0)} tries ({rec.get('error')}); "
-                f"push again with `python -m svd_hpc.publish.hub {run.root}`"
+                f"push again with `python -m svd_hpc.hub {run.root}`"
             )
     return lines
 
@@ -252,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     """Push again whatever the run has and the hub lacks: the SFT set, the model, the model card."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m svd_hpc.publish.hub RUN_DIR", file=sys.stderr)
+        print("usage: python -m svd_hpc.hub RUN_DIR", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     run = RunDir(argv[0])
