@@ -51,7 +51,7 @@ def timed(fn) -> tuple[float, float]:
 
 
 def overhead(runs: int) -> None:
-    interpreter = sandbox._isolation().interpreter
+    interpreter = sandbox.machine_isolation().interpreter
     with tempfile.TemporaryDirectory() as tmp:
         prog = Path(tmp, "prog.py")
         prog.write_text(PROGRAM)
@@ -66,9 +66,9 @@ def overhead(runs: int) -> None:
         }
         # Every other isolating backend that runs here, for comparison.
         for mode in sandbox.ISOLATING:
-            iso = sandbox._detect((mode,))
+            iso = sandbox.detect_isolation((mode,))
             if iso.mode == mode and mode != sandbox.sandbox_isolation():
-                variants[mode] = lambda iso=iso: sandbox._run(
+                variants[mode] = lambda iso=iso: sandbox.run_isolated(
                     iso, PROGRAM, stdin=STDIN, timeout_s=6.0, limits=sandbox.SandboxLimits()
                 )
         assert sandbox.run_program(PROGRAM, stdin=STDIN).stdout == "55\n"

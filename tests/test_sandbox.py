@@ -26,7 +26,7 @@ from tests.conftest import run_eval
 
 REPO = Path(__file__).resolve().parent.parent
 # Each isolating backend, probed once: those that cannot run here are skipped with the reason.
-BACKENDS = {mode: sandbox._detect((mode,)) for mode in sandbox.ISOLATING}
+BACKENDS = {mode: sandbox.detect_isolation((mode,)) for mode in sandbox.ISOLATING}
 
 
 @pytest.fixture(params=sandbox.ISOLATING)
@@ -330,7 +330,7 @@ def nobody_files(tmp_path, request) -> tuple[Path, Path]:
 
 
 def test_home_token_is_not_readable(backend, home_with_token, monkeypatch):
-    monkeypatch.setattr(sandbox.detect, "_detected", sandbox._detect((backend,)))  # detected with this home
+    monkeypatch.setattr(sandbox.detect, "_detected", sandbox.detect_isolation((backend,)))  # detected with this home
     result = run_program(f"print(open({str(home_with_token)!r}).read())")
     assert result.status == "runtime_error", result
     assert "hf_secret" not in result.stdout
@@ -382,12 +382,12 @@ def test_network_is_unreachable(backend):
 
 def test_process_group_mode_still_kills_daemons_and_loops(marker):
     """The fallback for machines without namespaces: its own session plus the token scan."""
-    iso = sandbox._detect(("process-group",))
-    result = sandbox._run(iso, daemon_program(marker, "pass"), stdin="", timeout_s=4.0, limits=SandboxLimits())
+    iso = sandbox.detect_isolation(("process-group",))
+    result = sandbox.run_isolated(iso, daemon_program(marker, "pass"), stdin="", timeout_s=4.0, limits=SandboxLimits())
     assert "daemon-up" in result.stdout
     assert not result.network_isolated
     assert processes_with(marker) == []
-    looping = sandbox._run(iso, "while True: pass", stdin="", timeout_s=0.5, limits=SandboxLimits())
+    looping = sandbox.run_isolated(iso, "while True: pass", stdin="", timeout_s=0.5, limits=SandboxLimits())
     assert looping.status == "timeout"
 
 
@@ -579,10 +579,10 @@ THREADS_ON_A_BUSY_ACCOUNT = textwrap.dedent("""
     stop = threading.Event()
     for _ in range(150):
         threading.Thread(target=stop.wait, daemon=True).start()
-    iso = sandbox._detect(("process-group",))
+    iso = sandbox.detect_isolation(("process-group",))
     program = "import threading\\nts = [threading.Thread(target=lambda: None) for _ in range(8)]\\n" \\
               "[t.start() for t in ts]\\n[t.join() for t in ts]\\nprint('threads ok')"
-    result = sandbox._run(iso, program, stdin="", timeout_s=10, limits=sandbox.SandboxLimits(max_processes=16))
+    result = sandbox.run_isolated(iso, program, stdin="", timeout_s=10, limits=sandbox.SandboxLimits(max_processes=16))
     print(result.status, result.stdout.strip(), result.stderr.strip()[-200:])
     stop.set()
 """)
@@ -686,8 +686,8 @@ def test_apptainer_command_line(monkeypatch):
     """apptainer is not installed here: the exact command line it would get."""
     monkeypatch.setenv(sandbox.IMAGE_VAR, "/images/python.sif")
     iso = sandbox.backends._Isolation("apptainer", "python3", "/usr/bin/apptainer")
-    rlimits = sandbox.limits._rlimits(SandboxLimits(), 6.0, 5)
-    argv = sandbox.backends._apptainer_argv(iso, "/scratch/w", rlimits)
+    rlimits = sandbox.limits.rlimit_table(SandboxLimits(), 6.0, 5)
+    argv = sandbox.backends.apptainer_argv(iso, "/scratch/w", rlimits)
     assert argv[:15] == [
         "/usr/bin/apptainer",
         "exec",
@@ -714,16 +714,16 @@ def test_apptainer_command_line(monkeypatch):
 
 def test_apptainer_is_skipped_with_its_reason(monkeypatch):
     monkeypatch.setattr(sandbox.detect, "_apptainer", lambda: "")
-    assert "is installed" in sandbox.detect._precondition("apptainer")
+    assert "is installed" in sandbox.detect.precondition("apptainer")
     monkeypatch.setattr(sandbox.detect, "_apptainer", lambda: "/usr/bin/apptainer")
     monkeypatch.delenv(sandbox.IMAGE_VAR, raising=False)
-    assert sandbox.IMAGE_VAR in sandbox.detect._precondition("apptainer")
+    assert sandbox.IMAGE_VAR in sandbox.detect.precondition("apptainer")
 
 
 def test_bubblewrap_command_line_hides_home_and_network(monkeypatch, tmp_path):
     home = Path("/srv/someone")
     monkeypatch.setattr(sandbox.backends, "_hidden_home", lambda interpreter: (str(home), ()))
-    argv = sandbox.backends._bwrap_argv(
+    argv = sandbox.backends.bwrap_argv(
         sandbox.backends._Isolation("bubblewrap", "/usr/bin/python3", "/usr/bin/bwrap"), 7, SandboxLimits()
     )
     joined = " ".join(argv)
@@ -743,12 +743,12 @@ def test_bubblewrap_command_line_hides_home_and_network(monkeypatch, tmp_path):
 
 def test_cgroup_delegation_here_or_its_reason():
     """This machine's cgroups, for real: a delegated cgroup v2 is used, else the reason is stated."""
-    d = sandbox.limits._delegate()
+    d = sandbox.limits.delegate_cgroup()
     bound = sandbox.memory_bound(SandboxLimits())
     if d.parent is None:
         assert d.reason and d.reason in bound and "RLIMIT_AS 1024 MiB x RLIMIT_NPROC 64" in bound
         pytest.skip(f"no delegated cgroup v2 here: {d.reason}")
-    monkey = sandbox.limits._Delegation(d.parent, "")
+    monkey = sandbox.limits.Delegation(d.parent, "")
     sandbox.limits._cgroup = monkey
     result = run_program(
         "a = []\nwhile True: a.append(bytearray(50 << 20))",
@@ -769,13 +769,13 @@ def test_cgroup_delegation_moves_us_to_a_leaf(tmp_path):
     mountinfo.write_text(f"30 25 0:26 / {root} rw,nosuid - cgroup2 cgroup2 rw\n")
     membership = tmp_path / "cgroup"
     membership.write_text("0::/job_1/step_0\n")
-    d = sandbox.limits._delegate(str(mountinfo), str(membership))
+    d = sandbox.limits.delegate_cgroup(str(mountinfo), str(membership))
     assert d.parent == str(ours)
     assert (ours / "svd-grader" / "cgroup.procs").read_text() == "222"  # each pid written in turn
     assert (ours / "cgroup.subtree_control").read_text() == "+memory +pids"
     (ours / "cgroup.controllers").write_text("cpu\n")
     (ours / "cgroup.subtree_control").write_text("")
-    assert "no memory and pids controllers" in sandbox.limits._delegate(str(mountinfo), str(membership)).reason
+    assert "no memory and pids controllers" in sandbox.limits.delegate_cgroup(str(mountinfo), str(membership)).reason
 
 
 def test_report_states_the_isolation(tmp_path):

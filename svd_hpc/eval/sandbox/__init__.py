@@ -47,15 +47,15 @@ Run as: ``python -c "from svd_hpc.eval.sandbox import run_program; print(run_pro
 from .backends import IMAGE_VAR, ISOLATING, MODES, UNAVAILABLE, fake_root, real_root
 from .detect import (
     IsolationMissing,
-    _detect,
-    _isolation,
+    detect_isolation,
     isolation_record,
+    machine_isolation,
     require_isolation,
     run_program,
     sandbox_isolation,
 )
 from .limits import SandboxLimits, memory_bound, user_tasks
-from .run import SandboxResult, Status, _run
+from .run import SandboxResult, Status, run_isolated
 
 __all__ = [
     "IMAGE_VAR",
@@ -75,7 +75,7 @@ __all__ = [
     "sandbox_isolation",
     "user_tasks",
     # for benchmarks/bench_sandbox.py, which times each mode directly
-    "_detect",
-    "_isolation",
-    "_run",
+    "detect_isolation",
+    "machine_isolation",
+    "run_isolated",
 ]

@@ -54,7 +54,7 @@ def real_root() -> bool:
 # ----------------------------------------------------------------------------- command lines
 
 
-def _bwrap_argv(iso: _Isolation, source_fd: int, limits: SandboxLimits) -> list[str]:
+def bwrap_argv(iso: _Isolation, source_fd: int, limits: SandboxLimits) -> list[str]:
     """bwrap's command line: every namespace, the host read-only, our home and /tmp-likes empty."""
     # --as-pid-1: the program is the PID namespace's init, as in our own modes, so bwrap's wait for
     # it returns only once the kernel has killed everything it left (with bwrap's own init as
@@ -100,7 +100,7 @@ def _bwrap_argv(iso: _Isolation, source_fd: int, limits: SandboxLimits) -> list[
     return argv + ["--chdir", SANDBOX_WORKDIR, "--"]
 
 
-def _apptainer_argv(iso: _Isolation, host_workdir: str, rlimits: tuple) -> list[str]:
+def apptainer_argv(iso: _Isolation, host_workdir: str, rlimits: tuple) -> list[str]:
     """apptainer's command line: contained filesystem, PID, IPC and environment, no network."""
     # The image's python3 sets the limits and then becomes the program, so they bind only it.
     bootstrap = (

@@ -12,7 +12,7 @@ import threading
 
 from .backends import IMAGE_VAR, ISOLATING, MODES, UNAVAILABLE, _Isolation, fake_root, real_root, uid_map
 from .limits import SandboxLimits, memory_bound
-from .run import SandboxResult, _run
+from .run import SandboxResult, run_isolated
 
 log = logging.getLogger("svd_hpc")
 
@@ -27,12 +27,12 @@ _detected: _Isolation | None = None
 
 def sandbox_isolation() -> str:
     """The isolation mode of this process (one of MODES, or UNAVAILABLE), detected on first use by probing."""
-    return _isolation().mode
+    return machine_isolation().mode
 
 
 def isolation_record(limits: SandboxLimits | None = None) -> dict:
     """What the report and the task summary state about the sandbox used here."""
-    iso = _isolation()
+    iso = machine_isolation()
     return {
         "isolation": iso.mode,
         "network_isolated": iso.mode in ISOLATING,
@@ -43,7 +43,7 @@ def isolation_record(limits: SandboxLimits | None = None) -> dict:
 
 def require_isolation(allow_unisolated: bool, what: str = "model-written code") -> str:
     """The isolation mode, or IsolationMissing when none isolates and that is not allowed."""
-    iso = _isolation()
+    iso = machine_isolation()
     if iso.mode in ISOLATING:
         return iso.mode
     if iso.mode == "process-group" and allow_unisolated:
@@ -59,19 +59,19 @@ def require_isolation(allow_unisolated: bool, what: str = "model-written code") 
     )
 
 
-def _isolation() -> _Isolation:
+def machine_isolation() -> _Isolation:
     global _detected
     with _detect_lock:
         if _detected is None:
-            _detected = _detect()
+            _detected = detect_isolation()
         return _detected
 
 
-def _detect(modes: tuple[str, ...] = MODES) -> _Isolation:
+def detect_isolation(modes: tuple[str, ...] = MODES) -> _Isolation:
     """The first of `modes` that runs a probe program; never raises for a property of the machine."""
     missing: list[tuple[str, str]] = []
     for mode in modes:
-        reason = _precondition(mode)
+        reason = precondition(mode)
         if reason is None:
             iso, reason = _probe(mode, tuple(missing))
             if iso is not None:
@@ -90,7 +90,7 @@ def _detect(modes: tuple[str, ...] = MODES) -> _Isolation:
     return _Isolation(UNAVAILABLE, "", missing=tuple(missing))
 
 
-def _precondition(mode: str) -> str | None:
+def precondition(mode: str) -> str | None:
     """Why `mode` cannot work here without trying it, or None."""
     if mode == "root-namespaces":
         if fake_root():
@@ -129,7 +129,7 @@ def _probe(mode: str, missing: tuple[tuple[str, str], ...]) -> tuple[_Isolation 
     for interpreter in interpreters:
         iso = _Isolation(mode, interpreter, tool, missing)
         try:
-            result = _run(iso, probe, stdin="", timeout_s=20.0, limits=SandboxLimits())
+            result = run_isolated(iso, probe, stdin="", timeout_s=20.0, limits=SandboxLimits())
         except Exception as exc:  # noqa: BLE001 -- whatever this machine refuses skips the mode, never the grader
             reasons.append(f"{interpreter}: {exc!r}")
             continue
@@ -150,8 +150,8 @@ def run_program(
     """Run `source` in a fresh sandboxed child; never raises for anything the program does."""
     if language != "python":
         raise ValueError(f"sandbox language {language!r} is not supported; only 'python'")
-    iso = _isolation()
+    iso = machine_isolation()
     if iso.mode == UNAVAILABLE:
         reason = "; ".join(f"{m}: {r}" for m, r in iso.missing)
         return SandboxResult("sandbox_error", None, "", f"no sandbox works here ({reason})", 0.0, False, iso.mode)
-    return _run(iso, source, stdin=stdin, timeout_s=timeout_s, limits=limits or SandboxLimits())
+    return run_isolated(iso, source, stdin=stdin, timeout_s=timeout_s, limits=limits or SandboxLimits())

@@ -31,7 +31,9 @@ class SandboxLimits:
     total_memory_bytes: int = 2 << 30  # memory.max of the program's cgroup, all its processes together
 
 
-def _rlimits(limits: SandboxLimits, timeout_s: float, nproc_offset: int = 0) -> tuple[tuple[int, tuple[int, int]], ...]:
+def rlimit_table(
+    limits: SandboxLimits, timeout_s: float, nproc_offset: int = 0
+) -> tuple[tuple[int, tuple[int, int]], ...]:
     cpu = math.ceil(timeout_s + limits.cpu_grace_s)
     nproc = limits.max_processes + nproc_offset
     return (
@@ -75,13 +77,13 @@ def user_tasks(uid: int) -> int:
 
 
 @dataclass(frozen=True)
-class _Delegation:
+class Delegation:
     parent: str | None  # a cgroup v2 directory of ours, with memory and pids enabled for children
     reason: str  # why there is none
 
 
 _cgroup_lock = threading.Lock()
-_cgroup: _Delegation | None = None
+_cgroup: Delegation | None = None
 _LEAF = "svd-grader"  # where our own processes move, so our cgroup may enable controllers for children
 
 
@@ -100,16 +102,16 @@ def memory_bound(limits: SandboxLimits) -> str:
     )
 
 
-def _delegation() -> _Delegation:
+def _delegation() -> Delegation:
     global _cgroup
     with _cgroup_lock:
         if _cgroup is None:
-            _cgroup = _delegate()
+            _cgroup = delegate_cgroup()
             log.info(f"sandbox total memory: {_cgroup.parent or _cgroup.reason}")
         return _cgroup
 
 
-def _delegate(mountinfo: str = "/proc/self/mountinfo", membership: str = "/proc/self/cgroup") -> _Delegation:
+def delegate_cgroup(mountinfo: str = "/proc/self/mountinfo", membership: str = "/proc/self/cgroup") -> Delegation:
     """Our cgroup v2 directory, made ready for a child cgroup per program, if it is delegated to us.
 
     A cgroup with processes cannot give controllers to children ("no internal processes"), so our
@@ -121,22 +123,22 @@ def _delegate(mountinfo: str = "/proc/self/mountinfo", membership: str = "/proc/
         roots = [f[4] for f in mounts if f[f.index("-") + 1] == "cgroup2"]
         ours = [line.split(":", 2)[2] for line in Path(membership).read_text().splitlines() if line.startswith("0::")]
     except (OSError, ValueError, IndexError) as exc:
-        return _Delegation(None, f"cannot read the cgroup setup: {exc}")
+        return Delegation(None, f"cannot read the cgroup setup: {exc}")
     if not roots or not ours:
-        return _Delegation(None, "no cgroup v2 hierarchy")
+        return Delegation(None, "no cgroup v2 hierarchy")
     here = Path(roots[0] + ours[0].rstrip("/")) if ours[0] != "/" else Path(roots[0])
     if here.name == _LEAF:  # another grader of this job got there first
         here = here.parent
     try:
         controllers = set((here / "cgroup.controllers").read_text().split())
         if not {"memory", "pids"} <= controllers:
-            return _Delegation(
+            return Delegation(
                 None,
                 f"cgroup v2 {here} has no memory and pids controllers (only: "
                 f"{' '.join(sorted(controllers)) or 'none'})",
             )
         if not all(os.access(here / f, os.W_OK) for f in ("cgroup.procs", "cgroup.subtree_control")):
-            return _Delegation(None, f"cgroup v2 {here} is not delegated to us (not writable)")
+            return Delegation(None, f"cgroup v2 {here} is not delegated to us (not writable)")
         enabled = set((here / "cgroup.subtree_control").read_text().split())
         if not {"memory", "pids"} <= enabled:
             (here / _LEAF).mkdir(exist_ok=True)
@@ -147,8 +149,8 @@ def _delegate(mountinfo: str = "/proc/self/mountinfo", membership: str = "/proc/
                     pass  # exited meanwhile
             (here / "cgroup.subtree_control").write_text("+memory +pids")
     except OSError as exc:
-        return _Delegation(None, f"cgroup v2 {here} cannot hold a cgroup per program: {exc}")
-    return _Delegation(str(here), "")
+        return Delegation(None, f"cgroup v2 {here} cannot hold a cgroup per program: {exc}")
+    return Delegation(str(here), "")
 
 
 class _ProgramCgroup:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .backends import ISOLATING, _apptainer_argv, _bwrap_argv, _host_view, _Isolation, real_root
+from .backends import ISOLATING, _host_view, _Isolation, apptainer_argv, bwrap_argv, real_root
 from .child import SANDBOX_WORKDIR, SETUP_FAILED, ChildPlan, in_child
-from .limits import SandboxLimits, _nproc_offset, _ProgramCgroup, _rlimits
+from .limits import SandboxLimits, _nproc_offset, _ProgramCgroup, rlimit_table
 
 Status = Literal["ok", "runtime_error", "timeout", "memory", "killed", "sandbox_error"]
 
@@ -41,7 +41,8 @@ class SandboxResult:
     isolation: str = ""  # one of MODES
 
 
-def _run(iso: _Isolation, source: str, *, stdin: str, timeout_s: float, limits: SandboxLimits) -> SandboxResult:
+def run_isolated(iso: _Isolation, source: str, *, stdin: str, timeout_s: float, limits: SandboxLimits) -> SandboxResult:
+    """Run `source` under the isolation `iso` (detect.detect_isolation), with `limits`; the one runner of every mode."""
     own_namespaces = iso.mode in ("root-namespaces", "user-namespaces")
     isolated = iso.mode in ISOLATING
     start = time.perf_counter()
@@ -58,7 +59,7 @@ def _run(iso: _Isolation, source: str, *, stdin: str, timeout_s: float, limits: 
         # threads, and RLIMIT_FSIZE bounds what the program can print.
         stdin_path, stdout_path, stderr_path = (os.path.join(outer, n) for n in ("stdin", "stdout", "stderr"))
         Path(stdin_path).write_text(stdin, encoding="utf-8")
-        rlimits = _rlimits(limits, timeout_s, _nproc_offset(iso.mode, uid))
+        rlimits = rlimit_table(limits, timeout_s, _nproc_offset(iso.mode, uid))
         pass_fds: tuple[int, ...] = ()
         child_plan = functools.partial(ChildPlan, grader_pid=os.getpid(), uid=uid, cgroup_procs=cgroup.procs)
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
@@ -86,12 +87,12 @@ def _run(iso: _Isolation, source: str, *, stdin: str, timeout_s: float, limits: 
             if iso.mode == "bubblewrap":
                 source_fd = os.open(os.path.join(host_workdir, "main.py"), os.O_RDONLY)
                 pass_fds = (source_fd,)
-                argv, workdir = _bwrap_argv(iso, source_fd, limits) + program, SANDBOX_WORKDIR
+                argv, workdir = bwrap_argv(iso, source_fd, limits) + program, SANDBOX_WORKDIR
                 plan = child_plan(namespaces=False, rlimits=rlimits, no_new_privs=False)
             elif iso.mode == "apptainer":
                 # The launcher may be setuid and is a Go program (RLIMIT_AS would break it): the
                 # limits are set inside, by the container's Python, just before the program.
-                argv, workdir = _apptainer_argv(iso, host_workdir, rlimits), SANDBOX_WORKDIR
+                argv, workdir = apptainer_argv(iso, host_workdir, rlimits), SANDBOX_WORKDIR
                 plan = child_plan(namespaces=False, rlimits=(), no_new_privs=False)
             else:
                 argv, workdir = program, host_workdir
