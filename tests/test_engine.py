@@ -61,11 +61,10 @@ BOUNDARY_SCRIPT = textwrap.dedent(
 
     import vllm
     vllm.LLM = RecordingLLM
-    from svd_hpc import generate, verify  # every stage body that starts an engine
-    from svd_hpc.eval import evaluate
+    from svd_hpc.stages import evaluate, generate, verify  # every stage body that starts an engine
     from svd_hpc.config import ModelConfig
-    from svd_hpc.engine import Engine
-    from svd_hpc.rundir import RunDir
+    from svd_hpc.sampling.engine import Engine
+    from svd_hpc.rundir.layout import RunDir
     starts = {
         "engine": lambda: Engine(ModelConfig(path=target)),
         "generate": lambda: generate.run_task(RunDir(target), 0),
@@ -230,7 +229,7 @@ STALL_SCRIPT = textwrap.dedent(
     if __name__ == "__main__":
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
         from svd_hpc.config import ModelConfig
-        from svd_hpc.engine import Engine, Sampling
+        from svd_hpc.sampling.engine import Engine, Sampling
         mode, folder = sys.argv[1], sys.argv[2]
         engine = Engine(ModelConfig(path=folder, max_model_len=512, stall_timeout_s=2))
         core, real = engine.llm.llm_engine, engine.llm.llm_engine.step

@@ -434,7 +434,7 @@ def test_killed_generate_task_resumes_to_the_same_records(tmp_path):
     killed = prepare_run(tmp_path, "killed", settings, questions)
     chunks = generate.chunk_dir(killed, 0)
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    code = "import sys; from svd_hpc.task import run_once; run_once(sys.argv[1], 'generate', 0)"
+    code = "import sys; from svd_hpc.runner.task import run_once; run_once(sys.argv[1], 'generate', 0)"
     log = tmp_path / "killed.log"
     with log.open("wb") as sink:  # a file, not a pipe: a full pipe would stall the task
         proc = subprocess.Popen([sys.executable, "-c", code, str(killed.root)], env=env, stdout=sink, stderr=sink)
@@ -486,7 +486,7 @@ def synthetic_candidates(run: RunDir, count: int) -> None:
 
 def start_task(stage: str, run: RunDir, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    code = f"import sys; from svd_hpc.task import run_once; run_once(sys.argv[1], '{stage}', 0)"
+    code = f"import sys; from svd_hpc.runner.task import run_once; run_once(sys.argv[1], '{stage}', 0)"
     with log.open("ab") as sink:  # a file, not a pipe: a full pipe would stall the task
         return subprocess.Popen([sys.executable, "-c", code, str(run.root)], env=env, stdout=sink, stderr=sink)
 

@@ -326,10 +326,11 @@ import os, sys, time
 from functools import partial
 from pathlib import Path
 import huggingface_hub
-from svd_hpc import models
-from svd_hpc.train import fsdp, sft_data, train
-from svd_hpc.rundir import RunDir
-from svd_hpc.task import run_once
+from svd_hpc.inputs import models
+from svd_hpc.rundir.layout import RunDir
+from svd_hpc.runner.task import run_once
+from svd_hpc.stages import train
+from svd_hpc.train import fsdp, sft_data
 
 run, rank = Path(sys.argv[1]), os.environ["RANK"]
 encode = sft_data.encode_conversation
