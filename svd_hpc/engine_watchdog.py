@@ -11,13 +11,16 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from . import failures
+
 log = logging.getLogger("svd_hpc")
 
 EXIT_ENGINE_FAILED = 70  # the engine hung or its process died; running the task again resumes it
 
 
 def log_engine_failed(why: str) -> None:
-    """The task's one line on why it ends with EXIT_ENGINE_FAILED."""
+    """The task's one line on why it ends with EXIT_ENGINE_FAILED, and the cause its batch shell retries."""
+    failures.record(failures.ENGINE, why)
     log.error(f"engine failed: {why}; ending the task (exit {EXIT_ENGINE_FAILED}) so it can be run again")
 
 

@@ -28,6 +28,7 @@ from .cost import cost_section, sacct_seconds
 from .domains import domains_section
 from .eval_tables import benchmarks_section, pass1_section, pass_k_section
 from .pilot import pilot_section
+from .retries import retries_section
 from .rounds import build_rounds
 from .scores import VARIANTS, EvalScores, PairedDelta, domains_of, read_eval, score, scores_json
 from .section import Section
@@ -109,6 +110,7 @@ def build(run: RunDir, console: Console | None = None) -> Path:
         sections.append(benchmarks_section(run))
     sections += [s for s in [domains_section(run, cfg, scores)] if s is not None]
     sections += [skipped_section(run, table), funnel_section(run), votes_section(run), cost_section(run, cfg, table)]
+    sections.append(retries_section(run))
     sections += [s for s in [pilot_section(run)] if s is not None]
     lines = [
         f"# Report: {cfg.name}",
