@@ -108,12 +108,12 @@ def run(stage: str, run_dir: str, index: int) -> str:
     if done_stats(rd, stage, index) is not None:
         return spec.kind
     failures.expect_failures_at(failures.failure_path(rd.stage_dir(stage), index))
-    device_guard.refuse_unusable_gpus(uses_engine=plan_mod.uses_engine(stage))
     fit_threads_to_allocation()
     if spec.kind == "distributed":
         export_torch_env_from_slurm()
     if smoke.is_smoke(rd):
-        smoke.record(rd, spec, index)  # what this node gives the task, recorded before the body runs
+        smoke.record(rd, spec, index)  # what this node gives the task, the device among it, before the body
+    device_guard.refuse_unusable_gpus(uses_engine=plan_mod.uses_engine(stage))
     run_once(rd, stage, index)
     return spec.kind
 

@@ -209,3 +209,37 @@ def test_train_is_warned_ten_minutes_ahead_and_the_cap_fits_a_long_training(tmp_
         REPO / "configs" / "qwen3-4b-math.yaml", [site_profile(tmp_path), "resources.train.signal_seconds=900"]
     )
     assert {s.name: s.resources for s in build_plan(cfg)}["train"]["signal_seconds"] == 900
+
+
+def test_the_smoke_run_checks_that_engine_and_trainer_would_use_the_gpus_asked_for(monkeypatch):
+    from svd_hpc import smoke
+
+    monkeypatch.setenv("SLURM_GPUS_ON_NODE", "2")
+    check = smoke.device_check({"gpus_per_node": 2}, uses_engine=True)
+    assert check.name == "engine and trainer run on the GPUs the job asked for"
+    assert not check.ok and "torch 2.13.0+cpu is the CPU build" in check.detail  # this machine's install
+    assert smoke.device_check({"gpus_per_node": None}, uses_engine=False).ok  # merge, report: the CPU is right
+
+
+def test_the_report_lists_each_retry_and_each_task_not_retried(tmp_path):
+    from svd_hpc.report.retries import retries_section
+
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    run.plan_path.write_text(json.dumps([{"name": "generate"}, {"name": "verify"}]))
+    for stage, index, events in [
+        ("generate", 1, [{"event": "start", "life": 0, "node": "n1"},
+                         {"event": "retry", "life": 0, "node": "n1", "cause": "engine", "excluded": "n1"},
+                         {"event": "start", "life": 1, "node": "n2"}]),
+        ("verify", 0, [{"event": "start", "life": 0, "node": "n2"},
+                       {"event": "failed", "life": 0, "node": "n2", "cause": "error", "why": "not transient"}]),
+    ]:  # fmt: skip
+        path = failures.retries_path(run.stage_dir(stage), index)
+        path.parent.mkdir(parents=True)
+        path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    section = retries_section(run)
+    assert section.rows == [
+        ["generate", "1", "1", "engine", "n1", "n1"],
+        ["verify", "0", "1", "error (not retried: not transient)", "n2", "—"],
+    ]
+    assert "| generate | 1 | 1 | engine | n1 | n1 |" in section.markdown()
