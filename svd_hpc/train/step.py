@@ -95,6 +95,7 @@ class ChunkedHeadLoss(torch.autograd.Function):
                 d_hidden[start : start + h.shape[0]] = next(grads)
             if want_weight:
                 d_weight += next(grads)
+            del grads  # the chunk's weight gradient, before the next chunk's is made beside it
             start += h.shape[0]
         return d_hidden, None if d_weight is None else d_weight.to(weight.dtype), None, None
 
