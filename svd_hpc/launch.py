@@ -30,7 +30,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__, hub, local, pilot, slurm, smoke, staging, status
+from . import __version__, hub, local, memory_check, pilot, slurm, smoke, staging, status
 from . import config as config_mod
 from .config import ConfigError, RunConfig, reference
 from .plan import Stage, build_plan, downstream, plan_to_json
@@ -131,6 +131,7 @@ def prepare(cfg: RunConfig, run: RunDir, dry_run: bool = False) -> list[Stage]:
     staged = staging.stage(
         cfg, run, dry_run
     )  # hub inputs fetched and pinned (cfg revisions) before anything reads them
+    memory_check.check(cfg, console)  # a plan that cannot fit stops here, before anything is written
     plan = build_plan(cfg)
     if run.exists():
         stored = run.load_config()

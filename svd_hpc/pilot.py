@@ -34,7 +34,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from rich.console import Console
 
-from . import __version__, generate, local, projection, seeds, slurm, staging
+from . import __version__, generate, local, memory_check, projection, seeds, slurm, staging
 from . import config as config_mod
 from .chunks import Checkpoint
 from .config import ConfigError, RunConfig
@@ -128,6 +128,7 @@ def prepare(
     """Check the input, then write the pilot's run directory; returns its config, folder and the seed count."""
     check_train_steps(train_steps)
     staged = staging.stage(cfg, workspace(run))  # hub inputs pinned as the full launch pins them
+    memory_check.check(cfg)
     table = seeds.load(cfg.seeds)
     check(cfg, questions, table.num_rows)
     train_steps = timed_steps(cfg, train_steps)
