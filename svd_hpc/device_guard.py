@@ -78,10 +78,10 @@ def cuda_unusable_reason() -> str | None:
             )
         elif driver[0] < built[0]:
             needed = MIN_DRIVER.get(built[0], "a newer version")
+            instead = "bash scripts/install.sh cuda12" if driver[0] == 12 else f"a torch built for CUDA {driver[0]}"
             reasons.append(
                 f"the NVIDIA driver supports CUDA {driver[0]}.{driver[1]} but torch {torch.__version__} "
-                f"was built for CUDA {torch.version.cuda}: it needs driver >= {needed} (or a torch built "
-                f"for CUDA {driver[0]})"
+                f"was built for CUDA {torch.version.cuda}: it needs driver >= {needed} (or {instead})"
             )
     return "; ".join(reasons) or None
 

