@@ -294,6 +294,7 @@ def test_a_stop_request_makes_train_checkpoint_and_exit_for_a_requeue(tmp_path, 
 
 @pytest.mark.slurm
 @pytest.mark.slow
+@pytest.mark.readme_claim  # "What would have stopped a CUDA run": 2-node train warned, from `launch`
 def test_launched_train_checkpoints_and_requeues_on_the_warning(tmp_path, slurm_cluster, uninterrupted, monkeypatch):
     path, run = train_config(tmp_path, "warned", monkeypatch)
     assert run_launch(["--config", str(path)], env=slurm_cluster).returncode == 0
@@ -308,6 +309,7 @@ def test_launched_train_checkpoints_and_requeues_on_the_warning(tmp_path, slurm_
 
 @pytest.mark.slurm
 @pytest.mark.slow
+@pytest.mark.readme_claim  # "What would have stopped a CUDA run": the same, from `prepare`+`sbatch`
 def test_prepared_train_script_checkpoints_and_requeues_on_the_warning(
     tmp_path, slurm_cluster, uninterrupted, monkeypatch
 ):

@@ -449,6 +449,7 @@ def test_two_ranks_tokenize_the_single_process_set(finished):
 
 
 @pytest.mark.slow  # ~25 s of torchrun; keeps the default run under 15 minutes
+@pytest.mark.readme_claim  # "What would have stopped a CUDA run": slow tokenisation past an 8 s group timeout
 def test_tokenising_longer_than_the_group_timeout_still_trains(tmp_path):
     """Process group timeout 8 s, 40 rows at 0.5 s each: no rank may wait in a collective meanwhile."""
     run = make_run(tmp_path / "run", steps=2)
