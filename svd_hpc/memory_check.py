@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import memory_plan, models
+from . import memory_plan, models, staging
 from .config import ConfigError, RunConfig, train_procs_per_node
 from .plan import resolve_resources
 
@@ -49,6 +49,10 @@ def model_config(path: str, revision: str | None) -> dict:
         from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
         cached = try_to_load_from_cache(path, "config.json", revision=revision)
+        if not isinstance(cached, str):
+            unreachable = staging.hub_unreachable()  # one quick probe, not the hub client's retries with backoff
+            if unreachable:
+                raise OSError(f"{path}'s config.json is not in the HF cache and {unreachable}")
         # a dry run pins without downloading: the config alone is a few kB
         file = cached if isinstance(cached, str) else hf_hub_download(path, "config.json", revision=revision)
     else:

@@ -114,3 +114,22 @@ def test_a_pilot_that_cannot_fit_stops_before_it_runs(tmp_path):
     proc = run_launch(["--config", str(path), "--pilot", "2"])
     assert proc.returncode == 2 and "model.max_model_len 400000" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_unreachable_hub_skips_the_estimate_at_once_without_the_clients_retries(monkeypatch, tmp_path):
+    """Offline, the hub client retries a HEAD request five times with backoff (~25 s of warnings)."""
+    import huggingface_hub
+
+    from svd_hpc import memory_check, staging
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # nothing cached
+    monkeypatch.setattr(staging, "hub_unreachable", lambda: "huggingface.co is unreachable (test)")
+
+    def never(*args, **kwargs):
+        raise AssertionError("the hub client was asked although the hub is unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", never)
+    with pytest.raises(
+        OSError, match=r"Qwen/Qwen3-8B's config.json is not in the HF cache and huggingface.co is unreachable"
+    ):
+        memory_check.model_config("Qwen/Qwen3-8B", None)
