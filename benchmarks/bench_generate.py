@@ -1,12 +1,15 @@
 """Generation overhead: the generate stage on one shard vs a bare `LLM.generate` on the same
 prompts, model, sampling parameters and per-request seeds (so both produce the same tokens).
 
-Run as: .venv/bin/python benchmarks/bench_generate.py [--questions 32 --n 4 --max-tokens 96 --chunk-size 16]
+Run as: .venv/bin/python benchmarks/bench_generate.py [--questions 32 --n 4 --max-tokens 96 --chunk-size 16] [--quick]
 
 Both sides share one engine (loaded once, not timed); the prefix cache is emptied before every
 run and the two sides alternate, so neither profits from the other's cache or warm-up. The stage
 side pays for what the stage adds: chunked batches, parquet writes, the filter and record build.
 Target: stage output tokens/s >= 0.95 x bare.
+--quick (CI): 6 questions, n=2, 32 tokens, 4 repeats, still SmolLM2 (with the tiny random model
+the stage's fixed costs outweigh its generation and the ratio swings 0.66-2.2 with load); fails
+unless both sides produce the same tokens and the pooled CPU-time ratio stays above QUICK_RATIO.
 """
 
 from __future__ import annotations
@@ -25,12 +28,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import quick
+
 from svd_hpc import config
 from svd_hpc.inputs import seeds
 from svd_hpc.rundir.layout import RunDir
 from svd_hpc.sampling import prompts
 from svd_hpc.sampling.engine import Engine, request_seed
 from svd_hpc.stages import generate
+
+# README: 1.09 pooled, 1.07 by CPU time against the 0.95 target; half way would be 1.01, but both
+# sides run the same engine calls, so their true ratio is about 1, and a quick run's repeats swung
+# 0.74-1.16 on a loaded 2-core machine (pooled 0.95): the bound sits below the target, and still
+# fails a stage that adds a tenth to generation.
+QUICK_RATIO = 0.90
 
 
 def machine() -> str:
@@ -103,7 +114,10 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--chunk-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="CI: 6 questions, n=2, 32 tokens, pass/fail")
     args = parser.parse_args()
+    if args.quick:
+        args.questions, args.n, args.max_tokens, args.repeats = 6, 2, 32, 4
     logging.basicConfig(level=logging.WARNING)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -162,6 +176,13 @@ def main() -> None:
         f"{statistics.median(ratios):.3f} median (per repeat {', '.join(f'{r:.3f}' for r in ratios)}); target >= 0.95"
     )
     print(f"ratio stage/bare, CPU   : {rate(cpu['stage']) / rate(cpu['bare']):.3f} (less sensitive to other load)")
+    if args.quick:
+        quick.gate(
+            [
+                ("same output tokens on both sides (1 = yes)", same, ">=", 1),
+                ("stage/bare output tok/s by CPU time", rate(cpu["stage"]) / rate(cpu["bare"]), ">=", QUICK_RATIO),
+            ]
+        )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ of its own (no pilot to reuse, training and eval off: neither changes what gener
   the projected generate + verify wall time (first generate start to last verify end, from sacct)
   within ±30% of the measured one.
 Prints predicted against actual in one run.
+--quick (CI): the default comparison on configs/tiny.yaml (8 questions, a pilot of 2), with the
+tolerances QUICK_TOLERANCE: half way from README's figures (1.13 and 0.91) to the targets' ±25%
+and ±30%.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "demo.yaml"
 QUESTIONS = 40  # data/demo_seeds.jsonl
 PILOT = QUESTIONS // 4
+FULL_TOLERANCE = {"task": 0.25, "kept": 0.30}
+QUICK_TOLERANCE = {"task": 0.19, "kept": 0.20}
 SLURM_PLAN = (
     "cluster=local-slurm",
     "seeds.shards=4",
@@ -82,7 +87,7 @@ def report(rows: list[tuple[str, float, float, float | None]]) -> bool:
     return ok
 
 
-def here(root: Path) -> bool:
+def here(root: Path, tolerance: dict[str, float]) -> bool:
     pilot_s = launch(root, "pilot", "--pilot", str(PILOT))
     pilot = json.loads((root / "pilot" / "pilot.json").read_text())
     full_s = launch(root, "full", "train.enabled=false", "eval.benchmarks=[]")
@@ -95,8 +100,13 @@ def here(root: Path) -> bool:
         [
             ("generate task seconds", pilot["stages"]["generate"]["task_hours"] * 3600, timings["generate"], None),
             ("verify task seconds", pilot["stages"]["verify"]["task_hours"] * 3600, timings["verify"], None),
-            ("generate + verify task seconds", predicted_s, timings["generate"] + timings["verify"], 0.25),
-            (f"kept-set size (interval {k['low']}-{k['high']})", k["expected"], kept, 0.30),
+            (
+                "generate + verify task seconds",
+                predicted_s,
+                timings["generate"] + timings["verify"],
+                tolerance["task"],
+            ),
+            (f"kept-set size (interval {k['low']}-{k['high']})", k["expected"], kept, tolerance["kept"]),
         ]
     )
 
@@ -121,10 +131,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=None, help="where the run directories go (default: a temporary one)")
     parser.add_argument("--slurm", action="store_true", help="the 4-shard, 2-parallel plan on the local SLURM cluster")
+    parser.add_argument("--quick", action="store_true", help="CI: configs/tiny.yaml, a pilot of 2 of 8, pass/fail")
     args = parser.parse_args()
+    global CONFIG, QUESTIONS, PILOT
+    if args.quick:
+        CONFIG, QUESTIONS, PILOT = REPO / "configs" / "tiny.yaml", 8, 2
     root = Path(args.root or tempfile.mkdtemp(prefix="bench-pilot-")).resolve()
-    ok = on_slurm(root) if args.slurm else here(root)
+    ok = on_slurm(root) if args.slurm else here(root, QUICK_TOLERANCE if args.quick else FULL_TOLERANCE)
     print(f"run directories: {root}")
+    if not ok and args.quick:
+        sys.exit(f"bench_pilot.py --quick failed: a projection outside {QUICK_TOLERANCE} (table above)")
     return 0 if ok else 1
 
 

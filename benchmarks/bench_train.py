@@ -1,6 +1,6 @@
 """Training benchmark on CPU: our train step against a bare FSDP2 loop, and packing against padding.
 
-Run as:  .venv/bin/python benchmarks/bench_train.py [--models tiny-qwen3 smollm2] [--steps N]
+Run as:  .venv/bin/python benchmarks/bench_train.py [--models tiny-qwen3 smollm2] [--steps N] [--quick]
 
 Measured in one run, one process (a world of one, gloo), fp32, on the same packed batches:
   baseline  a bare FSDP2 loop: from_pretrained, fully_shard per layer and root, forward,
@@ -19,6 +19,9 @@ Packing efficiency = non-padding tokens / all tokens of the sequences a step fee
             against the full max_seq_len of every pack
 Samples are synthetic dialogues whose reply lengths follow a log-normal law (median ~ max_seq_len/6,
 a long tail), as verified solutions with think blocks do.
+
+--quick (CI): tiny-qwen3 alone, 6 measured steps; fails unless the speed ratio and the packing
+efficiency stay above QUICK_BOUNDS, half way from README's figures (0.97, 0.967) to the targets.
 """
 
 from __future__ import annotations
@@ -35,10 +38,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import quick  # noqa: E402
+
+from svd_hpc import config  # noqa: E402
 from svd_hpc.inputs import models  # noqa: E402
-from svd_hpc.stages import train
+from svd_hpc.stages import train  # noqa: E402
 from svd_hpc.train import fsdp, sft_data  # noqa: E402
 
+QUICK_BOUNDS = {"speed ratio": 0.935, "packing efficiency": 0.958}
 WARMUP = 2  # steps per side not measured: first-touch of optimiser state and allocator warm-up
 WORDS = "the sum of two numbers is found by adding them so we add step by step and check the result".split()
 
@@ -107,9 +114,13 @@ def bench_model(name: str, max_seq_len: int, accumulation: int, steps: int, pad_
     stream = sft_data.PackedStream(data, max_seq_len, seed=0, pad_id=tokenizer.pad_token_id or 0)
     d = fsdp.init_distributed()
     try:
-        t = argparse.Namespace(
-            weight_decay=0.01, lr=1e-5, betas=[0.9, 0.999], warmup_ratio=0.0, steps=steps, min_lr_ratio=0.1,
-            seed=0, max_seq_len=max_seq_len, activation_checkpointing=False,
+        # the stage's own config class, so a setting added to it reaches the benchmark with its default
+        t = config.build(
+            config.TrainConfig,
+            {
+                "weight_decay": 0.01, "lr": 1e-5, "betas": [0.9, 0.999], "warmup_ratio": 0.0, "steps": steps,
+                "min_lr_ratio": 0.1, "seed": 0, "max_seq_len": max_seq_len, "activation_checkpointing": False,
+            },
         )  # fmt: skip
         # built as the train stage builds it: sharded, loaded shard by shard, the loss head registered
         # as an FSDP forward of the root (train_step calls it)
@@ -152,7 +163,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["tiny-qwen3", "smollm2"])
     parser.add_argument("--steps", type=int, default=0, help="measured steps per model (0: the model's default)")
     parser.add_argument("--pad-batch", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="CI: tiny-qwen3, 6 steps, pass/fail")
     args = parser.parse_args()
+    if args.quick:
+        args.models, args.steps = ["tiny-qwen3"], args.steps or 6
     torch.manual_seed(0)
     torch.set_num_threads(1)  # CPU time of one thread: see the docstring
     # max_seq_len, packs per step, measured steps: SmolLM2 takes ~10-30 s per 512-token step here
@@ -180,6 +194,13 @@ def main() -> None:
         f"speed ratio target >= 0.9 (svd_hpc / bare FSDP2); packing efficiency target >= 0.95 "
         f"(padding baseline: batches of {args.pad_batch} samples padded to their longest)"
     )
+    if args.quick:
+        quick.gate(
+            [
+                ("speed ratio", rows[0]["speed_ratio"], ">=", QUICK_BOUNDS["speed ratio"]),
+                ("packing efficiency", rows[0]["packing_eff"], ">=", QUICK_BOUNDS["packing efficiency"]),
+            ]
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Verification efficiency: our cascade vs a naive verifier on the same candidates.
 
-Run as: .venv/bin/python benchmarks/bench_verify.py [--questions 6 --n 4 --votes 5]
+Run as: .venv/bin/python benchmarks/bench_verify.py [--questions 6 --n 4 --votes 5] [--quick]
 
 Ours: `cascade.run_cascade` (one batched call per stage, votes as n=V, judge instruction as the
 shared prompt prefix, prefix caching with block_size 32, early exit).
@@ -15,6 +15,12 @@ ratio) and "verdict prefix" (replies open with "[[" and stop at "]]", as the dem
 candidates pass stages at the demo's rates). Each reports the measured pass rates beside the
 ratio with every stage run on every candidate. Last, the prefill cost of restating the verdict
 format after the answer: every stage on every candidate, with and without the reminder.
+
+--quick (CI): 3 questions x n=2, 96 answer and 32 judge tokens; fails unless, under both judge
+settings, every stage on every candidate (the bound at any pass rate, so not hostage to what a
+135M judge decides) computes at most QUICK_BOUNDS of naive's prompt tokens (half way from
+README's 0.183-0.186 to the 1/3 target) and draws at most half way from 0.375-0.479 to 1 x its
+judge samples.
 """
 
 from __future__ import annotations
@@ -31,11 +37,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import quick
 from bench_generate import machine, write_questions
 
 from svd_hpc.config import ModelConfig, VerifyConfig
 from svd_hpc.sampling import cascade, prompts
 from svd_hpc.sampling.engine import Engine, Sampling, request_seed
+
+QUICK_BOUNDS = {"computed prompt tokens": 0.26, "judge samples": 0.74}
 
 
 def make_candidates(engine: Engine, questions: list[str], n: int, max_tokens: int) -> list[cascade.CascadeItem]:
@@ -124,7 +133,10 @@ def main() -> None:
     parser.add_argument("--answer-tokens", type=int, default=160)
     parser.add_argument("--votes", type=int, default=5)
     parser.add_argument("--judge-tokens", type=int, default=48)
+    parser.add_argument("--quick", action="store_true", help="CI: 3 questions x n=2, shorter replies, pass/fail")
     args = parser.parse_args()
+    if args.quick:
+        args.questions, args.n, args.answer_tokens, args.judge_tokens = 3, 2, 96, 32
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "q.jsonl"
@@ -194,11 +206,19 @@ def main() -> None:
         )
         print(f"ratio judge samples ours/naive         : {m['samples'] / n['samples']:.3f} (target <= 1)")
         print(f"ratio wall time ours/naive             : {m['seconds'] / n['seconds']:.3f}")
+    checks = []
+    for name, m in measured.items():
+        checks.append((f"{name}: every stage, prompt tokens ours/naive", m["full_computed"] / naive[name]["computed"],
+                       "<=", QUICK_BOUNDS["computed prompt tokens"]))  # fmt: skip
+        checks.append((f"{name}: judge samples ours/naive", m["samples"] / naive[name]["samples"],
+                       "<=", QUICK_BOUNDS["judge samples"]))  # fmt: skip
     print("\n-- verdict format restated after the answer (every stage on every candidate, verdict prefix) --")
     print(
         f"prompt tokens computed with the reminder {with_reminder}, without {without_reminder}: "
         f"ratio {with_reminder / without_reminder:.3f}"
     )
+    if args.quick:
+        quick.gate(checks)
 
 
 if __name__ == "__main__":

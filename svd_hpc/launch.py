@@ -33,7 +33,7 @@ from rich.table import Table
 from . import __version__
 from . import config as config_mod
 from .config import ConfigError, RunConfig, reference
-from .forecast import pilot
+from .forecast import memory_check, pilot
 from .inputs import staging
 from .publish import hub
 from .rundir.atomic import atomic_write_json
@@ -137,6 +137,7 @@ def prepare(cfg: RunConfig, run: RunDir, dry_run: bool = False) -> list[Stage]:
     """Validate the seeds, then write the run directory: config, plan and (unless dry_run) seed shards."""
     # hub inputs fetched and pinned (cfg revisions) before anything reads them
     staged = staging.stage(run, catalog.hub_inputs(cfg), dry_run)
+    memory_check.check(cfg, console)  # a plan that cannot fit stops here, before anything is written
     plan = build_plan(cfg)
     if run.exists():
         stored = run.load_config()

@@ -19,7 +19,7 @@ import yaml
 
 from svd_hpc import config
 from svd_hpc.config import BenchmarkSpec, ConfigError
-from svd_hpc.eval import benchmarks
+from svd_hpc.eval import benchmarks, sandbox
 from svd_hpc.eval.grade import grade, grade_all
 from svd_hpc.eval.grading.choice import grade_choice
 from svd_hpc.eval.grading.math import grade_math
@@ -419,7 +419,11 @@ def test_direct_eval_tasks_write_graded_records(tmp_path, engine):
         assert summary["completion_tokens"] == sum(r["completion_tokens"] for r in rows)
         assert run.is_done("eval_base", index)
         assert not (out.parent / "progress").exists()
-    assert json.loads(next(run.root.glob("eval/base/code/seed-0.json")).read_text())["sandbox"]["isolation"]
+    # the code benchmark's summary states the isolation this machine gives, as the report reads it
+    stated = json.loads(next(run.root.glob("eval/base/code/seed-0.json")).read_text())["sandbox"]
+    assert stated["isolation"] == sandbox.sandbox_isolation()
+    assert stated["network_isolated"] == (stated["isolation"] in sandbox.ISOLATING)
+    assert set(stated) == {"isolation", "network_isolated", "total_memory", "missing"} and stated["total_memory"]
     # a finished task is a no-op: no engine needed, nothing rewritten
     before = evaluate.output_path(run, "base", tasks[0]).stat().st_mtime_ns
     assert run_eval(run, "eval_base", 0)["questions"] == 5

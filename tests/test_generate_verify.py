@@ -496,6 +496,7 @@ def saved_replies(folder: Path) -> dict:
 
 
 @pytest.mark.slow  # three engine loads (two killed attempts, then resume and the reference): ~90 s of CPU
+@pytest.mark.readme_claim  # "a task killed at any moment redoes at most one chunk ... equal an uninterrupted run's"
 def test_verify_killed_mid_stage_resumes_to_the_same_records(tmp_path):
     settings = {**TINY, "seeds": {**TINY["seeds"], "shards": 1}}
     # a few requests decoding at a time, so chunks of 3 replies finish one after another

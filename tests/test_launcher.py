@@ -151,8 +151,12 @@ def test_throttled_array_and_dependency(tmp_path, slurm_cluster):
     # the local cluster gives each task 1 CPU without pinning it: a task runs 1 thread
     assert {t["omp_threads"] for t in gen} == {os.environ.get("OMP_NUM_THREADS", "1")}
     assert len(merged_rows(run)) == 24
-    nodes = {json.loads(p.read_text())["node"] for p in (run.stage_dir("train") / "ranks").iterdir()}
-    assert len(list((run.stage_dir("train") / "ranks").iterdir())) == 2 and nodes
+    # train is 1 node x 2 processes: both ranks report, from one of the cluster's nodes, with one master
+    ranks = [json.loads(p.read_text()) for p in (run.stage_dir("train") / "ranks").iterdir()]
+    assert sorted(r["rank"] for r in ranks) == [0, 1] and {r["world"] for r in ranks} == {2}
+    nodes = {r["node"] for r in ranks}
+    assert len(nodes) == 1 and nodes <= {"n1", "n2"}
+    assert len({r["master"] for r in ranks}) == 1 and ranks[0]["master"]
     status = run_launch(["status", str(run.root)], env=slurm_cluster)
     assert "run complete" in status.stdout
 

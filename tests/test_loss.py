@@ -78,16 +78,40 @@ def test_model_loss_equals_the_models_own_logits_and_gradients():
 
 
 def test_a_single_chunk_is_not_recomputed(monkeypatch):
-    """Checkpointing saves memory only across chunks: one chunk is computed once, several are checkpointed."""
-    import torch.utils.checkpoint
+    """Recomputing saves memory only across chunks: one chunk is computed once, several twice."""
+    from svd_hpc.train import step
 
     calls = []
-    real = torch.utils.checkpoint.checkpoint
-    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = step._chunk_loss
+    monkeypatch.setattr(step, "_chunk_loss", lambda *a: calls.append(1) or real(*a))
     torch.manual_seed(0)
     states, weight = torch.randn(64, 8, requires_grad=True), torch.randn(20, 8, requires_grad=True)
     labels = torch.randint(0, 20, (64,))
     one = train.token_loss_sum(states, weight, labels, chunk=64)
-    assert calls == []
+    one.backward()
+    assert len(calls) == 1
+    calls.clear()
     several = train.token_loss_sum(states, weight, labels, chunk=16)
-    assert len(calls) == 4 and torch.allclose(one, several)
+    several.backward()
+    assert len(calls) == 8 and torch.allclose(one, several)  # 4 chunks in forward, again in backward
+
+
+def test_the_weight_gradient_of_many_bf16_chunks_is_summed_in_fp32():
+    """32 chunks of bf16: the lm_head weight's gradient stays within 0.3% of fp32's.
+
+    Measured here: one unchunked bf16 matmul 0.17%; the 32 chunks' gradients summed in bf16
+    0.71%, in fp32 0.23%. The hidden states' gradient has no sum over chunks (0.17% either way).
+    """
+    tokens, chunk = 4096, 128
+    states, weight, labels = head_inputs(tokens, hidden=256, vocab=4000)
+    states, weight = states.detach().bfloat16(), weight.detach().bfloat16()
+
+    def weight_grad(dtype, chunk):
+        w = weight.to(dtype).requires_grad_()
+        train.token_loss_sum(states.to(dtype), w, labels, chunk=chunk).backward()
+        return w.grad.double()
+
+    reference = weight_grad(torch.float32, tokens)  # fp32 on the same bf16-rounded inputs
+    got = weight_grad(torch.bfloat16, chunk)
+    error = float((got - reference).norm() / reference.norm())
+    assert error < 3e-3, f"relative error {error:.2%} of the weight's gradient over {tokens // chunk} chunks"

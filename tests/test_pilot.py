@@ -391,6 +391,7 @@ def node_mb(slurm_cluster: dict) -> int:
     return int(re.search(r"RealMemory=(\d+)", node).group(1))
 
 
+@pytest.mark.slurm
 def test_partition_slots_from_sinfo(slurm_cluster, monkeypatch):
     """The local cluster: 2 nodes of 8 CPUs and 90% of the machine's memory shared (scripts/local-slurm.sh)."""
     for key, value in slurm_cluster.items():
@@ -551,7 +552,6 @@ def test_pilot_with_one_training_step_exits_2(tmp_path):
 
 
 @pytest.mark.slurm
-@pytest.mark.slurm
 def test_pilot_on_the_local_cluster(tmp_path, slurm_cluster):
     """The pilot's tasks as SLURM jobs: their wall times from sacct, what the partition holds from sinfo."""
     res = {stage: {"mem": "6G"} for stage in ("generate", "verify")}
@@ -569,6 +569,7 @@ def test_pilot_on_the_local_cluster(tmp_path, slurm_cluster):
     assert result["stages"]["generate"]["tasks"] == 3 and result["funnel"]["candidates"] == 4 * N
 
 
+@pytest.mark.slurm
 def test_pilot_refused_by_the_cluster_submits_nothing(tmp_path, slurm_cluster):
     profile = tmp_path / "refusing.yaml"
     profile.write_text(yaml.safe_dump({"name": "refusing", "partition": "no-such-partition", "time": "00:10:00"}))

@@ -86,6 +86,7 @@ def test_local_tasks_never_get_the_secrets(tmp_path, monkeypatch):
     assert files_with_secrets(tmp_path, {"launch": done.stdout + done.stderr}) == []
 
 
+@pytest.mark.slurm
 def test_slurm_jobs_never_get_the_secrets(tmp_path, slurm_cluster, monkeypatch):
     done = run_launch(
         ["--config", str(leaky_config(tmp_path, "local-slurm", monkeypatch))], {**SECRETS, **slurm_cluster}

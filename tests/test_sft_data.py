@@ -164,7 +164,7 @@ def test_a_long_wait_logs_progress_and_a_failure_ends_it(tmp_path, monkeypatch, 
         began = time.monotonic()
         with pytest.raises(ValueError, match="row 7 is bad"):
             waiting.result(timeout=5)
-        assert time.monotonic() - began < 1
+        assert time.monotonic() - began < 20 * rank_files.POLL_SECONDS  # within polls, not at the 5 s timeout
     assert (
         "waiting" in caplog.text
         and "for part of rank(s) [1]; 3 of 10 SFT rows tokenised on the 1 of 2 rank(s)" in caplog.text

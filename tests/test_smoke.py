@@ -67,6 +67,7 @@ def _smoke(tmp_path, slurm_cluster, *overrides):
 
 @pytest.mark.slurm
 @pytest.mark.slow  # ~2.5 min: every stage on the cluster, as test_tiny_run_on_the_local_cluster already does
+@pytest.mark.readme_claim  # the smoke run "tested on the local cluster with two simulated nodes, passing"
 def test_smoke_run_on_the_local_cluster_passes_every_check(tmp_path, slurm_cluster):
     proc, run = _smoke(tmp_path, slurm_cluster)
 

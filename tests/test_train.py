@@ -150,6 +150,46 @@ def test_preempted_run_resumes_to_the_same_weights(finished, tmp_path):
     assert [r["loss"] for r in metrics(run)] == pytest.approx([r["loss"] for r in metrics(finished)], abs=1e-6)
 
 
+def two_nodes(run: Path) -> list[subprocess.CompletedProcess]:
+    """The train stage as 2 nodes of 2 processes: one torchrun per node, meeting at a local port."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    clean = {k: v for k, v in os.environ.items() if k not in TORCH_ENV}
+    clean.update(PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=2"]
+    cmd += ["--master_addr=127.0.0.1", f"--master_port={port}"]
+    nodes = [
+        subprocess.Popen(
+            [*cmd, f"--node_rank={i}", "-m", "svd_hpc.train", str(run)],
+            env=clean,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    return [subprocess.CompletedProcess(n.args, n.wait(timeout=300), *n.communicate()) for n in nodes]
+
+
+def test_sharding_within_nodes_trains_as_sharding_over_all(tmp_path):
+    """train.shard node (HSDP: 2 nodes × 2 processes, replicas across nodes) gives the losses of a 4-way shard."""
+    hybrid = make_run(tmp_path / "node", steps=4, checkpoint_every=2, shard="node")
+    flat = make_run(tmp_path / "all", steps=4, checkpoint_every=2)
+    nodes = two_nodes(hybrid)
+    for node in nodes:
+        assert node.returncode == 0, node.stderr[-3000:]
+    assert "each of 2 nodes holds a replica sharded over its 2 ranks" in nodes[0].stderr  # rank 0 logs
+    done = torchrun(flat, procs=4)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["loss"] for r in metrics(hybrid)] == pytest.approx([r["loss"] for r in metrics(flat)], rel=1e-5)
+    assert [r["grad_norm"] for r in metrics(hybrid)] == pytest.approx([r["grad_norm"] for r in metrics(flat)], rel=1e-4)
+    weights = load_weights(hybrid / "train" / "final"), load_weights(flat / "train" / "final")
+    assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[1]) <= 1e-5
+
+
 def test_incomplete_checkpoints_do_not_count(tmp_path):
     for step, complete in ((5, True), (10, True), (15, False)):
         folder = fsdp.checkpoint_dir(tmp_path, step)
@@ -413,6 +453,7 @@ def test_two_ranks_tokenize_the_single_process_set(finished):
 
 
 @pytest.mark.slow  # ~25 s of torchrun; keeps the default run under 15 minutes
+@pytest.mark.readme_claim  # "What would have stopped a CUDA run": slow tokenisation past an 8 s group timeout
 def test_tokenising_longer_than_the_group_timeout_still_trains(tmp_path):
     """Process group timeout 8 s, 40 rows at 0.5 s each: no rank may wait in a collective meanwhile."""
     run = make_run(tmp_path / "run", steps=2)

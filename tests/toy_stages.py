@@ -7,6 +7,8 @@ environment: SVD_HPC_TEST_BODIES=tests.toy_stages:BODIES (plan.TEST_BODIES).
 Knobs come from the environment, which sbatch passes on to the jobs:
   TOY_SLEEP_<STAGE>=seconds   per task (e.g. TOY_SLEEP_GENERATE=2)
   TOY_FAIL=<stage>:<index>    that task fails once (a file in the run dir remembers it failed)
+  TOY_HANG=<stage>:<index>    that task's engine hangs once: the real stall watchdog ends the task
+  TOY_RAISE=<stage>:<error>   every task of that stage raises `error` (see RAISES)
 """
 
 from __future__ import annotations
@@ -23,11 +25,48 @@ import pyarrow.parquet as pq
 
 from svd_hpc.rundir.atomic import atomic_path, atomic_write_json
 from svd_hpc.rundir.layout import RunDir
+from svd_hpc.sampling.watchdog import Watchdog
+
+
+def _torch():
+    import torch.distributed  # only the tasks that raise its errors pay for the import
+
+    return torch
+
+
+# What TOY_RAISE raises: a collective that failed (retried elsewhere), errors a retry would repeat
+RAISES = {
+    "collective": lambda: _torch().distributed.DistNetworkError("connection to rank 1 lost (toy)"),
+    "cuda-oom": lambda: _torch().OutOfMemoryError("CUDA out of memory (toy)"),
+    "python": lambda: KeyError("toy"),
+}
+
+
+def _hang_engine(run: RunDir, stage: str, index: int) -> None:
+    """A step of an engine that never returns, watched as the real engine's steps are."""
+    flag = run.root / f"toy-hung-{stage}-{index}"
+    if flag.exists():
+        return
+    flag.write_text(os.environ.get("SLURMD_NODENAME", ""))
+
+    class Engine:
+        def background_died(self) -> bool:
+            return False
+
+    engine = Engine()
+    watchdog = Watchdog(engine.background_died, timeout_s=1.0)
+    with watchdog.step():
+        time.sleep(120)  # the watchdog ends the process long before this
 
 
 def _begin(run: RunDir, stage: str, index: int) -> float:
     start = time.time()
     time.sleep(float(os.environ.get(f"TOY_SLEEP_{stage.upper()}", "0")))
+    if os.environ.get("TOY_HANG") == f"{stage}:{index}":
+        _hang_engine(run, stage, index)
+    raising, _, error = os.environ.get("TOY_RAISE", "").partition(":")
+    if raising == stage:
+        raise RAISES[error]()
     failing = os.environ.get("TOY_FAIL", "")
     if failing == f"{stage}:{index}":
         flag = run.root / f"toy-failed-{stage}-{index}"

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from .checks import ConfigError, check_time
 
+TRAIN_SIGNAL_SECONDS = 600  # one optimiser step plus a full sharded save of 8B on a network filesystem
+
 
 @dataclass
 class ClusterProfile:
@@ -30,6 +32,12 @@ class ClusterProfile:
     """Nodes never to use, e.g. "node[01-03]"."""
     gpus_per_node: int = 0
     """GPUs per node; 0 on CPU clusters. The default GPUs per task of GPU stages."""
+    gpu_memory_gib: float | None = None
+    """Memory of one GPU in GiB, e.g. 80 for an A100 80GB; null: the memory check only prints its estimate.
+
+    The launch estimates each GPU's peak in train and the vLLM stages' room from the model's
+    config.json, and stops a plan that cannot fit, naming the knob that would make it fit.
+    """
     cpus_per_task: int = 1
     """CPU cores per task unless resources.STAGE.cpus says otherwise."""
     mem: str | None = None
@@ -48,10 +56,20 @@ class ClusterProfile:
     """sbatch --mail-type, e.g. "END,FAIL"."""
     max_array_size: int | None = None
     """Largest job array the site takes; null: MaxArraySize from `scontrol show config`."""
-    requeue_cap: int = 3
-    """A preempted task is requeued at most this many times."""
+    requeue_cap: int = 6
+    """A task is requeued at most this many times: at the time-limit warning or preemption, and on a
+    transient failure (a hung engine, a failed collective or GPU, a node failure). Six fits a 4B
+    training of 4-5 jobs of 24 h (what `--pilot` projects on A100s) with two retries to spare."""
     signal_seconds: int = 120
-    """Warning signal (USR2) this many seconds before the time limit, so a task can save and requeue."""
+    """Warning signal (USR2) this many seconds before the time limit, so a task can save and requeue.
+
+    Train takes at least TRAIN_SIGNAL_SECONDS (600) unless resources.train.signal_seconds says otherwise:
+    its ranks finish a step and save a sharded checkpoint before they stop, and a stop that outlasts the
+    warning ends as TIMEOUT, not as a requeue."""
+    run_root: str | None = None
+    """Where this site's run directories go when the run config names none, e.g. "$SCRATCH/svd_runs";
+    $VARIABLES and ~ are expanded at launch. Checkpoints and shards are large and written by every
+    node at once: a scratch filesystem, not a quota'd home directory."""
 
     def check(self) -> None:
         check_time(self.time, "time", f"cluster profile '{self.name}'")
@@ -83,6 +101,8 @@ class StageResources:
     """At most this many array tasks of the stage run at once (sbatch --array=...%N)."""
     preemptible: bool = False
     """Submit with --requeue and the warning signal, for preemptible partitions."""
+    signal_seconds: int | None = None
+    """Seconds of warning before the time limit; null: the profile's (for train at least 600)."""
 
     def check(self, stage: str, source: str) -> None:
         if self.time:

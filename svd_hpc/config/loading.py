@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 import types
 import typing
 from pathlib import Path
@@ -161,9 +163,24 @@ def load(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     if cfg.cluster != "local":
         profile_path = find_profile(cfg.cluster, path.resolve().parent)
         cfg.profile = build(ClusterProfile, _read_yaml(profile_path, "cluster profile"), str(profile_path))
+        if "run_root" not in data and cfg.profile.run_root:
+            cfg.run_root = site_run_root(cfg.profile.run_root, profile_path)
     _locate_inputs(cfg, path.resolve().parent)
     validate(cfg, str(path))
     return cfg
+
+
+def site_run_root(value: str, profile_path: Path) -> str:
+    """The profile's run_root with $VARIABLES and ~ expanded; one naming a variable this shell lacks
+    (a laptop's dry run of a cluster config) falls back to ./runs, with a warning."""
+    expanded = os.path.expanduser(os.path.expandvars(value))
+    if "$" in expanded:
+        logging.getLogger("svd_hpc").warning(
+            f"{profile_path}: run_root {value!r} names a variable this shell does not set; using ./runs "
+            "(set the variable, or run_root in the run config)"
+        )
+        return "runs"
+    return expanded
 
 
 def to_dict(cfg: Any) -> dict:

@@ -338,6 +338,14 @@ class TrainConfig:
 
     svd_hpc/stages/train.py says why; true or false wins over the default.
     """
+    shard: Literal["all", "node"] = "all"
+    """Shard parameters, gradients and AdamW state over every process (all), or within each node only (node).
+
+    node is hybrid sharding (HSDP): each node holds a full replica split over its GPUs, so the
+    per-layer all-gathers and reduce-scatters stay on the node's links and one gradient all-reduce
+    per step crosses nodes. Each GPU then holds 1/(GPUs per node) of that state instead of
+    1/(all GPUs); the launch's memory check shows whether it fits.
+    """
     procs_per_node: int = 1
     """Training processes per node (torchrun --nproc_per_node) where nothing else sets it.
 

@@ -46,7 +46,7 @@ from ..runner import catalog, local
 from ..runner.plan import build_plan, resolve_resources
 from ..slurm import commands as slurm
 from ..stages import generate
-from . import projection
+from . import memory_check, projection
 
 log = logging.getLogger("svd_hpc")
 
@@ -126,6 +126,7 @@ def prepare(
     """Check the input, then write the pilot's run directory; returns its config, folder and the seed count."""
     check_train_steps(train_steps)
     staged = staging.stage(run.pilot_dir, catalog.hub_inputs(cfg))  # hub inputs pinned as the full launch pins them
+    memory_check.check(cfg)
     table = seeds.load(cfg.seeds)
     check(cfg, questions, table.num_rows)
     train_steps = timed_steps(cfg, train_steps)

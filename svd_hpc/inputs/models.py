@@ -86,9 +86,8 @@ def ensure_tiny_qwen3(target: Path | None = None, seed: int = 0) -> Path:
     target = Path(target) if target else cache_dir() / "tiny-qwen3"
     if (target / "config.json").is_file():
         return target
-    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+    from transformers import PreTrainedTokenizerFast, Qwen3Config
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
     tok = Tokenizer(models.BPE())
@@ -105,7 +104,6 @@ def ensure_tiny_qwen3(target: Path | None = None, seed: int = 0) -> Path:
         bos_token=None,
         chat_template=CHATML_TEMPLATE,
     )
-    torch.manual_seed(seed)
     # head_dim 32 is among the head sizes vLLM's CPU attention supports
     config = Qwen3Config(
         vocab_size=len(fast),
@@ -122,11 +120,25 @@ def ensure_tiny_qwen3(target: Path | None = None, seed: int = 0) -> Path:
         bos_token_id=None,
         torch_dtype="float32",
     )
-    model = Qwen3ForCausalLM(config)
+    write_random_model(target, config, fast, seed=seed)
+    log.info(f"created tiny random Qwen3 in {target}")
+    return target
+
+
+def write_random_model(target: Path, config, tokenizer=None, seed: int = 0, dtype=None) -> Path:
+    """Save a randomly initialised model of `config` (a transformers config), and its tokenizer if given.
+
+    `dtype` (e.g. torch.bfloat16) is the dtype of the saved weights; None: the config's.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, **({"dtype": dtype} if dtype else {}))
     with atomic_path(target) as tmp:
         model.save_pretrained(tmp)
-        fast.save_pretrained(tmp)
-    log.info(f"created tiny random Qwen3 in {target}")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
     return target
 
 

@@ -2,7 +2,7 @@
 a running task is asked to stop.
 
 The batch script (slurm script rendering) requeues a job that exits EXIT_STOPPED and reads the others as
-the task's cause of failure; it asks a multi-process task to stop by creating stop_request_path.
+the task's cause of failure (rundir/failures.py); it asks a multi-process task to stop by creating stop_request_path.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ if TYPE_CHECKING:
 
 EXIT_USER_ERROR = 2  # the launcher: a config, input or cluster refusal the user can fix
 EXIT_USAGE = 2  # a task: its stage, index or config is wrong; running it again fails the same way
+EXIT_TRANSIENT = 69  # a collective or the GPU failed; a retry on another node may succeed (EX_UNAVAILABLE)
 EXIT_ENGINE_FAILED = 70  # the engine hung or its process died; running the task again resumes it
 EXIT_STORAGE = 74  # the run directory took no write (full, read-only); resume once it does (EX_IOERR)
 EXIT_STOPPED = 75  # stopped with a checkpoint on request; running the task again resumes (EX_TEMPFAIL)
+EXIT_WRONG_DEVICE = 78  # the job has GPUs that this install cannot use; fix the install, no retry (EX_CONFIG)
 STOP_REQUEST = "stop-requested"
 
 

@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable
 
 from ..config import RunConfig, train_procs_per_node
+from ..config.cluster import TRAIN_SIGNAL_SECONDS
 from ..eval.tasks import eval_tasks
 from ..rundir.layout import split_stage, stage_name
 from ..rundir.planfile import Dependency, Stage
@@ -40,6 +41,7 @@ BODIES = {
     "seeds": "svd_hpc.stages.rounds:run_seeds",  # a round's questions (multi-round runs only)
 }
 CPU_STAGES = ("merge", "report", "seeds")
+ENGINE_STAGES = ("generate", "verify", "eval_base", "eval_trained")  # the stages that run a vLLM engine
 PREEMPTIBLE_DEFAULT = ("generate", "verify", "train", "eval_base", "eval_trained")
 
 
@@ -67,10 +69,17 @@ def resolve_resources(cfg: RunConfig, stage: str) -> dict:
         "array_parallelism": res.array_parallelism,
         "preemptible": res.preemptible,
         "requeue_cap": prof.requeue_cap,
-        "signal_seconds": prof.signal_seconds,
+        "signal_seconds": signal_seconds(prof.signal_seconds, res.signal_seconds, stage),
         "mail_user": prof.mail_user,
         "mail_type": prof.mail_type,
     }
+
+
+def signal_seconds(profile: int, stage_value: int | None, stage: str) -> int:
+    """The warning's lead time: the stage's own, else the profile's; train's at least TRAIN_SIGNAL_SECONDS."""
+    if stage_value is not None:
+        return stage_value
+    return max(profile, TRAIN_SIGNAL_SECONDS) if stage == "train" else profile
 
 
 def build_plan(cfg: RunConfig) -> list[Stage]:
@@ -141,6 +150,11 @@ def stage_body(stage: str) -> Callable:
     number, plain = split_stage(stage)
     body = _test_bodies().get(plain) or import_spec(BODIES[plain])
     return body if number is None else rounds.round_body(body, number, plain)
+
+
+def uses_engine(stage: str) -> bool:
+    """Whether the stage's tasks run a vLLM engine (a round's stage as its plain stage)."""
+    return rounds.split_stage(stage)[1] in ENGINE_STAGES
 
 
 def drop_scratch(stage: str, run, index: int) -> None:

@@ -32,6 +32,8 @@ from ..config import RunConfig, StageResources
 from ..rundir import planfile
 from ..rundir.atomic import atomic_write_json
 from ..rundir.layout import RunDir
+from . import device_guard
+from .plan import uses_engine
 
 if TYPE_CHECKING:
     from .status import StageStatus
@@ -132,6 +134,21 @@ def gpu_check(resources: dict, distributed: bool) -> Check:
     return Check("GPUs visible", bool(ok), f"asked {asked} per node, task sees {seen} ({how})")
 
 
+def device_check(resources: dict, uses_engine: bool) -> Check:
+    """The engine and the trainer would run on the GPUs the job asked for, not on the CPU (device_guard)."""
+    asked = resources.get("gpus_per_node") or 0
+    name = "engine and trainer run on the GPUs the job asked for"
+    if not asked:
+        return Check(name, True, "no GPUs asked: this stage runs on the CPU")
+    try:
+        device_guard.refuse_unusable_gpus(uses_engine)
+    except device_guard.UnusableGpus as err:
+        return Check(name, False, str(err))
+    import torch
+
+    return Check(name, True, f"torch {torch.__version__} built for CUDA {torch.version.cuda}")
+
+
 def task_checks(run: RunDir, stage, index: int) -> list[Check]:
     """What a task of `stage` can check about its node before its body starts."""
     meta = _launch_meta(run)
@@ -144,6 +161,7 @@ def task_checks(run: RunDir, stage, index: int) -> list[Check]:
             f"svd_hpc {__version__}; launcher had {meta.get('version')})",
         ),
         gpu_check(stage.resources, stage.kind == "distributed"),
+        device_check(stage.resources, uses_engine(stage.name)),
         offline_check(),
         model_check(run),
     ]

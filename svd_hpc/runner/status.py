@@ -28,6 +28,7 @@ from rich.text import Text
 
 from ..publish import hub
 from ..rundir import planfile, progress
+from ..rundir.failures import Retry, final_failures, read_retries
 from ..rundir.layout import RunDir
 from ..rundir.planfile import Stage
 from ..slurm import commands as slurm
@@ -63,6 +64,8 @@ class StageStatus:
     running_s: dict[int, float] = field(default_factory=dict)  # running task -> seconds since it started
     parallelism: int | None = None  # array_parallelism, if the plan caps it
     local: bool = False  # run by the local scheduler: one task at a time
+    retries: list[Retry] = field(default_factory=list)  # what the batch shell (or Slurm) retried, and why
+    not_retried: dict[int, dict] = field(default_factory=dict)  # task -> the shell's word on why it gave up
 
     @property
     def complete(self) -> bool:
@@ -138,6 +141,8 @@ def collect(run: RunDir) -> list[StageStatus]:
                 path = log_path(run, sub, index)
                 st.failed.append(FailedTask(index, task.job_id, task.state, path, _tail(path)))
         st.elapsed = max(elapsed, default="")
+        st.retries = read_retries(run.stage_dir(stage.name), stage.name)
+        st.not_retried = final_failures(run.stage_dir(stage.name))
         out.append(st)
     return out
 
@@ -327,8 +332,19 @@ def renderables(run: RunDir, statuses: list[StageStatus], now: float | None = No
                     (f"{st.name} task {task.index}", "red"), f" ({task.job_id}, {task.state}) log: {task.log}"
                 )
             )
+            why = st.not_retried.get(task.index)
+            if why:
+                out.append(Text(f"  not retried: {why.get('cause', '')}, {why.get('why', '')}"))
             if task.tail:
                 out.append(Text(task.tail))
+        for retry in st.retries:
+            kept_off = f", retried off {retry.excluded}" if retry.excluded else ", retried"
+            out.append(
+                Text(
+                    f"{st.name} task {retry.index}: {retry.cause} on {retry.node} (life {retry.life + 1}){kept_off}",
+                    "yellow",
+                )
+            )
     # pushes to the hub do not fail the run when they fail (svd_hpc/publish/hub.py): they are shown here
     out += [Text(line, "red" if "FAILED" in line else "") for line in hub.status_lines(run)]
     if all(st.complete for st in statuses):

@@ -11,7 +11,12 @@ started it, as torchrun would have set them.
 
 Tasks never requeue themselves: the batch script does (slurm/script.py), outside any container.
 It asks a multi-process task to stop by creating contract.stop_request_path; the task then
-checkpoints and exits contract.EXIT_STOPPED, and the script requeues the job.
+checkpoints and exits contract.EXIT_STOPPED, and the script requeues the job. A task that fails
+for a cause a retry can help with (a collective or the GPU failed, the engine hung) writes the cause
+for the script (rundir/failures.py) and exits EXIT_TRANSIENT or EXIT_ENGINE_FAILED; the script
+retries it on another node. A task whose allocation has GPUs that this install cannot use stops
+before any model loads, with EXIT_WRONG_DEVICE and one sentence on why (device_guard.py): never a
+night on the CPU.
 """
 
 from __future__ import annotations
@@ -25,13 +30,13 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..inputs import staging
-from ..rundir import planfile
+from ..rundir import failures, planfile
 from ..rundir.atomic import StorageError
-from ..rundir.contract import EXIT_STORAGE, EXIT_USAGE
+from ..rundir.contract import EXIT_STORAGE, EXIT_TRANSIENT, EXIT_USAGE, EXIT_WRONG_DEVICE
 from ..rundir.env import drop_secrets
 from ..rundir.layout import RunDir
+from . import device_guard, smoke
 from . import plan as plan_mod
-from . import smoke
 
 log = logging.getLogger("svd_hpc")
 
@@ -96,11 +101,13 @@ def run(stage: str, run_dir: str, index: int) -> str:
         raise ConfigError(f"task index {index} is outside stage '{stage}' (array of {spec.array_size}).")
     if done_stats(rd, stage, index) is not None:
         return spec.kind
+    failures.expect_failures_at(failures.failure_path(rd.stage_dir(stage), index))
     fit_threads_to_allocation()
     if spec.kind == "distributed":
         export_torch_env_from_slurm()
     if smoke.is_smoke(rd):
-        smoke.record(rd, spec, index)  # what this node gives the task, recorded before the body runs
+        smoke.record(rd, spec, index)  # what this node gives the task, the device among it, before the body
+    device_guard.refuse_unusable_gpus(uses_engine=plan_mod.uses_engine(stage))
     run_once(rd, stage, index)
     return spec.kind
 
@@ -153,12 +160,25 @@ def main(argv: list[str] | None = None, exit_when_done: bool = False) -> int:
     index = task_index(args.index)
     try:
         kind = run(args.stage, args.run_dir, index)
+    except device_guard.UnusableGpus as err:
+        print(f"error: stage {args.stage} task {index}: {err}", file=sys.stderr)
+        failures.record(failures.WRONG_DEVICE, str(err))
+        return EXIT_WRONG_DEVICE
     except (ConfigError, ValueError) as err:
         print(f"error: stage {args.stage} task {index}: {err}", file=sys.stderr)
         return EXIT_USAGE
     except StorageError as err:
         print(f"error: stage {args.stage} task {index}: {err}", file=sys.stderr)
         return EXIT_STORAGE
+    except Exception as err:
+        cause = failures.transient_cause(err)
+        if cause is None:
+            raise  # an error of ours: its traceback, exit 1, and no retry
+        log.exception(f"stage {args.stage} task {index}: {cause} failure; the batch script retries it elsewhere")
+        failures.record(cause, f"{type(err).__name__}: {err}")
+        if exit_when_done and os.environ.get("WORLD_SIZE", "1") != "1":
+            end_process(EXIT_TRANSIENT)  # a broken process group can hang or abort the interpreter's teardown
+        return EXIT_TRANSIENT
     if exit_when_done and kind == "distributed":
         end_process(0)
     return 0

@@ -11,13 +11,15 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from ..rundir import failures
 from ..rundir.contract import EXIT_ENGINE_FAILED
 
 log = logging.getLogger("svd_hpc")
 
 
 def log_engine_failed(why: str) -> None:
-    """The task's one line on why it ends with EXIT_ENGINE_FAILED."""
+    """The task's one line on why it ends with EXIT_ENGINE_FAILED, and the cause its batch shell retries."""
+    failures.record(failures.ENGINE, why)
     log.error(f"engine failed: {why}; ending the task (exit {EXIT_ENGINE_FAILED}) so it can be run again")
 
 

@@ -177,6 +177,9 @@ def render(cfg: RunConfig, run: RunDir, stage: Stage, sub: Submission, cwd: Path
         rendezvous=distributed,
         setup=cfg.profile.setup,
         exports=[("SVD_ARRAY_OFFSET", str(sub.offset))],
+        # every task retries by cause; the helper that keeps a retry off its node needs no GPU
+        task_files=str(run.stage_dir(stage.name)),
+        retry_partition=cfg.profile.cpu_partition or res["partition"],
     )
 
 

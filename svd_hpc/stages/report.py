@@ -30,6 +30,7 @@ from ..report.cost import cost_section
 from ..report.domains import domains_section
 from ..report.eval_tables import benchmarks_section, pass1_section, pass_k_section
 from ..report.pilot import pilot_section
+from ..report.retries import retries_section
 from ..report.rounds import build_rounds, rounds_ran
 from ..report.section import Section
 from ..report.stages import funnel_section, skipped_section, votes_section
@@ -94,6 +95,7 @@ def build(run: RunDir, console: Console | None = None) -> Path:
         sections.append(benchmarks_section(run))
     sections += [s for s in [domains_section(run, cfg, scores)] if s is not None]
     sections += [skipped_section(run, table), funnel_section(run), votes_section(run), cost_section(run, cfg, table)]
+    sections.append(retries_section(run))
     sections += [s for s in [pilot_section(run)] if s is not None]
     lines = [
         f"# Report: {cfg.name}",

@@ -75,6 +75,34 @@ def init_distributed(timeout_minutes: int = 30) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device, mesh)
 
 
+def training_mesh(device_type: str, world_size: int, shard_size: int) -> DeviceMesh:
+    """FSDP2's mesh: 1-D over every rank, or for shard_size < world_size the 2-D ("replicate", "shard")
+    mesh of hybrid sharding (HSDP), where each run of shard_size consecutive ranks shards the
+    model and the runs hold replicas."""
+    if shard_size >= world_size:
+        return init_device_mesh(device_type, (world_size,))
+    if world_size % shard_size:
+        raise ValueError(
+            f"train.shard: node needs the same number of training processes on every node; {world_size} "
+            f"processes do not split into nodes of {shard_size}. Use train.shard: all."
+        )
+    return init_device_mesh(device_type, (world_size // shard_size, shard_size), mesh_dim_names=("replicate", "shard"))
+
+
+def shard_mesh(d: Dist, shard: str) -> DeviceMesh:
+    """The mesh train.shard asks for: `all` shards over every rank, `node` within each node.
+
+    torchrun and srun number a node's ranks consecutively and set LOCAL_WORLD_SIZE (task.py does
+    for srun), so a run of LOCAL_WORLD_SIZE ranks is one node: its all-gathers and
+    reduce-scatters stay on the node's links, and only one gradient all-reduce per step crosses nodes.
+    """
+    size = int(os.environ.get("LOCAL_WORLD_SIZE", d.world_size)) if shard == "node" else d.world_size
+    if size >= d.world_size:
+        return d.mesh
+    log.info(f"hybrid sharding: each of {d.world_size // size} nodes holds a replica sharded over its {size} ranks")
+    return training_mesh(d.device.type, d.world_size, size)
+
+
 def cuda_device(local_rank: int) -> torch.device:
     """This process's GPU, made current: its local rank among the node's GPUs, or the only one it sees.
 
@@ -172,13 +200,17 @@ def add_root_forward(model, name: str, fn) -> None:
 
 
 def _local_rows(param: DTensor) -> tuple[int, int, int]:
-    """(dim, start, stop) of the global tensor that this rank's Shard(dim) slice holds."""
-    (placement,) = param.placements
-    if not isinstance(placement, Shard):
-        raise ValueError(f"expected a Shard placement, got {placement}")
+    """(dim, start, stop) of the global tensor that this rank's Shard(dim) slice holds.
+
+    HSDP parameters are (Replicate(), Shard(dim)): the rows follow the rank on the shard mesh dim.
+    """
+    sharded = [(mesh_dim, p) for mesh_dim, p in enumerate(param.placements) if isinstance(p, Shard)]
+    if len(sharded) != 1:
+        raise ValueError(f"expected one Shard placement, got {param.placements}")
+    mesh_dim, placement = sharded[0]
     dim = placement.dim
-    chunk = math.ceil(param.shape[dim] / param.device_mesh.size()) if param.shape[dim] else 0
-    start = min(param.device_mesh.get_local_rank() * chunk, param.shape[dim])
+    chunk = math.ceil(param.shape[dim] / param.device_mesh.size(mesh_dim)) if param.shape[dim] else 0
+    start = min(param.device_mesh.get_local_rank(mesh_dim) * chunk, param.shape[dim])
     return dim, start, start + param.to_local().shape[dim]
 
 

@@ -32,7 +32,8 @@ def build_model(model_dir: str, t, d: fsdp.Dist):
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     torch.manual_seed(t.seed)
     model = fsdp.build_meta_model(model_dir, fsdp.attention_implementation(d.device))
-    fsdp.apply_fsdp(model, d.mesh, bf16=d.device.type == "cuda", activation_checkpointing=activation_checkpointing(t))
+    mesh = fsdp.shard_mesh(d, t.shard)
+    fsdp.apply_fsdp(model, mesh, bf16=d.device.type == "cuda", activation_checkpointing=activation_checkpointing(t))
     fsdp.add_root_forward(model, LOSS_METHOD, causal_lm_loss_sum)
     fsdp.materialize(model, model_dir, d.device)
     model.train()
