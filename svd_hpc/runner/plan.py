@@ -154,7 +154,7 @@ def stage_body(stage: str) -> Callable:
 
 def uses_engine(stage: str) -> bool:
     """Whether the stage's tasks run a vLLM engine (a round's stage as its plain stage)."""
-    return rounds.split_stage(stage)[1] in ENGINE_STAGES
+    return split_stage(stage)[1] in ENGINE_STAGES
 
 
 def drop_scratch(stage: str, run, index: int) -> None:
