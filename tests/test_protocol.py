@@ -110,3 +110,52 @@ def test_uq_ttc_judges_every_candidate_against_the_raw_question(monkeypatch):
     cfg.eval.uq_ttc_filter, cfg.eval.uq_ttc_judge_question = True, "presented"  # ours, as knobs
     evaluate.uq_ttc_choose(engine, cfg, task, [problem], ["Which gas?\n\nA) N2\nB) O2"], outputs, None)
     assert [(i.question, i.answer) for i in seen] == [("Which gas?\n\nA) N2\nB) O2", "Answer: A")]
+
+
+# Qwen3's generation_config.json (Qwen/Qwen3-4B and -8B ship these sampling keys)
+QWEN3_GENERATION_CONFIG = {"do_sample": True, "temperature": 0.6, "top_k": 20, "top_p": 0.95}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_qwen3_configs_hand_vllm_the_authors_sampling_and_no_top_k(path, tmp_path):
+    """The SamplingParams each stage hands vLLM, with the defaults vLLM's ModelConfig reads from a model
+    that ships Qwen3's generation_config.json: the authors set temperature and top_p only."""
+    import json
+    import shutil
+
+    from vllm.config import ModelConfig
+
+    from svd_hpc.inputs import models
+    from svd_hpc.sampling.cascade import judge_sampling
+    from svd_hpc.sampling.engine import Engine, model_sampling_defaults
+    from svd_hpc.stages.evaluate import eval_sampling
+    from svd_hpc.stages.generate import generate_sampling
+
+    model = tmp_path / "qwen3"
+    shutil.copytree(models.resolve("builtin:tiny-qwen3"), model)
+    (model / "generation_config.json").write_text(json.dumps(QWEN3_GENERATION_CONFIG))
+    cfg = config.load(path, [f"run_root={tmp_path}"])
+    engine = Engine.__new__(Engine)  # what Engine.__init__ keeps for sampling, without loading the weights
+    engine.model_cfg = cfg.model
+    # the engine's vllm.LLM gets model.generation_config as is (Engine.engine_args)
+    args = {"model": str(model), "max_model_len": 1024}
+    engine.sampling_defaults = model_sampling_defaults(
+        ModelConfig(**args, generation_config=cfg.model.generation_config)
+    )
+
+    stages = {
+        "generate": generate_sampling(cfg),
+        "judges": judge_sampling(cfg.verify),
+        "eval": eval_sampling(cfg, 1),
+        "uq_ttc candidates": eval_sampling(cfg, cfg.eval.uq_ttc_candidates),
+    }
+    for stage, sampling in stages.items():
+        params = engine.sampling_params(sampling, seed=1)
+        assert params.top_k in (0, -1), f"{stage}: top_k {params.top_k} (the authors never set it)"
+        assert params.min_p == 0.0 and params.repetition_penalty == 1.0, stage
+    assert (stages["generate"].temperature, stages["generate"].top_p) == (0.8, 0.95)
+    assert (stages["judges"].temperature, stages["judges"].top_p) == (0.6, 0.95)
+    assert (stages["eval"].temperature, stages["eval"].top_p) == (0.7, 1.0)
+    # the guard is real: "auto" takes Qwen3's top_k 20 from the same model
+    auto = model_sampling_defaults(ModelConfig(**args, generation_config="auto"))
+    assert auto["top_k"] == 20

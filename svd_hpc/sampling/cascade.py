@@ -29,7 +29,7 @@ from ..records import CANDIDATE, VERDICT
 from ..rundir.chunks import Checkpoint
 from ..rundir.progress import TaskProgress
 from . import aggregation, prompts
-from .engine import Engine, request_seed, stage_sampling
+from .engine import Engine, Sampling, request_seed, stage_sampling
 
 log = logging.getLogger("svd_hpc")
 STAGE = "verify"
@@ -72,6 +72,11 @@ def votes_per_inference(votes: int, inferences: int) -> list[int]:
     return [votes // inferences + (1 if j < votes % inferences else 0) for j in range(inferences)]
 
 
+def judge_sampling(cfg: VerifyConfig) -> Sampling:
+    """The sampling of one judge's V votes (each cascade stage's, and UQ-TTC's)."""
+    return stage_sampling(cfg, n=cfg.votes)
+
+
 class _Cascade:
     """The state of one cascade run: results so far and which items are still alive."""
 
@@ -82,7 +87,7 @@ class _Cascade:
         self.engine, self.items, self.cfg, self.checkpoint = engine, list(items), cfg, checkpoint
         self.keys = [it.key or str(i) for i, it in enumerate(self.items)]
         self.results = [CascadeResult() for _ in self.items]
-        self.sampling = stage_sampling(cfg, n=cfg.votes)
+        self.sampling = judge_sampling(cfg)
         self.judge_sampling = dataclasses.replace(self.sampling, stop=list(cfg.judge_stop), include_stop=True)
 
     def ask(self, stage: str, requests: list[tuple[int, str, int, int]]) -> list[list[str]]:

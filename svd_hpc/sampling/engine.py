@@ -58,6 +58,13 @@ class Sampling:
     include_stop: bool = False  # keep the matched stop string at the end of the text
 
 
+def model_sampling_defaults(model_config) -> dict:
+    """What vLLM's ModelConfig takes from the model's generation_config.json for the sampling knobs a
+    stage leaves null (model.generation_config auto; vllm: nothing, vLLM's neutral defaults)."""
+    defaults = model_config.get_diff_sampling_param()
+    return {k: v for k, v in defaults.items() if k != "max_tokens"}
+
+
 def stage_sampling(section, **fields) -> Sampling:
     """The Sampling of a stage's config section (generate, verify or eval) plus `fields`."""
     knobs = {k: getattr(section, k) for k in SAMPLING_KNOBS}
@@ -158,9 +165,7 @@ class Engine:
         self.path = resolve(model_cfg.path)
         self.llm = vllm.LLM(**self.engine_args())
         self.tokenizer = self.llm.get_tokenizer()
-        # what the model's generation_config.json sets (vLLM reads it; "vllm" mode: nothing)
-        model_defaults = self.llm.model_config.get_diff_sampling_param()
-        self.sampling_defaults = {k: v for k, v in model_defaults.items() if k != "max_tokens"}
+        self.sampling_defaults = model_sampling_defaults(self.llm.model_config)
         if self.sampling_defaults:
             log.info(
                 f"sampling defaults from the model's generation_config (a stage's own setting wins): "

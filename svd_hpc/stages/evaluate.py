@@ -94,14 +94,15 @@ def model_config(run: RunDir, cfg: RunConfig, model: str) -> ModelConfig:
 # ----------------------------------------------------------------------------- one chunk
 
 
-def _sampling(cfg: RunConfig, n: int) -> Sampling:
+def eval_sampling(cfg: RunConfig, n: int) -> Sampling:
+    """The sampling of eval answers: one per question, or UQ-TTC's candidates."""
     return stage_sampling(cfg.eval, n=n)
 
 
 def _ask(engine: Engine, cfg: RunConfig, task: EvalTask, chunk: list[Problem], n: int):
     conversations = [[{"role": "user", "content": eval_prompts.user_prompt(p, task.seed)}] for p in chunk]
     seeds = [request_seed(task.seed, "eval", task.benchmark, p.question_id) for p in chunk]
-    return engine.chat(conversations, _sampling(cfg, n), seeds=seeds)
+    return engine.chat(conversations, eval_sampling(cfg, n), seeds=seeds)
 
 
 def uq_ttc_choose(
@@ -241,7 +242,7 @@ def answer_chunks(
     background = ThreadPoolExecutor(max_workers=1) if any(p.grader == "code" for p in problems) else None
     saving = []
     try:
-        for i, completions in engine.stream(rendered, _sampling(cfg, 1), seeds):
+        for i, completions in engine.stream(rendered, eval_sampling(cfg, 1), seeds):
             c = owner[i]
             answers[c][i] = completions
             waiting[c] -= 1

@@ -29,7 +29,7 @@ from ..rundir.chunks import Checkpoint
 from ..rundir.layout import RunDir
 from ..rundir.progress import TaskProgress
 from ..sampling import prompts
-from ..sampling.engine import Completion, Engine, request_seed, skip_stats, stage_sampling
+from ..sampling.engine import Completion, Engine, Sampling, request_seed, skip_stats, stage_sampling
 
 log = logging.getLogger("svd_hpc")
 STAGE = "generate"
@@ -88,8 +88,7 @@ def generate_questions(
     One run for all keeps the batch full: separate calls per chunk would each wait for their
     longest sample while the rest of the batch sits idle.
     """
-    gen = cfg.generate
-    sampling = stage_sampling(gen, n=gen.n, stop=gen.stop)
+    sampling = generate_sampling(cfg)
     think = prompts.require_think(cfg, engine)
     user_turns = [prompts.user_prompt(r["question"], r["domain"]) for r in rows]
     rendered = [engine.render([{"role": "user", "content": u}]) for u in user_turns]
@@ -103,7 +102,8 @@ def generate_questions(
         if tracker:  # the task's progress file and log line, once per chunk
             tracker.update(1, made)
         checkpoint.add(
-            rows[i]["question_id"], candidate_rows(rows[i], user_turns[i], completions, think, gen.format_filter)
+            rows[i]["question_id"],
+            candidate_rows(rows[i], user_turns[i], completions, think, cfg.generate.format_filter),
         )
     checkpoint.flush()
     return tokens
@@ -117,6 +117,11 @@ def fingerprint(cfg: RunConfig, seeds: pa.Table) -> str:
     for row in seeds.to_pylist():
         digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
     return digest.hexdigest()
+
+
+def generate_sampling(cfg: RunConfig) -> Sampling:
+    """The sampling of the N candidates per seed question."""
+    return stage_sampling(cfg.generate, n=cfg.generate.n, stop=cfg.generate.stop)
 
 
 def run_shard(run: RunDir, index: int, engine: Engine | None = None) -> dict:
