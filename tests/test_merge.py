@@ -570,3 +570,23 @@ def test_strict_rule_reads_a_verdict_inside_cut_off_thinking_as_none(tmp_path):
     stats = merge.merge_shards([judged_shard(tmp_path, "strict")], make_cfg(), tmp_path / "out")
     overall = stats["overall"]
     assert (overall["no_verdict_cycle"], overall["cut_off_cycle"], overall["valid"]) == (4, 4, 0)
+
+
+def test_the_authors_dedup_groups_no_questions_and_keeps_equal_solutions():
+    """merge.group_questions and merge.dedup_solutions off: each question picks alone, equal picks all stay."""
+    d = [bytes([i]) * 16 for i in range(4)]
+    questions = pa.table(
+        {"question_id": ["q2", "q1", "q3"], "question_digest": pa.array([d[0], d[0], d[1]], pa.binary(16))}
+    )
+    candidates = pa.table(
+        {
+            "question_id": ["q2", "q1", "q3"],
+            "candidate_index": pa.array([0, 5, 0], pa.int32()),
+            "shard": pa.array([0, 1, 2], pa.int32()),
+            "solution_digest": pa.array([d[3], d[3], d[3]], pa.binary(16)),
+        }
+    )
+    ours = selection.resolve(questions, candidates, limit=1)
+    assert ours.kept.tolist() == [False, True, False]  # one group (q1, q2), and q3's pick repeats q1's
+    theirs = selection.resolve(questions, candidates, limit=1, group_questions=False, dedup_solutions=False)
+    assert theirs.selected.tolist() == [True, True, True] and theirs.kept.tolist() == [True, True, True]

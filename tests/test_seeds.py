@@ -212,3 +212,13 @@ def test_demo_seed_sets_are_valid():
     held_out = [json.loads(line) for line in (repo / "data/demo_eval.jsonl").read_text().splitlines()]
     assert all(row["question"] and row["answer"] for row in held_out)
     assert not {row["question"] for row in held_out} & set(demo.column("question").to_pylist())
+
+
+def test_seeds_dedup_exact_drops_only_equal_text_as_the_authors_do(tmp_path):
+    rows = [{"question": "What is 1+1?"}, {"question": "what is 1+1?"}, {"question": "What is 1+1?"}]
+    path = write_jsonl(tmp_path / "s.jsonl", rows)
+    cfg = seeds_cfg(path)
+    cfg.dedup = "exact"
+    table, report = seeds.load_with_report(cfg)
+    assert table.column("question").to_pylist() == ["What is 1+1?", "what is 1+1?"]
+    assert report["duplicates_dropped"] == 1

@@ -127,6 +127,9 @@ class SeedsConfig(SeedSource):
     """
     shards: int = 1
     """Slices the questions are split into: one generate and one verify array task each."""
+    dedup: Literal["normalised", "exact"] = "normalised"
+    """Which seed questions count as one: equal up to case and whitespace, or equal text only (the authors':
+    one row per md5 of the seed text)."""
 
     def source_list(self) -> list[SeedSource]:
         """The sources to read: `sources`, else this section itself."""
@@ -264,7 +267,13 @@ class MergeConfig:
     disabled_stages: list[str] = field(default_factory=list)
     """Ablations: stages whose votes are ignored at merge."""
     validation_fraction: float = 0.0
-    """Fraction of questions held out as a validation set (by question id hash), in [0, 1)."""
+    """Fraction of questions held out as a validation set (by question id hash), in [0, 1); the authors: none."""
+    group_questions: bool = True
+    """Seed questions equal up to case and whitespace form one group that supplies one pick; false: every
+    question id picks on its own (the authors')."""
+    dedup_solutions: bool = True
+    """Among the picks, a solution equal to another up to whitespace is kept once; false: every pick stays
+    (the authors')."""
     allow_missing: bool = False
     """Proceed without missing or corrupt verify shards (recorded in stats.json)."""
     domain_weights: dict[Domain, float] = field(default_factory=dict)

@@ -32,9 +32,9 @@ from .sources import JSONL_SUFFIXES, MissingSplit, read_dataset_split, read_json
 log = logging.getLogger("svd_hpc")
 
 
-def duplicate_key(question: str) -> str:
-    """What two questions share when they differ only in case or whitespace."""
-    return " ".join(question.split()).casefold()
+def duplicate_key(question: str, exact: bool = False) -> str:
+    """What two questions share when they differ only in case or whitespace (exact: the same text only)."""
+    return question if exact else " ".join(question.split()).casefold()
 
 
 def detect_format(seeds: SeedSource, key: str = "seeds") -> str:
@@ -127,6 +127,7 @@ class _Seen:
     ids: dict[str, str] = field(default_factory=dict)
     duplicates: int = 0
     stripped: int = 0
+    exact: bool = False  # seeds.dedup: exact
 
 
 def _source_table(source: SeedSource, key: str, seen: _Seen) -> tuple[pa.Table, dict]:
@@ -149,7 +150,7 @@ def _source_table(source: SeedSource, key: str, seen: _Seen) -> tuple[pa.Table, 
             question = question.strip()
         # a user who fixed a typo's case or spacing in a copy still means one question, and
         # merge would otherwise train on it twice
-        dup = duplicate_key(question)
+        dup = duplicate_key(question, seen.exact)
         if dup in own_questions or dup in seen.questions:
             seen.duplicates += 1
             continue
@@ -186,13 +187,13 @@ def _source_table(source: SeedSource, key: str, seen: _Seen) -> tuple[pa.Table, 
         if qid in seen.ids:  # ids of one source were checked above; across sources only what is kept counts
             raise ValueError(f"{place}: id '{qid}' is also the id of a question at {seen.ids[qid]}; ids must differ.")
         seen.ids[qid] = place
-        seen.questions.add(duplicate_key(question))
+        seen.questions.add(duplicate_key(question, seen.exact))
     return table, {"path": source.path, "format": fmt, "rows_read": len(rows), "seeds": table.num_rows}
 
 
 def load_with_report(seeds: SeedsConfig) -> tuple[pa.Table, dict]:
     """The checked seed table (SEED schema, duplicates dropped, limits applied, domains interleaved) and counts."""
-    seen = _Seen()
+    seen = _Seen(exact=seeds.dedup == "exact")
     parts, reports = [], []
     for i, source in enumerate(seeds.source_list()):
         table, report = _source_table(source, source_key(seeds, i), seen)

@@ -232,8 +232,17 @@ def as_keys(binary16: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return raw[array.offset : array.offset + len(array)]
 
 
-def resolve(questions: pa.Table, candidates: pa.Table, limit: int | None) -> Resolution:
+def resolve(
+    questions: pa.Table,
+    candidates: pa.Table,
+    limit: int | None,
+    group_questions: bool = True,
+    dedup_solutions: bool = True,
+) -> Resolution:
     """Question groups, selection per group and solution dedup over every shard's candidates.
+
+    group_questions false: every question id is its own group; dedup_solutions false: equal picks all stay
+    (merge.group_questions, merge.dedup_solutions: the authors do neither).
 
     questions: question_id, question_digest (binary16), one row per question per shard.
     candidates: question_id, candidate_index, shard, solution_digest (binary16); all passing.
@@ -251,6 +260,8 @@ def resolve(questions: pa.Table, candidates: pa.Table, limit: int | None) -> Res
     leader_of_label = np.empty(label.max() + 1 if len(label) else 0, np.int64)
     leader_of_label[label[leaders]] = ranks[leaders]
     question_group = leader_of_label[label] if len(label) else np.zeros(0, np.int64)
+    if not group_questions:
+        question_group = ranks
 
     crank = pc.index_in(candidates["question_id"], value_set=qids).to_numpy(zero_copy_only=False)
     if len(crank) and np.isnan(crank.astype(float)).any():
@@ -264,7 +275,7 @@ def resolve(questions: pa.Table, candidates: pa.Table, limit: int | None) -> Res
     # dedup among the selected: the lowest (question_id, candidate_index) copy survives
     by_key = np.lexsort((shard, cidx, crank))
     by_key = by_key[selected[by_key]]
-    kept = _first_of_each(as_keys(candidates["solution_digest"]), by_key) & selected
+    kept = _first_of_each(as_keys(candidates["solution_digest"]), by_key) & selected if dedup_solutions else selected
     return Resolution(qids, question_group, crank, selected, kept)
 
 

@@ -287,7 +287,8 @@ def _resolve(state: ShardPass) -> Picks:
     """Question groups, selection and dedup over every shard's picks."""
     questions = pa.concat_tables([QUESTION_FIELDS.empty_table(), *state.question_parts])
     candidates = pa.concat_tables([CANDIDATE_FIELDS.empty_table(), *state.candidate_parts]).combine_chunks()
-    result = selection.resolve(questions, candidates, state.limit)
+    merge_cfg = state.cfg.merge
+    result = selection.resolve(questions, candidates, state.limit, merge_cfg.group_questions, merge_cfg.dedup_solutions)
     return Picks(questions, candidates, result, bucket_ids=state.spill.close())
 
 
