@@ -16,11 +16,12 @@ candidates pass stages at the demo's rates). Each reports the measured pass rate
 ratio with every stage run on every candidate. Last, the prefill cost of restating the verdict
 format after the answer: every stage on every candidate, with and without the reminder.
 
---quick (CI): 3 questions x n=2, 96 answer and 32 judge tokens; fails unless, under both judge
-settings, every stage on every candidate (the bound at any pass rate, so not hostage to what a
-135M judge decides) computes at most QUICK_BOUNDS of naive's prompt tokens (half way from
-README's 0.183-0.186 to the 1/3 target) and draws at most half way from 0.375-0.479 to 1 x its
-judge samples.
+--quick (CI): the tiny random Qwen3 (SmolLM2's two engines took over 18 min on a loaded 2-core
+machine, the tiny model 165 s), 3 questions x n=2, 96 answer and 32 judge tokens; token counts
+are seeded, so load does not move them. It fails unless, under both judge settings, every stage
+on every candidate (the bound at any pass rate, whatever the judge decides) computes at most
+QUICK_BOUNDS of naive's prompt tokens (half way from README's 0.183-0.186 to the 1/3 target) and
+draws at most half way from 0.375-0.479 to 1 x its judge samples.
 """
 
 from __future__ import annotations
@@ -133,10 +134,10 @@ def main() -> None:
     parser.add_argument("--answer-tokens", type=int, default=160)
     parser.add_argument("--votes", type=int, default=5)
     parser.add_argument("--judge-tokens", type=int, default=48)
-    parser.add_argument("--quick", action="store_true", help="CI: 3 questions x n=2, shorter replies, pass/fail")
+    parser.add_argument("--quick", action="store_true", help="CI: tiny-qwen3, 3 questions x n=2, pass/fail")
     args = parser.parse_args()
     if args.quick:
-        args.questions, args.n, args.answer_tokens, args.judge_tokens = 3, 2, 96, 32
+        args.model, args.questions, args.n, args.answer_tokens, args.judge_tokens = "builtin:tiny-qwen3", 3, 2, 96, 32
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "q.jsonl"
