@@ -56,3 +56,31 @@ def test_a_quick_bound_fails_with_one_line(tmp_path):
     passing = code.replace("0.9, '>=', 0.95), ('ratio c', 0.5", "0.96, '>=', 0.95), ('ratio c', 0.3")
     done = subprocess.run([sys.executable, "-c", passing], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.count(": ok") == 3, done.stdout + done.stderr
+
+
+def test_the_demo_figures_page_is_written_from_the_run_never_by_hand(tmp_path):
+    """bench_demo --write / --from-run: the funnel and pass@1 come from the run's own records."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_demo
+
+    (tmp_path / "merge").mkdir()
+    (tmp_path / "eval").mkdir()
+    overall = {"candidates": 160, "passed_cycle": 119, "passed_factuality": 68, "passed_correctness": 42,
+               "valid": 42, "selected": 26, "kept": 26, "filtered": 0}  # fmt: skip
+    (tmp_path / "merge" / "stats.json").write_text(json.dumps({"overall": overall}))
+    summary = {
+        "demo_eval": {
+            "base": {"pass_at_1": 0.125, "stderr": 0.025},
+            "svd": {"pass_at_1": 0.175, "stderr": 0.025},
+            "delta": {"svd": {"mean": 0.05, "ci95": [-0.05, 0.15]}},
+        }
+    }
+    (tmp_path / "eval" / "summary.json").write_text(json.dumps(summary))
+    page = bench_demo.figures_page(tmp_path, {"generate": 161.2, "verify": 201.0}, 900.0, 4.5)
+    assert "| generate | 161 |" in page and "| **total** | **900** (0.75 of the 20-minute budget) |" in page
+    assert "| cycle | 119 |" in page and "| kept | 26 |" in page
+    assert "| demo_eval | 12.5 ± 2.5 | 17.5 ± 2.5 | — | +5.0 (-5.0 to +15.0) |" in page
+    assert "do not edit by hand" in page
