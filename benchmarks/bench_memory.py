@@ -67,6 +67,7 @@ def tracked_peak(model_config: dict, *, seq_len: int, micro_batch: int, world_si
     from svd_hpc.train import fsdp, sft_data, step
     from svd_hpc.train.model import build_optimizer
 
+    sdpa_mask = ALL_MASK_ATTENTION_FUNCTIONS["sdpa"]
     ALL_MASK_ATTENTION_FUNCTIONS["sdpa"] = lambda *args, **kwargs: None  # causal, no mask: as flash attention
     folder = Path(tempfile.mkdtemp())
     (folder / "config.json").write_text(json.dumps(model_config))
@@ -97,6 +98,8 @@ def tracked_peak(model_config: dict, *, seq_len: int, micro_batch: int, world_si
             (peak,) = tracker.get_tracker_snapshot("peak").values()
     finally:
         dist.destroy_process_group()
+        # the process goes on (a test imports this): packed rows need their block-diagonal mask back
+        ALL_MASK_ATTENTION_FUNCTIONS["sdpa"] = sdpa_mask
     return {getattr(kind, "value", kind): size for kind, size in peak.items()}
 
 

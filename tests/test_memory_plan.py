@@ -20,12 +20,17 @@ GPU_PROFILE = {"name": "gpus", "partition": "gpu", "gpus_per_node": 4, "gpu_memo
 
 def test_estimate_is_within_ten_percent_of_the_fsdp2_tracker():
     """The train stage's own FSDP2 wrapping and step, under fake tensors, at the 4B model's layer width."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    sdpa_mask = ALL_MASK_ATTENTION_FUNCTIONS["sdpa"]
     small = {**bench_memory.QWEN3_4B, "num_hidden_layers": 2}
     shape = {"seq_len": 4096, "micro_batch": 1, "world_size": 8, "shard_size": 8}
     for ac in (True, False):
         peak = bench_memory.tracked_peak(small, **shape, ac=ac)["Total"]
         estimate = memory_plan.train_memory(small, **shape, activation_checkpointing=ac)
         assert estimate.total / peak == pytest.approx(1.0, abs=0.1), ac
+    # the tracker runs without transformers' sdpa mask; later tests in this process pack samples with it
+    assert ALL_MASK_ATTENTION_FUNCTIONS["sdpa"] is sdpa_mask
 
 
 def test_sharding_within_a_node_divides_the_state_by_its_gpus():
