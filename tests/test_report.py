@@ -485,3 +485,27 @@ def test_domain_gain_is_reported_as_the_papers_sum_beside_the_pooled_mean(tmp_pa
         + ["+40.0", f"[{100 * pooled.low:+.1f}, {100 * pooled.high:+.1f}]"]
     ]
     assert "paper's per-domain gains" in section.note and "Σ Δ" in section.note
+
+
+def test_uq_ttc_on_one_seed_pairs_with_base_on_that_seed():
+    # eval.uq_ttc_seeds: one — base on seeds 0..2, UQ-TTC on seed 0 only
+    base = {0: [0, 0, 1, 1], 1: [1, 1, 1, 1], 2: [1, 1, 1, 0]}
+    uq = {0: [1, 0, 1, 1]}
+    rows = [("h", "base", s, f"q{i}", c) for s, cs in base.items() for i, c in enumerate(cs)]
+    rows += [("h", "UQ-TTC", s, f"q{i}", c) for s, cs in uq.items() for i, c in enumerate(cs)]
+    scores = score(eval_rows(rows), {"h": "math"})
+    assert scores.pass1[("UQ-TTC", "h")] == (0.75, None) and scores.seeds[("UQ-TTC", "h")] == 1
+    assert scores.pass1[("base", "h")][0] == pytest.approx(0.75)  # the unpaired difference would read 0
+    paired = scores.deltas[("UQ-TTC", "h")]
+    # seed 0 against seed 0, question by question: +1, 0, 0, 0
+    assert (paired.mean, paired.questions, paired.pairs) == (0.25, 4, 4)
+    assert paired.low <= paired.mean <= paired.high
+    assert scores.summed[("UQ-TTC", "domain:math")].mean == 0.25
+    section = report.pass1_section(scores, {"h": "math"})
+    (row,) = [r for r in section.rows if r[0] == "h"]
+    assert row[3] == "1/3" and row[8:10] == ["75.0", "+25.0"]  # the paired figure its interval is about
+    assert row[10] == f"[{100 * paired.low:+.1f}, {100 * paired.high:+.1f}]"
+    assert "eval.uq_ttc_seeds: one" in section.note
+    saved = scoring.scores_json(scores)["h"]
+    assert saved["UQ-TTC"]["seeds"] == 1 and saved["delta"]["UQ-TTC"]["mean"] == 0.25
+    assert saved["delta"]["UQ-TTC"]["paired_samples"] == 4
