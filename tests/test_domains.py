@@ -319,9 +319,11 @@ def test_domain_section_only_for_several_domains(tmp_path):
     assert section.rows[0] == ["math", "4", "8", "25.0", "2", "0.50", "1", "40.0", "50.0 ± 10.0", "70.0 ± 10.0"] + [
         "+20.0 ± 14.1",
         "—",
+        "—",
+        "—",
     ]
     assert section.rows[1][:8] == ["code", "10", "20", "25.0", "3", "0.30", "0.5", "60.0"]
-    assert section.rows[1][8:] == ["—", "—", "—", "—"]
+    assert section.rows[1][8:] == ["—"] * 6
 
 
 # ----------------------------------------------------------------------------- the shipped config

@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from svd_hpc import records
+from svd_hpc.eval.tasks import eval_tasks
 from svd_hpc.inputs import models
 from svd_hpc.rundir.layout import RunDir
 from tests.helpers import REPO, run_launch, wait_jobs
@@ -78,7 +79,8 @@ def check_run(run: RunDir) -> None:
         variants.append(("base", "uq_ttc", "UQ-TTC"))
     for model, mode, variant in variants:
         per_seed = []
-        for seed in cfg.eval.seeds:
+        # UQ-TTC runs on the seeds its tasks name (eval.uq_ttc_seeds), direct eval on every seed
+        for seed in sorted({t.seed for t in eval_tasks(cfg, model) if t.mode == mode}):
             suffix = "-uq_ttc" if mode == "uq_ttc" else ""
             table = pq.read_table(run.stage_dir("eval") / model / "demo_arithmetic" / f"seed-{seed}{suffix}.parquet")
             assert table.num_rows == 4

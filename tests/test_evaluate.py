@@ -740,3 +740,30 @@ def test_code_is_graded_on_private_tests_within_one_budget(tmp_path):
     slow = fenced("import time\ntime.sleep(0.8)\ninput()\nprint(max(map(int, input().split())))")
     assert grade(problems["code-max"], "", slow, 0.5).correct
     assert grade(problems["code-max"], "", slow, 0.5, time_limit="per_test").reason == "timeout"
+
+
+@pytest.mark.parametrize("which, uq_ttc_tasks", [("one", [("hmmt_feb_2025", 0)]), ("all", None)])
+def test_uq_ttc_runs_once_per_benchmark_unless_every_seed_is_asked(which, uq_ttc_tasks):
+    overrides = ["eval.benchmarks=[{name: hmmt_feb_2025, preset: hmmt_feb_2025}]", "eval.uq_ttc=true"]
+    cfg = config.load(REPO / "configs" / "qwen3-4b-math.yaml", overrides + [f"eval.uq_ttc_seeds={which}"])
+    base = eval_tasks(cfg, "base")
+    direct = [(t.benchmark, t.seed) for t in base if t.mode == "direct"]
+    assert direct == [("hmmt_feb_2025", s) for s in range(10)]
+    assert [(t.benchmark, t.seed) for t in base if t.mode == "uq_ttc"] == (uq_ttc_tasks or direct)
+    assert base[: len(direct)] == [t for t in base if t.mode == "direct"]  # task indices of direct eval unchanged
+    assert eval_tasks(cfg, "trained") == [t for t in base if t.mode == "direct"]
+    sizes = {s.name: s.array_size for s in build_plan(cfg)}
+    assert (sizes["eval_base"], sizes["eval_trained"]) == (10 + (1 if which == "one" else 10), 10)
+    assert config.EvalConfig().uq_ttc_seeds == "one"  # the authors' default
+
+
+def test_uq_ttc_once_takes_a_benchmarks_first_seed():
+    cfg = config.load(
+        REPO / "configs" / "tiny.yaml",
+        [
+            "eval.uq_ttc=true",
+            "eval.seeds=[3, 4]",
+            "eval.benchmarks=[{name: a, path: a.jsonl}, {name: b, path: b.jsonl, seeds: [7]}]",
+        ],
+    )
+    assert [(t.benchmark, t.seed) for t in eval_tasks(cfg, "base") if t.mode == "uq_ttc"] == [("a", 3), ("b", 7)]

@@ -273,3 +273,27 @@ def test_launch_warns_when_the_jobs_will_find_no_token(tmp_path, monkeypatch, ca
     missing.write_text(TOKEN)
     assert launch.main([*args, "hub.dataset=me/svd-sft", "name=pub2"]) == 0
     assert "hf auth login" not in capsys.readouterr().out
+
+
+def test_model_card_names_the_domain_figure_the_paper_reports():
+    summary = {
+        "domain:math": {
+            "questions": 5,
+            "base": {"pass_at_1": 0.4, "stderr": None},
+            "SVD": {"pass_at_1": 0.8, "stderr": None},
+            "delta": {"SVD": {"mean": 0.4, "ci95": [0.0, 0.8]}},
+            "delta_sum_over_benchmarks": {
+                "SVD": {
+                    "aggregate": "Σ Δ over benchmarks (the paper's domain figure)",
+                    "mean": 0.8333,
+                    "ci95": [0.1, 1.5],
+                }
+            },
+        }
+    }
+    lines = hub_cards.eval_table(summary)
+    assert "| domain:math | 5 | 40.0 | 80.0 | +40.0 (+0.0, +80.0) | — |" in lines
+    assert (
+        "- domain:math: the Δ SVD above is pooled over its questions; "
+        "Σ Δ over benchmarks (the paper's domain figure): +83.3 (+10.0, +150.0)"
+    ) in lines

@@ -219,6 +219,13 @@ def test_report_numbers_match_the_records(tmp_path, fake_sacct):
     pooled = seed_scores(["m1", "m2"], "SVD")
     assert scores.pass1[("SVD", "domain:math")] == pytest.approx((pooled.mean(), pooled.std(ddof=1) / np.sqrt(3)))
     assert "| all math | math | 6 | 3 |" in text and fmt(pooled.mean(), pooled.std(ddof=1) / np.sqrt(3)) in text
+    # beside it, the paper's domain figure: m1's Δ plus m2's Δ, named under its table
+    gains = text.split("## Domain gains")[1].split("##")[0]
+    summed = scores.summed[("SVD", "domain:math")]
+    assert summed.mean == pytest.approx(scores.deltas[("SVD", "m1")].mean + scores.deltas[("SVD", "m2")].mean)
+    assert f"| math | SVD | m1 +{100 * scores.deltas[('SVD', 'm1')].mean:.1f}, m2 +" in gains
+    assert "The paper's per-domain gains" in gains and "compare the paper's figures with the Σ Δ column" in gains
+    assert saved_delta(run, "domain:math", "SVD")["aggregate"] == scoring.POOLED
 
     # pass@k: three samples (seeds) per question
     for (variant, bench), values in scores.pass_k.items():
@@ -410,3 +417,95 @@ def test_domain_of_benchmarks_with_different_repeats_weighs_each_question_once(t
     assert (paired.mean, paired.questions, paired.pairs) == pytest.approx((np.mean([0, 1, 0.5]), 3, 6))
     section = report.pass1_section(scores, {"a": "math", "h": "math"})
     assert [row[3] for row in section.rows if row[0] == "all math"] == ["mixed"]
+
+
+def eval_rows(rows) -> pa.Table:
+    """EVAL records from (benchmark, variant, seed, question id, correct)."""
+    return pa.Table.from_pylist(
+        [
+            {
+                "benchmark": bench,
+                "model": VARIANT[variant][0],
+                "mode": VARIANT[variant][1],
+                "seed": seed,
+                "question_id": qid,
+                "question": "q",
+                "reference": "1",
+                "response": "r",
+                "extracted": "1",
+                "correct": bool(correct),
+                "grade_reason": "correct",
+                "completion_tokens": 1,
+                "samples": 1,
+                "chosen_candidate": 0,
+            }
+            for bench, variant, seed, qid, correct in rows
+        ],
+        schema=EVAL,
+    )
+
+
+def test_domain_gain_is_reported_as_the_papers_sum_beside_the_pooled_mean(tmp_path):
+    # "a" (2 questions) gains 1/2, "h" (3 questions) gains 1/3: Σ 5/6, pooled 2/5
+    base = {"a": [0, 1], "h": [1, 0, 0]}
+    svd = {"a": [1, 1], "h": [1, 1, 0]}
+    rows = [(b, "base", 0, f"{b}{i}", c) for b in base for i, c in enumerate(base[b])]
+    rows += [(b, "SVD", 0, f"{b}{i}", c) for b in svd for i, c in enumerate(svd[b])]
+    domain_of = {"a": "math", "h": "math"}
+    scores = score(eval_rows(rows), domain_of)
+    summed, pooled = scores.summed[("SVD", "domain:math")], scores.deltas[("SVD", "domain:math")]
+    assert summed.mean == pytest.approx(1 / 2 + 1 / 3) and pooled.mean == pytest.approx(2 / 5)
+    assert summed.benchmarks == pytest.approx({"a": 1 / 2, "h": 1 / 3})
+    assert summed.low <= summed.mean <= summed.high and summed.low < summed.high
+    # every equally likely resample (questions drawn within each benchmark), enumerated
+    diffs = {b: [s - t for s, t in zip(svd[b], base[b])] for b in base}
+    sums = [
+        np.mean(pa_) + np.mean(ph)
+        for pa_ in itertools.product(diffs["a"], repeat=2)
+        for ph in itertools.product(diffs["h"], repeat=3)
+    ]
+    exact = np.quantile(sums, [0.025, 0.975], method="inverted_cdf")
+    assert (summed.low, summed.high) == pytest.approx(tuple(exact), abs=0.03)
+    again = score(eval_rows(list(reversed(rows))), domain_of).summed[("SVD", "domain:math")]
+    assert (again.low, again.high) == (summed.low, summed.high)  # fixed seed, any record order
+
+    saved = scoring.scores_json(scores)["domain:math"]
+    assert saved["delta_sum_over_benchmarks"]["SVD"]["mean"] == pytest.approx(5 / 6)
+    assert saved["delta_sum_over_benchmarks"]["SVD"]["ci95"] == [summed.low, summed.high]
+    assert saved["delta_sum_over_benchmarks"]["SVD"]["aggregate"] == scoring.SUMMED
+    assert (
+        saved["delta"]["SVD"]["mean"] == pytest.approx(2 / 5) and saved["delta"]["SVD"]["aggregate"] == scoring.POOLED
+    )
+    assert "delta_sum_over_benchmarks" not in scoring.scores_json(scores)["a"]
+
+    section = report.domain_gains_section(scores)
+    assert section.headers[3] == "Σ Δ over benchmarks (the paper's domain figure)" and section.headers[5] == "pooled Δ"
+    assert section.rows == [
+        ["math", "SVD", "a +50.0, h +33.3", "+83.3", f"[{100 * summed.low:+.1f}, {100 * summed.high:+.1f}]"]
+        + ["+40.0", f"[{100 * pooled.low:+.1f}, {100 * pooled.high:+.1f}]"]
+    ]
+    assert "paper's per-domain gains" in section.note and "Σ Δ" in section.note
+
+
+def test_uq_ttc_on_one_seed_pairs_with_base_on_that_seed():
+    # eval.uq_ttc_seeds: one — base on seeds 0..2, UQ-TTC on seed 0 only
+    base = {0: [0, 0, 1, 1], 1: [1, 1, 1, 1], 2: [1, 1, 1, 0]}
+    uq = {0: [1, 0, 1, 1]}
+    rows = [("h", "base", s, f"q{i}", c) for s, cs in base.items() for i, c in enumerate(cs)]
+    rows += [("h", "UQ-TTC", s, f"q{i}", c) for s, cs in uq.items() for i, c in enumerate(cs)]
+    scores = score(eval_rows(rows), {"h": "math"})
+    assert scores.pass1[("UQ-TTC", "h")] == (0.75, None) and scores.seeds[("UQ-TTC", "h")] == 1
+    assert scores.pass1[("base", "h")][0] == pytest.approx(0.75)  # the unpaired difference would read 0
+    paired = scores.deltas[("UQ-TTC", "h")]
+    # seed 0 against seed 0, question by question: +1, 0, 0, 0
+    assert (paired.mean, paired.questions, paired.pairs) == (0.25, 4, 4)
+    assert paired.low <= paired.mean <= paired.high
+    assert scores.summed[("UQ-TTC", "domain:math")].mean == 0.25
+    section = report.pass1_section(scores, {"h": "math"})
+    (row,) = [r for r in section.rows if r[0] == "h"]
+    assert row[3] == "1/3" and row[8:10] == ["75.0", "+25.0"]  # the paired figure its interval is about
+    assert row[10] == f"[{100 * paired.low:+.1f}, {100 * paired.high:+.1f}]"
+    assert "eval.uq_ttc_seeds: one" in section.note
+    saved = scoring.scores_json(scores)["h"]
+    assert saved["UQ-TTC"]["seeds"] == 1 and saved["delta"]["UQ-TTC"]["mean"] == 0.25
+    assert saved["delta"]["UQ-TTC"]["paired_samples"] == 4

@@ -103,6 +103,12 @@ class EvalConfig:
     """Longest answer, in tokens."""
     uq_ttc: bool = False
     """Also evaluate the test-time baseline (UQ-TTC: candidates filtered by the judges) on the base model."""
+    uq_ttc_seeds: Literal["one", "all"] = "one"
+    """Eval seeds of the UQ-TTC baseline: one, the benchmark's first seed (0 unless seeds are set); all, every seed.
+
+    one is the authors' (evalchemy runs UQ-TTC once per benchmark, repeats only direct eval); its Δ
+    pairs with base's answers on that seed. all costs a full UQ-TTC pass per seed (HMMT: 10).
+    """
     uq_ttc_candidates: int = 8
     """Candidates per question for the UQ-TTC baseline."""
     uq_ttc_filter: bool = False

@@ -1,6 +1,10 @@
 """The eval scores from the records: pass@1 per benchmark and domain (mean over seeds ± standard
 error), paired deltas against the base model with a bootstrap interval, and pass@k.
 
+A domain's delta comes two ways: pooled (the mean over all its questions) and summed (Σ over its
+benchmarks of each one's delta, which is how the paper reports a domain). With two benchmarks the
+sum is near twice the pooled figure, so the two always carry their names (SUMMED, POOLED).
+
 pass@k (Chen et al., 2021): with n samples of a question of which c are correct, the chance that
 at least one of k samples drawn without replacement is correct is 1 - C(n-c, k) / C(n, k). It
 is unbiased for every k <= n, unlike 1 - (1 - c/n)^k; pass@1 reduces to c / n.
@@ -25,6 +29,9 @@ from . import benchmarks
 # (model, mode) of each column, in report order
 VARIANTS = {"base": ("base", "direct"), "SVD": ("trained", "direct"), "UQ-TTC": ("base", "uq_ttc")}
 Score = tuple[float, "float | None"]  # mean, standard error (None with a single seed)
+# the two domain deltas, named alike wherever they are shown so that neither is read as the other
+SUMMED = "Σ Δ over benchmarks (the paper's domain figure)"
+POOLED = "pooled Δ (every question of the domain weighs once)"
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -84,19 +91,34 @@ def paired_bootstrap_ci(
     questions, and a question's seed-to-seed spread is already in its mean. A fixed `seed` makes
     the interval the same on every rebuild of the report.
     """
+    return summed_bootstrap_ci([differences], level, resamples, seed)
+
+
+def summed_bootstrap_ci(
+    benchmarks: Sequence[Sequence[float]], level: float = 0.95, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile interval of the sum over benchmarks of each one's mean paired difference.
+
+    Each entry of `benchmarks` holds one benchmark's per-question paired differences (as in
+    paired_bootstrap_ci). A resample draws each benchmark's questions with replacement from that
+    benchmark alone, so every benchmark keeps its size and its mean weighs one in the sum, as in a
+    domain figure that adds its benchmarks' deltas. One benchmark gives paired_bootstrap_ci's interval.
+    """
     import numpy as np
 
-    values = np.asarray(differences, dtype=float)
-    if values.size == 0:
+    if not benchmarks or any(len(d) == 0 for d in benchmarks):
         raise ValueError("a bootstrap interval of no paired questions")
     rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    block = max(1, 2_000_000 // values.size)  # bounded memory: questions × resamples per block
-    for start in range(0, resamples, block):
-        stop = min(resamples, start + block)
-        means[start:stop] = values[rng.integers(0, values.size, size=(stop - start, values.size))].mean(axis=1)
+    sums = np.zeros(resamples)
+    for differences in benchmarks:
+        values = np.asarray(differences, dtype=float)
+        block = max(1, 2_000_000 // values.size)  # bounded memory: questions × resamples per block
+        for start in range(0, resamples, block):
+            stop = min(resamples, start + block)
+            draws = rng.integers(0, values.size, size=(stop - start, values.size))
+            sums[start:stop] += values[draws].mean(axis=1)
     tail = (1 - level) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
+    low, high = np.quantile(sums, [tail, 1 - tail])
     return float(low), float(high)
 
 
@@ -139,32 +161,88 @@ class PairedDelta:
     pairs: int
 
 
+@dataclass(frozen=True)
+class SummedDelta:
+    """A domain's Σ over its benchmarks of each benchmark's paired delta (the paper's domain figure),
+    with a bootstrap interval that resamples questions within each benchmark."""
+
+    mean: float
+    low: float
+    high: float
+    benchmarks: dict[str, float]  # benchmark -> its paired delta, the terms of the sum
+
+
 @dataclass
 class EvalScores:
     pass1: dict[tuple[str, str], Score]  # (variant, benchmark or "domain:<d>") -> score
     seeds: dict[tuple[str, str], int]  # 0: a domain whose benchmarks repeat a different number of times
     questions: dict[str, int]  # benchmark or "domain:<d>" -> distinct questions
     pass_k: dict[tuple[str, str], dict[int, float]]  # (variant, benchmark) -> {k: pass@k}
-    deltas: dict[tuple[str, str], PairedDelta] = field(default_factory=dict)  # (SVD | UQ-TTC, group)
+    deltas: dict[tuple[str, str], PairedDelta] = field(default_factory=dict)  # (SVD | UQ-TTC, group): pooled
+    summed: dict[tuple[str, str], SummedDelta] = field(default_factory=dict)  # (SVD | UQ-TTC, "domain:<d>")
+
+
+def _paired_differences(records: dict[tuple[str, str, str, int], bool], variant: str) -> dict[str, dict[str, float]]:
+    """benchmark -> question -> the mean over the seeds both answered of (variant − base).
+
+    A question pairs only on the seeds both answered: UQ-TTC run on seed 0 alone meets base's seed-0
+    answers, not the mean of base's other seeds.
+    """
+    diffs: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for (name, bench, qid, seed), correct in records.items():
+        if name == variant and ("base", bench, qid, seed) in records:
+            diffs[(bench, qid)].append(float(correct) - float(records[("base", bench, qid, seed)]))
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for (bench, qid), values in diffs.items():
+        out[bench][qid] = sum(values) / len(values)
+    return out
 
 
 def paired_deltas(records: dict[tuple[str, str, str, int], bool], groups_of) -> dict[tuple[str, str], PairedDelta]:
     """SVD − base and UQ-TTC − base per group: per question, the mean over the seeds both answered of
-    the paired difference; its mean over questions and a 95% paired bootstrap interval."""
+    the paired difference; its mean over questions and a 95% paired bootstrap interval.
+
+    A domain group pools its benchmarks' questions, each weighing once (the pooled Δ)."""
     out = {}
     for variant in ("SVD", "UQ-TTC"):
-        per_question: dict[str, dict[tuple[str, str], list[float]]] = defaultdict(lambda: defaultdict(list))
-        for (name, bench, qid, seed), correct in records.items():
-            if name != variant or ("base", bench, qid, seed) not in records:
-                continue
-            for group in groups_of(bench):
-                per_question[group][(bench, qid)].append(float(correct) - float(records[("base", bench, qid, seed)]))
-        for group, diffs in per_question.items():
-            means = [sum(d) / len(d) for d in diffs.values()]
+        per_bench = _paired_differences(records, variant)
+        pairs: dict[tuple[str, str], int] = defaultdict(int)
+        for name, bench, qid, seed in records:
+            if name == variant and ("base", bench, qid, seed) in records:
+                pairs[(bench, qid)] += 1
+        per_group: dict[str, list[tuple[float, int]]] = defaultdict(list)
+        for bench in sorted(per_bench):
+            for qid, mean in sorted(per_bench[bench].items()):
+                for group in groups_of(bench):
+                    per_group[group].append((mean, pairs[(bench, qid)]))
+        for group, values in per_group.items():
+            means = [m for m, _ in values]
             low, high = paired_bootstrap_ci(means)
             out[(variant, group)] = PairedDelta(
-                sum(means) / len(means), low, high, len(means), sum(len(d) for d in diffs.values())
+                sum(means) / len(means), low, high, len(means), sum(n for _, n in values)
             )
+    return out
+
+
+def summed_deltas(
+    records: dict[tuple[str, str, str, int], bool], domain_of: dict[str, str]
+) -> dict[tuple[str, str], SummedDelta]:
+    """SVD − base and UQ-TTC − base per domain as the paper reports a domain: Σ over the domain's
+    benchmarks of each benchmark's paired delta, with summed_bootstrap_ci's interval.
+
+    Only benchmarks the variant answered are summed; SummedDelta.benchmarks names them.
+    """
+    out = {}
+    for variant in ("SVD", "UQ-TTC"):
+        per_bench = _paired_differences(records, variant)
+        by_domain: dict[str, list[str]] = defaultdict(list)
+        for bench in sorted(per_bench):
+            by_domain[f"domain:{domain_of.get(bench, 'unknown')}"].append(bench)
+        for domain, benches in by_domain.items():
+            diffs = [[per_bench[b][q] for q in sorted(per_bench[b])] for b in benches]
+            terms = {b: sum(d) / len(d) for b, d in zip(benches, diffs)}
+            low, high = summed_bootstrap_ci(diffs)
+            out[(variant, domain)] = SummedDelta(sum(terms.values()), low, high, terms)
     return out
 
 
@@ -225,6 +303,7 @@ def score(table: pa.Table, domain_of: dict[str, str]) -> EvalScores:
         questions={group: len(qs) for group, qs in questions.items()},
         pass_k=pass_k,
         deltas=paired_deltas(records, groups_of),
+        summed=summed_deltas(records, domain_of),
     )
 
 
@@ -247,5 +326,16 @@ def scores_json(scores: EvalScores) -> dict:
             "ci_method": "paired bootstrap over questions, 10000 resamples",
             "paired_questions": d.questions,
             "paired_samples": d.pairs,
+        }
+        if group.startswith("domain:"):
+            out[group]["delta"][variant]["aggregate"] = POOLED
+    for (variant, group), d in scores.summed.items():
+        out[group].setdefault("delta_sum_over_benchmarks", {})[variant] = {
+            "vs": "base",
+            "aggregate": SUMMED,
+            "mean": d.mean,
+            "ci95": [d.low, d.high],
+            "ci_method": "paired bootstrap over questions within each benchmark, 10000 resamples",
+            "benchmarks": d.benchmarks,
         }
     return {group: {"questions": scores.questions[group], **variants} for group, variants in out.items()}

@@ -21,11 +21,19 @@ class EvalTask:
 
 
 def eval_tasks(cfg: RunConfig, model: str) -> list[EvalTask]:
-    """The eval array of `model` (base | trained), in task-index order."""
-    modes = ["direct"] + (["uq_ttc"] if model == "base" and cfg.eval.uq_ttc else [])
-    return [
-        EvalTask(bench.name, seed, mode)
-        for mode in modes
-        for bench in cfg.eval.benchmarks
-        for seed in seeds_of(cfg.eval, bench)
+    """The eval array of `model` (base | trained), in task-index order: every direct task, then UQ-TTC's.
+
+    UQ-TTC (base only) runs on a benchmark's first seed alone unless eval.uq_ttc_seeds is all: its
+    expected score is the same on every seed, and each of its passes costs candidates and judges.
+    """
+    tasks = [
+        EvalTask(bench.name, seed, "direct") for bench in cfg.eval.benchmarks for seed in seeds_of(cfg.eval, bench)
     ]
+    if model == "base" and cfg.eval.uq_ttc:
+        take = None if cfg.eval.uq_ttc_seeds == "all" else 1
+        tasks += [
+            EvalTask(bench.name, seed, "uq_ttc")
+            for bench in cfg.eval.benchmarks
+            for seed in seeds_of(cfg.eval, bench)[:take]
+        ]
+    return tasks

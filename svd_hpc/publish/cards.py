@@ -116,6 +116,17 @@ def eval_table(summary: dict | None) -> list[str]:
             f"{change} | {_pct(row.get('UQ-TTC'))} |"
         )
     lines += ["", "pass@1 as the mean over eval seeds ± its standard error; Δ against the base model.", ""]
+    # a domain row's Δ pools its questions; the paper reports a domain as the sum of its benchmarks' Δ
+    for group in sorted(g for g in summary if g.startswith("domain:")):
+        summed = (summary[group].get("delta_sum_over_benchmarks") or {}).get("SVD")
+        if summed:
+            lines.append(
+                f"- {group}: the Δ SVD above is pooled over its questions; "
+                f"{summed.get('aggregate', 'Σ Δ over benchmarks')}: {100 * summed['mean']:+.1f} "
+                f"({100 * summed['ci95'][0]:+.1f}, {100 * summed['ci95'][1]:+.1f})"
+            )
+    if lines[-1] != "":
+        lines.append("")
     return lines
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..eval import scores as scoring
-from ..eval.scores import VARIANTS, EvalScores, PairedDelta, Score
+from ..eval.scores import POOLED, SUMMED, VARIANTS, EvalScores, PairedDelta, Score, SummedDelta
 from ..rundir.layout import RunDir
 from .section import Section
 
@@ -18,8 +18,21 @@ def _pct(value: Score | None, signed: bool = False) -> str:
     return text + (f" ± {100 * err:.1f}" if err is not None else "")
 
 
-def _ci(delta: PairedDelta | None) -> str:
+def _ci(delta: PairedDelta | SummedDelta | None) -> str:
     return "—" if delta is None else f"[{100 * delta.low:+.1f}, {100 * delta.high:+.1f}]"
+
+
+def _delta(scores: EvalScores, variant: str, group: str) -> Score | None:
+    """Δ variant − base of a group: the difference of the means with their errors in quadrature, or,
+    when the variant ran on other seeds than base (UQ-TTC once per benchmark), the paired mean over
+    the (question, seed) both answered, the figure its interval is about."""
+    base, other = scores.pass1.get(("base", group)), scores.pass1.get((variant, group))
+    if base is None or other is None:
+        return None
+    paired = scores.deltas.get((variant, group))
+    if paired is not None and scores.seeds.get((variant, group)) != scores.seeds.get(("base", group)):
+        return paired.mean, None
+    return scoring.delta(base, other)
 
 
 def pass1_section(scores: EvalScores, domain_of: dict[str, str]) -> Section:
@@ -52,10 +65,10 @@ def pass1_section(scores: EvalScores, domain_of: dict[str, str]) -> Section:
                 "/".join(str(s) if s else "mixed" for s in seeds),
                 _pct(base),
                 _pct(svd),
-                _pct(scoring.delta(base, svd) if base and svd else None, True),
+                _pct(_delta(scores, "SVD", group), True),
                 _ci(scores.deltas.get(("SVD", group))),
                 _pct(ttc),
-                _pct(scoring.delta(base, ttc) if base and ttc else None, True),
+                _pct(_delta(scores, "UQ-TTC", group), True),
                 _ci(scores.deltas.get(("UQ-TTC", group))),
             ]
         )
@@ -63,7 +76,44 @@ def pass1_section(scores: EvalScores, domain_of: dict[str, str]) -> Section:
         "Mean over eval seeds ± standard error of that mean (none with one seed); a domain row pools "
         "the questions of its benchmarks (seeds 'mixed': each question weighs once, no seed-level "
         "error); deltas are against the base model, errors added in quadrature. 95% CI: paired "
-        "bootstrap over questions of (variant − base) on the same question and seed, 10,000 resamples."
+        "bootstrap over questions of (variant − base) on the same question and seed, 10,000 resamples. "
+        "A variant run on fewer seeds than base (UQ-TTC once per benchmark, eval.uq_ttc_seeds: one) is "
+        "paired with base's answers on its own seeds, and its Δ is that paired mean. A domain row's Δ is "
+        "the pooled Δ; the paper's domain figure is the Σ Δ in the next table."
+    )
+    return section
+
+
+def domain_gains_section(scores: EvalScores) -> Section | None:
+    """Per domain and variant, the paper's domain figure (Σ Δ over benchmarks) beside the pooled Δ;
+    None when no domain has a delta."""
+    section = Section(
+        "Domain gains: Σ over benchmarks and pooled (pp)",
+        ["domain", "variant", "benchmarks (Δ each)", SUMMED, "Σ Δ 95% CI", "pooled Δ", "pooled Δ 95% CI"],
+    )
+    for (variant, group), summed in sorted(
+        scores.summed.items(), key=lambda kv: (kv[0][1], list(VARIANTS).index(kv[0][0]))
+    ):
+        pooled = scores.deltas.get((variant, group))
+        section.rows.append(
+            [
+                group[len("domain:") :],
+                variant,
+                ", ".join(f"{b} {100 * d:+.1f}" for b, d in summed.benchmarks.items()),
+                f"{100 * summed.mean:+.1f}",
+                _ci(summed),
+                f"{100 * pooled.mean:+.1f}" if pooled else "—",
+                _ci(pooled),
+            ]
+        )
+    if not section.rows:
+        return None
+    section.note = (
+        "The paper's per-domain gains (its table of results) are Σ Δ: the sum of the domain's "
+        "benchmarks' deltas (math: AIME26 Δ + HMMT Δ), so compare the paper's figures with the Σ Δ "
+        f"column, never with the pooled Δ. Σ Δ: {SUMMED}, its 95% CI a paired bootstrap resampling "
+        f"questions within each benchmark, 10,000 resamples. Pooled Δ: {POOLED}, as the pass@1 table's "
+        "domain row; with two benchmarks it comes out near half of Σ Δ."
     )
     return section
 

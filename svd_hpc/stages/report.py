@@ -7,7 +7,8 @@ whatever exists: a run without eval still gets its funnel and costs. Every numbe
 here from the records: pass@1 per benchmark and per domain for the base model, the trained (SVD)
 model and the UQ-TTC baseline, as the mean over eval seeds with its standard error; deltas
 against the base, with a paired bootstrap interval over questions (the same question and seed
-answered by both); pass@k (unbiased) when a question has several samples (one per seed); the
+answered by both), and per domain both the pooled delta and the paper's domain figure, the sum of
+its benchmarks' deltas; pass@k (unbiased) when a question has several samples (one per seed); the
 rows each benchmark left out; the merge funnel from merge/stats.json; tokens, samples and task
 hours per stage.
 Writes report.md, report.png (pass@1 with error bars) and eval/summary.json (the scores as JSON), and
@@ -28,7 +29,7 @@ from ..publish import cards as hub_cards
 from ..publish import hub, tracking
 from ..report.cost import cost_section
 from ..report.domains import domains_section
-from ..report.eval_tables import benchmarks_section, pass1_section, pass_k_section
+from ..report.eval_tables import benchmarks_section, domain_gains_section, pass1_section, pass_k_section
 from ..report.pilot import pilot_section
 from ..report.retries import retries_section
 from ..report.rounds import build_rounds, rounds_ran
@@ -87,6 +88,7 @@ def build(run: RunDir, console: Console | None = None) -> Path:
     sections = []
     if scores is not None:
         sections.append(pass1_section(scores, domain_of))
+        sections += [s for s in [domain_gains_section(scores)] if s is not None]
         if scores.pass_k:
             sections.append(pass_k_section(scores))
     else:
