@@ -29,6 +29,7 @@ from ..publish import hub, tracking
 from ..report.cost import cost_section
 from ..report.domains import domains_section
 from ..report.eval_tables import benchmarks_section, pass1_section, pass_k_section
+from ..report.judges import judges_section
 from ..report.pilot import pilot_section
 from ..report.retries import retries_section
 from ..report.rounds import build_rounds, rounds_ran
@@ -94,7 +95,9 @@ def build(run: RunDir, console: Console | None = None) -> Path:
     if scores is not None:
         sections.append(benchmarks_section(run))
     sections += [s for s in [domains_section(run, cfg, scores)] if s is not None]
-    sections += [skipped_section(run, table), funnel_section(run), votes_section(run), cost_section(run, cfg, table)]
+    sections += [skipped_section(run, table), funnel_section(run), votes_section(run)]
+    sections += [s for s in [judges_section(run, cfg.seeds.answer_grader)] if s is not None]
+    sections.append(cost_section(run, cfg, table))
     sections.append(retries_section(run))
     sections += [s for s in [pilot_section(run)] if s is not None]
     lines = [
