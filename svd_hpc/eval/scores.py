@@ -84,6 +84,19 @@ def paired_bootstrap_ci(
     questions, and a question's seed-to-seed spread is already in its mean. A fixed `seed` makes
     the interval the same on every rebuild of the report.
     """
+    low, high, _ = paired_bootstrap(differences, level, resamples, seed)
+    return low, high
+
+
+def paired_bootstrap(
+    differences: Sequence[float], level: float = 0.95, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """The interval of paired_bootstrap_ci and, from the same resampled means, a two-sided p-value.
+
+    p = 2 × min(share of resampled means ≤ 0, share ≥ 0), at most 1: how often the resampling puts
+    the difference on the other side of zero, both sides counted. With 10,000 resamples a p of 0
+    means below 0.0001, not none.
+    """
     import numpy as np
 
     values = np.asarray(differences, dtype=float)
@@ -97,7 +110,8 @@ def paired_bootstrap_ci(
         means[start:stop] = values[rng.integers(0, values.size, size=(stop - start, values.size))].mean(axis=1)
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
-    return float(low), float(high)
+    p_value = min(1.0, 2 * min(float(np.mean(means <= 0)), float(np.mean(means >= 0))))
+    return float(low), float(high), p_value
 
 
 def read_eval(run: RunDir) -> pa.Table | None:
@@ -137,6 +151,7 @@ class PairedDelta:
     high: float
     questions: int
     pairs: int
+    p_value: float | None = None  # two-sided, from the same resampled means (paired_bootstrap)
 
 
 @dataclass
@@ -161,9 +176,9 @@ def paired_deltas(records: dict[tuple[str, str, str, int], bool], groups_of) -> 
                 per_question[group][(bench, qid)].append(float(correct) - float(records[("base", bench, qid, seed)]))
         for group, diffs in per_question.items():
             means = [sum(d) / len(d) for d in diffs.values()]
-            low, high = paired_bootstrap_ci(means)
+            low, high, p_value = paired_bootstrap(means)
             out[(variant, group)] = PairedDelta(
-                sum(means) / len(means), low, high, len(means), sum(len(d) for d in diffs.values())
+                sum(means) / len(means), low, high, len(means), sum(len(d) for d in diffs.values()), p_value
             )
     return out
 
@@ -245,6 +260,8 @@ def scores_json(scores: EvalScores) -> dict:
             "stderr": delta(scores.pass1[("base", group)], scores.pass1[(variant, group)])[1],
             "ci95": [d.low, d.high],
             "ci_method": "paired bootstrap over questions, 10000 resamples",
+            "p_value": d.p_value,
+            "p_method": "two-sided, the same resamples: 2 × min(share of means ≤ 0, share ≥ 0)",
             "paired_questions": d.questions,
             "paired_samples": d.pairs,
         }
