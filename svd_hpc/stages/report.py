@@ -8,7 +8,8 @@ here from the records: pass@1 per benchmark and per domain for the base model, t
 model and the UQ-TTC baseline, as the mean over eval seeds with its standard error; deltas
 against the base, with a paired bootstrap interval over questions (the same question and seed
 answered by both); pass@k (unbiased) when a question has several samples (one per seed); the
-rows each benchmark left out; the merge funnel from merge/stats.json; tokens, samples and task
+rows each benchmark left out; the merge funnel from merge/stats.json; when the seeds carry known
+answers, the judges' precision and recall against them (report/judges.py); tokens, samples and task
 hours per stage.
 Writes report.md, report.png (pass@1 with error bars) and eval/summary.json (the scores as JSON), and
 prints the same tables.
