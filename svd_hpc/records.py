@@ -32,8 +32,13 @@ SEED = pa.schema(
         ("question", pa.string()),
         ("domain", pa.string()),  # math | science | code
         ("source_index", pa.int64()),  # row number in the seed file, for tracing back
+        # the known answer (seeds.answer_field), null without one; read only by the report's judge
+        # precision table, never by a prompt
+        ("reference", pa.string()),
     ]
 )
+# SEED columns added after runs were written: a shard without them still reads, as all null
+SEED_ADDED = ("reference",)
 
 CANDIDATE = pa.schema(
     [
@@ -104,10 +109,12 @@ EVAL = pa.schema(
 )
 
 
-def check_schema(table: pa.Table, expected: pa.Schema, where: str) -> None:
-    """Raise ValueError naming `where` and the first missing or mistyped field."""
+def check_schema(table: pa.Table, expected: pa.Schema, where: str, optional: tuple[str, ...] = ()) -> None:
+    """Raise ValueError naming `where` and the first missing or mistyped field (`optional` ones may be missing)."""
     for field in expected:
         if field.name not in table.schema.names:
+            if field.name in optional:
+                continue
             raise ValueError(f"{where}: field '{field.name}' is missing; re-run the stage that wrote it.")
         actual = table.schema.field(field.name).type
         if actual != field.type and not (pa.types.is_null(actual)):

@@ -16,9 +16,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = sorted((REPO / "benchmarks").glob("bench_*.py"))
-# .ci/run says why it skips these; the demo has no reduced size
-NOT_IN_CI = {"bench_demo", "bench_pilot"}
-NO_QUICK = {"bench_demo"}
+# .ci/run says why it skips these; the whole demo and the replication have no reduced size
+NOT_IN_CI = {"bench_demo", "bench_pilot", "bench_replicate"}
+NO_QUICK = {"bench_demo", "bench_replicate"}
 
 
 def test_there_are_benchmarks():

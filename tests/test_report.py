@@ -205,6 +205,7 @@ def test_report_numbers_match_the_records(tmp_path, fake_sacct):
                 assert (paired.low, paired.high) == pytest.approx((low, high), abs=0.03)
                 intervals[variant] = f"[{100 * paired.low:+.1f}, {100 * paired.high:+.1f}]"
                 assert saved_delta(run, bench, variant)["ci95"] == pytest.approx([paired.low, paired.high])
+                assert paired.p_value is not None and saved_delta(run, bench, variant)["p_value"] == paired.p_value
             else:
                 deltas[variant] = intervals[variant] = "—"
         seeds = "/".join(str(n) for n in sorted({len(RESULTS[bench][v]) for v in RESULTS[bench]}))
@@ -381,6 +382,18 @@ def test_paired_bootstrap_interval():
     assert scoring.paired_bootstrap_ci([0.1, 0.3, 0.9]) == scoring.paired_bootstrap_ci([0.1, 0.3, 0.9])  # fixed seed
     with pytest.raises(ValueError, match="no paired questions"):
         scoring.paired_bootstrap_ci([])
+
+
+def test_paired_bootstrap_p_value_comes_from_the_same_resamples():
+    # every question gains: no resample reaches 0
+    assert scoring.paired_bootstrap([1.0, 0.5, 1.0] * 20)[2] == 0.0
+    # no change at all: every resampled mean is 0, on both sides
+    assert scoring.paired_bootstrap([0.0] * 30)[2] == 1.0
+    # +1 on 60 questions, -1 on 40: mean 0.2, sd ~0.98, z ~2.04; the bootstrap's p is near 0.04
+    differences = [1.0] * 60 + [-1.0] * 40
+    low, high, p = scoring.paired_bootstrap(differences)
+    assert (low, high) == scoring.paired_bootstrap_ci(differences) and 0.02 < p < 0.07
+    assert scoring.paired_bootstrap([-x for x in differences])[2] == pytest.approx(p, abs=0.01)  # two-sided
 
 
 def test_domain_of_benchmarks_with_different_repeats_weighs_each_question_once(tmp_path):

@@ -83,6 +83,14 @@ class SeedSource:
     """HF dataset split."""
     question_field: str = "question"
     """Field holding the question text."""
+    answer_field: str | None = None
+    """Field holding the question's known answer; null: the seeds carry none (the method needs none).
+
+    Kept in the seed shards beside the question and never shown to the model (no prompt reads it):
+    the report grades each candidate against it to say how often the judges kept right answers and
+    rejected wrong ones (the "How good was self-verification" table). A row without it counts as
+    unknown there.
+    """
     id_field: str | None = None
     """Field holding a question id; null: a hash of the question text."""
     domain_field: str | None = None
@@ -127,6 +135,12 @@ class SeedsConfig(SeedSource):
     """
     shards: int = 1
     """Slices the questions are split into: one generate and one verify array task each."""
+    answer_grader: Literal["math", "math_last_number"] = "math"
+    """How candidates are graded against the seeds' answer_field (every source), as the eval graders of these names.
+
+    math: the last \\boxed{} of the candidate's final answer, by equivalence; math_last_number: the
+    same, but an answer without \\boxed{} is read as its last number (for models that seldom box).
+    """
     dedup: Literal["normalised", "exact"] = "normalised"
     """Which seed questions count as one: equal up to case and whitespace, or equal text only (the authors':
     one row per md5 of the seed text)."""

@@ -17,7 +17,7 @@ from .grading.math import grade_math
 from .problems import Problem
 
 
-def _box_last_number(response: str) -> str:
+def box_last_number(response: str) -> str:
     """An answer without \\boxed{} gets its last number boxed, so the math grader can read it."""
     final = prompts.final_answer(response)
     if last_boxed(final) is not None:
@@ -42,7 +42,7 @@ def grade(
     if problem.grader == "math":
         return grade_math(response, reference)
     if problem.grader == "math_last_number":
-        return grade_math(_box_last_number(response), reference)
+        return grade_math(box_last_number(response), reference)
     if problem.grader == "choice":
         return grade_choice(response, reference, problem.n_options, eval_prompts.letter_rule(problem))
     tests = problem.tests if code_tests == "private" else (problem.public_tests or []) + problem.tests

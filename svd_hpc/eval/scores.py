@@ -91,7 +91,20 @@ def paired_bootstrap_ci(
     questions, and a question's seed-to-seed spread is already in its mean. A fixed `seed` makes
     the interval the same on every rebuild of the report.
     """
-    return summed_bootstrap_ci([differences], level, resamples, seed)
+    low, high, _ = paired_bootstrap(differences, level, resamples, seed)
+    return low, high
+
+
+def paired_bootstrap(
+    differences: Sequence[float], level: float = 0.95, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """The interval of paired_bootstrap_ci and, from the same resampled means, a two-sided p-value.
+
+    p = 2 × min(share of resampled means ≤ 0, share ≥ 0), at most 1: how often the resampling puts
+    the difference on the other side of zero, both sides counted. With 10,000 resamples a p of 0
+    means below 0.0001, not none.
+    """
+    return summed_bootstrap([differences], level, resamples, seed)
 
 
 def summed_bootstrap_ci(
@@ -104,6 +117,14 @@ def summed_bootstrap_ci(
     benchmark alone, so every benchmark keeps its size and its mean weighs one in the sum, as in a
     domain figure that adds its benchmarks' deltas. One benchmark gives paired_bootstrap_ci's interval.
     """
+    low, high, _ = summed_bootstrap(benchmarks, level, resamples, seed)
+    return low, high
+
+
+def summed_bootstrap(
+    benchmarks: Sequence[Sequence[float]], level: float = 0.95, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """summed_bootstrap_ci's interval and its two-sided p-value (as paired_bootstrap's), in one pass."""
     import numpy as np
 
     if not benchmarks or any(len(d) == 0 for d in benchmarks):
@@ -119,7 +140,8 @@ def summed_bootstrap_ci(
             sums[start:stop] += values[draws].mean(axis=1)
     tail = (1 - level) / 2
     low, high = np.quantile(sums, [tail, 1 - tail])
-    return float(low), float(high)
+    p_value = min(1.0, 2 * min(float(np.mean(sums <= 0)), float(np.mean(sums >= 0))))
+    return float(low), float(high), p_value
 
 
 def read_eval(run: RunDir) -> pa.Table | None:
@@ -159,6 +181,7 @@ class PairedDelta:
     high: float
     questions: int
     pairs: int
+    p_value: float | None = None  # two-sided, from the same resampled means (paired_bootstrap)
 
 
 @dataclass(frozen=True)
@@ -217,9 +240,9 @@ def paired_deltas(records: dict[tuple[str, str, str, int], bool], groups_of) -> 
                     per_group[group].append((mean, pairs[(bench, qid)]))
         for group, values in per_group.items():
             means = [m for m, _ in values]
-            low, high = paired_bootstrap_ci(means)
+            low, high, p_value = paired_bootstrap(means)
             out[(variant, group)] = PairedDelta(
-                sum(means) / len(means), low, high, len(means), sum(n for _, n in values)
+                sum(means) / len(means), low, high, len(means), sum(n for _, n in values), p_value
             )
     return out
 
@@ -324,6 +347,8 @@ def scores_json(scores: EvalScores) -> dict:
             "stderr": delta(scores.pass1[("base", group)], scores.pass1[(variant, group)])[1],
             "ci95": [d.low, d.high],
             "ci_method": "paired bootstrap over questions, 10000 resamples",
+            "p_value": d.p_value,
+            "p_method": "two-sided, the same resamples: 2 × min(share of means ≤ 0, share ≥ 0)",
             "paired_questions": d.questions,
             "paired_samples": d.pairs,
         }

@@ -72,7 +72,7 @@ def _read_table(seeds: SeedSource, fmt: str, key: str) -> tuple[list[dict], list
         label = str(path)
     else:
         table, label = _read_hf(seeds, key)
-    fields = [f for f in (seeds.question_field, seeds.id_field, seeds.domain_field) if f]
+    fields = [f for f in (seeds.question_field, seeds.id_field, seeds.domain_field, seeds.answer_field) if f]
     for name in fields:
         if name not in table.column_names:
             raise ValueError(
@@ -119,6 +119,18 @@ def _read_source(source: SeedSource, key: str) -> tuple[list[dict], list[str], s
     return rows, where, fmt
 
 
+def _reference(row: dict, source: SeedSource, place: str, key: str) -> str | None:
+    """The row's known answer as text (seeds.answer_field), or None without one."""
+    if not source.answer_field:
+        return None
+    raw = row.get(source.answer_field)
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None  # a set may know some answers only; the report counts the rest as unknown
+    if isinstance(raw, (dict, list, bool)):
+        raise ValueError(f"{place}: field '{source.answer_field}' ({key}.answer_field) must be text or a number.")
+    return str(raw).strip()
+
+
 @dataclass
 class _Seen:
     """What earlier sources kept: their questions (up to case and whitespace) and ids."""
@@ -133,6 +145,11 @@ class _Seen:
 def _source_table(source: SeedSource, key: str, seen: _Seen) -> tuple[pa.Table, dict]:
     """One source's checked questions (SEED schema), without those earlier sources kept, its limit applied."""
     rows, where, fmt = _read_source(source, key)
+    if source.answer_field and not any(source.answer_field in row for row in rows):
+        raise ValueError(
+            f"{key}.path {source.path}: no row has the field '{source.answer_field}' ({key}.answer_field); "
+            "check the name, or set it to null."
+        )
     out = {name: [] for name in SEED.names}
     own_questions: set[str] = set()
     own_ids: dict[str, str] = {}
@@ -179,6 +196,7 @@ def _source_table(source: SeedSource, key: str, seen: _Seen) -> tuple[pa.Table, 
         out["question"].append(question)
         out["domain"].append(domain)
         out["source_index"].append(index)
+        out["reference"].append(_reference(row, source, place, key))
         places.append(place)
     table = pa.Table.from_pydict(out, schema=SEED)
     if source.limit is not None:

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import RunConfig
-from ..records import CANDIDATE, SEED, check_schema
+from ..records import CANDIDATE, SEED, SEED_ADDED, check_schema
 from ..rundir import progress
 from ..rundir.atomic import atomic_path
 from ..rundir.chunks import Checkpoint
@@ -44,7 +44,7 @@ def read_seed_shard(run: RunDir, index: int) -> pa.Table:
     if not path.is_file():
         raise ValueError(f"seed shard {path} is missing; the run was not prepared (launch writes it) or was moved.")
     table = pq.read_table(path)
-    check_schema(table, SEED, str(path))
+    check_schema(table, SEED, str(path), optional=SEED_ADDED)
     return table
 
 
@@ -115,6 +115,9 @@ def fingerprint(cfg: RunConfig, seeds: pa.Table) -> str:
     settings["generate"].pop("chunk_size")  # how results are grouped into files changes none of them
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for row in seeds.to_pylist():
+        # the known answer decides nothing the model sees; leaving it out also keeps the
+        # fingerprint of shards written before the column existed
+        row.pop("reference", None)
         digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
     return digest.hexdigest()
 

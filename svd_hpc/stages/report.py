@@ -9,7 +9,8 @@ model and the UQ-TTC baseline, as the mean over eval seeds with its standard err
 against the base, with a paired bootstrap interval over questions (the same question and seed
 answered by both), and per domain both the pooled delta and the paper's domain figure, the sum of
 its benchmarks' deltas; pass@k (unbiased) when a question has several samples (one per seed); the
-rows each benchmark left out; the merge funnel from merge/stats.json; tokens, samples and task
+rows each benchmark left out; the merge funnel from merge/stats.json; when the seeds carry known
+answers, the judges' precision and recall against them (report/judges.py); tokens, samples and task
 hours per stage.
 Writes report.md, report.png (pass@1 with error bars) and eval/summary.json (the scores as JSON), and
 prints the same tables.
@@ -30,6 +31,7 @@ from ..publish import hub, tracking
 from ..report.cost import cost_section
 from ..report.domains import domains_section
 from ..report.eval_tables import benchmarks_section, domain_gains_section, pass1_section, pass_k_section
+from ..report.judges import judges_section
 from ..report.pilot import pilot_section
 from ..report.retries import retries_section
 from ..report.rounds import build_rounds, rounds_ran
@@ -96,7 +98,9 @@ def build(run: RunDir, console: Console | None = None) -> Path:
     if scores is not None:
         sections.append(benchmarks_section(run))
     sections += [s for s in [domains_section(run, cfg, scores)] if s is not None]
-    sections += [skipped_section(run, table), funnel_section(run), votes_section(run), cost_section(run, cfg, table)]
+    sections += [skipped_section(run, table), funnel_section(run), votes_section(run)]
+    sections += [s for s in [judges_section(run, cfg.seeds.answer_grader)] if s is not None]
+    sections.append(cost_section(run, cfg, table))
     sections.append(retries_section(run))
     sections += [s for s in [pilot_section(run)] if s is not None]
     lines = [
