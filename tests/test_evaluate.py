@@ -767,3 +767,17 @@ def test_uq_ttc_once_takes_a_benchmarks_first_seed():
         ],
     )
     assert [(t.benchmark, t.seed) for t in eval_tasks(cfg, "base") if t.mode == "uq_ttc"] == [("a", 3), ("b", 7)]
+
+
+def test_a_run_directory_from_before_uq_ttc_seeds_keeps_its_uq_ttc_task_per_seed(tmp_path):
+    """Its plan.json has UQ-TTC on every eval seed; reading its config must plan the same tasks."""
+    saved = yaml.safe_load((Path(__file__).parent / "data" / "run-212e7e5" / "config.yaml").read_text())
+    saved["eval"]["uq_ttc"] = True
+    saved["eval"].pop("uq_ttc_seeds", None)
+    run = RunDir(tmp_path / "old")
+    run.root.mkdir()
+    (run.root / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert run.load_config().eval.uq_ttc_seeds == "all"
+    saved["eval"]["uq_ttc_seeds"] = "one"  # written by today's launch: kept as written
+    (run.root / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert run.load_config().eval.uq_ttc_seeds == "one"

@@ -191,6 +191,9 @@ def from_dict(data: dict) -> RunConfig:
     """Rebuild a resolved config (as saved in a run directory), profile included."""
     data = dict(data)
     profile = data.pop("profile", {})
+    if "eval" in data and "uq_ttc_seeds" not in data["eval"]:
+        # a run directory written before eval.uq_ttc_seeds planned UQ-TTC on every eval seed
+        data["eval"] = {**data["eval"], "uq_ttc_seeds": "all"}
     cfg = build(RunConfig, data, "config.yaml")
     cfg.profile = build(ClusterProfile, profile, "config.yaml (profile)")
     return cfg
