@@ -54,8 +54,9 @@ def test_from_run_prints_pass1_delta_interval_p_value_sft_size_funnel_and_wall(t
     out = capsys.readouterr().out
     # every seed gives the same scores: no seed-to-seed spread, so the error is 0.0
     assert "replicate_arithmetic" in out and "50.0 ± 0.0" in out and "75.0 ± 0.0" in out and "62.5 ± 0.0" in out
-    # SVD − base per question, in question order: +1 on q20..q29 (the report's resamples, redone)
-    low, high, p = paired_bootstrap([0.0] * 20 + [1.0] * 10 + [0.0] * 10)
+    # SVD − base per question, in the report's order (sorted ids): +1 on q20..q29 (its resamples, redone)
+    gains = [1.0 if 20 <= int(q[1:]) < 30 else 0.0 for q in sorted(f"q{i}" for i in range(40))]
+    low, high, p = paired_bootstrap(gains)
     assert p < 0.001  # nearly every resample gains
     line = next(line for line in out.splitlines() if line.startswith("SVD − base"))
     assert line == (
