@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -47,6 +48,9 @@ def figures_page(run_dir: Path, timings: dict[str, float], total: float | None, 
         lines.append(f"| **total** | **{total:.0f}** ({total / BUDGET_S:.2f} of the 20-minute budget) |")
     if peak_gib is not None:
         lines += ["", f"Peak memory of the largest process: {peak_gib:.2f} GiB ({peak_gib / BUDGET_GIB:.2f} of 8 GiB)."]
+    if total is not None:  # wall times mean little on a machine others were using: say how busy it was
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        lines += ["", f"Load average at the end of the run (1, 5, 15 min): {load} on {_cores()} cores."]
     overall = json.loads((run_dir / "merge" / "stats.json").read_text())["overall"]
     funnel = ["candidates", *(k for k in overall if k.startswith("passed_")), "valid", "selected", "kept"]
     lines += ["", "## Funnel", "", "| step | candidates |", "| --- | ---: |"]
@@ -71,8 +75,6 @@ def figures_page(run_dir: Path, timings: dict[str, float], total: float | None, 
 
 
 def _cores() -> int:
-    import os
-
     return len(os.sched_getaffinity(0))
 
 
