@@ -18,8 +18,10 @@ with nothing submitted. On SLURM the launcher returns as soon as the chain is qu
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -98,6 +100,12 @@ def _print_submissions(run: RunDir, subs: list[slurm.Submission], dry_run: bool)
     console.print(table)
 
 
+def terminal_markdown(text: str, root: Path) -> str:
+    """report.md for the terminal: rich draws an image as an emoji and its alt text ("🌆 merge funnel"), so
+    each image becomes its alt text and the file's full path, which a terminal user can open."""
+    return re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", lambda m: f"{m.group(1)}: `{root / m.group(2)}`", text)
+
+
 def _record_submissions(run: RunDir, plan: list[Stage], subs: list[slurm.Submission]) -> None:
     data = run.load_json(run.jobs_path, default={"submissions": []})
     kinds = {s.name: s.is_array for s in plan}
@@ -129,8 +137,31 @@ def _prepare_seeds(cfg: RunConfig, run: RunDir, dry_run: bool) -> None:
         where = seeds.describe(cfg.seeds)
         console.print(f"seeds: {table.num_rows} questions from {where} -> {cfg.seeds.shards} shards of ≤{per_shard}")
         return
-    stats = seeds.prepare(cfg, run)
-    console.print(f"seeds: {stats}")
+    console.print(seeds_table(seeds.prepare(cfg, run)))
+
+
+def seeds_table(stats: dict) -> Table:
+    """The seed shards' stats (seeds/stats.json) as a newcomer reads them: what was read, kept, dropped."""
+    table = Table(title="seeds", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    sizes = stats.get("shard_sizes") or []
+    rows = [
+        ("source", f"{stats.get('path', '')} ({stats.get('format', '?')})"),
+        ("rows read", f"{stats.get('rows_read', 0):,}"),
+        ("questions", f"{stats.get('seeds', 0):,}"),
+        ("duplicates dropped", f"{stats.get('duplicates_dropped', 0):,}"),
+    ]
+    if stats.get("questions_stripped"):  # only worth a line when some question had surrounding whitespace
+        rows.append(("whitespace stripped", f"{stats['questions_stripped']:,} questions"))
+    if stats.get("per_domain"):
+        rows.append(("domains", ", ".join(f"{d} {n:,}" for d, n in stats["per_domain"].items())))
+    if sizes:
+        each = f"{min(sizes):,}" if min(sizes) == max(sizes) else f"{min(sizes):,}–{max(sizes):,}"
+        rows.append(("shards", f"{len(sizes)} of {each} questions"))
+    for label, value in rows:
+        table.add_row(label, value)
+    return table
 
 
 def prepare(cfg: RunConfig, run: RunDir, dry_run: bool = False) -> list[Stage]:
@@ -188,7 +219,7 @@ def launch(cfg: RunConfig, run: RunDir, dry_run: bool = False, wait: bool = Fals
         if report.is_file():
             from rich.markdown import Markdown
 
-            console.print(Markdown(report.read_text()))
+            console.print(Markdown(terminal_markdown(report.read_text(), run.root)))
         console.print(f"run complete: {run.root} ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
         return 0
 
@@ -288,6 +319,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.choices["resume"].add_argument("run_dir")
     for name in ("status", "cancel", "report"):
         sub.add_parser(name).add_argument("run_dir")
+    for name, schema in (("status", "status.v1.json"), ("report", "report.v1.json")):
+        sub.choices[name].add_argument(
+            "--json",
+            action="store_true",
+            help=f"print one JSON object (docs/schema/{schema}) and nothing else on stdout",
+        )
     p_help = sub.add_parser("config-help", help="every config key with its type, default and meaning")
     p_help.add_argument("section", nargs="?", help=f"one of {', '.join(reference.SECTIONS)}; default: all")
     p_help.add_argument("--markdown", action="store_true", help="all sections as docs/CONFIG.md")
@@ -366,10 +403,21 @@ def _resume_command(args: argparse.Namespace) -> int:
 def _status_command(args: argparse.Namespace) -> int:
     """Print what the run is doing."""
     _, run = _open_run(args.run_dir)
+    if args.json:
+        if args.watch is not None:
+            raise ConfigError("--json prints the status once; it does not take --watch")
+        _print_json(status.status_json(run, status.collect(run)))
+        return 0
     if args.watch is not None:
         return status.watch(run, console, args.watch)
     status.render(run, status.collect(run), console)
     return 0
+
+
+def _print_json(data: dict) -> None:
+    """One JSON object on stdout, so `... --json | jq` reads it whole; everything else goes to stderr."""
+    json.dump(data, sys.stdout, indent=2, allow_nan=False)
+    sys.stdout.write("\n")
 
 
 def _cancel_command(args: argparse.Namespace) -> int:
@@ -386,6 +434,11 @@ def _report_command(args: argparse.Namespace) -> int:
     from .stages import report
 
     _, run = _open_run(args.run_dir)
+    if args.json:
+        from .report.as_json import report_json
+
+        _print_json(report_json(run))
+        return 0
     report.build(run, console=console)
     return 0
 

@@ -334,7 +334,8 @@ def prepare(cfg: RunConfig, run: RunDir) -> dict:
     sizes = write_shards(run, table, cfg.seeds)
     stats.update(shards=shards, shard_sizes=sizes, path=describe(cfg.seeds), mix_domains=cfg.seeds.mix_domains)
     atomic_write_json(stats_path, stats)
-    log.info(
+    # the launcher prints these stats as a table; at INFO the same numbers would show twice
+    log.debug(
         f"seeds: {stats['seeds']} questions in {shards} shard(s), {stats['duplicates_dropped']} duplicates dropped"
     )
     return stats

@@ -72,10 +72,15 @@ def run_plan(cfg: RunConfig, run: RunDir, plan: list[Stage], console: Console | 
         TextColumn("{task.fields[note]}"),
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        bars = {s.name: progress.add_task("", total=s.array_size, stage=s.name, note="waiting") for s in plan}
+        # a bar's clock starts with its stage: a waiting stage showing the time since launch reads as its run time
+        bars = {
+            s.name: progress.add_task("", total=s.array_size, stage=s.name, note="waiting", start=False) for s in plan
+        }
         for stage in plan:
             bar = bars[stage.name]
             todo = run.incomplete(stage.name, stage.array_size)
+            if todo:
+                progress.start_task(bar)
             progress.update(bar, completed=stage.array_size - len(todo), note="running" if todo else "done earlier")
             start = time.monotonic()
             for index in todo:

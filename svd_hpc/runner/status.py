@@ -80,6 +80,34 @@ class StageStatus:
     def live(self) -> list[int]:
         return self.running + self.pending
 
+    @property
+    def elapsed_s(self) -> float | None:
+        """Seconds the stage has run: SLURM's longest task elapsed; locally, where tasks run one after
+        another, the done tasks' durations (their markers) plus the running task's time so far."""
+        if not self.local:
+            return _seconds(self.elapsed) if self.elapsed else None
+        if not self.durations and not self.running_s:
+            return None
+        return sum(self.durations) + sum(self.running_s.values())
+
+    def task_state(self, index: int) -> str:
+        """done, running, pending (queued, or next for the local scheduler), failed, or idle: no job
+        holds it, so it runs only on `resume`."""
+        failed = {task.index for task in self.failed}
+        for state, indices in (("done", self.done), ("running", self.running), ("pending", self.pending)):
+            if index in indices:
+                return state
+        return "failed" if index in failed else "idle"
+
+    @property
+    def state(self) -> str:
+        """The stage's state: done, failed (some task), running, pending, or idle (nothing holds it)."""
+        if self.complete:
+            return "done"
+        if self.failed:
+            return "failed"
+        return "running" if self.running else "pending" if self.pending else "idle"
+
 
 def task_job_id(sub: dict, index: int) -> str:
     """SLURM's id of task `index` within one submission: JOB_ARRAYINDEX for arrays, else JOB."""
@@ -295,14 +323,18 @@ def _clock(epoch: float, now: float) -> str:
 def renderables(run: RunDir, statuses: list[StageStatus], now: float | None = None) -> list:
     """The status table, the running tasks' progress, skips, failures and the projected end."""
     now = time.time() if now is None else now
-    table = Table(title=f"run {run.root}")
+    local = any(st.local for st in statuses)
+    table = Table(title=f"run {run.root}" + (" (local)" if local else ""))
     columns = ("stage", "tasks", "done", "running", "pending", "failed", "skipped", "jobs", "elapsed", "eta")
     for column in columns:
+        if column == "jobs" and local:
+            continue  # the local scheduler runs tasks as processes of its own: there are no job ids
         table.add_column(
             column, justify="right" if column not in ("stage", "jobs") else "left", no_wrap=column == "stage"
         )
     for st in statuses:
         est = stage_estimate(st, now)
+        jobs = [] if local else [",".join(st.job_ids[-3:]) + ("…" if len(st.job_ids) > 3 else "")]
         table.add_row(
             st.name,
             str(st.size),
@@ -311,8 +343,8 @@ def renderables(run: RunDir, statuses: list[StageStatus], now: float | None = No
             str(len(st.pending)),
             f"[red]{len(st.failed)}" if st.failed else "0",
             f"[yellow]{st.skipped}" if st.skipped else "0",
-            ",".join(st.job_ids[-3:]) + ("…" if len(st.job_ids) > 3 else ""),
-            st.elapsed,
+            *jobs,
+            (progress.duration(st.elapsed_s) if st.elapsed_s is not None else "") if local else st.elapsed,
             "" if st.complete else progress.duration(est.left),
         )
     out: list = [table]
@@ -361,12 +393,19 @@ def renderables(run: RunDir, statuses: list[StageStatus], now: float | None = No
     if any(st.failed for st in statuses):
         out.append(Text(resume))
     end, unmeasured = projected_end(load_plan(run), statuses, now)
+    out.append(Text(end_line(end, unmeasured, now)))
+    return out
+
+
+def end_line(end: float, unmeasured: list[str], now: float) -> str:
+    """The projected end in words. When no stage still to run is measured the lower bound is now itself
+    ("after 12:35 (in 0s)"), which says nothing: then it names the stage whose first task will tell."""
+    if unmeasured and end - now < 1:
+        return f"projected end: not known yet (no task of {unmeasured[0]} has reported progress or ended)"
     when = f"{_clock(end, now)} (in {progress.duration(end - now)})"
     if unmeasured:
-        out.append(Text(f"projected end: after {when}, plus {', '.join(unmeasured)} (no task measured yet)"))
-    else:
-        out.append(Text(f"projected end: {when}"))
-    return out
+        return f"projected end: after {when}, plus {', '.join(unmeasured)} (no task measured yet)"
+    return f"projected end: {when}"
 
 
 def render(run: RunDir, statuses: list[StageStatus], console: Console) -> None:
@@ -394,3 +433,108 @@ def watch(run: RunDir, console: Console, every: float = 10.0) -> int:
                 time.sleep(every)
     except KeyboardInterrupt:
         return 130
+
+
+# ----------------------------------------------------------------------------- JSON (`status --json`)
+
+STATUS_SCHEMA = "svd_hpc.status/1"  # docs/schema/status.v1.json; a change that breaks a reader bumps the number
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(epoch))
+
+
+def _retry_json(retry: Retry) -> dict:
+    return {
+        "index": retry.index,
+        "life": retry.life,
+        "cause": retry.cause,
+        "node": retry.node,
+        "exit": retry.exit,
+        "excluded": retry.excluded or None,
+    }
+
+
+def _stage_json(st: StageStatus, now: float) -> dict:
+    est = stage_estimate(st, now)
+    running = []
+    for index in st.running:
+        record = st.progress.get(index)
+        running.append(
+            {
+                "index": index,
+                "running_s": st.running_s.get(index),
+                "progress": None
+                if record is None
+                else {
+                    "done": record["done"],
+                    "total": record["total"],
+                    "unit": record["unit"],
+                    "fraction": progress.fraction(record),
+                    "tokens_per_s": progress.tokens_per_s(record),
+                    "eta_s": progress.remaining_s(record, now),
+                },
+            }
+        )
+    return {
+        "name": st.name,
+        "state": st.state,
+        "tasks": st.size,
+        "counts": {
+            "done": len(st.done),
+            "running": len(st.running),
+            "pending": len(st.pending),
+            "failed": len(st.failed),
+            "idle": st.size - len(st.done) - len(st.running) - len(st.pending) - len(st.failed),
+        },
+        "task_states": [{"index": i, "state": st.task_state(i)} for i in range(st.size)],
+        "job_ids": [] if st.local else list(st.job_ids),
+        "elapsed_s": st.elapsed_s,
+        "eta_s": 0.0 if st.complete else est.left,
+        "typical_task_s": est.typical,
+        "running": running,
+        "failed": [
+            {
+                "index": task.index,
+                "job_id": task.job_id,
+                "state": task.state,
+                "log": str(task.log) if task.log else None,
+                "not_retried": st.not_retried.get(task.index),
+            }
+            for task in st.failed
+        ],
+        "skipped_items": st.skipped,
+        "skip_reasons": dict(st.skip_reasons),
+        "retries": [_retry_json(r) for r in st.retries],
+    }
+
+
+def status_json(run: RunDir, statuses: list[StageStatus], now: float | None = None) -> dict:
+    """What `status` shows, for programs: the schema of docs/schema/status.v1.json."""
+    now = time.time() if now is None else now
+    if all(st.complete for st in statuses):
+        state, end = "complete", None
+    elif ended(statuses):
+        state, end = "stopped", None  # nothing runs or waits: the rest starts only on resume
+    else:
+        state = "running"
+        epoch, unmeasured = projected_end(load_plan(run), statuses, now)
+        known = not (unmeasured and epoch - now < 1)
+        end = {
+            "known": known,
+            "epoch": epoch if known else None,
+            "at": _iso(epoch) if known else None,
+            "in_s": epoch - now if known else None,
+            "lower_bound": bool(unmeasured),
+            "unmeasured": unmeasured,
+        }
+    return {
+        "schema": STATUS_SCHEMA,
+        "run_dir": str(run.root),
+        "generated_at": _iso(now),
+        "scheduler": "local" if any(st.local for st in statuses) else "slurm",
+        "state": state,
+        "projected_end": end,
+        "stages": [_stage_json(st, now) for st in statuses],
+        "hub": hub.status_lines(run),
+    }
