@@ -575,3 +575,32 @@ def test_smollm2_smoke_formats(tmp_path):
         assert row["answer"] == row["text"].strip() and row["text"]
         assert row["filter_reason"] in (None, "no_boxed")
     assert table.column("judge_samples").to_pylist()[2:] != [0] * 4
+
+
+def test_cascade_asks_in_the_authors_words_and_keeps_the_verdict_prefix():
+    sent = []
+
+    class Recording(ScriptedEngine):
+        def stream(self, rendered, sampling, seeds=None):
+            sent.extend(rendered)
+            for i, _ in enumerate(rendered):
+                yield (
+                    i,
+                    [Completion("<think>a</think>What is it?\nmore" if not rendered[i][1] else "Y]]", 7, "stop", 1)],
+                )
+
+    cfg = VerifyConfig(votes=1, verdict_prefix="[[", judge_stop=["]]"])
+    [result] = cascade.run_cascade(Recording(), [cascade.CascadeItem(" Q? ", "A")], cfg, style="authors")
+    assert result.status == "passed" and result.inferred_questions == ["What is it?"]
+    assert [p for p, _ in sent] == [
+        prompts.AUTHORS_INFER_QUESTION.format(answer="A"),
+        prompts.AUTHORS_CYCLE_JUDGE.format(original_question="Q?", inferred_question="What is it?"),
+        prompts.AUTHORS_FACTUALITY_JUDGE.format(question="Q?", answer="A"),
+        prompts.AUTHORS_CORRECTNESS_JUDGE.format(question="Q?", answer="A"),
+    ]
+    assert [prefix for _, prefix in sent] == ["", "[[", "[[", "[["]
+    # the style decides the replies, so a checkpoint of one is no checkpoint of the other; ours keeps
+    # the fingerprint it had before the style existed
+    model, items = ModelConfig(), [cascade.CascadeItem("Q", "A")]
+    ours = cascade.fingerprint(model, items, cfg)
+    assert cascade.fingerprint(model, items, cfg, "ours") == ours != cascade.fingerprint(model, items, cfg, "authors")

@@ -374,3 +374,60 @@ def test_format_filter_off_keeps_unboxed_math_answers():
     assert prompts.filter_reason("The answer is 42.", "math", False) == "no_boxed"
     assert prompts.filter_reason("The answer is 42.", "math", False, require_format=False) is None
     assert prompts.filter_reason("<think>still thinking", "math", False, require_format=False) == "unclosed_think"
+
+
+# ----------------------------------------------------------------------------- the authors' texts
+
+AUTHORS_DIR = Path(__file__).parent / "golden" / "authors"
+AUTHORS_TEMPLATES = {
+    "judge_cycle_infer": "AUTHORS_INFER_QUESTION",
+    "judge_cycle_compare": "AUTHORS_CYCLE_JUDGE",
+    "judge_factuality": "AUTHORS_FACTUALITY_JUDGE",
+    "judge_correctness": "AUTHORS_CORRECTNESS_JUDGE",
+    "generation_math_template": "AUTHORS_GENERATION_MATH",
+}
+
+
+@pytest.mark.parametrize("name", sorted(AUTHORS_TEMPLATES))
+def test_authors_templates_are_their_text_byte_for_byte(name):
+    # the fixture is the authors' string as extracted from their code (golden/authors/README.md)
+    assert getattr(prompts, AUTHORS_TEMPLATES[name]).encode() == (AUTHORS_DIR / f"{name}.txt").read_bytes()
+
+
+def test_authors_generation_prompt_is_what_their_model_sees():
+    fixture = (AUTHORS_DIR / "generation_math.txt").read_text()
+    assert prompts.user_prompt("{question}", "math", "authors") == fixture
+    # the seed goes in as it is, braces and surrounding space included
+    seed = " Find {x}: 2x = 4.\n"
+    assert prompts.user_prompt(seed, "math", "authors") == fixture.replace("{question}", seed)
+    # their science and code prompts are not public: ours stays
+    for question, domain in ((CHOICE, "science"), (FREE, "science"), (CODE, "code")):
+        assert prompts.user_prompt(question, domain, "authors") == prompts.user_prompt(question, domain)
+
+
+def test_authors_judge_prompts_filled_as_the_authors_fill_them():
+    candidate = "<think>120 / 1.5 ... </think> wait</think>\n\n  " + ANSWER + "\n"
+    reply = "<think>It asks for a speed.</think>\n" + INFERRED + "\nIt is about trains."
+    question = "\n" + QUESTION + "  \n"
+    answer, inferred = prompts.final_answer(candidate), prompts.inferred_question(reply)
+    # their fill, written out: {answer} after the last </think>, stripped; the question stripped;
+    # {inferred_question} the first line after </think>
+    assert answer == ANSWER and inferred == INFERRED
+    read = {name: (AUTHORS_DIR / f"{name}.txt").read_text() for name in AUTHORS_TEMPLATES}
+    assert prompts.infer_question_prompt(answer, "authors") == read["judge_cycle_infer"].replace("{answer}", ANSWER)
+    assert prompts.cycle_judge_prompt(question, inferred, "authors") == read["judge_cycle_compare"].replace(
+        "{original_question}", QUESTION
+    ).replace("{inferred_question}", INFERRED)
+    for build, name in (
+        (prompts.factuality_prompt, "judge_factuality"),
+        (prompts.correctness_prompt, "judge_correctness"),
+    ):
+        expected = read[name].replace("{question}", QUESTION).replace("{answer}", ANSWER)
+        assert build(question, answer, "authors") == expected
+    # a brace in an answer is text, not a placeholder
+    assert "{x}" in prompts.factuality_prompt("Q", "{x} = {answer}", "authors")
+
+
+def test_unknown_prompt_style_is_refused():
+    with pytest.raises(ValueError, match="prompt style 'theirs'"):
+        prompts.factuality_prompt("Q", "A", "theirs")

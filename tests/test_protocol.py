@@ -31,6 +31,7 @@ def test_qwen3_configs_run_the_authors_protocol(path):
         "",
     )
     assert (t.decay_ratio, t.decay_embeddings, t.min_lr_ratio, t.betas) == (0.9, False, 0.1, [0.9, 0.999])
+    assert cfg.prompts.style == "authors"  # their judge and math generation texts, verbatim
     domain = path.stem.split("-")[-1]
     sources = s.sources or [s]  # the mixed config reads one source per domain
     assert [(src.path, src.question_field) for src in sources] == [
@@ -42,6 +43,7 @@ def test_qwen3_configs_run_the_authors_protocol(path):
 def test_demo_keeps_its_own_judge_and_schedule():
     cfg = config.load(Path(__file__).parent.parent / "configs" / "demo.yaml")
     assert (cfg.verify.verdict_rule, cfg.verify.inferred_question, cfg.verify.max_tokens) == ("strict", "full", 40)
+    assert cfg.prompts.style == "ours"  # its verdict prefix "[[" answers our judges' closing reminder
     assert (cfg.train.decay_ratio, cfg.train.decay_embeddings) == (None, True)
 
 
@@ -98,7 +100,9 @@ def test_uq_ttc_judges_every_candidate_against_the_raw_question(monkeypatch):
     from svd_hpc.stages import evaluate
 
     seen = []
-    monkeypatch.setattr(evaluate, "run_cascade", lambda engine, items, cfg, checkpoint=None: seen.extend(items) or [])
+    monkeypatch.setattr(
+        evaluate, "run_cascade", lambda engine, items, cfg, checkpoint=None, style="ours": seen.extend(items) or []
+    )
     engine = argparse.Namespace(thinking=True)
     cfg = config.RunConfig()
     problem = Problem("q1", "Which gas?", "science", "choice", options=["N2", "O2"])

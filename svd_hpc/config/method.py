@@ -1,4 +1,4 @@
-"""The method's sections: the model, the seed questions, and the generate, verify, merge and train stages."""
+"""The method's sections: the model, the seeds, the prompts, and the generate, verify, merge and train stages."""
 
 from __future__ import annotations
 
@@ -160,6 +160,21 @@ class SeedsConfig(SeedSource):
                     f"{source}: seeds.{f.name} is set beside seeds.sources, which replaces it; "
                     f"move it into each entry of seeds.sources (or drop seeds.sources)."
                 )
+
+
+PromptStyle = Literal["ours", "authors"]
+
+
+@dataclass
+class PromptsConfig:
+    """The wording of the generation and judge prompts."""
+
+    style: PromptStyle = "ours"
+    """ours (the project's words) or authors (their published text, verbatim, where it is public).
+
+    authors covers the four judge prompts and the math generation prompt; science and code
+    generation keep ours, as the authors' are not public (docs/PROTOCOL.md).
+    """
 
 
 @dataclass

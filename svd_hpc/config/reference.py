@@ -23,7 +23,16 @@ from .cluster import ClusterProfile, StageResources
 from .evaluation import BenchmarkSpec, EvalConfig
 from .hub import HubConfig
 from .iteration import IterationConfig
-from .method import GenerateConfig, MergeConfig, ModelConfig, SeedsConfig, SeedSource, TrainConfig, VerifyConfig
+from .method import (
+    GenerateConfig,
+    MergeConfig,
+    ModelConfig,
+    PromptsConfig,
+    SeedsConfig,
+    SeedSource,
+    TrainConfig,
+    VerifyConfig,
+)
 from .run import RunConfig
 
 # section name (for config-help) -> (the dataclass, how its keys are written in a config)
@@ -32,6 +41,7 @@ SECTIONS: dict[str, tuple[type, str]] = {
     "model": (ModelConfig, "model."),
     "seeds": (SeedsConfig, "seeds."),
     "seeds.sources": (SeedSource, "seeds.sources[]."),
+    "prompts": (PromptsConfig, "prompts."),
     "generate": (GenerateConfig, "generate."),
     "verify": (VerifyConfig, "verify."),
     "merge": (MergeConfig, "merge."),

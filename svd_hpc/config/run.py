@@ -9,7 +9,7 @@ from .cluster import ClusterProfile, StageResources
 from .evaluation import EvalConfig
 from .hub import HubConfig
 from .iteration import IterationConfig
-from .method import GenerateConfig, MergeConfig, ModelConfig, SeedsConfig, TrainConfig, VerifyConfig
+from .method import GenerateConfig, MergeConfig, ModelConfig, PromptsConfig, SeedsConfig, TrainConfig, VerifyConfig
 
 VLLM_STAGES = ("generate", "verify", "eval_base", "eval_trained")
 
@@ -28,6 +28,8 @@ class RunConfig:
     """The base model (see model)."""
     seeds: SeedsConfig = field(default_factory=SeedsConfig)
     """The seed questions (see seeds)."""
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    """The wording of generation and judge prompts (see prompts)."""
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     """Stage 1 (see generate)."""
     verify: VerifyConfig = field(default_factory=VerifyConfig)

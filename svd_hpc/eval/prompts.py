@@ -8,7 +8,8 @@ The texts are the authors', verbatim (teetone/evalchemy eval/chat_benchmarks/):
 - hle: HLE/eval_instruct.py `format_message` (`SYSTEM_MC`, a newline, the question verbatim)
 - lcb: LiveCodeBenchv5_official/eval_instruct.py: the instruction for stdin or functional problems
   directly followed by the statement; no starter code
-- sft: our generation prompt (`prompts.user_prompt`), the knob for scoring on the training prompt.
+- sft: the run's generation prompt (`prompts.user_prompt` in prompts.style), the knob for scoring on
+  the training prompt.
 `tests/golden/prompts/eval-*.txt` holds each rendered for one fixed example.
 """
 
@@ -46,12 +47,13 @@ def _letters(n: int) -> str:
     return ", ".join(letters[:-1]) + ", or " + letters[-1] if n > 1 else letters[0]
 
 
-def user_prompt(problem: Problem, seed: int) -> str:
-    """The user turn that asks `problem` under eval seed `seed` (options in that seed's order)."""
+def user_prompt(problem: Problem, seed: int, style: str = "ours") -> str:
+    """The user turn that asks `problem` under eval seed `seed` (options in that seed's order);
+    `style` (prompts.style) words the sft prompt."""
     shown, _ = problem.present(seed)
     style = problem.prompt
     if style == "sft":
-        return prompts.user_prompt(shown, problem.domain)
+        return prompts.user_prompt(shown, problem.domain, style)
     if style == "aime":
         return AIME.format(problem=shown)
     if style == "hmmt":

@@ -83,8 +83,11 @@ class _Cascade:
     # the task's progress file, in candidate-stages: an item's votes of a stage make one unit
     tracker: TaskProgress | None = None
 
-    def __init__(self, engine: Engine, items: Sequence[CascadeItem], cfg: VerifyConfig, checkpoint: Checkpoint):
+    def __init__(
+        self, engine: Engine, items: Sequence[CascadeItem], cfg: VerifyConfig, checkpoint: Checkpoint, style: str
+    ):
         self.engine, self.items, self.cfg, self.checkpoint = engine, list(items), cfg, checkpoint
+        self.style = prompts.check_style(style)  # prompts.style: whose words the judges are asked in
         self.keys = [it.key or str(i) for i, it in enumerate(self.items)]
         self.results = [CascadeResult() for _ in self.items]
         self.sampling = judge_sampling(cfg)
@@ -154,19 +157,21 @@ class _Cascade:
         if stage == "cycle":
             inferences = self.cfg.cycle_inferences
             counts = votes_per_inference(self.cfg.votes, inferences)
-            infer = [(i, prompts.infer_question_prompt(self.items[i].answer), inferences, 0) for i in alive]
+            infer = [(i, prompts.infer_question_prompt(self.items[i].answer, self.style), inferences, 0) for i in alive]
             for i, texts in zip(alive, self.ask("cycle_infer", infer)):
                 self.results[i].inferred_questions = [
                     prompts.inferred_question(t, self.cfg.inferred_question) for t in texts
                 ]
             requests = [
-                (i, prompts.cycle_judge_prompt(self.items[i].question, q), counts[j], j)
+                (i, prompts.cycle_judge_prompt(self.items[i].question, q, self.style), counts[j], j)
                 for i in alive
                 for j, q in enumerate(self.results[i].inferred_questions)
             ]
         else:
             build = prompts.JUDGE_PROMPTS[stage]
-            requests = [(i, build(self.items[i].question, self.items[i].answer), self.cfg.votes, 0) for i in alive]
+            requests = [
+                (i, build(self.items[i].question, self.items[i].answer, self.style), self.cfg.votes, 0) for i in alive
+            ]
         for i in alive:
             self.results[i].votes[stage] = []
         for (i, _, _, _), texts in zip(requests, self.ask(stage, requests)):
@@ -191,9 +196,13 @@ class _Cascade:
         return survivors
 
 
-def fingerprint(model_cfg: ModelConfig, items: Sequence[CascadeItem], verify_cfg: VerifyConfig) -> str:
-    """What decides the judges' replies: the model, the verify settings and the items judged."""
+def fingerprint(
+    model_cfg: ModelConfig, items: Sequence[CascadeItem], verify_cfg: VerifyConfig, style: str = "ours"
+) -> str:
+    """What decides the judges' replies: the model, the verify settings, the prompts and the items judged."""
     settings = {"model": dataclasses.asdict(model_cfg), "verify": dataclasses.asdict(verify_cfg)}
+    if style != "ours":  # only then: replies saved before prompts.style existed still match
+        settings["prompts"] = style
     settings["verify"].pop("chunk_size")  # how replies are grouped into files changes none of them
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for i, item in enumerate(items):
@@ -202,15 +211,20 @@ def fingerprint(model_cfg: ModelConfig, items: Sequence[CascadeItem], verify_cfg
 
 
 def run_cascade(
-    engine: Engine, items: Sequence[CascadeItem], verify_cfg: VerifyConfig, checkpoint: Path | None = None
+    engine: Engine,
+    items: Sequence[CascadeItem],
+    verify_cfg: VerifyConfig,
+    checkpoint: Path | None = None,
+    style: str = "ours",
 ) -> list[CascadeResult]:
     """Judge every item through the cascade; one result per item, in order.
 
     With `checkpoint` (a folder), the judges' replies are saved every verify.chunk_size requests
     as they finish, and a later call with the same items and settings asks only for the rest.
+    `style` is prompts.style.
     """
-    saved = Checkpoint(checkpoint, verify_cfg.chunk_size, fingerprint(engine.model_cfg, items, verify_cfg))
-    return judge(engine, items, verify_cfg, saved)
+    saved = Checkpoint(checkpoint, verify_cfg.chunk_size, fingerprint(engine.model_cfg, items, verify_cfg, style))
+    return judge(engine, items, verify_cfg, saved, style=style)
 
 
 def judge(
@@ -219,6 +233,7 @@ def judge(
     verify_cfg: VerifyConfig,
     saved: Checkpoint,
     tracker: TaskProgress | None = None,
+    style: str = "ours",
 ) -> list[CascadeResult]:
     """`run_cascade` with the caller's checkpoint (which tells how many replies it resumed)."""
     for stage in verify_cfg.stages:
@@ -227,7 +242,7 @@ def judge(
     votes_per_inference(verify_cfg.votes, verify_cfg.cycle_inferences)  # check before any sampling
     if saved.resumed:
         log.info(f"verify: resuming with {saved.resumed} judge replies from {saved.folder}")
-    cascade = _Cascade(engine, items, verify_cfg, saved)
+    cascade = _Cascade(engine, items, verify_cfg, saved, style)
     cascade.tracker = tracker
     alive = list(range(len(cascade.items)))
     for stage in verify_cfg.stages:

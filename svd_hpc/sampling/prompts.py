@@ -6,6 +6,11 @@ in vLLM's prefix cache; the per-candidate text (question, answer) follows, and a
 of the verdict format closes the prompt, so a judge reads the format last (as in the authors'
 layout) without the shared prefix changing. Judges only ever see the final answer part of a
 candidate (`final_answer`), never its think block.
+
+prompts.style: authors swaps in the authors' own texts where they are public (the four judge
+prompts, the math generation prompt), held here verbatim; the rest keeps ours. Their layout puts
+the per-candidate text in the middle of the prompt, so under it only the text before the first
+placeholder is shared between candidates.
 """
 
 from __future__ import annotations
@@ -50,8 +55,14 @@ def instruction(question: str, domain: str) -> str:
     return DOMAIN_INSTRUCTIONS[domain]
 
 
-def user_prompt(question: str, domain: str) -> str:
-    """The user turn of a generation request: the question, a newline, the domain's instruction."""
+def user_prompt(question: str, domain: str, style: str = "ours") -> str:
+    """The user turn of a generation request: the question, a newline, the domain's instruction.
+
+    authors (math only; theirs for science and code is not public): their template filled with the
+    seed as it is, which ends in a newline.
+    """
+    if check_style(style) == "authors" and domain == "math":
+        return AUTHORS_GENERATION_MATH.format(example=question)
     return f"{question}\n{instruction(question, domain)}"
 
 
@@ -80,6 +91,100 @@ def filter_reason(text: str, domain: str, require_think: bool, require_format: b
     if require_format and domain == "code" and not _FENCED.search(answer):
         return "no_code_block"
     return None
+
+
+# ----------------------------------------------------------------------------- the authors' texts
+# Byte for byte as their code defines them, before `.format` (`{{}}` stays doubled); where each
+# comes from: tests/golden/authors/README.md. tests/test_prompts.py compares them with those files.
+
+PROMPT_STYLES = ("ours", "authors")
+
+# marin experiments/self_instill: the generation step's template, REASONING_INSTRUCTION appended
+AUTHORS_GENERATION_MATH = "{example}\nPlease reason step by step, and put your final answer within \\boxed{{}}.\n"
+# evalchemy ttc_utils.py CYCLE_QUESTION_GENERATION_PROMPT (marin: ..._INSTRUCT, the same text)
+AUTHORS_INFER_QUESTION = (
+    "Given an answer, please generate the most likely question that would have prompted this answer. "
+    "Focus on inferring the core question that this answer is addressing. Output only the inferred "
+    "question, without any additional explanation.\n"
+    "\n"
+    "Answer:\n"
+    "{answer}\n"
+    "\n"
+    "Inferred Question:"
+)
+# CYCLE_COMPARISON_PROMPT
+AUTHORS_CYCLE_JUDGE = (
+    "You are evaluating whether an answer is relevant to the original question and touches the core of "
+    "the question by comparing the original question with an inferred question derived only from the answer.\n"
+    "\n"
+    "Original Question: {original_question}\n"
+    "Inferred Question: {inferred_question}\n"
+    "\n"
+    "Compare the two questions and determine:\n"
+    "1. If the original question and inferred question are asking about the same core topic\n"
+    "2. If the original question and inferred question share the same key elements and requirements\n"
+    "3. If answering one question would effectively address the other question\n"
+    "\n"
+    "After your analysis, provide your decision: [[Y]] if the questions are semantically equivalent and "
+    "address the same core problem, or [[N]] if they are asking about different things."
+)
+# FACTUAL_ERROR_PROMPT
+AUTHORS_FACTUALITY_JUDGE = (
+    "Please act as an impartial judge and carefully analyze the following answer for any factual errors, "
+    "logical flaws, or misleading information.\n"
+    "\n"
+    "Question: {question}\n"
+    "Answer: {answer}\n"
+    "\n"
+    "Consider the credibility of the claims made in the answer and determine if they align with "
+    "established knowledge. Evaluate:\n"
+    "1. Are there any incorrect facts, dates, numbers, formulas, or claims?\n"
+    "2. Is there any faulty logic, reasoning, or problem-solving approach?\n"
+    "3. Are there any misleading, incomplete, or ambiguous explanations?\n"
+    "4. Does the answer introduce any misconceptions or propagate common errors?\n"
+    "\n"
+    "Minor typos or grammatical errors are acceptable. But be strict about any factual error, "
+    "calculation error, or logical flaw. When unsure, lean toward accepting statements unless they "
+    "contain clear errors.\n"
+    "\n"
+    "After a thorough analysis, provide your decision: [[Y]] if the answer has no factual errors or "
+    "major flaws, or [[N]] if it contains important factual errors or logical flaws that would mislead the user."
+)
+# TOTAL_CORRECTNESS_PROMPT
+AUTHORS_CORRECTNESS_JUDGE = (
+    "Please act as an impartial judge and evaluate whether the response is completely correct in both "
+    "process and conclusion.\n"
+    "\n"
+    "Question: {question}\n"
+    "Answer: {answer}\n"
+    "\n"
+    "Consider correctness, usefulness, completeness and depth in your assessment. Consider whether this "
+    "answer completely solves the question.\n"
+    "\n"
+    "You should rely on your own reasoning to form a reference solution and compare the answer to your "
+    "reasoning.\n"
+    "\n"
+    "Begin your evaluation by giving a brief summary of your thoughts on the response. Focus on whether "
+    "it is accurate, addresses the question well, and is reasonably detailed. Be precise about any "
+    "errors or gaps you notice.\n"
+    "\n"
+    "Notes:\n"
+    "1. If the answer is partial, high-level, or just states that this is an open problem, you should "
+    "not accept it.\n"
+    "2. If the answer lacks details or is not comprehensive, you should not accept it.\n"
+    "3. If the answer contains any errors, you should not accept it.\n"
+    "4. You should only accept the answer if it is at least 95% correct and solves the question.\n"
+    "\n"
+    "After providing your explanation, decide whether this answer is correct. Think twice about whether "
+    "this answer solves the question.\n"
+    "Format: Accepted: [[Y]] if you accept the answer or Accepted: [[N]] if you do not accept."
+)
+
+
+def check_style(style: str) -> str:
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style '{style}'; choose {' or '.join(PROMPT_STYLES)}.")
+    return style
 
 
 # ----------------------------------------------------------------------------- judge prompts
@@ -123,23 +228,34 @@ CORRECTNESS_JUDGE = (
 VERDICT_REMINDER = "End your reply with your verdict: [[Y]] or [[N]]."
 
 
-def infer_question_prompt(answer: str) -> str:
+def infer_question_prompt(answer: str, style: str = "ours") -> str:
     """Cycle consistency, step (a): ask for the question behind an answer (the answer alone)."""
+    if check_style(style) == "authors":
+        return AUTHORS_INFER_QUESTION.format(answer=answer)
     return f"{INFER_QUESTION}\n\nAnswer:\n{answer}"
 
 
-def cycle_judge_prompt(question: str, inferred: str) -> str:
-    """Cycle consistency, step (b): the judge sees only the two questions."""
+def cycle_judge_prompt(question: str, inferred: str, style: str = "ours") -> str:
+    """Cycle consistency, step (b): the judge sees only the two questions.
+
+    authors: the seed question stripped, as their code fills it (ttc_utils `_get_question_text`).
+    """
+    if check_style(style) == "authors":
+        return AUTHORS_CYCLE_JUDGE.format(original_question=question.strip(), inferred_question=inferred)
     return (
         f"{CYCLE_JUDGE}\n\nOriginal question:\n{question}\n\nReconstructed question:\n{inferred}\n\n{VERDICT_REMINDER}"
     )
 
 
-def factuality_prompt(question: str, answer: str) -> str:
+def factuality_prompt(question: str, answer: str, style: str = "ours") -> str:
+    if check_style(style) == "authors":
+        return AUTHORS_FACTUALITY_JUDGE.format(question=question.strip(), answer=answer)
     return f"{FACTUALITY_JUDGE}\n\nQuestion:\n{question}\n\nAnswer:\n{answer}\n\n{VERDICT_REMINDER}"
 
 
-def correctness_prompt(question: str, answer: str) -> str:
+def correctness_prompt(question: str, answer: str, style: str = "ours") -> str:
+    if check_style(style) == "authors":
+        return AUTHORS_CORRECTNESS_JUDGE.format(question=question.strip(), answer=answer)
     return f"{CORRECTNESS_JUDGE}\n\nQuestion:\n{question}\n\nAnswer:\n{answer}\n\n{VERDICT_REMINDER}"
 
 

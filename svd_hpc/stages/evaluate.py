@@ -100,7 +100,8 @@ def eval_sampling(cfg: RunConfig, n: int) -> Sampling:
 
 
 def _ask(engine: Engine, cfg: RunConfig, task: EvalTask, chunk: list[Problem], n: int):
-    conversations = [[{"role": "user", "content": eval_prompts.user_prompt(p, task.seed)}] for p in chunk]
+    style = cfg.prompts.style
+    conversations = [[{"role": "user", "content": eval_prompts.user_prompt(p, task.seed, style)}] for p in chunk]
     seeds = [request_seed(task.seed, "eval", task.benchmark, p.question_id) for p in chunk]
     return engine.chat(conversations, eval_sampling(cfg, n), seeds=seeds)
 
@@ -128,7 +129,7 @@ def uq_ttc_choose(
                 key = f"eval/{task.benchmark}/{task.seed}/{problem.question_id}/{k}"
                 items.append(CascadeItem(question, prompts.final_answer(c.text), key=key))
                 owners.append((q, k))
-    results = run_cascade(engine, items, cfg.verify, checkpoint=checkpoint) if items else []
+    results = run_cascade(engine, items, cfg.verify, checkpoint=checkpoint, style=cfg.prompts.style) if items else []
     chosen = [None] * len(chunk)
     judged: list[list[CascadeResult]] = [[] for _ in chunk]
     for (q, k), result in zip(owners, results):
@@ -224,7 +225,10 @@ def answer_chunks(
     chunk is graded and saved to `checkpoint` as soon as its last question finishes."""
     owner = [c for c, chunk in todo.items() for _ in chunk]
     problems = [p for chunk in todo.values() for p in chunk]
-    rendered = [engine.render([{"role": "user", "content": eval_prompts.user_prompt(p, task.seed)}]) for p in problems]
+    style = cfg.prompts.style
+    rendered = [
+        engine.render([{"role": "user", "content": eval_prompts.user_prompt(p, task.seed, style)}]) for p in problems
+    ]
     seeds = [request_seed(task.seed, "eval", task.benchmark, p.question_id) for p in problems]
     waiting = Counter(owner)
     answers: dict[int, dict[int, list[Completion]]] = {c: {} for c in todo}

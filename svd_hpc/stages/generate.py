@@ -90,7 +90,7 @@ def generate_questions(
     """
     sampling = generate_sampling(cfg)
     think = prompts.require_think(cfg, engine)
-    user_turns = [prompts.user_prompt(r["question"], r["domain"]) for r in rows]
+    user_turns = [prompts.user_prompt(r["question"], r["domain"], cfg.prompts.style) for r in rows]
     rendered = [engine.render([{"role": "user", "content": u}]) for u in user_turns]
     # the seed depends on the question only, not on what else is in the batch: a resumed shard
     # samples its missing questions exactly as an uninterrupted one did
@@ -113,6 +113,8 @@ def fingerprint(cfg: RunConfig, seeds: pa.Table) -> str:
     """What decides a shard's candidates: the model, the sampling settings and the questions."""
     settings = {"model": dataclasses.asdict(cfg.model), "generate": dataclasses.asdict(cfg.generate)}
     settings["generate"].pop("chunk_size")  # how results are grouped into files changes none of them
+    if cfg.prompts.style != "ours":  # only then: shards saved before prompts.style existed still match
+        settings["prompts"] = cfg.prompts.style
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for row in seeds.to_pylist():
         # the known answer decides nothing the model sees; leaving it out also keeps the

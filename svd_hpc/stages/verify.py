@@ -54,11 +54,15 @@ def run_shard(run: RunDir, index: int, engine: Engine | None = None) -> dict:
     resumed = 0
     if items:  # a shard where nothing passed the filter needs no engine
         engine = engine or Engine(cfg.model)
-        saved = Checkpoint(progress_path(run, index), cfg.verify.chunk_size, fingerprint(cfg.model, items, cfg.verify))
+        saved = Checkpoint(
+            progress_path(run, index),
+            cfg.verify.chunk_size,
+            fingerprint(cfg.model, items, cfg.verify, cfg.prompts.style),
+        )
         resumed = saved.resumed
         units = len(items) * len(cfg.verify.stages)
         tracker = progress.start(run, STAGE, index, units, "candidate-stages", every=cfg.verify.chunk_size)
-        results = judge(engine, items, cfg.verify, saved, tracker)
+        results = judge(engine, items, cfg.verify, saved, tracker, style=cfg.prompts.style)
     table = verdict_table(candidates, dict(zip(rows, results)))
     with atomic_path(run.shard_path(STAGE, index)) as tmp:
         pq.write_table(table, tmp)
