@@ -431,3 +431,15 @@ def test_authors_judge_prompts_filled_as_the_authors_fill_them():
 def test_unknown_prompt_style_is_refused():
     with pytest.raises(ValueError, match="prompt style 'theirs'"):
         prompts.factuality_prompt("Q", "A", "theirs")
+
+
+def test_the_eval_sft_prompt_follows_prompts_style():
+    """A benchmark with prompt: sft asks as the run's generation prompt does, in the run's prompts.style."""
+    from svd_hpc.config import BenchmarkSpec
+    from svd_hpc.eval import benchmarks
+    from svd_hpc.eval import prompts as eval_prompts
+
+    spec = BenchmarkSpec(name="plain", path="plain.jsonl", prompt="sft")
+    [problem] = benchmarks.from_rows(spec, [{"question": QUESTION, "answer": "4"}])
+    for style in ("ours", "authors"):
+        assert eval_prompts.user_prompt(problem, 0, style) == prompts.user_prompt(QUESTION, problem.domain, style)

@@ -51,18 +51,18 @@ def user_prompt(problem: Problem, seed: int, style: str = "ours") -> str:
     """The user turn that asks `problem` under eval seed `seed` (options in that seed's order);
     `style` (prompts.style) words the sft prompt."""
     shown, _ = problem.present(seed)
-    style = problem.prompt
-    if style == "sft":
+    prompt = problem.prompt
+    if prompt == "sft":
         return prompts.user_prompt(shown, problem.domain, style)
-    if style == "aime":
+    if prompt == "aime":
         return AIME.format(problem=shown)
-    if style == "hmmt":
+    if prompt == "hmmt":
         return HMMT.format(problem=shown)
-    if style == "hle":
+    if prompt == "hle":
         return f"{HLE}\n{shown}"
-    if style == "lcb":
+    if prompt == "lcb":
         return (LCB_STDIN if problem.mode == "stdin" else LCB_FUNCTIONAL) + shown
-    if style == "gpqa":
+    if prompt == "gpqa":
         options, _ = problem.choices(seed)
         if options is None:
             raise ValueError(
@@ -71,7 +71,7 @@ def user_prompt(problem: Problem, seed: int, style: str = "ours") -> str:
             )
         listed = ", ".join(f"{LETTERS[i]}) {option}" for i, option in enumerate(options))
         return GPQA.format(letters=_letters(len(options)), problem=problem.stem, options=listed)
-    raise ValueError(f"unknown eval prompt '{style}'; choose one of {', '.join(STYLES)}.")
+    raise ValueError(f"unknown eval prompt '{prompt}'; choose one of {', '.join(STYLES)}.")
 
 
 def letter_rule(problem: Problem) -> str:
