@@ -520,7 +520,7 @@ def test_uq_ttc_answers_with_the_first_verified_candidate(tmp_path, engine, monk
     # the choice rule, with verdicts fixed: question 1 -> candidates 1 and 2 pass; question 2 -> none does
     judged = []
 
-    def fixed_cascade(engine, items, verify_cfg, checkpoint=None):
+    def fixed_cascade(engine, items, verify_cfg, checkpoint=None, style="ours"):
         judged.extend(item.key for item in items)
         passing = ("choice-1/1", "choice-1/2")
         return [
