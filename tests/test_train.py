@@ -174,6 +174,8 @@ def two_nodes(run: Path) -> list[subprocess.CompletedProcess]:
     return [subprocess.CompletedProcess(n.args, n.wait(timeout=300), *n.communicate()) for n in nodes]
 
 
+@pytest.mark.slow
+@pytest.mark.readme_claim
 def test_sharding_within_nodes_trains_as_sharding_over_all(tmp_path):
     """train.shard node (HSDP: 2 nodes × 2 processes, replicas across nodes) gives the losses of a 4-way shard."""
     hybrid = make_run(tmp_path / "node", steps=4, checkpoint_every=2, shard="node")
