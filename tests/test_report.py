@@ -400,28 +400,11 @@ def test_domain_of_benchmarks_with_different_repeats_weighs_each_question_once(t
     # AIME-like: 2 questions asked once; HMMT-like: 1 question asked 4 times
     rows = [("a", 0, "a-q0", 1, 1), ("a", 0, "a-q1", 0, 1)]
     rows += [("h", seed, "h-q0", base, svd) for seed, base, svd in ((0, 0, 1), (1, 0, 0), (2, 1, 1), (3, 0, 1))]
-    records = []
-    for bench, seed, qid, base, svd in rows:
-        for (model, mode), correct in ((("base", "direct"), base), (("trained", "direct"), svd)):
-            records.append(
-                {
-                    "benchmark": bench,
-                    "model": model,
-                    "mode": mode,
-                    "seed": seed,
-                    "question_id": qid,
-                    "question": "q",
-                    "reference": "1",
-                    "response": "r",
-                    "extracted": "1",
-                    "correct": bool(correct),
-                    "grade_reason": "correct",
-                    "completion_tokens": 1,
-                    "samples": 1,
-                    "chosen_candidate": 0,
-                }
-            )
-    scores = score(pa.Table.from_pylist(records, schema=EVAL), {"a": "math", "h": "math"})
+    table = eval_rows(
+        [(bench, variant, seed, qid, correct) for bench, seed, qid, base, svd in rows
+         for variant, correct in (("base", base), ("SVD", svd))]
+    )  # fmt: skip
+    scores = score(table, {"a": "math", "h": "math"})
     # per question means: base a-q0 1, a-q1 0, h-q0 1/4; SVD 1, 1, 3/4
     assert scores.pass1[("base", "domain:math")] == pytest.approx((np.mean([1, 0, 0.25]), None))
     assert scores.pass1[("SVD", "domain:math")] == pytest.approx((np.mean([1, 1, 0.75]), None))
