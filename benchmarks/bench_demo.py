@@ -25,10 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parent.parent
 BUDGET_S, BUDGET_GIB = 20 * 60, 8.0
 FIGURES = REPO / "docs" / "DEMO_FIGURES.md"
-VARIANTS = ("base", "svd", "uq_ttc")
+# the variants as eval/summary.json names them (svd_hpc.eval.scores.VARIANTS)
+VARIANTS = ("base", "SVD", "UQ-TTC")
+CASCADE = ("cycle", "factuality", "correctness")  # verify.stages' default order
 
 
 def figures_page(run_dir: Path, timings: dict[str, float], total: float | None, peak_gib: float | None) -> str:
@@ -52,7 +56,9 @@ def figures_page(run_dir: Path, timings: dict[str, float], total: float | None, 
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         lines += ["", f"Load average at the end of the run (1, 5, 15 min): {load} on {_cores()} cores."]
     overall = json.loads((run_dir / "merge" / "stats.json").read_text())["overall"]
-    funnel = ["candidates", *(k for k in overall if k.startswith("passed_")), "valid", "selected", "kept"]
+    # the judge stages in the order the run's cascade ran them, so the funnel only narrows
+    stages = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("verify", {}).get("stages", CASCADE)
+    funnel = ["candidates", *(f"passed_{stage}" for stage in stages), "valid", "selected", "kept"]
     lines += ["", "## Funnel", "", "| step | candidates |", "| --- | ---: |"]
     lines += [f"| {step.removeprefix('passed_')} | {overall[step]} |" for step in funnel if step in overall]
     summary = json.loads((run_dir / "eval" / "summary.json").read_text())
@@ -63,7 +69,7 @@ def figures_page(run_dir: Path, timings: dict[str, float], total: float | None, 
         for variant in VARIANTS:
             v = by_variant.get(variant)
             cells.append("—" if v is None else f"{100 * v['pass_at_1']:.1f} ± {100 * (v['stderr'] or 0):.1f}")
-        delta = by_variant.get("delta", {}).get("svd")
+        delta = by_variant.get("delta", {}).get("SVD")
         ci = delta.get("ci95") if delta else None
         shown = (
             "—"

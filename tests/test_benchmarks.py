@@ -60,27 +60,26 @@ def test_a_quick_bound_fails_with_one_line(tmp_path):
 
 def test_the_demo_figures_page_is_written_from_the_run_never_by_hand(tmp_path):
     """bench_demo --write / --from-run: the funnel and pass@1 come from the run's own records."""
-    import json
     import sys
 
     sys.path.insert(0, str(REPO / "benchmarks"))
+    sys.path.insert(0, str(REPO / "tests"))
     import bench_demo
 
-    (tmp_path / "merge").mkdir()
-    (tmp_path / "eval").mkdir()
-    overall = {"candidates": 160, "passed_cycle": 119, "passed_factuality": 68, "passed_correctness": 42,
-               "valid": 42, "selected": 26, "kept": 26, "filtered": 0}  # fmt: skip
-    (tmp_path / "merge" / "stats.json").write_text(json.dumps({"overall": overall}))
-    summary = {
-        "demo_eval": {
-            "base": {"pass_at_1": 0.125, "stderr": 0.025},
-            "svd": {"pass_at_1": 0.175, "stderr": 0.025},
-            "delta": {"svd": {"mean": 0.05, "ci95": [-0.05, 0.15]}},
-        }
-    }
-    (tmp_path / "eval" / "summary.json").write_text(json.dumps(summary))
-    page = bench_demo.figures_page(tmp_path, {"generate": 161.2, "verify": 201.0}, 900.0, 4.5)
+    # the run's records as the real scorer writes them (tests/test_bench_replicate.py's synthetic run):
+    # base right on 20 of 40 questions, SVD on 30, UQ-TTC on 25, every seed alike
+    from test_bench_replicate import synthetic_run
+
+    run = synthetic_run(tmp_path / "run")
+    (run / "config.yaml").write_text("verify:\n  stages: [cycle, factuality, correctness]\n")
+    page = bench_demo.figures_page(run, {"generate": 161.2, "verify": 201.0}, 900.0, 4.5)
     assert "| generate | 161 |" in page and "| **total** | **900** (0.75 of the 20-minute budget) |" in page
-    assert "| cycle | 119 |" in page and "| kept | 26 |" in page
-    assert "| demo_eval | 12.5 ± 2.5 | 17.5 ± 2.5 | — | +5.0 (-5.0 to +15.0) |" in page
+    # the funnel narrows in the cascade's order, whatever order stats.json keeps its keys in
+    steps = [line.split("|")[1].strip() for line in page.splitlines() if line.startswith("| ") and "|" in line[2:]]
+    assert steps[steps.index("candidates") : steps.index("kept") + 1] == [
+        "candidates", "cycle", "factuality", "correctness", "valid", "selected", "kept"
+    ]  # fmt: skip
+    assert "| cycle | 1800 |" in page and "| kept | 330 |" in page
+    row = next(line for line in page.splitlines() if line.startswith("| replicate_arithmetic |"))
+    assert row.startswith("| replicate_arithmetic | 50.0 ± 0.0 | 75.0 ± 0.0 | 62.5 ± 0.0 | +25.0 (")
     assert "do not edit by hand" in page
