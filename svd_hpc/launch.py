@@ -177,11 +177,13 @@ def prepare(cfg: RunConfig, run: RunDir, dry_run: bool = False) -> list[Stage]:
                 f"run directory {run.root} holds a different config; resume it with "
                 f"`python -m svd_hpc.launch resume {run.root}` or choose another name=..."
             )
-    from .eval import benchmarks
+    from .eval import benchmarks, selection
     from .inputs import seeds
 
-    for bench in cfg.eval.benchmarks:
+    for bench in cfg.eval.benchmarks + cfg.train.select.benchmarks:
         benchmarks.resolve(bench)  # an unknown preset or a spec without a source stops us here
+    if cfg.train.select.enabled and not dry_run:  # a dry run may not have fetched the benchmarks' rows
+        selection.check_disjoint(cfg, benchmarks.load)
     hub_seeds = seeds.reads_hub(cfg.seeds)
     if dry_run and hub_seeds:
         console.print(f"seeds: {seeds.describe(cfg.seeds)}: read from the hub and sharded at launch.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-STAGE_NAMES = ("eval_base", "generate", "verify", "merge", "train", "eval_trained", "report")
+STAGE_NAMES = ("eval_base", "generate", "verify", "merge", "train", "select_eval", "select", "eval_trained", "report")
 VERIFY_STAGES = ("cycle", "factuality", "correctness")
 
 

@@ -143,3 +143,55 @@ class EvalConfig:
             )
         for bench in self.benchmarks:
             bench.check(source)
+
+
+@dataclass
+class SelectConfig:
+    """Checkpoint selection (train.select): the model we evaluate, publish and report is the checkpoint
+    that scores best on a selection set of benchmarks, as the authors pick theirs (docs/PROTOCOL.md).
+
+    Off unless `every` is set. Training then exports a model every `every` steps (train/select/step-N/);
+    stage select_eval scores each on `benchmarks` as soon as it is saved, stage select picks one.
+    """
+
+    every: int = 0
+    """Steps between selection checkpoints (the authors': 100); the final step is always one. 0: no selection."""
+    benchmarks: list[BenchmarkSpec] = field(default_factory=list)
+    """The selection set (entries as eval.benchmarks[]); may share no name or question with eval.benchmarks."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Eval seeds of every selection benchmark (a benchmark's own `seeds` wins)."""
+    metric: Literal["pass@1"] = "pass@1"
+    """What picks the checkpoint: the mean over selection benchmarks of each one's pass@1 (mean over seeds)."""
+    wait_minutes: float = 1440.0
+    """How long a select_eval task waits for its checkpoint to be saved before it fails."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.every > 0
+
+    def steps(self, total: int) -> list[int]:
+        """The training steps that are selection checkpoints: every `every`-th, and the last."""
+        return sorted({*range(self.every, total, self.every), total}) if self.enabled else []
+
+    def check(self, source: str, reported: list[BenchmarkSpec]) -> None:
+        if self.every < 0:
+            raise ConfigError(f"{source}: train.select.every must be 0 (off) or a number of steps, got {self.every}.")
+        if not self.enabled:
+            return
+        names = [b.name for b in self.benchmarks]
+        if not names:
+            raise ConfigError(f"{source}: train.select.every is set but train.select.benchmarks is empty; list one.")
+        if any(not n for n in names) or len(set(names)) != len(names):
+            raise ConfigError(f"{source}: every train.select.benchmarks entry needs a unique 'name'.")
+        if not self.seeds:
+            raise ConfigError(f"{source}: train.select.seeds must list at least one seed.")
+        if self.wait_minutes <= 0:
+            raise ConfigError(f"{source}: train.select.wait_minutes must be positive, got {self.wait_minutes}.")
+        shared = sorted(set(names) & {b.name for b in reported})
+        if shared:
+            raise ConfigError(
+                f"{source}: train.select.benchmarks and eval.benchmarks both name {', '.join(shared)}; a checkpoint "
+                "picked on a reported benchmark inflates its score, so select on other benchmarks."
+            )
+        for bench in self.benchmarks:
+            bench.check(source)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from .checks import VERIFY_STAGES, ConfigError, check_at_least_one, check_verify_stages, check_vote_rule
+from .evaluation import SelectConfig
 
 Domain = Literal["math", "science", "code"]
 DOMAINS: tuple[str, ...] = get_args(Domain)  # the paper's three: each has its prompt, filter and benchmarks
@@ -401,6 +402,8 @@ class TrainConfig:
     """W&B project of the run."""
     wandb_mode: Literal["offline", "online"] = "offline"
     """offline (compute nodes often have no internet): `wandb sync` uploads it later; online needs `wandb login`."""
+    select: SelectConfig = field(default_factory=SelectConfig)
+    """Checkpoint selection on a held-out selection set (see train.select); off by default."""
 
     def check(self, source: str) -> None:
         positive = ("steps", "global_batch", "micro_batch", "max_seq_len", "procs_per_node")

@@ -20,7 +20,7 @@ import yaml
 
 from .checks import ConfigError
 from .cluster import ClusterProfile, StageResources
-from .evaluation import BenchmarkSpec, EvalConfig
+from .evaluation import BenchmarkSpec, EvalConfig, SelectConfig
 from .hub import HubConfig
 from .iteration import IterationConfig
 from .method import (
@@ -46,6 +46,7 @@ SECTIONS: dict[str, tuple[type, str]] = {
     "verify": (VerifyConfig, "verify."),
     "merge": (MergeConfig, "merge."),
     "train": (TrainConfig, "train."),
+    "train.select": (SelectConfig, "train.select."),
     "eval": (EvalConfig, "eval."),
     "eval.benchmarks": (BenchmarkSpec, "eval.benchmarks[]."),
     "iteration": (IterationConfig, "iteration."),
@@ -58,7 +59,7 @@ SECTION_TITLES = {
     "seeds.sources": "seeds.sources[]: one entry per seed source (e.g. one per domain)",
     "eval.benchmarks": "eval.benchmarks[]: one entry per benchmark",
     "resources": "resources.STAGE: per-stage resources (STAGE: eval_base, generate, verify, merge, train, "
-    "eval_trained, report)",
+    "select_eval, select, eval_trained, report)",
     "cluster": "cluster profile: a file of its own (configs/clusters/NAME.yaml), chosen by `cluster`",
 }
 

@@ -11,7 +11,7 @@ from .hub import HubConfig
 from .iteration import IterationConfig
 from .method import GenerateConfig, MergeConfig, ModelConfig, PromptsConfig, SeedsConfig, TrainConfig, VerifyConfig
 
-VLLM_STAGES = ("generate", "verify", "eval_base", "eval_trained")
+VLLM_STAGES = ("generate", "verify", "eval_base", "eval_trained", "select_eval")
 
 
 @dataclass
@@ -68,6 +68,7 @@ class RunConfig:
             section.check(source)
         self.merge.check(self.verify.votes, source)
         self.eval.check(source)
+        self._check_select(source)
         self.hub.check(source)
         self.iteration.check(self.rounds, self.train.enabled, bool(self.eval.benchmarks), source)
         for stage, res in self.resources.items():
@@ -77,6 +78,15 @@ class RunConfig:
             for stage in VLLM_STAGES:
                 self._check_gpus(stage, source)
         self._check_world_size(source)
+
+    def _check_select(self, source: str) -> None:
+        select = self.train.select
+        select.check(source, self.eval.benchmarks)
+        if select.enabled and (self.rounds > 1 or not self.train.enabled):
+            raise ConfigError(
+                f"{source}: train.select picks a checkpoint of a single-round run that trains; "
+                "set train.select.every: 0, or rounds: 1 with train.enabled: true."
+            )
 
     def _check_gpus(self, stage: str, source: str) -> None:
         """A vLLM stage gets at least tensor_parallel_size GPUs, and no more than a node has."""

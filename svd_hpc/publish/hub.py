@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .. import config as config_mod
 from ..rundir.atomic import atomic_write_json
-from ..rundir.layout import RunDir
+from ..rundir.layout import RunDir, trained_model_dir
 from . import cards as hub_cards
 
 log = logging.getLogger("svd_hpc")
@@ -190,15 +190,16 @@ def publish_dataset(run: RunDir, cfg: config_mod.RunConfig) -> dict | None:
 
 
 def _final_files(run: RunDir) -> list[Path]:
-    final = run.stage_dir("train") / "final"
+    final = trained_model_dir(run)
     return sorted(p for p in final.rglob("*") if p.is_file())
 
 
 def publish_model(run: RunDir, cfg: config_mod.RunConfig) -> dict | None:
-    """Train's push (rank 0): train/final with the model card (with the eval table if the report has one)."""
+    """Train's push (rank 0), or select's: the trained model (train/final, or the checkpoint chosen by
+    train.select) with the model card (with the eval table if the report has one)."""
     if not cfg.hub.model:
         return None
-    final = run.stage_dir("train") / "final"
+    final = trained_model_dir(run)
     weights = _final_files(run)
 
     def files() -> dict[str, Path | bytes]:
@@ -211,7 +212,7 @@ def publish_model(run: RunDir, cfg: config_mod.RunConfig) -> dict | None:
 
 def publish_eval(run: RunDir, cfg: config_mod.RunConfig) -> dict | None:
     """The report job's push: the model card with the eval table; the whole model if train's push failed."""
-    if not cfg.hub.model or not (run.stage_dir("train") / "final").is_dir():
+    if not cfg.hub.model or not trained_model_dir(run).is_dir():
         return None
     model = run.load_json(record_path(run, "model"), default={}) or {}
     if model.get("status") != "pushed":
@@ -265,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if run.is_done("merge", 0):
         publish_dataset(run, cfg)
-    if run.is_done("train", 0):
+    # with train.select the model to push is the chosen checkpoint, known once select has run
+    if run.is_done("select" if cfg.train.select.enabled else "train", 0):
         publish_eval(run, cfg) if hub_cards.summary_of(run) else publish_model(run, cfg)
     for line in status_lines(run):
         print(line)

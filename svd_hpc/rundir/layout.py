@@ -198,6 +198,25 @@ def trained_model(run: RunDir, number: int) -> Path:
     return run.round_dir(number).stage_dir("train") / "final"
 
 
+def selection_checkpoint(run: RunDir, step: int, total: int) -> Path:
+    """The model train exports at `step` for checkpoint selection (train.select): the final model at the last step.
+
+    Each appears whole (a folder renamed into place), so its existence is its completion marker.
+    """
+    return run.stage_dir("train") / ("final" if step == total else f"select/step-{step:06d}")
+
+
+def choice_path(run: RunDir) -> Path:
+    """The select stage's record: every selection checkpoint's score and the one chosen."""
+    return run.stage_dir("select") / "choice.json"
+
+
+def trained_model_dir(run: RunDir) -> Path:
+    """The run's trained model: the checkpoint the select stage chose, else train/final."""
+    choice = run.load_json(choice_path(run))
+    return run.root / choice["path"] if choice else run.stage_dir("train") / "final"
+
+
 def round_config(cfg: config_mod.RunConfig, run: RunDir, number: int) -> config_mod.RunConfig:
     """The config round `number` runs with: from round 2 on, the round before's model generates and judges,
     and training starts from it (iteration.train_from: previous) or from the base model."""

@@ -16,7 +16,7 @@ from .layout import split_stage
 @dataclass
 class Dependency:
     stage: str
-    kind: str  # afterok | aftercorr | afterany
+    kind: str  # afterok | aftercorr | afterany | after (the upstream job has started)
 
 
 @dataclass

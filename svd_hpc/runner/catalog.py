@@ -31,14 +31,17 @@ def hub_inputs(cfg: RunConfig) -> list[HubInput]:
             found.append(
                 HubInput(f"{key}.path", f"{key}.path", source.path, "dataset", source, "revision", f"{key}.revision")
             )
-    for spec in cfg.eval.benchmarks:
+    selection = cfg.train.select.benchmarks if cfg.train.select.enabled else []
+    for key, spec in [("eval.benchmarks", s) for s in cfg.eval.benchmarks] + [
+        ("train.select.benchmarks", s) for s in selection
+    ]:
         src = benchmarks.resolve(spec)
         if src.hub_id:
             local = src.path if src.path and Path(src.path).expanduser().exists() else None
-            label = f"eval.benchmarks '{spec.name}'"
+            label = f"{key} '{spec.name}'"
             found.append(
                 HubInput(
-                    f"eval.benchmarks.{spec.name}",
+                    f"{key}.{spec.name}",
                     label,
                     src.hub_id,
                     "dataset",

@@ -6,6 +6,9 @@ stage at once with its dependencies; the local scheduler runs the stages here in
     eval_base ───────────────────────────────────────────────────────────────┐
     generate[S] ─aftercorr─> verify[S] ─afterok─> merge ─afterok─> train ─afterok─> eval_trained[B×K] ─afterok─> report
 
+With train.select, train ─after─> select_eval[C] ─afterok─> select ─afterok─> eval_trained: task k of
+select_eval scores the k-th selection checkpoint as soon as train has saved it.
+
 With `rounds: K` > 1 the chain repeats K times, each stage named "round-R/STAGE" (svd_hpc.stages.rounds),
 each round opening with a one-task `seeds` stage after the round before's train (and its eval, when
 the stopping rule compares pass@1); the base model is evaluated once, in round 1; one report ends it.
@@ -36,13 +39,15 @@ BODIES = {
     "merge": "svd_hpc.stages.merge:run_task",
     "train": "svd_hpc.stages.train:run_task",
     "pilot_train": "svd_hpc.stages.pilot_train:run_task",  # the pilot's timed training steps (forecast/pilot.py)
+    "select_eval": "svd_hpc.stages.select:run_eval",  # a selection checkpoint's score (train.select)
+    "select": "svd_hpc.stages.select:run_pick",  # the checkpoint chosen on those scores
     "eval_trained": "svd_hpc.stages.evaluate:run_trained",
     "report": "svd_hpc.stages.report:run_task",
     "seeds": "svd_hpc.stages.rounds:run_seeds",  # a round's questions (multi-round runs only)
 }
-CPU_STAGES = ("merge", "report", "seeds")
-ENGINE_STAGES = ("generate", "verify", "eval_base", "eval_trained")  # the stages that run a vLLM engine
-PREEMPTIBLE_DEFAULT = ("generate", "verify", "train", "eval_base", "eval_trained")
+CPU_STAGES = ("merge", "report", "seeds", "select")
+ENGINE_STAGES = ("generate", "verify", "eval_base", "eval_trained", "select_eval")  # the stages that run a vLLM engine
+PREEMPTIBLE_DEFAULT = ("generate", "verify", "train", "eval_base", "eval_trained", "select_eval")
 
 
 def resolve_resources(cfg: RunConfig, stage: str) -> dict:
@@ -66,7 +71,8 @@ def resolve_resources(cfg: RunConfig, stage: str) -> dict:
         "time": res.time or prof.time,
         "nodes": res.nodes if stage == "train" else 1,
         "ntasks_per_node": tasks_per_node,
-        "array_parallelism": res.array_parallelism,
+        # select_eval: one task at a time by default, so at most one GPU waits for a checkpoint (build_plan)
+        "array_parallelism": res.array_parallelism or (1 if stage == "select_eval" else None),
         "preemptible": res.preemptible,
         "requeue_cap": prof.requeue_cap,
         "signal_seconds": signal_seconds(prof.signal_seconds, res.signal_seconds, stage),
@@ -110,15 +116,26 @@ def build_plan(cfg: RunConfig) -> list[Stage]:
     add("generate", cfg.seeds.shards, "array", [])
     add("verify", cfg.seeds.shards, "array", [("generate", "aftercorr")])
     add("merge", 1, "single", [("verify", "afterok")])
+    selecting = cfg.train.enabled and cfg.train.select.enabled
     if cfg.train.enabled:
         add("train", 1, "distributed", [("merge", "afterok")])
+    if selecting:
+        # Task k scores selection checkpoint k while training goes on. `after` (train has started),
+        # not afterok: each task then waits for its own checkpoint's folder, which train renames into
+        # place whole (stages/select.py). Slurm has no dependency on a file, and a job per checkpoint
+        # submitted by train itself would need sbatch inside the training job and a second path for
+        # the local scheduler; a waiting task holds its GPUs idle, so the array runs one task at a
+        # time by default (resolve_resources), and checkpoints come in task order.
+        add("select_eval", len(cfg.train.select.steps(cfg.train.steps)), "array", [("train", "after")])
+        add("select", 1, "single", [("select_eval", "afterok")])
     if has_eval:
         add("eval_base", len(eval_tasks(cfg, "base")), "array", [])
         if cfg.train.enabled:
-            add("eval_trained", len(eval_tasks(cfg, "trained")), "array", [("train", "afterok")])
-    add(
-        "report", 1, "single", [(s.name, "afterok") for s in stages if s.name in ("eval_base", "eval_trained", "merge")]
-    )
+            # with selection, the trained model is the chosen checkpoint: known once select has run
+            trained_from = "select" if selecting else "train"
+            add("eval_trained", len(eval_tasks(cfg, "trained")), "array", [(trained_from, "afterok")])
+    ends = ("eval_base", "eval_trained", "merge", "select")
+    add("report", 1, "single", [(s.name, "afterok") for s in stages if s.name in ends])
     return stages
 
 

@@ -244,7 +244,9 @@ def _dependency(
         ups = submitted.get(dep.stage, [])
         older = live.get(dep.stage, [])  # upstream tasks from an earlier launch still queued or running
         kind, job_ids = "afterok", [u.job_id for u in ups] + older
-        if dep.kind == "aftercorr":
+        if dep.kind == "after":  # started: the downstream tasks wait for files the upstream job writes
+            kind = "after"
+        elif dep.kind == "aftercorr":
             if not sub.waits_upstream:
                 job_ids = older
             else:

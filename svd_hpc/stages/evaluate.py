@@ -51,7 +51,7 @@ from ..records import EVAL
 from ..rundir import progress as task_progress
 from ..rundir.atomic import atomic_path, atomic_write_json
 from ..rundir.chunks import Checkpoint
-from ..rundir.layout import RunDir
+from ..rundir.layout import RunDir, choice_path, trained_model_dir
 from ..sampling import prompts
 from ..sampling.cascade import CascadeItem, CascadeResult, run_cascade
 from ..sampling.engine import Completion, Engine, Sampling, request_seed, skip_stats, stage_sampling
@@ -78,13 +78,15 @@ def progress_dir(output: Path) -> Path:
 
 
 def trained_model_path(run: RunDir) -> Path:
-    return run.stage_dir("train") / "final"
+    return trained_model_dir(run)
 
 
 def model_config(run: RunDir, cfg: RunConfig, model: str) -> ModelConfig:
-    """The base model as configured, or the trained one from <run>/train/final."""
+    """The base model as configured, or the trained one: <run>/train/final, or the checkpoint train.select chose."""
     if model == "base":
         return cfg.model
+    if cfg.train.select.enabled and not choice_path(run).is_file():
+        raise ValueError(f"train.select has not chosen a checkpoint yet ({choice_path(run)}); run the select stage.")
     final = trained_model_path(run)
     if not (final / "config.json").is_file():
         raise ValueError(f"the trained model {final} is missing; run (or resume) the train stage first.")
@@ -304,10 +306,28 @@ def run_eval_task(run: RunDir, stage: str, index: int, engine: Engine | None = N
     model, task = eval_task(cfg, stage, index)
     model_cfg = model_config(run, cfg, model)
     spec = next(b for b in cfg.eval.benchmarks if b.name == task.benchmark)
+    return evaluate(run, cfg, (stage, index), model, model_cfg, spec, task, output_path(run, model, task), engine)
+
+
+def evaluate(
+    run: RunDir,
+    cfg: RunConfig,
+    where: tuple[str, int],
+    model: str,
+    model_cfg: ModelConfig,
+    spec,
+    task: EvalTask,
+    out: Path,
+    engine: Engine | None = None,
+) -> dict:
+    """Answer and grade `spec` with the model of `model_cfg` as `task`, into `out` and its summary; the summary.
+
+    `where` (stage, index) names the task whose progress file this work updates.
+    """
+    stage, index = where
     problems, left_out = benchmarks.load_counted(spec)
     if any(p.grader == "code" for p in problems):  # refuse before loading a model, where the code would run
         require_isolation(cfg.eval.allow_unisolated_code, f"code benchmark '{spec.name}'")
-    out = output_path(run, model, task)
     progress = progress_dir(out)
     size = cfg.generate.chunk_size
     chunks = [problems[i : i + size] for i in range(0, len(problems), size)]

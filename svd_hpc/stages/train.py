@@ -35,7 +35,7 @@ from ..publish import hub
 from ..publish.tracking import Tracker
 from ..rundir.atomic import atomic_write_json
 from ..rundir.contract import stop_request_path
-from ..rundir.layout import RunDir
+from ..rundir.layout import RunDir, selection_checkpoint
 from ..train import fsdp, sft_data
 from ..train.inputs import TrainInputs, local_model_dir, prepare_data
 from ..train.model import (
@@ -100,6 +100,8 @@ class Trainer:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     inputs: TrainInputs
     ckpt_root: Path
+    export_dtype: torch.dtype | None = None  # of the models exported for train.select (None: no export)
+    run: RunDir | None = None
 
 
 def train(run: RunDir, cfg, d: fsdp.Dist, dataset: Path, stop: StopFlag) -> dict | None:
@@ -115,12 +117,14 @@ def train(run: RunDir, cfg, d: fsdp.Dist, dataset: Path, stop: StopFlag) -> dict
         scheduler=scheduler,
         inputs=inputs,
         ckpt_root=out / "checkpoints",
+        export_dtype=export_dtype,
+        run=run,
     )
     start = resume(trainer)
     tracker = Tracker(run, cfg, start) if d.rank == 0 else None
     run_steps(trainer, start, stop, StepLog(out, d.rank, start, cfg.train.steps, tracker))
     stats = finish(trainer, out, export_dtype)
-    if d.rank == 0:
+    if d.rank == 0 and not cfg.train.select.enabled:  # with selection, the select stage pushes the chosen one
         hub.publish_model(run, cfg)  # records a failure instead of raising: the run goes on
     return stats
 
@@ -132,6 +136,7 @@ def run_steps(trainer: Trainer, start: int, stop: StopFlag, step_log: StepLog) -
         record, stopping = optimiser_step(trainer, step, stop, drill=trainer.d.rank == 0 and step + 1 == drill)
         check_finite(record, trainer.ckpt_root, step_log)
         step_log.write(record)
+        export_for_selection(trainer, step + 1)
         if stopping or (step + 1) % t.checkpoint_every == 0:
             save_checkpoint(trainer, step + 1)
         if stopping:
@@ -179,6 +184,30 @@ def optimiser_step(trainer: Trainer, step: int, stop: StopFlag, drill: bool) -> 
         "seconds": seconds,
     }
     return record, bool(tail[1] > 0)
+
+
+def export_for_selection(trainer: Trainer, step: int) -> None:
+    """At a train.select step before the last, export the model for select_eval (the last one is train/final).
+
+    The folder is renamed into place whole, so select_eval, waiting for it, never reads half of it;
+    a resumed run that finds it there does not export it again (the same steps give the same weights).
+    """
+    t = trainer.t
+    if trainer.run is None or step == t.steps or step not in t.select.steps(t.steps):
+        return
+    out = selection_checkpoint(trainer.run, step, t.steps)
+    if out.is_dir():
+        return
+    fsdp.export_pretrained(
+        trainer.model,
+        out,
+        model_dir=trainer.inputs.model_dir,
+        tokenizer=trainer.inputs.tokenizer,
+        dtype=trainer.export_dtype,
+        rank=trainer.d.rank,
+    )
+    if trainer.d.rank == 0:
+        log.info(f"selection checkpoint exported: {out}")
 
 
 def save_checkpoint(trainer: Trainer, step: int) -> None:
