@@ -165,3 +165,23 @@ def test_a_select_eval_task_waits_for_its_checkpoint_then_gives_up(tmp_path, mon
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
     assert select.wait_for_checkpoint(run, cfg, 4) == folder
+
+
+def test_the_report_shows_the_curve_with_the_chosen_step_marked(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from svd_hpc.stages import report
+
+    run = _scored_run(tmp_path, {4: 0.25, 8: 0.5, 10: 0.5})
+    select.run_pick(run, 0)
+    text = report.build(run, console=Console(file=io.StringIO())).read_text()
+    section = text.split("## Checkpoint selection", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert rows == [
+        "| 4 | 25.0 | 25.0 |  |",
+        "| 8 | 50.0 | 50.0 |  |",
+        "| 10 | 50.0 | 50.0 | ◀ chosen |",  # a tie: the later step
+    ]
+    assert "Chosen: step 10 (`train/final`)" in section

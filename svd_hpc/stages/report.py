@@ -36,6 +36,7 @@ from ..report.pilot import pilot_section
 from ..report.retries import retries_section
 from ..report.rounds import build_rounds, rounds_ran
 from ..report.section import Section
+from ..report.selection import selection_section
 from ..report.stages import funnel_section, skipped_section, votes_section
 from ..rundir.atomic import atomic_path, atomic_write_json, atomic_write_text
 from ..rundir.layout import RoundDir, RunDir
@@ -97,6 +98,7 @@ def build(run: RunDir, console: Console | None = None) -> Path:
         sections.append(Section("pass@1 (%)", [], note="No eval results yet."))
     if scores is not None:
         sections.append(benchmarks_section(run))
+    sections += [s for s in [selection_section(run)] if s is not None]
     sections += [s for s in [domains_section(run, cfg, scores)] if s is not None]
     sections += [skipped_section(run, table), funnel_section(run), votes_section(run)]
     sections += [s for s in [judges_section(run, cfg.seeds.answer_grader)] if s is not None]
