@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow.parquet as pq
 import pytest
 
 from svd_hpc import config
@@ -185,3 +186,51 @@ def test_the_report_shows_the_curve_with_the_chosen_step_marked(tmp_path):
         "| 10 | 50.0 | 50.0 | ◀ chosen |",  # a tie: the later step
     ]
     assert "Chosen: step 10 (`train/final`)" in section
+
+
+@pytest.mark.slow  # ~5 min: the tiny run plus two selection evals, through the local scheduler
+def test_tiny_run_selects_a_checkpoint_and_evaluates_it(tmp_path):
+    select_keys = (
+        "train.select={every: 2, seeds: [0], benchmarks: [{name: sel, path: data/replicate_select.jsonl, "
+        "id_field: id, grader: math_last_number, limit: 4}]}"
+    )
+    config_path = REPO / "configs" / "tiny.yaml"
+    proc = run_launch(["--config", str(config_path), f"run_root={tmp_path}", select_keys])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = RunDir(tmp_path / "tiny")
+    choice = json.loads(choice_path(run).read_text())
+    assert [p["step"] for p in choice["curve"]] == [2, 4]
+    assert (run.stage_dir("train") / "select" / "step-000002" / "config.json").is_file()
+    for point in choice["curve"]:  # the curve is the graded records' mean
+        table = pq.read_table(select.output_path(run, point["step"], EvalTask("sel", 0, "direct")))
+        assert table.num_rows == 4
+        assert point["score"] == pytest.approx(sum(table.column("correct").to_pylist()) / 4)
+    # eval_trained answered with the chosen checkpoint, and the report shows the curve
+    summary = json.loads((run.stage_dir("eval") / "trained" / "demo_arithmetic" / "seed-0.json").read_text())
+    assert summary["model_path"] == str(run.root / choice["path"])
+    assert "## Checkpoint selection" in (run.root / "report.md").read_text()
+
+
+def test_a_waiting_task_stops_when_the_train_job_was_cancelled(tmp_path, monkeypatch):
+    run = _scored_run(tmp_path, {})
+    cfg = run.load_config()
+    atomic_write_json(
+        run.jobs_path, {"submissions": [{"stage": "train", "job_id": "41"}, {"stage": "train", "job_id": "42"}]}
+    )
+    states = {"42": "RUNNING"}
+    asked = []
+
+    def task_states(ids):
+        asked.append(ids)
+        return {i: select.commands.TaskState(i, states[i]) for i in ids}
+
+    monkeypatch.setattr(select.commands, "task_states", task_states)
+    monkeypatch.setattr(select, "POLL_S", 0.01)
+    cfg.train.select.wait_minutes = 0.002
+    with pytest.raises(ValueError, match="was not saved within"):  # running: it waits
+        select.wait_for_checkpoint(run, cfg, 4)
+    assert asked[0] == ["42"]  # the newest train job (a resume's) is the one that counts
+    states["42"] = "CANCELLED"
+    cfg.train.select.wait_minutes = 60
+    with pytest.raises(ValueError, match="the train job ended CANCELLED before saving"):
+        select.wait_for_checkpoint(run, cfg, 4)

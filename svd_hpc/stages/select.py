@@ -29,10 +29,13 @@ from ..publish import hub
 from ..rundir.atomic import atomic_write_json
 from ..rundir.layout import RunDir, choice_path, selection_checkpoint
 from ..sampling.engine import Engine
+from ..slurm import commands
 from .evaluate import evaluate, progress_dir, remove_progress, summary_path
 
 log = logging.getLogger("svd_hpc")
 POLL_S = 30.0  # how often a waiting task looks for its checkpoint
+# train job states after which it never saves another checkpoint (a preempted job is requeued: not here)
+TRAIN_FAILED = ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
 
 
 def selection_steps(cfg: RunConfig) -> list[int]:
@@ -43,6 +46,19 @@ def output_path(run: RunDir, step: int, task: EvalTask) -> Path:
     return run.stage_dir("select_eval") / f"step-{step:06d}" / task.benchmark / f"seed-{task.seed}.parquet"
 
 
+def train_ended(run: RunDir) -> str | None:
+    """How the run's newest train job ended, if it ended without success (jobs.json, squeue/sacct); else None.
+
+    `after:` lets select_eval start once train has started, and also once train was cancelled: without
+    this a task would hold its GPUs until wait_minutes for a checkpoint that never comes.
+    """
+    jobs = [str(s["job_id"]) for s in run.submissions() if s["stage"] == "train"]
+    if not jobs:
+        return None
+    state = commands.task_states(jobs[-1:]).get(jobs[-1])
+    return state.state if state and state.state in TRAIN_FAILED else None
+
+
 def wait_for_checkpoint(run: RunDir, cfg: RunConfig, step: int) -> Path:
     """The checkpoint of `step` once train has saved it; ValueError once it cannot come or took too long."""
     path = selection_checkpoint(run, step, cfg.train.steps)
@@ -51,6 +67,10 @@ def wait_for_checkpoint(run: RunDir, cfg: RunConfig, step: int) -> Path:
         # train's done marker is written after its last export: a checkpoint still missing then never comes
         if run.is_done("train", 0) and not path.is_dir():
             raise ValueError(f"train finished without saving the selection checkpoint {path}; re-run train.")
+        if ended := train_ended(run):
+            raise ValueError(
+                f"the train job ended {ended} before saving the selection checkpoint {path}; resume the run."
+            )
         if time.monotonic() > deadline:
             raise ValueError(
                 f"the selection checkpoint {path} was not saved within train.select.wait_minutes="
