@@ -129,7 +129,7 @@ def _scored_run(tmp_path, scores: dict[int, float]) -> RunDir:
     run.write_config(cfg, {})
     for step, score in scores.items():
         out = select.output_path(run, step, EvalTask("sel", 0, "direct"))
-        atomic_write_json(summary_path(out), {"pass_at_1": score})
+        atomic_write_json(summary_path(out), {"pass_at_1": score, "completion_tokens": 100 * step, "samples": 4})
         selection_checkpoint(run, step, cfg.train.steps).mkdir(parents=True)
     return run
 
@@ -186,6 +186,8 @@ def test_the_report_shows_the_curve_with_the_chosen_step_marked(tmp_path):
         "| 10 | 50.0 | 50.0 | ◀ chosen |",  # a tie: the later step
     ]
     assert "Chosen: step 10 (`train/final`)" in section
+    cost = next(line for line in text.splitlines() if line.startswith("| select_eval |"))
+    assert cost.split(" | ")[4:6] == ["2,200", "12"]  # tokens and samples of the three checkpoints' answers
 
 
 @pytest.mark.slow  # ~5 min: the tiny run plus two selection evals, through the local scheduler
@@ -234,3 +236,13 @@ def test_a_waiting_task_stops_when_the_train_job_was_cancelled(tmp_path, monkeyp
     cfg.train.select.wait_minutes = 60
     with pytest.raises(ValueError, match="the train job ended CANCELLED before saving"):
         select.wait_for_checkpoint(run, cfg, 4)
+
+
+def test_the_smoke_run_selects_between_two_tiny_checkpoints():
+    from svd_hpc.runner import smoke
+
+    small = smoke.shrink(_cfg(seeds=[0, 1, 2]))
+    select_cfg = small.train.select
+    assert select_cfg.steps(small.train.steps) == [1, 2] and select_cfg.seeds == [0]
+    assert [b.limit for b in select_cfg.benchmarks] == [2]
+    assert small.resources["select_eval"].time == smoke.SMOKE_TIME

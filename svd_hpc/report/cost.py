@@ -79,6 +79,11 @@ def cost_section(run: RunDir, cfg: RunConfig, table: pa.Table | None) -> Section
                 samples[stage] = sum(r["samples"] for r in rows)
                 # UQ-TTC samples are the candidates plus the judges' completions
                 judges[stage] = sum(r["samples"] - cfg.eval.uq_ttc_candidates for r in rows if r["mode"] == "uq_ttc")
+    if "select_eval" in stages:  # train.select: the selection checkpoints' answers, from their task summaries
+        summaries = [json.loads(p.read_text()) for p in run.stage_dir("select_eval").glob("step-*/*/seed-*.json")]
+        if summaries:
+            tokens["select_eval"] = sum(s["completion_tokens"] for s in summaries)
+            samples["select_eval"] = sum(s["samples"] for s in summaries)
     for stage in stages:
         markers = sorted((run.stage_dir(stage) / "done").glob("*"))
         hours, gpu = "—", "—"

@@ -80,7 +80,21 @@ def shrink(cfg: RunConfig, model: str = SMOKE_MODEL) -> RunConfig:
     e.seeds = [0]  # one repeat of every benchmark, whatever its preset repeats
     e.max_tokens = 32
     e.uq_ttc = False
-    for stage in ("generate", "verify", "merge", "train", "eval_base", "eval_trained", "report"):
+    if t.select.enabled:  # two selection checkpoints (steps 1 and 2), two questions of each selection benchmark
+        t.select.every, t.select.seeds = 1, [0]
+        for bench in t.select.benchmarks:
+            bench.limit, bench.seeds = 2, None
+    for stage in (
+        "generate",
+        "verify",
+        "merge",
+        "train",
+        "select_eval",
+        "select",
+        "eval_base",
+        "eval_trained",
+        "report",
+    ):
         res = copy.deepcopy(smoke.resources.get(stage, StageResources()))
         res.time = SMOKE_TIME
         smoke.resources[stage] = res
@@ -165,7 +179,7 @@ def task_checks(run: RunDir, stage, index: int) -> list[Check]:
         offline_check(),
         model_check(run),
     ]
-    if stage.name in ("eval_base", "eval_trained"):
+    if stage.name in ("eval_base", "eval_trained", "select_eval"):
         checks.append(sandbox_check(run))
     return checks
 
