@@ -246,3 +246,13 @@ def test_the_smoke_run_selects_between_two_tiny_checkpoints():
     assert select_cfg.steps(small.train.steps) == [1, 2] and select_cfg.seeds == [0]
     assert [b.limit for b in select_cfg.benchmarks] == [2]
     assert small.resources["select_eval"].time == smoke.SMOKE_TIME
+
+
+def test_the_model_card_names_the_chosen_checkpoint(tmp_path):
+    from svd_hpc.publish import cards
+
+    run = _scored_run(tmp_path, {4: 0.2, 8: 0.5, 10: 0.3})
+    assert cards.selection_lines(run) == []
+    select.run_pick(run, 0)
+    card = cards.model_card(run, run.load_config())
+    assert "checkpoint of step 8, chosen among steps 4, 8, 10 by the highest mean pass@1 on sel (50.0%)" in card

@@ -15,7 +15,7 @@ import yaml
 from .. import config as config_mod
 from ..inputs import models
 from ..report.stages import funnel_section
-from ..rundir.layout import RunDir
+from ..rundir.layout import RunDir, choice_path
 
 METHOD_SECTIONS = ("model", "seeds", "generate", "verify", "merge", "train")
 TAGS = ["svd_hpc", "self-verified-distillation"]
@@ -158,6 +158,7 @@ def model_card(run: RunDir, cfg: config_mod.RunConfig) -> str:
         f"- loss on the first batch after training: {summary['reference_loss']:.4f}"
         if isinstance(summary.get("reference_loss"), (int, float))
         else "- loss on the first batch after training: not recorded",
+        *selection_lines(run),
         "",
         "## Evaluation",
         "",
@@ -170,6 +171,20 @@ def model_card(run: RunDir, cfg: config_mod.RunConfig) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def selection_lines(run: RunDir) -> list[str]:
+    """The card's line on train.select: which checkpoint this is, and what chose it (none without selection)."""
+    choice = run.load_json(choice_path(run))
+    if not choice:
+        return []
+    score = next(p["score"] for p in choice["curve"] if p["step"] == choice["step"])
+    steps = ", ".join(str(p["step"]) for p in choice["curve"])
+    return [
+        f"- this is the checkpoint of step {choice['step']}, chosen among steps {steps} by the highest mean "
+        f"{choice['metric']} on {', '.join(choice['benchmarks'])} ({100 * score:.1f}%), none of them an eval "
+        "benchmark below; the loss above is the final step's"
+    ]
 
 
 def summary_of(run: RunDir) -> dict | None:
