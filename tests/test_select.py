@@ -191,6 +191,7 @@ def test_the_report_shows_the_curve_with_the_chosen_step_marked(tmp_path):
 
 
 @pytest.mark.slow  # ~5 min: the tiny run plus two selection evals, through the local scheduler
+@pytest.mark.readme_claim  # "select/choice.json: the checkpoint that eval_trained evaluates"
 def test_tiny_run_selects_a_checkpoint_and_evaluates_it(tmp_path):
     select_keys = (
         "train.select={every: 2, seeds: [0], benchmarks: [{name: sel, path: data/replicate_select.jsonl, "
