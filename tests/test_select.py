@@ -16,7 +16,8 @@ from svd_hpc.rundir.layout import RunDir, choice_path, selection_checkpoint, tra
 from svd_hpc.runner import plan
 from svd_hpc.stages import select
 from svd_hpc.stages.evaluate import summary_path
-from tests.helpers import REPO, run_launch, write_config
+from tests import toy_stages
+from tests.helpers import REPO, run_launch, wait_jobs, write_config
 
 EVAL_SET = str(REPO / "data" / "demo_eval.jsonl")
 SELECT_SET = str(REPO / "data" / "replicate_select.jsonl")
@@ -257,3 +258,23 @@ def test_the_model_card_names_the_chosen_checkpoint(tmp_path):
     select.run_pick(run, 0)
     card = cards.model_card(run, run.load_config())
     assert "checkpoint of step 8, chosen among steps 4, 8, 10 by the highest mean pass@1 on sel (50.0%)" in card
+
+
+@pytest.mark.slurm
+def test_on_slurm_checkpoints_are_scored_while_training_runs(tmp_path, slurm_cluster, toy_bodies):
+    select_keys = {"every": 2, "benchmarks": [{"name": "sel", "path": SELECT_SET, "limit": 4}]}
+    keys = {"train.steps": 4, "train.select": select_keys, "eval.benchmarks": [{"name": "b1", "path": EVAL_SET}]}
+    path = write_config(tmp_path, 2, cluster="local-slurm", **keys)
+    env = {**slurm_cluster, "TOY_SELECT_GAP": "12", "TOY_SELECT_SCORES": "2:0.5,4:0.25"}
+    proc = run_launch(["--config", str(path)], env=env)
+    assert proc.returncode == 0, proc.stderr
+    run = RunDir(tmp_path / "runs" / "toy")
+    wait_jobs(run, env)
+    train, first, last = (
+        toy_stages.trace(run, s, i) for s, i in (("train", 0), ("select_eval", 0), ("select_eval", 1))
+    )
+    # checkpoint 1 was scored while train was still saving the last one; the last once it was there
+    assert first["end"] < train["end"] <= last["end"]
+    choice = json.loads(choice_path(run).read_text())
+    assert choice["step"] == 2 and choice["path"] == "train/select/step-000002"
+    assert toy_stages.trace(run, "eval_trained", 0)["start"] >= run.done_marker("select", 0).stat().st_mtime

@@ -6,6 +6,8 @@ the nodes and ranks of `train`. Tests put them in place of the real bodies throu
 environment: SVD_HPC_TEST_BODIES=tests.toy_stages:BODIES (plan.TEST_BODIES).
 Knobs come from the environment, which sbatch passes on to the jobs:
   TOY_SLEEP_<STAGE>=seconds   per task (e.g. TOY_SLEEP_GENERATE=2)
+  TOY_SELECT_GAP=seconds      with train.select: train saves its selection checkpoints this far apart
+  TOY_SELECT_SCORES=2:0.5,... with train.select: select_eval's pass@1 of each step (else 0)
   TOY_FAIL=<stage>:<index>    that task fails once (a file in the run dir remembers it failed)
   TOY_HANG=<stage>:<index>    that task's engine hangs once: the real stall watchdog ends the task
   TOY_RAISE=<stage>:<error>   every task of that stage raises `error` (see RAISES)
@@ -23,9 +25,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from svd_hpc.eval.selection import select_tasks
 from svd_hpc.rundir.atomic import atomic_path, atomic_write_json
-from svd_hpc.rundir.layout import RunDir
+from svd_hpc.rundir.layout import RunDir, selection_checkpoint
 from svd_hpc.sampling.watchdog import Watchdog
+from svd_hpc.stages import select
 
 
 def _torch():
@@ -134,7 +138,31 @@ def train(run: RunDir, index: int) -> dict | None:
             if time.time() > deadline:
                 raise RuntimeError("not every rank reported")
             time.sleep(0.2)
+        _export_selection_checkpoints(run)
         return _finish(run, "train", index, start)
+
+
+def _export_selection_checkpoints(run: RunDir) -> None:
+    """With train.select: each selection checkpoint's folder, TOY_SELECT_GAP seconds apart, as train saves them."""
+    cfg = run.load_config()
+    for step in cfg.train.select.steps(cfg.train.steps):
+        time.sleep(float(os.environ.get("TOY_SELECT_GAP", "0")))
+        with atomic_path(selection_checkpoint(run, step, cfg.train.steps)) as tmp:
+            tmp.mkdir(parents=True)
+            (tmp / "config.json").write_text("{}")
+
+
+def select_eval(run: RunDir, index: int) -> dict:
+    """The real wait for the checkpoint, then a score per step from TOY_SELECT_SCORES ("2:0.5,4:0.25")."""
+    start = time.time()
+    cfg = run.load_config()
+    step = select.selection_steps(cfg)[index]
+    select.wait_for_checkpoint(run, cfg, step)
+    scores = dict(item.split(":") for item in os.environ.get("TOY_SELECT_SCORES", "").split(",") if item)
+    for _, task in select_tasks(cfg):
+        summary = {"pass_at_1": float(scores.get(str(step), 0)), "completion_tokens": 1, "samples": 1}
+        atomic_write_json(select.output_path(run, step, task).with_suffix(".json"), summary)
+    return _finish(run, "select_eval", index, start)
 
 
 def _record(stage: str):
@@ -170,6 +198,7 @@ BODIES = {
     "eval_base": eval_base,
     "eval_trained": eval_trained,
     "report": report,
+    "select_eval": select_eval,  # select itself runs its real body on these scores
 }
 # the real train stage among toy ones (tests of the sbatch train template)
 BODIES_BUT_TRAIN = {stage: body for stage, body in BODIES.items() if stage != "train"}

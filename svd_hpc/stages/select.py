@@ -62,7 +62,7 @@ def train_ended(run: RunDir) -> str | None:
 def wait_for_checkpoint(run: RunDir, cfg: RunConfig, step: int) -> Path:
     """The checkpoint of `step` once train has saved it; ValueError once it cannot come or took too long."""
     path = selection_checkpoint(run, step, cfg.train.steps)
-    deadline = time.monotonic() + 60 * cfg.train.select.wait_minutes
+    deadline, polls = time.monotonic() + 60 * cfg.train.select.wait_minutes, 0
     while not (path / "config.json").is_file():
         # train's done marker is written after its last export: a checkpoint still missing then never comes
         if run.is_done("train", 0) and not path.is_dir():
@@ -77,7 +77,9 @@ def wait_for_checkpoint(run: RunDir, cfg: RunConfig, step: int) -> Path:
                 f"{cfg.train.select.wait_minutes:g}; check the train job (`status`), then resume the run."
             )
         log.info(f"select_eval: waiting for {path}")
-        time.sleep(POLL_S)
+        # quick looks first (a checkpoint due any moment), then every POLL_S
+        time.sleep(min(POLL_S, 2.0**polls))
+        polls += 1
     return path
 
 
