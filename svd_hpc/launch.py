@@ -149,6 +149,7 @@ def seeds_table(stats: dict) -> Table:
     rows = [
         ("source", f"{stats.get('path', '')} ({stats.get('format', '?')})"),
         ("rows read", f"{stats.get('rows_read', 0):,}"),
+        *([("filtered out", f"{stats['filtered_out']:,}")] if "filtered_out" in stats else []),
         ("questions", f"{stats.get('seeds', 0):,}"),
         ("duplicates dropped", f"{stats.get('duplicates_dropped', 0):,}"),
     ]
