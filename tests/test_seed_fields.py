@@ -120,3 +120,14 @@ def test_filter_field_and_value_go_together(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"seeds.sources\[0\].filter_field and seeds.sources\[0\].filter_value"):
         config.load(cfg)
+
+
+def test_the_qwen3_0_6b_math_config_reads_openthoughts3_math_rows(tmp_path):
+    """The config's field names against a copy shaped as OpenThoughts3-1.2M (domain, conversations)."""
+    repo = Path(__file__).resolve().parents[1]
+    path = write(tmp_path, "parquet", OT3_ROWS)
+    cfg = config.load(repo / "configs" / "qwen3-0.6b-math.yaml", [f"seeds.path={path}", "seeds.shards=1"])
+    assert cfg.seeds.limit == 53000 and cfg.seeds.path == str(path)
+    table, stats = seeds.load_with_report(cfg.seeds)
+    assert table.column("question").to_pylist() == ["What is 2+2?", "What is 3+3?"]
+    assert stats["filtered_out"] == 2
