@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import ConfigError, ModelConfig, RunConfig
-from ..eval import benchmarks
+from ..eval import authors_copies, benchmarks
 from ..eval import prompts as eval_prompts
 from ..eval.benchmarks import Problem
 from ..eval.grade import grade_all
@@ -305,6 +305,7 @@ def run_eval_task(run: RunDir, stage: str, index: int, engine: Engine | None = N
     model_cfg = model_config(run, cfg, model)
     spec = next(b for b in cfg.eval.benchmarks if b.name == task.benchmark)
     problems, left_out = benchmarks.load_counted(spec)
+    copy = authors_copies.check(spec.name, spec.preset, [(p.question, p.answer or "") for p in problems])
     if any(p.grader == "code" for p in problems):  # refuse before loading a model, where the code would run
         require_isolation(cfg.eval.allow_unisolated_code, f"code benchmark '{spec.name}'")
     out = output_path(run, model, task)
@@ -332,6 +333,8 @@ def run_eval_task(run: RunDir, stage: str, index: int, engine: Engine | None = N
     table = pa.Table.from_pylist([checkpoint[p.question_id] for p in problems], schema=EVAL)
     summary = summarize(table, task, model, spec.name, problems[0], model_cfg.path)
     summary.update(seconds=round(time.perf_counter() - started, 2), chunks_resumed=resumed, rows_left_out=left_out)
+    if copy:  # a preset with a stored fingerprint of the authors' copy: whether this one is the same
+        summary["authors_copy"] = copy
     if problems[0].grader == "code":
         summary.update(code_tests=cfg.eval.code_tests, code_time_limit=cfg.eval.code_time_limit)
     with atomic_path(out) as tmp:
