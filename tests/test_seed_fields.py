@@ -131,3 +131,14 @@ def test_the_qwen3_0_6b_math_config_reads_openthoughts3_math_rows(tmp_path):
     table, stats = seeds.load_with_report(cfg.seeds)
     assert table.column("question").to_pylist() == ["What is 2+2?", "What is 3+3?"]
     assert stats["filtered_out"] == 2
+
+
+def test_an_unquoted_number_or_flag_as_filter_value_is_read_as_text(tmp_path):
+    path = write(tmp_path, "jsonl", [{"q": "a", "n": 3, "ok": True}, {"q": "b", "n": 4, "ok": False}])
+    cfg = tmp_path / "run.yaml"
+    for field, value, kept in (("n", 3, ["a"]), ("ok", False, ["b"])):
+        cfg.write_text(
+            f"name: t\nseeds: {{path: {path}, question_field: q, filter_field: {field}, filter_value: {value}}}\n"
+        )
+        seeds_cfg = config.load(cfg).seeds
+        assert seeds.load(seeds_cfg).column("question").to_pylist() == kept
