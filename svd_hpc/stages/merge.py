@@ -23,6 +23,7 @@ whose first question_id hashes below merge.validation_fraction.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 from collections.abc import Sequence
@@ -37,10 +38,12 @@ import pyarrow.parquet as pq
 
 from .. import records
 from ..config import VERIFY_STAGES, RunConfig
+from ..eval.benchmarks import contamination_index
+from ..inputs.decontam import Index
 from ..merge import funnel, selection
 from ..merge.writers import ROW_GROUP_ROWS, RowGroupWriter, Spill
 from ..publish import hub
-from ..rundir.atomic import atomic_path, atomic_write_json
+from ..rundir.atomic import atomic_path, atomic_write_json, atomic_write_text
 from ..rundir.layout import RunDir
 
 log = logging.getLogger("svd_hpc")
@@ -184,6 +187,8 @@ class ShardPass:
     limit: int | None  # candidates kept per question (None: all)
     spill: Spill
     counts: funnel.Counts = field(default_factory=funnel.Counts)
+    index: Index | None = None  # the eval questions (decontaminate.enabled), else no test
+    contaminated: list[dict] = field(default_factory=list)  # one record per (candidate, eval question) overlap
     question_parts: list[pa.Table] = field(default_factory=list)
     candidate_parts: list[pa.Table] = field(default_factory=list)
     rows: int = 0  # candidates picked so far: the next pick's row number in the spill
@@ -216,10 +221,49 @@ def _count_shard(table: pa.Table, cfg: RunConfig, counts: funnel.Counts, votes) 
     return valid
 
 
+def _contaminated(table: pa.Table, valid: np.ndarray, shard: int, state: ShardPass) -> np.ndarray:
+    """Per row, whether a valid candidate's question or solution overlaps an eval question; records each overlap.
+
+    The question is tested as a seed is at launch (exact and n-gram), the solution by n-grams alone.
+    """
+    flagged = np.zeros(table.num_rows, bool)
+    rows = np.flatnonzero(valid)
+    if state.index is None or not len(rows):
+        return flagged
+    dropped = state.cfg.decontaminate.solutions
+    questions: dict[str, list] = {}  # a question repeats per candidate: tested once
+    part = table.select(["question_id", "question", "domain", "candidate_index", "text"]).take(pa.array(rows))
+    for row, record in zip(rows, part.to_pylist()):
+        question = record["question"] or ""
+        if question not in questions:
+            questions[question] = [(m, "question") for m in state.index.matches(question)]
+        found = questions[question] + [(m, "solution") for m in state.index.matches(record["text"] or "", exact=False)]
+        if found:
+            flagged[row] = True
+            state.contaminated += [
+                {
+                    "seed_id": record["question_id"],
+                    "candidate_index": record["candidate_index"],
+                    "shard": shard,
+                    "domain": record["domain"] or "unknown",
+                    "in": where,
+                    **match.as_json(),
+                    "dropped": dropped,
+                }
+                for match, where in found
+            ]
+    return flagged
+
+
 def _scan_shard(table: pa.Table, index: int, state: ShardPass) -> pa.Table:
     """Thresholds and local selection for one shard; spills the picks, returns their metadata."""
     votes = selection.stage_votes(table)
     valid = _count_shard(table, state.cfg, state.counts, votes)
+    if state.index is not None:
+        flagged = _contaminated(table, valid, index, state)
+        state.counts.add_rows(pc.fill_null(table["domain"], "unknown"), {"contaminated_solutions": flagged})
+        if state.cfg.decontaminate.solutions:
+            valid = valid & ~flagged  # dropped before selection: another candidate of the question may be kept
     qids = table["question_id"].chunk(0)
     codes = qids.indices.to_numpy()
     cidx = table["candidate_index"].to_numpy()
@@ -292,9 +336,17 @@ def _resolve(state: ShardPass) -> Picks:
     return Picks(questions, candidates, result, bucket_ids=state.spill.close())
 
 
-def merge_shards(paths: Sequence[str | Path], cfg: RunConfig, out_dir: str | Path) -> dict:
+def merge_shards(
+    paths: Sequence[str | Path],
+    cfg: RunConfig,
+    out_dir: str | Path,
+    index: Index | None = None,
+    seeds_dropped: dict[str, int] | None = None,
+) -> dict:
     """Merge verify shards (shard i = paths[i]) into out_dir/sft/{train,validation}.parquet and stats.json.
 
+    index: the eval questions valid candidates are tested against (decontaminate); overlaps go to
+    out_dir/contaminated.jsonl. seeds_dropped: per domain, the seeds the launch dropped as contaminated.
     Returns the stats. The SFT rows are written as they are produced, never held all at once.
     """
     out_dir, paths = Path(out_dir), [Path(p) for p in paths]
@@ -302,13 +354,19 @@ def merge_shards(paths: Sequence[str | Path], cfg: RunConfig, out_dir: str | Pat
     readable = _readable_shards(paths, skipped)
     input_bytes = sum(paths[i].stat().st_size for i in readable)
     buckets = min(MAX_BUCKETS, max(1, -(-input_bytes // BUCKET_TARGET_BYTES)))
-    state = ShardPass(cfg, selection.selection_limit(cfg.merge), Spill(out_dir / ".spill", buckets))
+    state = ShardPass(cfg, selection.selection_limit(cfg.merge), Spill(out_dir / ".spill", buckets), index=index)
+    for domain, count in (seeds_dropped or {}).items():
+        state.counts.by_domain[domain]["contaminated_seeds"] += count
     try:
         _scan_shards(paths, readable, state, skipped)
-        written = _write_sft(out_dir / "sft", state, _resolve(state))
+        picks = _resolve(state)
+        written = _write_sft(out_dir / "sft", state, picks)
     finally:
         shutil.rmtree(state.spill.folder, ignore_errors=True)
     stats = funnel.summary(state.counts, cfg, skipped.shards, written)
+    if index is not None:
+        stats["decontamination"] = _decontamination(state, picks, index)
+        atomic_write_text(out_dir / "contaminated.jsonl", "".join(json.dumps(r) + "\n" for r in state.contaminated))
     atomic_write_json(out_dir / "stats.json", stats)
     overall = stats["overall"]
     log.info(
@@ -319,6 +377,30 @@ def merge_shards(paths: Sequence[str | Path], cfg: RunConfig, out_dir: str | Pat
         # an empty parquet is valid, but datasets.load_dataset refuses it: say so where it starts
         log.warning("merge kept no candidate; merge/stats.json shows the stage where they were lost")
     return stats
+
+
+def _decontamination(state: ShardPass, picks: Picks, index: Index) -> dict:
+    """stats.json's decontamination block; `overlapped` names the eval questions a kept SFT row overlaps,
+    which the report leaves out of the clean subset."""
+    kept = picks.result.kept
+    kept_pairs = set(
+        zip(
+            picks.candidates["question_id"].filter(pa.array(kept)).to_pylist(),
+            picks.candidates["candidate_index"].filter(pa.array(kept)).to_pylist(),
+        )
+    )
+    overlapped: dict[str, set] = {}
+    for record in state.contaminated:
+        if (record["seed_id"], record["candidate_index"]) in kept_pairs:
+            overlapped.setdefault(record["benchmark"], set()).add(record["question_id"])
+    return {
+        "ngram": index.n,
+        "solutions_dropped": state.cfg.decontaminate.solutions,
+        "eval_questions": index.questions,
+        "contaminated_seeds": sum(c["contaminated_seeds"] for c in state.counts.by_domain.values()),
+        "overlapped": {bench: sorted(qids) for bench, qids in sorted(overlapped.items())},
+        "list": "contaminated.jsonl",
+    }
 
 
 def _validation_rows(picks: Picks, state: ShardPass) -> np.ndarray:
@@ -399,12 +481,30 @@ def _write_sft(sft_dir: Path, state: ShardPass, picks: Picks) -> dict[str, int]:
     return written
 
 
+def seeds_dropped(run: RunDir) -> dict[str, int]:
+    """Per domain, the seeds the launch dropped as contaminated (the run's seeds/contaminated.jsonl)."""
+    top = getattr(run, "run", run)  # a round's seeds come from the launch's pool
+    path = top.stage_dir("seeds") / "contaminated.jsonl"
+    if not path.is_file():
+        return {}
+    seen: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            seen[record["seed_id"]] = record["domain"]
+    out: dict[str, int] = {}
+    for domain in seen.values():
+        out[domain] = out.get(domain, 0) + 1
+    return out
+
+
 def run_task(run: RunDir, index: int) -> dict:
     """The merge stage body: one task (index 0) over all verify shards of the run."""
     cfg = run.load_config()
     paths = [run.shard_path("verify", i) for i in range(cfg.seeds.shards)]
+    index = contamination_index(cfg)
     with atomic_path(run.stage_dir("merge")) as tmp:
-        stats = merge_shards(paths, cfg, tmp)
+        stats = merge_shards(paths, cfg, tmp, index, seeds_dropped(run) if index is not None else None)
         funnel.chart(stats, tmp / "funnel.png")
     funnel.print_table(stats)
     hub.publish_dataset(run, cfg)  # once, here, not per task; a failed push is recorded, the run goes on
