@@ -19,7 +19,8 @@ class DecontaminateConfig:
     """
 
     enabled: bool = True
-    """Test seeds (and, with `solutions`, solutions) against the eval benchmarks; false: no test, no clean subset."""
+    """Test the seeds at launch and the valid candidates at merge against eval.benchmarks' questions; false: no
+    test, nothing dropped, no clean subset in the report."""
     ngram: int | None = 13
     """Words in a shared run that counts as overlap (13: GPT-3's and lm-evaluation-harness's test); null: the
     exact-question test alone. Short benchmark questions (fewer words) are tested by exact match only."""

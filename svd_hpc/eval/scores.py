@@ -160,7 +160,7 @@ def overlapped(run: RunDir) -> dict[str, set[str]] | None:
     """Benchmark -> the eval questions a kept training row overlaps (merge/stats.json); None when the merge
     did not test for contamination (decontaminate.enabled false, or no merge yet)."""
     stats = run.load_json(run.stage_dir("merge") / "stats.json")
-    block = (stats or {}).get("decontamination")
+    block = stats.get("decontamination") if isinstance(stats, dict) else None
     if not isinstance(block, dict):
         return None
     return {bench: set(qids) for bench, qids in (block.get("overlapped") or {}).items()}
