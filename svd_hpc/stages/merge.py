@@ -23,7 +23,6 @@ whose first question_id hashes below merge.validation_fraction.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 from collections.abc import Sequence
@@ -40,10 +39,10 @@ from .. import records
 from ..config import VERIFY_STAGES, RunConfig
 from ..eval.benchmarks import contamination_index
 from ..inputs.decontam import Index
-from ..merge import funnel, selection
+from ..merge import contamination, funnel, selection
 from ..merge.writers import ROW_GROUP_ROWS, RowGroupWriter, Spill
 from ..publish import hub
-from ..rundir.atomic import atomic_path, atomic_write_json, atomic_write_text
+from ..rundir.atomic import atomic_path, atomic_write_json
 from ..rundir.layout import RunDir
 
 log = logging.getLogger("svd_hpc")
@@ -221,46 +220,12 @@ def _count_shard(table: pa.Table, cfg: RunConfig, counts: funnel.Counts, votes) 
     return valid
 
 
-def _contaminated(table: pa.Table, valid: np.ndarray, shard: int, state: ShardPass) -> np.ndarray:
-    """Per row, whether a valid candidate's question or solution overlaps an eval question; records each overlap.
-
-    The question is tested as a seed is at launch (exact and n-gram), the solution by n-grams alone.
-    """
-    flagged = np.zeros(table.num_rows, bool)
-    rows = np.flatnonzero(valid)
-    if state.index is None or not len(rows):
-        return flagged
-    dropped = state.cfg.decontaminate.solutions
-    questions: dict[str, list] = {}  # a question repeats per candidate: tested once
-    part = table.select(["question_id", "question", "domain", "candidate_index", "text"]).take(pa.array(rows))
-    for row, record in zip(rows, part.to_pylist()):
-        question = record["question"] or ""
-        if question not in questions:
-            questions[question] = [(m, "question") for m in state.index.matches(question)]
-        found = questions[question] + [(m, "solution") for m in state.index.matches(record["text"] or "", exact=False)]
-        if found:
-            flagged[row] = True
-            state.contaminated += [
-                {
-                    "seed_id": record["question_id"],
-                    "candidate_index": record["candidate_index"],
-                    "shard": shard,
-                    "domain": record["domain"] or "unknown",
-                    "in": where,
-                    **match.as_json(),
-                    "dropped": dropped,
-                }
-                for match, where in found
-            ]
-    return flagged
-
-
 def _scan_shard(table: pa.Table, index: int, state: ShardPass) -> pa.Table:
     """Thresholds and local selection for one shard; spills the picks, returns their metadata."""
     votes = selection.stage_votes(table)
     valid = _count_shard(table, state.cfg, state.counts, votes)
     if state.index is not None:
-        flagged = _contaminated(table, valid, index, state)
+        flagged = contamination.flag_candidates(table, valid, index, state.index, state.cfg, state.contaminated)
         state.counts.add_rows(pc.fill_null(table["domain"], "unknown"), {"contaminated_solutions": flagged})
         if state.cfg.decontaminate.solutions:
             valid = valid & ~flagged  # dropped before selection: another candidate of the question may be kept
@@ -365,8 +330,9 @@ def merge_shards(
         shutil.rmtree(state.spill.folder, ignore_errors=True)
     stats = funnel.summary(state.counts, cfg, skipped.shards, written)
     if index is not None:
-        stats["decontamination"] = _decontamination(state, picks, index)
-        atomic_write_text(out_dir / "contaminated.jsonl", "".join(json.dumps(r) + "\n" for r in state.contaminated))
+        kept = picks.candidates.filter(pa.array(picks.result.kept))
+        stats["decontamination"] = contamination.summary(state.contaminated, kept, index, cfg, stats["overall"])
+        contamination.write_list(out_dir / "contaminated.jsonl", state.contaminated)
     atomic_write_json(out_dir / "stats.json", stats)
     overall = stats["overall"]
     log.info(
@@ -377,30 +343,6 @@ def merge_shards(
         # an empty parquet is valid, but datasets.load_dataset refuses it: say so where it starts
         log.warning("merge kept no candidate; merge/stats.json shows the stage where they were lost")
     return stats
-
-
-def _decontamination(state: ShardPass, picks: Picks, index: Index) -> dict:
-    """stats.json's decontamination block; `overlapped` names the eval questions a kept SFT row overlaps,
-    which the report leaves out of the clean subset."""
-    kept = picks.result.kept
-    kept_pairs = set(
-        zip(
-            picks.candidates["question_id"].filter(pa.array(kept)).to_pylist(),
-            picks.candidates["candidate_index"].filter(pa.array(kept)).to_pylist(),
-        )
-    )
-    overlapped: dict[str, set] = {}
-    for record in state.contaminated:
-        if (record["seed_id"], record["candidate_index"]) in kept_pairs:
-            overlapped.setdefault(record["benchmark"], set()).add(record["question_id"])
-    return {
-        "ngram": index.n,
-        "solutions_dropped": state.cfg.decontaminate.solutions,
-        "eval_questions": index.questions,
-        "contaminated_seeds": sum(c["contaminated_seeds"] for c in state.counts.by_domain.values()),
-        "overlapped": {bench: sorted(qids) for bench, qids in sorted(overlapped.items())},
-        "list": "contaminated.jsonl",
-    }
 
 
 def _validation_rows(picks: Picks, state: ShardPass) -> np.ndarray:
@@ -481,30 +423,13 @@ def _write_sft(sft_dir: Path, state: ShardPass, picks: Picks) -> dict[str, int]:
     return written
 
 
-def seeds_dropped(run: RunDir) -> dict[str, int]:
-    """Per domain, the seeds the launch dropped as contaminated (the run's seeds/contaminated.jsonl)."""
-    top = getattr(run, "run", run)  # a round's seeds come from the launch's pool
-    path = top.stage_dir("seeds") / "contaminated.jsonl"
-    if not path.is_file():
-        return {}
-    seen: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            seen[record["seed_id"]] = record["domain"]
-    out: dict[str, int] = {}
-    for domain in seen.values():
-        out[domain] = out.get(domain, 0) + 1
-    return out
-
-
 def run_task(run: RunDir, index: int) -> dict:
     """The merge stage body: one task (index 0) over all verify shards of the run."""
     cfg = run.load_config()
     paths = [run.shard_path("verify", i) for i in range(cfg.seeds.shards)]
     index = contamination_index(cfg)
     with atomic_path(run.stage_dir("merge")) as tmp:
-        stats = merge_shards(paths, cfg, tmp, index, seeds_dropped(run) if index is not None else None)
+        stats = merge_shards(paths, cfg, tmp, index, contamination.seeds_dropped(run) if index is not None else None)
         funnel.chart(stats, tmp / "funnel.png")
     funnel.print_table(stats)
     hub.publish_dataset(run, cfg)  # once, here, not per task; a failed push is recorded, the run goes on
