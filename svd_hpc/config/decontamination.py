@@ -13,7 +13,8 @@ class DecontaminateConfig:
 
     At launch every seed question is tested against every question of eval.benchmarks: the same text
     after normalisation (lower case, punctuation deleted, whitespace collapsed), or a shared run of
-    `ngram` words. Contaminated seeds are dropped and listed in seeds/contaminated.jsonl. At merge the
+    `ngram` words. Contaminated seeds are dropped (after seeds.limit is applied, so a limit may leave fewer
+    seeds) and listed in seeds/contaminated.jsonl. At merge the
     same test runs on each valid candidate's solution (merge/contaminated.jsonl), and report.md gives
     pass@1 on the clean subset: the eval questions that no kept training row overlaps.
     """
