@@ -37,6 +37,7 @@ from . import config as config_mod
 from .config import ConfigError, RunConfig, reference
 from .forecast import memory_check, pilot
 from .inputs import staging
+from .inputs.decontam import Index
 from .publish import hub
 from .rundir.atomic import atomic_write_json
 from .rundir.contract import EXIT_USER_ERROR
@@ -126,7 +127,7 @@ def _record_submissions(run: RunDir, plan: list[Stage], subs: list[slurm.Submiss
     atomic_write_json(run.jobs_path, data)
 
 
-def _prepare_seeds(cfg: RunConfig, run: RunDir, dry_run: bool) -> None:
+def _prepare_seeds(cfg: RunConfig, run: RunDir, dry_run: bool, index: Index | None) -> None:
     from .inputs import seeds
 
     if dry_run and seeds.reads_hub(cfg.seeds):
@@ -137,7 +138,7 @@ def _prepare_seeds(cfg: RunConfig, run: RunDir, dry_run: bool) -> None:
         where = seeds.describe(cfg.seeds)
         console.print(f"seeds: {table.num_rows} questions from {where} -> {cfg.seeds.shards} shards of ≤{per_shard}")
         return
-    console.print(seeds_table(seeds.prepare(cfg, run)))
+    console.print(seeds_table(seeds.prepare(cfg, run, index)))
 
 
 def seeds_table(stats: dict) -> Table:
@@ -153,6 +154,8 @@ def seeds_table(stats: dict) -> Table:
         ("questions", f"{stats.get('seeds', 0):,}"),
         ("duplicates dropped", f"{stats.get('duplicates_dropped', 0):,}"),
     ]
+    if "contaminated_dropped" in stats:  # decontaminate.enabled with a benchmark to test against
+        rows.append(("contaminated dropped", f"{stats['contaminated_dropped']:,} (seeds/contaminated.jsonl)"))
     if stats.get("questions_stripped"):  # only worth a line when some question had surrounding whitespace
         rows.append(("whitespace stripped", f"{stats['questions_stripped']:,} questions"))
     if stats.get("per_domain"):
@@ -188,11 +191,15 @@ def prepare(cfg: RunConfig, run: RunDir, dry_run: bool = False) -> list[Stage]:
         console.print(f"seeds: {seeds.describe(cfg.seeds)}: read from the hub and sharded at launch.")
     else:
         seeds.load(cfg.seeds)  # bad seeds stop us before anything is written or submitted
+    index = None
+    if not dry_run and not all(run.shard_path("seeds", i).exists() for i in range(cfg.seeds.shards)):
+        # the benchmarks were staged above; a seed that overlaps one of their questions never reaches generate
+        index = benchmarks.contamination_index(cfg)
     run.root.mkdir(parents=True, exist_ok=True)
     staged.save(run)
     run.write_config(cfg, {"version": __version__, "git_commit": _git_commit()})
     atomic_write_json(run.plan_path, plan_to_json(plan))
-    _prepare_seeds(cfg, run, dry_run)
+    _prepare_seeds(cfg, run, dry_run, index)
     return plan
 
 

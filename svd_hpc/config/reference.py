@@ -20,6 +20,7 @@ import yaml
 
 from .checks import ConfigError
 from .cluster import ClusterProfile, StageResources
+from .decontamination import DecontaminateConfig
 from .evaluation import BenchmarkSpec, EvalConfig
 from .hub import HubConfig
 from .iteration import IterationConfig
@@ -48,6 +49,7 @@ SECTIONS: dict[str, tuple[type, str]] = {
     "train": (TrainConfig, "train."),
     "eval": (EvalConfig, "eval."),
     "eval.benchmarks": (BenchmarkSpec, "eval.benchmarks[]."),
+    "decontaminate": (DecontaminateConfig, "decontaminate."),
     "iteration": (IterationConfig, "iteration."),
     "resources": (StageResources, "resources.STAGE."),
     "hub": (HubConfig, "hub."),

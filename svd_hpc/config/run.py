@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from .checks import STAGE_NAMES, ConfigError
 from .cluster import ClusterProfile, StageResources
+from .decontamination import DecontaminateConfig
 from .evaluation import EvalConfig
 from .hub import HubConfig
 from .iteration import IterationConfig
@@ -40,6 +41,8 @@ class RunConfig:
     """Stage 4 (see train)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation of base and trained model (see eval)."""
+    decontaminate: DecontaminateConfig = field(default_factory=DecontaminateConfig)
+    """Seeds and solutions that overlap an eval benchmark's questions, dropped (see decontaminate)."""
     rounds: int = 1
     """Rounds of the method chained in one launch: round r+1 generates, judges and trains with round r's
     model; each round in RUN_DIR/round-R/ when more than 1 (1: today's single-round layout)."""
@@ -68,6 +71,7 @@ class RunConfig:
             section.check(source)
         self.merge.check(self.verify.votes, source)
         self.eval.check(source)
+        self.decontaminate.check(source)
         self.hub.check(source)
         self.iteration.check(self.rounds, self.train.enabled, bool(self.eval.benchmarks), source)
         for stage, res in self.resources.items():

@@ -35,8 +35,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from ..config import BenchmarkSpec, ConfigError
+from ..config import BenchmarkSpec, ConfigError, RunConfig
 from ..inputs import staging
+from ..inputs.decontam import EvalQuestion, Index
 from ..inputs.sources import JSONL_SUFFIXES, MissingSplit, read_dataset_split, read_jsonl
 from .presets import PRESETS, Preset, Source, resolve, seeds_of
 from .problems import Problem, _problems, in_contest_window
@@ -60,6 +61,24 @@ __all__ = [  # the presets and the problem shape, as callers know them from here
 def from_rows(spec: BenchmarkSpec, rows: list[dict]) -> list[Problem]:
     """The problems of rows already in memory, read as the benchmark's layout and preset say."""
     return _problems(resolve(spec), rows, "the given rows", Counter())
+
+
+def contamination_index(cfg: RunConfig) -> Index | None:
+    """Every eval benchmark's questions (as evaluated: `limit` applied), to test training data against;
+    None when decontaminate.enabled is false or there is no benchmark."""
+    if not cfg.decontaminate.enabled or not cfg.eval.benchmarks:
+        return None
+    questions = []
+    for spec in cfg.eval.benchmarks:
+        try:
+            problems = load(spec)
+        except ValueError as err:  # the eval would fail on it later; here it stops the launch, so say how to go on
+            raise ValueError(
+                f"{str(err).rstrip('.')}. Decontamination (decontaminate.enabled) reads every benchmark at launch; "
+                "fix the benchmark, or set decontaminate.enabled: false."
+            ) from None
+        questions += [EvalQuestion(spec.name, p.question_id, p.question) for p in problems]
+    return Index(questions, cfg.decontaminate.ngram)
 
 
 def load(spec: BenchmarkSpec) -> list[Problem]:

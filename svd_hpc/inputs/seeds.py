@@ -14,6 +14,7 @@ and every prefix holds each domain in its share (`interleave`); shards are slice
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +26,10 @@ import pyarrow.parquet as pq
 
 from ..config import DOMAINS, RunConfig, SeedsConfig, SeedSource
 from ..records import SEED, question_id
-from ..rundir.atomic import atomic_path, atomic_write_json
+from ..rundir.atomic import atomic_path, atomic_write_json, atomic_write_text
 from ..rundir.layout import RunDir
 from . import staging
+from .decontam import Index
 from .fields import column_at, equals, filter_mask, value_at
 from .sources import JSONL_SUFFIXES, MissingSplit, read_dataset_split, read_jsonl
 
@@ -359,11 +361,26 @@ def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
     return [(i * n // shards, (i + 1) * n // shards) for i in range(shards)]
 
 
-def prepare(cfg: RunConfig, run: RunDir) -> dict:
+def drop_contaminated(table: pa.Table, index: Index) -> tuple[pa.Table, list[dict]]:
+    """The seeds that overlap no eval question, and one record per (dropped seed, eval question) it overlaps."""
+    keep, listed = [], []
+    for qid, question, domain in zip(*(table[c].to_pylist() for c in ("question_id", "question", "domain"))):
+        found = index.matches(question)
+        keep.append(not found)
+        listed += [{"seed_id": qid, "domain": domain, **m.as_json(), "question": question} for m in found]
+    return table.filter(pa.array(keep, pa.bool_())), listed
+
+
+def contaminated_path(run: RunDir):
+    return run.stage_dir("seeds") / "contaminated.jsonl"
+
+
+def prepare(cfg: RunConfig, run: RunDir, index: Index | None = None) -> dict:
     """Split the seeds into cfg.seeds.shards shard files in the run directory, once.
 
-    The stats file is written last; once it exists with the same shard count, later calls
-    (resume) return it without reading the seed source again.
+    index: the eval questions (eval.benchmarks.contamination_index); seeds that overlap one are dropped
+    and listed in seeds/contaminated.jsonl. The stats file is written last; once it exists with the same
+    shard count, later calls (resume) return it without reading the seed source again.
     """
     stats_path = run.stage_dir("seeds") / "stats.json"
     previous = run.load_json(stats_path)
@@ -375,6 +392,19 @@ def prepare(cfg: RunConfig, run: RunDir) -> dict:
     ):
         return previous
     table, stats = load_with_report(cfg.seeds)
+    if index is not None:
+        table, listed = drop_contaminated(table, index)
+        dropped = len({r["seed_id"] for r in listed})
+        domains = table["domain"].to_pylist()
+        stats.update(
+            seeds=table.num_rows,
+            contaminated_dropped=dropped,
+            per_domain={d: domains.count(d) for d in DOMAINS if d in domains},
+            decontaminate={"ngram": index.n, "eval_questions": index.questions},
+        )
+        atomic_write_text(contaminated_path(run), "".join(json.dumps(r) + "\n" for r in listed))
+        if dropped:
+            log.warning(f"seeds: dropped {dropped} seed(s) that overlap an eval question; see {contaminated_path(run)}")
     if table.num_rows < shards:
         log.warning(f"seeds: {table.num_rows} questions over {shards} shards; some shards are empty")
     sizes = write_shards(run, table, cfg.seeds)
