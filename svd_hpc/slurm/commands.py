@@ -83,6 +83,11 @@ def gres_gpus(gres: str) -> int:
     return sum(int(m) for m in re.findall(r"(?:^|,)gpu(?::[^:,(]+)?:(\d+)", gres))
 
 
+def tres_gpus(tres: str) -> int:
+    """The GPUs in sacct's AllocTRES, e.g. "cpu=8,gres/gpu:a100=4,gres/gpu=4,mem=64G" → 4; none → 0."""
+    return max((int(n) for n in re.findall(r"gres/gpu(?::[^=,]+)?=(\d+)", tres)), default=0)
+
+
 def partition_slots(partition: str | None, cpus: int, mem: str | None, gpus: int) -> int | None:
     """How many tasks of this size the partition's nodes hold at once, all idle (sinfo); None if unknown.
 
@@ -344,9 +349,17 @@ class TaskState:
 def sacct(job_ids: list[str], fields: list[str]) -> list[list[str]] | None:
     """The accounting rows of `job_ids` (one per allocation, `fields` in order); None when there is
     no accounting to read: sacct missing, failing, or silent."""
-    if not job_ids or shutil.which("sacct") is None:
+    if not job_ids:
         return None
-    command = ["sacct", "-n", "-P", "-X", f"--format={','.join(fields)}", "-j", ",".join(job_ids)]
+    return sacct_rows(["-j", ",".join(job_ids)], fields)
+
+
+def sacct_rows(selection: list[str], fields: list[str]) -> list[list[str]] | None:
+    """The accounting rows sacct selects with `selection` (e.g. ["-j", "17"] or ["-u", USER, "-r", PART]),
+    one per allocation; None when sacct is missing, fails or prints nothing."""
+    if shutil.which("sacct") is None:
+        return None
+    command = ["sacct", "-n", "-P", "-X", f"--format={','.join(fields)}", *selection]
     try:
         proc = _run(command, "sacct", check=False)
     except (OSError, subprocess.TimeoutExpired, ClusterError):
