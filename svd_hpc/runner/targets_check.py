@@ -96,11 +96,11 @@ def check(
         elif end is not None and end > goals.deadline:
             late = "at least " if lower_bound else ""
             warnings.append(
-                f"the projected end {iso(end)} is {late}{(end - goals.deadline) / 3600:.1f} h past the deadline "
+                f"the projected end {iso(end)} is {late}{progress.duration(end - goals.deadline)} past the deadline "
                 f"{iso(goals.deadline)}"
             )
     if goals.gpu_hours is not None and has_gpus and used > goals.gpu_hours:
-        late = f", at least (not counted yet: {', '.join(unknown)})" if unknown else ""
+        late = f" (at least: {', '.join(unknown)} not counted yet)" if unknown else ""
         warnings.append(f"the projected {used:.1f} GPU-hours{late} exceed the budget of {goals.gpu_hours:g}")
     return {
         **goals.to_json(),
