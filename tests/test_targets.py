@@ -293,3 +293,24 @@ def test_status_within_the_targets_or_without_any_warns_of_nothing(tmp_path):
     validate(data)
     assert data["targets"] is None
     assert not any(str(x).startswith("targets:") for x in status.renderables(bare, statuses(), now))
+
+
+def test_pilot_with_targets_writes_and_prints_its_proposal(tmp_path):
+    """The pilot end to end (the toy bodies of test_pilot, the local scheduler), with a deadline and a budget."""
+    from tests.test_pilot import NO_TRAIN, run_launch, write_config
+
+    path = write_config(tmp_path, questions=12)
+    proc = run_launch(
+        "--config", str(path), "--pilot", "2", *NO_TRAIN, "--deadline", "2099-01-01T00:00", "--gpu-hours", "5"
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "runs" / "p" / "pilot.json").read_text())
+    p = result["proposal"]
+    assert p["meets"] == {"deadline": True, "gpu_hours": None}  # no GPUs here: no budget to meet
+    assert p["cannot"] == [
+        "the GPU-hour budget: the run's tasks hold no GPUs (cluster local), so there are no GPU-hours to budget"
+    ]
+    assert p["queue_wait"]["generate"]["seconds"] is None
+    out = " ".join(proc.stdout.split())
+    assert "proposal to end by 2099-01-01T00:00:00" in out and "no queue wait: the local scheduler" in out
+    assert "cannot meet the GPU-hour budget" in out
