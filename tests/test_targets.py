@@ -20,6 +20,7 @@ from svd_hpc.rundir.atomic import atomic_write_json
 from svd_hpc.rundir.layout import RunDir
 from svd_hpc.rundir.planfile import Dependency, Stage, plan_to_json
 from svd_hpc.runner import status
+from svd_hpc.slurm import commands as slurm_commands
 from svd_hpc.slurm import queue_wait
 from svd_hpc.slurm.queue_wait import QueueWait
 from tests.helpers import REPO, write_config
@@ -150,6 +151,17 @@ def test_proposal_adds_nodes_before_it_cuts_steps(tmp_path):
     # the partition holds one train node: only fewer steps end in time, and half of them do
     one = proposal.propose(cfg, 4000, measured(True), targets.Targets(NOW + 6 * 3600, None), max_train_nodes=1, now=NOW)
     assert one["overrides"] == ["train.steps=500"] and one["meets"]["deadline"]
+
+
+def test_proposal_without_gpus_spends_the_fewest_task_hours(tmp_path):
+    """A CPU cluster: no GPU-hours to tell settings apart, so the fewest task-hours that end in time."""
+    profile = tmp_path / "cpu.yaml"
+    profile.write_text(yaml.safe_dump({"name": "cpu", "partition": "cpu", "time": "04:00:00"}))
+    cfg = cluster_config(tmp_path)
+    cfg = config_mod.load(tmp_path / "run.yaml", [f"cluster={profile}"])
+    p = proposal.propose(cfg, 4000, measured(), targets.Targets(NOW + 7200, 10.0), now=NOW)
+    assert p["settings"]["seeds.shards"] == 2 and p["gpu_hours"] is None  # 4 shards would end sooner, costing more
+    assert p["meets"] == {"deadline": True, "gpu_hours": None} and "hold no GPUs" in p["cannot"][0]
 
 
 def test_proposal_counts_the_queue_wait_and_says_how(tmp_path):
@@ -314,3 +326,24 @@ def test_pilot_with_targets_writes_and_prints_its_proposal(tmp_path):
     out = " ".join(proc.stdout.split())
     assert "proposal to end by 2099-01-01T00:00:00" in out and "no queue wait: the local scheduler" in out
     assert "cannot meet the GPU-hour budget" in out
+
+
+@pytest.mark.slurm
+def test_queue_wait_from_the_local_clusters_accounting(slurm_cluster, monkeypatch):
+    """Three finished one-node jobs of this user on the local cluster: the estimate is theirs, read by real sacct."""
+    from tests.helpers import slurm, wait_final
+
+    for key, value in slurm_cluster.items():
+        monkeypatch.setenv(key, value)
+    for _ in range(3):
+        job = slurm(["sbatch", "--parsable", "-p", "debug", "-N", "1", "-c", "1", "--wrap", "true"], slurm_cluster)
+        wait_final(job.stdout.strip().split(";")[0], slurm_cluster)
+    history = queue_wait.History("debug")
+    wait = history.wait(1, 0)
+    assert wait.seconds is not None and 0 <= wait.seconds < 60 and 3 <= wait.jobs <= queue_wait.LIKE_JOBS
+    assert "on partition debug (sacct)" in wait.how
+    assert history.wait(2, 4).how.startswith("queue wait not counted: sacct lists 0 of")  # no GPUs there
+    # the train nodes the proposal may use: 2 nodes of 8 CPUs, none with a GPU
+    assert slurm_commands.partition_nodes("debug", 8, None, 0) == 2
+    assert slurm_commands.partition_nodes("debug", 9, None, 0) == 0
+    assert slurm_commands.partition_nodes("debug", 1, None, 1) == 0

@@ -243,7 +243,8 @@ def train_nodes_available(cfg: RunConfig) -> int | None:
     if cfg.is_local or not slurm.available():
         return None
     res = resolve_resources(cfg, "train")
-    return slurm.partition_slots(res["partition"], res["cpus_per_task"] or 1, res["mem"], res["gpus_per_node"] or 0)
+    cpus = (res["cpus_per_task"] or 1) * res["ntasks_per_node"]  # a node's share: all its processes
+    return slurm.partition_nodes(res["partition"], cpus, res["mem"], res["gpus_per_node"] or 0) or None
 
 
 def engine_seconds(prun: RunDir, stage: str) -> float:

@@ -12,7 +12,7 @@ end adds the estimated queue wait of the vLLM arrays and of the train job (slurm
 
 Among the settings that meet every target given it keeps train.steps if it can (fewer steps is a
 weaker model, not only a cheaper run), then changes as few settings as it can, then spends the
-fewest GPU-hours. When none meets them all it says which target it cannot meet and why, and
+fewest GPU-hours (without GPUs: task-hours). When none meets them all it says which target it cannot meet and why, and
 proposes the settings that come closest: within the budget the earliest end, else the fastest.
 """
 
@@ -60,6 +60,7 @@ class Option:
     steps: int | None
     wall_s: float  # from launch to the end of the last projected stage, queue wait included
     gpu_hours: float
+    task_hours: float  # what it costs without GPUs: every task's hours, a node of train counted once
     parts: dict[str, float]  # seconds per part of the wall: queue, generate+verify, merge, train
 
     def settings(self) -> dict:
@@ -139,20 +140,23 @@ def options(
             c = _with(cfg, shards, caps)
             g, v = (projection.project_stage(c, s, measured["stages"][s], sizes, slots) for s in projection.VLLM_STAGES)
             wall = projection.schedule(g["task_s"], v["task_s"], g["parallel"], v["parallel"], slots)
-            arrays.append((shards, caps, wall, (g["gpu_hours"] or 0.0) + (v["gpu_hours"] or 0.0)))
-    trains: list[tuple[int | None, int | None, float, float]] = [(None, None, 0.0, 0.0)]
+            gpu = (g["gpu_hours"] or 0.0) + (v["gpu_hours"] or 0.0)
+            arrays.append((shards, caps, wall, gpu, g["task_hours"] + v["task_hours"]))
+    trains: list[tuple[int | None, int | None, float, float, float]] = [(None, None, 0.0, 0.0, 0.0)]
     if cfg.train.enabled and "train" in measured["stages"]:
         trains = []
         for nodes, steps in train_options(cfg, max_train_nodes):
             p = projection.project_train(_train_with(cfg, nodes, steps), measured["stages"]["train"])
-            trains.append((nodes, steps, p["wall_s"], p["gpu_hours"] or 0.0))
+            trains.append((nodes, steps, p["wall_s"], p["gpu_hours"] or 0.0, p["task_hours"] * nodes))
     merge_s = measured["stages"].get("merge", {}).get("wall_s", 0.0)
     vllm_wait = wait_for("generate", 1).seconds or 0.0
     out = []
-    for (shards, caps, wall, gpu), (nodes, steps, train_s, train_gpu) in itertools.product(arrays, trains):
+    for (shards, caps, wall, gpu, hours), (nodes, steps, train_s, train_gpu, train_hours) in itertools.product(
+        arrays, trains
+    ):
         train_wait = (wait_for("train", nodes).seconds or 0.0) if nodes else 0.0
         parts = {"queue": vllm_wait + train_wait, "generate+verify": wall, "merge": merge_s, "train": train_s}
-        out.append(Option(shards, caps, nodes, steps, sum(parts.values()), gpu + train_gpu, parts))
+        out.append(Option(shards, caps, nodes, steps, sum(parts.values()), gpu + train_gpu, hours + train_hours, parts))
     return out
 
 
@@ -201,7 +205,7 @@ def propose(
         return budget is None or o.gpu_hours <= budget + 1e-9
 
     def preference(o: Option):
-        return (-(o.steps or 0), _changes(cfg, o), o.gpu_hours, o.wall_s)
+        return (-(o.steps or 0), _changes(cfg, o), o.gpu_hours, o.task_hours, o.wall_s)
 
     cannot = []
     if targets.gpu_hours is not None and not has_gpus:

@@ -94,6 +94,18 @@ def partition_slots(partition: str | None, cpus: int, mem: str | None, gpus: int
     A node holds as many as its CPUs, memory and GPUs each allow; other users' jobs are not counted.
     No partition: the nodes of every partition (the site's default is among them).
     """
+    fits = _node_fits(partition, cpus, mem, gpus)
+    return sum(fits.values()) if fits else None
+
+
+def partition_nodes(partition: str | None, cpus: int, mem: str | None, gpus: int) -> int | None:
+    """How many of the partition's nodes can each hold one node's share of a job of this size (sinfo)."""
+    fits = _node_fits(partition, cpus, mem, gpus)
+    return sum(1 for n in fits.values() if n >= 1) if fits else None
+
+
+def _node_fits(partition: str | None, cpus: int, mem: str | None, gpus: int) -> dict[str, int] | None:
+    """Per node of the partition: how many tasks of this size it holds, all idle; None if sinfo fails."""
     where = ["-p", partition] if partition else []
     proc = _run(["sinfo", "-h", "-N", *where, "-o", "%N|%c|%m|%G"], "sinfo", check=False)
     if proc.returncode != 0:
@@ -110,7 +122,7 @@ def partition_slots(partition: str | None, cpus: int, mem: str | None, gpus: int
         if gpus:
             fits.append(gres_gpus(gres) // gpus)
         nodes[name] = min(fits)
-    return sum(nodes.values()) if nodes else None
+    return nodes
 
 
 def site_max_array_size() -> int:
