@@ -122,7 +122,7 @@ def test_proposal_changes_the_fewest_settings_that_meet_the_deadline(tmp_path):
     assert p["meets"] == {"deadline": True, "gpu_hours": True} and p["cannot"] == []
     assert p["end_epoch"] == pytest.approx(NOW + 4120 + 3)
     assert p["gpu_hours"] == pytest.approx(4 * 2060 / 3600)
-    assert "train is not projected" in p["covers"] and "resources.train.nodes" not in p["settings"]
+    assert "nor is train" in p["covers"] and "resources.train.nodes" not in p["settings"]
 
 
 def test_proposal_says_which_target_it_cannot_meet_and_why(tmp_path):

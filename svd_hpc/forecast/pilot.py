@@ -226,7 +226,7 @@ def cluster_slots(cfg: RunConfig) -> int | None:
 def queue_waits(cfg: RunConfig) -> proposal.WaitFor:
     """The estimated queue wait of a job of each stage's partition and size, from sacct (one read per partition)."""
     if cfg.is_local:
-        return lambda stage, nodes: QueueWait(None, "no queue wait: the local scheduler runs the tasks at once")
+        return lambda stage, nodes: QueueWait(None, "no queue wait: the local scheduler starts each task itself")
     histories: dict[str | None, queue_wait.History] = {}
 
     def wait_for(stage: str, nodes: int) -> QueueWait:
@@ -332,8 +332,8 @@ def run(
     projection.render(result, console)
     if targets:
         proposal.render(result["proposal"], console)
-    else:
-        console.print(f"queue wait, not in the finish times above: {result['queue_wait']['generate']['how']}.")
+    elif not cfg.is_local:  # the local scheduler does not queue
+        console.print(f"not in the finish times above: {result['queue_wait']['generate']['how']}.", highlight=False)
     console.print(f"pilot.json: {run.pilot_result_path}")
     return result
 

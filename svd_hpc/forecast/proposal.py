@@ -258,13 +258,12 @@ def propose(
         },
         "cannot": cannot,
         "queue_wait": {stage: w.to_json() for stage, w in waits.items()},
-        "covers": "generate, verify, merge"
-        + (" and train" if train else "")
-        + " with queue wait; eval is not projected"
+        "covers": f"generate, verify, merge{' and train' if train else ''}, queue wait included; eval is not projected"
         + (
             ""
             if train
-            else "; train is not projected (the pilot timed no training steps): nodes and steps not proposed"
+            else "; nor is train (train.enabled is false or the pilot timed no steps), so its nodes and steps are not "
+            "proposed"
         ),
         "tried": len(found),
     }
