@@ -30,6 +30,7 @@ from rich.table import Table
 
 from ..config import RunConfig, train_procs_per_node
 from ..inputs.seeds import shard_bounds
+from ..rundir.progress import duration
 from ..rundir.targets import Targets, iso
 from ..runner.plan import resolve_resources
 from ..slurm.queue_wait import QueueWait
@@ -179,7 +180,7 @@ def _describe(option: Option) -> str:
 
 def _longest_part(option: Option) -> str:
     name, seconds = max(option.parts.items(), key=lambda kv: kv[1])
-    return f"{name} ({projection._hours(seconds)})"
+    return f"{name} ({duration(seconds)})"
 
 
 def propose(
@@ -220,7 +221,7 @@ def propose(
             late = now + fastest.wall_s - targets.deadline
             cannot.append(
                 f"the deadline {iso(targets.deadline)}: the fastest settings tried ({_describe(fastest)}) end at "
-                f"{iso(now + fastest.wall_s)}, {projection._hours(late)} late; their longest part is "
+                f"{iso(now + fastest.wall_s)}, {duration(late)} late; their longest part is "
                 f"{_longest_part(fastest)}"
             )
         if budget is not None and not in_budget(cheapest):
