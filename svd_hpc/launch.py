@@ -3,6 +3,7 @@
 Run as:
     python -m svd_hpc.launch --config configs/demo.yaml [key.sub=value ...] [--dry-run] [--wait]
     python -m svd_hpc.launch --config configs/X.yaml --pilot [N]   # N random questions: projected cost and yield
+    python -m svd_hpc.launch --config configs/X.yaml --pilot --deadline 07:00 --gpu-hours 40   # settings that meet them
     python -m svd_hpc.launch prepare --config configs/X.yaml   # run dir + RUN_DIR/sbatch/<stage>.sh for plain sbatch
     python -m svd_hpc.launch smoke --config configs/X.yaml   # the same cluster settings, a tiny model, minutes: checks
     python -m svd_hpc.launch status RUN_DIR
@@ -39,6 +40,7 @@ from .forecast import memory_check, pilot
 from .inputs import staging
 from .inputs.decontam import Index
 from .publish import hub
+from .rundir import targets
 from .rundir.atomic import atomic_write_json
 from .rundir.contract import EXIT_USER_ERROR
 from .rundir.layout import RunDir
@@ -203,14 +205,21 @@ def prepare(cfg: RunConfig, run: RunDir, dry_run: bool = False) -> list[Stage]:
     return plan
 
 
-def launch(cfg: RunConfig, run: RunDir, dry_run: bool = False, wait: bool = False) -> int:
-    """Write the run directory and submit (SLURM) or run (local) every incomplete task."""
+def launch(
+    cfg: RunConfig, run: RunDir, dry_run: bool = False, wait: bool = False, goals: targets.Targets | None = None
+) -> int:
+    """Write the run directory and submit (SLURM) or run (local) every incomplete task.
+
+    goals: a deadline and GPU-hour budget to record (RUN_DIR/targets.json) for `status` to check.
+    """
     if not cfg.is_local and not slurm.available() and not dry_run:
         raise ConfigError(
             f"cluster profile '{cfg.cluster}' needs SLURM, but sbatch "
             "is not on PATH; use cluster=local or a login node."
         )
     plan = prepare(cfg, run, dry_run)
+    if goals:
+        targets.write(run, goals)
     if warning := hub.jobs_token_warning(cfg):
         console.print(f"[yellow]warning:[/yellow] {warning}")
     if not dry_run:
@@ -324,6 +333,18 @@ def _parser() -> argparse.ArgumentParser:
     for p in (p_run, sub.add_parser("resume", help="re-submit what is missing")):
         p.add_argument("--dry-run", action="store_true", help="write and print the sbatch scripts; submit nothing")
         p.add_argument("--wait", action="store_true", help="block until the submitted jobs end")
+        p.add_argument(
+            "--deadline",
+            metavar="HH:MM",
+            help="when the run should end: HH:MM (the next such time) or an ISO date and time; recorded in "
+            "RUN_DIR/targets.json for `status`; with --pilot, the pilot proposes settings that meet it",
+        )
+        p.add_argument(
+            "--gpu-hours",
+            type=float,
+            metavar="N",
+            help="the run's GPU-hour budget; recorded like --deadline, and proposed for by --pilot",
+        )
     sub.choices["resume"].add_argument("run_dir")
     for name in ("status", "cancel", "report"):
         sub.add_parser(name).add_argument("run_dir")
@@ -370,13 +391,14 @@ def _config_help_command(args: argparse.Namespace) -> int:
 
 def _run_command(args: argparse.Namespace) -> int:
     """Validate a config and launch its run."""
+    goals = targets.from_args(args.deadline, args.gpu_hours)  # a bad one stops us before anything is read
     cfg = config_mod.load(args.config, args.overrides)
     _resolve_paths(cfg)
     if args.pilot is not None:
         run_dir = RunDir(Path(cfg.run_root) / cfg.name)
-        pilot.run(cfg, run_dir, args.pilot, args.pilot_seed, console, train_steps=args.pilot_train_steps)
+        pilot.run(cfg, run_dir, args.pilot, args.pilot_seed, console, args.pilot_train_steps, goals)
         return 0
-    return launch(cfg, RunDir(Path(cfg.run_root) / cfg.name), dry_run=args.dry_run, wait=args.wait)
+    return launch(cfg, RunDir(Path(cfg.run_root) / cfg.name), dry_run=args.dry_run, wait=args.wait, goals=goals)
 
 
 def _prepare_command(args: argparse.Namespace) -> int:
@@ -404,8 +426,9 @@ def _smoke_command(args: argparse.Namespace) -> int:
 
 def _resume_command(args: argparse.Namespace) -> int:
     """Re-submit what is missing."""
+    goals = targets.from_args(args.deadline, args.gpu_hours)
     cfg, run = _open_run(args.run_dir)
-    return launch(cfg, run, dry_run=args.dry_run, wait=args.wait)
+    return launch(cfg, run, dry_run=args.dry_run, wait=args.wait, goals=goals)
 
 
 def _status_command(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ from ..rundir.failures import Retry, final_failures, read_retries
 from ..rundir.layout import RunDir
 from ..rundir.planfile import Stage
 from ..slurm import commands as slurm
+from . import targets_check
 
 FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 LIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "CONFIGURING", "COMPLETING", "REQUEUE_HOLD"}
@@ -321,8 +322,28 @@ def _clock(epoch: float, now: float) -> str:
 
 
 def renderables(run: RunDir, statuses: list[StageStatus], now: float | None = None) -> list:
-    """The status table, the running tasks' progress, skips, failures and the projected end."""
+    """The status table, the running tasks' progress, skips, failures, the projected end and the targets."""
     now = time.time() if now is None else now
+    goals = targets_check.lines(targets(run, statuses, now))
+    return _run_renderables(run, statuses, now) + [
+        Text(line, "yellow" if line.startswith("warning") else "") for line in goals
+    ]
+
+
+def targets(run: RunDir, statuses: list[StageStatus], now: float) -> dict | None:
+    """The run's deadline and GPU-hour budget against this status's projection (runner/targets_check.py)."""
+    if all(st.complete for st in statuses):
+        return targets_check.check(run, load_plan(run), statuses, "complete", None, False, now)
+    if ended(statuses):
+        return targets_check.check(run, load_plan(run), statuses, "stopped", None, False, now)
+    epoch, unmeasured = projected_end(load_plan(run), statuses, now)
+    known = not (unmeasured and epoch - now < 1)
+    return targets_check.check(
+        run, load_plan(run), statuses, "running", epoch if known else None, bool(unmeasured), now
+    )
+
+
+def _run_renderables(run: RunDir, statuses: list[StageStatus], now: float) -> list:
     local = any(st.local for st in statuses)
     table = Table(title=f"run {run.root}" + (" (local)" if local else ""))
     columns = ("stage", "tasks", "done", "running", "pending", "failed", "skipped", "jobs", "elapsed", "eta")
@@ -537,4 +558,5 @@ def status_json(run: RunDir, statuses: list[StageStatus], now: float | None = No
         "projected_end": end,
         "stages": [_stage_json(st, now) for st in statuses],
         "hub": hub.status_lines(run),
+        "targets": targets(run, statuses, now),
     }
