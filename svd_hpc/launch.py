@@ -10,6 +10,7 @@ Run as:
     python -m svd_hpc.launch resume RUN_DIR [--dry-run] [--wait]
     python -m svd_hpc.launch cancel RUN_DIR
     python -m svd_hpc.launch report RUN_DIR
+    python -m svd_hpc.launch regrade RUN_DIR --grader authors_aime   # recorded answers re-read: pass@1 both ways
     python -m svd_hpc.launch config-help [SECTION]   # every config key: type, default, meaning (docs/CONFIG.md)
 
 Every user error (config, seeds, cluster refusal) is one sentence on stderr and exit code 2,
@@ -19,6 +20,7 @@ with nothing submitted. On SLURM the launcher returns as soon as the chain is qu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -52,7 +54,7 @@ from .slurm import commands as slurm
 log = logging.getLogger("svd_hpc")
 # Piped or redirected (a batch log, `| tee`), rich would wrap every table at 80 columns.
 console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
-COMMANDS = ("run", "prepare", "smoke", "status", "resume", "cancel", "report", "config-help")
+COMMANDS = ("run", "prepare", "smoke", "status", "resume", "cancel", "report", "regrade", "config-help")
 
 
 def _git_commit() -> str | None:
@@ -354,6 +356,20 @@ def _parser() -> argparse.ArgumentParser:
             action="store_true",
             help=f"print one JSON object (docs/schema/{schema}) and nothing else on stdout",
         )
+    p_regrade = sub.add_parser(
+        "regrade",
+        help="re-read a finished run's eval answers with another grader; print pass@1 beside the recorded one "
+        "(calls no model, writes nothing)",
+    )
+    p_regrade.add_argument("run_dir")
+    p_regrade.add_argument(
+        "--grader",
+        required=True,
+        help="math, math_last_number, authors_aime, authors_gpqa or "
+        "authors_hle (the authors' readers: docs/PROTOCOL.md)",
+    )
+    p_regrade.add_argument("--benchmark", help="only this benchmark (its name in eval.benchmarks)")
+    p_regrade.add_argument("--json", action="store_true", help="print a JSON list, one object per line of the table")
     p_help = sub.add_parser("config-help", help="every config key with its type, default and meaning")
     p_help.add_argument("section", nargs="?", help=f"one of {', '.join(reference.SECTIONS)}; default: all")
     p_help.add_argument("--markdown", action="store_true", help="all sections as docs/CONFIG.md")
@@ -474,6 +490,20 @@ def _report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _regrade_command(args: argparse.Namespace) -> int:
+    """pass@1 of a finished run's answers as recorded and as another grader reads them."""
+    from .eval import regrade
+
+    _, run = _open_run(args.run_dir)
+    results = regrade.regrade(run, args.grader, args.benchmark)
+    if args.json:
+        json.dump([dataclasses.asdict(r) for r in results], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(regrade.table_text(results))
+    return 0
+
+
 COMMAND_HANDLERS = {
     "config-help": _config_help_command,
     "run": _run_command,
@@ -483,6 +513,7 @@ COMMAND_HANDLERS = {
     "status": _status_command,
     "cancel": _cancel_command,
     "report": _report_command,
+    "regrade": _regrade_command,
 }
 
 

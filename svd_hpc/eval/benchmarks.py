@@ -97,7 +97,7 @@ def load_counted(spec: BenchmarkSpec) -> tuple[list[Problem], dict[str, int]]:
         problems = problems[: src.limit]
     if not problems:
         raise ValueError(f"benchmark '{src.name}': {label} holds no usable problems; check its fields and filters.")
-    unparsed = sum(p.grader == "choice" and p.options is None for p in problems)
+    unparsed = sum(p.kind == "choice" and p.options is None for p in problems)
     if unparsed:
         log.info(f"benchmark {src.name}: {unparsed} questions whose options could not be split off are shown verbatim")
     return problems, {**dict(sorted(left_out.items())), "options_unparsed": unparsed}

@@ -45,6 +45,7 @@ from ..eval import prompts as eval_prompts
 from ..eval.benchmarks import Problem
 from ..eval.grade import grade_all
 from ..eval.grading import GradeResult
+from ..eval.grading.code import CodeRules
 from ..eval.sandbox import isolation_record, require_isolation
 from ..eval.tasks import EvalTask, eval_tasks
 from ..records import EVAL
@@ -154,6 +155,12 @@ def evaluate_chunk(
     return chunk_table(cfg, model, task, chunk, outputs, chosen, judged)
 
 
+def code_rules(cfg: RunConfig) -> CodeRules:
+    """eval.code_imports, code_call, code_compare and code_memory_mb."""
+    e = cfg.eval
+    return CodeRules(e.code_imports, e.code_call, e.code_compare, e.code_memory_mb)
+
+
 def chunk_table(
     cfg: RunConfig,
     model: str,
@@ -180,6 +187,7 @@ def chunk_table(
         cfg.eval.code_timeout_s,
         cfg.eval.code_tests,
         cfg.eval.code_time_limit,
+        code_rules(cfg),
     )
     grades = [GradeResult(False, None, "skipped")] * len(chunk)
     for q, result in zip(ran, graded):
@@ -336,7 +344,10 @@ def run_eval_task(run: RunDir, stage: str, index: int, engine: Engine | None = N
     if copy:  # a preset with a stored fingerprint of the authors' copy: whether this one is the same
         summary["authors_copy"] = copy
     if problems[0].grader == "code":
-        summary.update(code_tests=cfg.eval.code_tests, code_time_limit=cfg.eval.code_time_limit)
+        keys = ("code_tests", "code_time_limit", "code_imports", "code_call", "code_compare", "code_memory_mb")
+        summary.update({key: getattr(cfg.eval, key) for key in keys})
+        # stated with the results: the isolation used, and what bounded the programs' memory
+        summary["sandbox"] = isolation_record(code_rules(cfg).limits())
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp)
     atomic_write_json(summary_path(out), summary)
@@ -379,11 +390,8 @@ def summarize(table: pa.Table, task: EvalTask, model: str, benchmark: str, examp
     }
     if task.mode == "uq_ttc":
         summary["chosen_not_first"] = sum(r["chosen_candidate"] != 0 for r in rows)
-    if example.grader == "choice":
+    if example.kind == "choice":
         summary["option_order"] = example.option_order
-    if example.grader == "code":
-        # stated with the results: the isolation used, and what bounded the programs' memory
-        summary["sandbox"] = isolation_record()
     return summary
 
 
