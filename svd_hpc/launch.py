@@ -47,7 +47,7 @@ from .rundir.atomic import atomic_write_json
 from .rundir.contract import EXIT_USER_ERROR
 from .rundir.layout import RunDir
 from .rundir.planfile import Stage, downstream, plan_to_json
-from .runner import catalog, local, smoke, status
+from .runner import catalog, local, smoke, status, status_json
 from .runner.plan import build_plan
 from .slurm import commands as slurm
 
@@ -453,7 +453,7 @@ def _status_command(args: argparse.Namespace) -> int:
     if args.json:
         if args.watch is not None:
             raise ConfigError("--json prints the status once; it does not take --watch")
-        _print_json(status.status_json(run, status.collect(run)))
+        _print_json(status_json.status_json(run, status.collect(run)))
         return 0
     if args.watch is not None:
         return status.watch(run, console, args.watch)

@@ -19,7 +19,7 @@ from svd_hpc.rundir import targets
 from svd_hpc.rundir.atomic import atomic_write_json
 from svd_hpc.rundir.layout import RunDir
 from svd_hpc.rundir.planfile import Dependency, Stage, plan_to_json
-from svd_hpc.runner import status
+from svd_hpc.runner import stage_status, status, status_json
 from svd_hpc.slurm import commands as slurm_commands
 from svd_hpc.slurm import queue_wait
 from svd_hpc.slurm.queue_wait import QueueWait
@@ -256,12 +256,12 @@ def status_run(tmp_path, goals: targets.Targets | None, pilot_train_gpu_hours: f
     return run
 
 
-def statuses() -> list[status.StageStatus]:
+def statuses() -> list[stage_status.StageStatus]:
     """generate: 2 of 4 done in 100 s each, one running for 50 s, one waiting (1 slot); train not started."""
-    gen = status.StageStatus("generate", 4, done=[0, 1], running=[2], pending=[3], durations=[100.0, 100.0])
+    gen = stage_status.StageStatus("generate", 4, done=[0, 1], running=[2], pending=[3], durations=[100.0, 100.0])
     gen.running_s = {2: 50.0}
     gen.job_ids = ["7"]
-    return [gen, status.StageStatus("train", 1, pending=[0], job_ids=["8"])]
+    return [gen, stage_status.StageStatus("train", 1, pending=[0], job_ids=["8"])]
 
 
 def validate(data: dict) -> None:
@@ -273,7 +273,7 @@ def test_status_warns_when_the_projection_crosses_the_targets(tmp_path):
     now = time.time()
     # generate's GPU seconds: 200 done + 50 + 50 to go + 100 waiting = 400 s × 4 GPUs; it ends in 150 s
     run = status_run(tmp_path, targets.Targets(now + 100, 1.0))
-    data = status.status_json(run, statuses(), now)
+    data = status_json.status_json(run, statuses(), now)
     validate(data)
     t = data["targets"]
     assert t["projected_gpu_hours"] == pytest.approx(400 * 4 / 3600)
@@ -288,7 +288,7 @@ def test_status_warns_when_the_projection_crosses_the_targets(tmp_path):
     assert shown[-1].startswith("warning: the projected end")
     # the pilot projected 5 GPU-hours of train: the budget is crossed, and the deadline met
     run = status_run(tmp_path / "b", targets.Targets(now + 3600, 3.0), pilot_train_gpu_hours=5.0)
-    t = status.status_json(run, statuses(), now)["targets"]
+    t = status_json.status_json(run, statuses(), now)["targets"]
     assert t["projected_gpu_hours"] == pytest.approx(400 * 4 / 3600 + 5.0) and t["not_counted"] == []
     assert t["warnings"] == ["the projected 5.4 GPU-hours exceed the budget of 3"]
 
@@ -296,12 +296,12 @@ def test_status_warns_when_the_projection_crosses_the_targets(tmp_path):
 def test_status_within_the_targets_or_without_any_warns_of_nothing(tmp_path):
     now = time.time()
     run = status_run(tmp_path, targets.Targets(now + 3600, 10.0))
-    data = status.status_json(run, statuses(), now)
+    data = status_json.status_json(run, statuses(), now)
     validate(data)
     assert data["targets"]["warnings"] == []
     assert not any(str(x).startswith("warning") for x in status.renderables(run, statuses(), now))
     bare = status_run(tmp_path / "bare", None)
-    data = status.status_json(bare, statuses(), now)
+    data = status_json.status_json(bare, statuses(), now)
     validate(data)
     assert data["targets"] is None
     assert not any(str(x).startswith("targets:") for x in status.renderables(bare, statuses(), now))
