@@ -56,6 +56,7 @@ from ..rundir.layout import RunDir
 from ..sampling import prompts
 from ..sampling.cascade import CascadeItem, CascadeResult, run_cascade
 from ..sampling.engine import Completion, Engine, Sampling, request_seed, skip_stats, stage_sampling
+from ..sampling.engines import open_engines
 from ..sampling.prompts import require_think
 
 log = logging.getLogger("svd_hpc")
@@ -326,7 +327,7 @@ def run_eval_task(run: RunDir, stage: str, index: int, engine: Engine | None = N
     resumed = len(chunks) - len(todo)
     tracker = None
     if todo:
-        engine = engine or Engine(model_cfg)
+        engine = engine or open_engines(model_cfg, cfg.stage_resources(stage).engines_per_task, Engine)
         saved = sum(len(chunk) for c, chunk in enumerate(chunks) if c not in todo)
         tracker = task_progress.start(run, stage, index, len(problems), "questions", saved)
     if todo and task.mode == "direct":
