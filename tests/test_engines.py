@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -56,7 +59,8 @@ def test_requests_are_dealt_round_robin():
 class EchoEngine:
     """A child engine without a model: its replies name the seed and the process that answered.
 
-    model.path "fail:value" raises a ValueError, "exit:N" ends the process with N, "kill" kills it.
+    model.path "fail:value" raises a ValueError, "exit:N" ends the process with N, "kill" kills it,
+    "busy" sleeps.
     """
 
     thinking = False
@@ -75,6 +79,8 @@ class EchoEngine:
             os._exit(int(path.split(":")[1]))
         if path == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if path == "busy":  # an engine deep in a long batch, reading no message
+            time.sleep(300)
         samplings = [sampling] * len(prompts) if isinstance(sampling, Sampling) else sampling
         for i in reversed(range(len(prompts))):  # finish out of order, as a real batch does
             text = f"seed={seeds[i]} len={len(prompts[i])} pid={os.getpid()}"
@@ -210,3 +216,38 @@ def test_two_engines_give_one_engines_records(tmp_path):
     for stage in ("generate", "verify"):
         one, two = (pq.read_table(runs[e].shard_path(stage, 0)) for e in (1, 2))
         assert two.num_rows == one.num_rows > 0 and two.equals(one), stage
+
+
+def test_engines_die_with_their_task(tmp_path):
+    """A task killed outright (time limit, requeue) leaves no engine holding its GPUs."""
+    script = tmp_path / "task.py"
+    script.write_text(
+        "import os, sys, threading, time\n"
+        f"sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]\n"
+        "from svd_hpc.config import ModelConfig\n"
+        "from svd_hpc.sampling.engine import Sampling\n"
+        "from svd_hpc.sampling.engines import open_engines\n"
+        "from test_engines import echo_engine\n"
+        "if __name__ == '__main__':\n"
+        "    group = open_engines(ModelConfig(path='busy'), 2, echo_engine, device='cpu')\n"
+        "    print(' '.join(str(p.pid) for p in group.procs), flush=True)\n"
+        "    ask = lambda: group.generate_tokens([[1], [2]], Sampling(), seeds=[1, 2])\n"
+        "    threading.Thread(target=ask, daemon=True).start()\n"
+        "    time.sleep(2)  # both engines busy with their request\n"
+        "    os._exit(9)  # no atexit, no close: as SIGKILL leaves it\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 9, done.stderr
+    pids = [int(p) for p in done.stdout.split()]
+    assert len(pids) == 2
+    deadline = time.time() + 30
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in pids):
+        assert time.time() < deadline, f"engines {pids} outlived their task"
+        time.sleep(0.1)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"

@@ -19,9 +19,11 @@ which the batch script reads as that cause.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
 import traceback
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +38,7 @@ from .engine import Completion, Engine, Refused, Sampling, vllm_device
 log = logging.getLogger("svd_hpc")
 
 STARTUP_TIMEOUT_S = 3600  # a large model from a network filesystem on a busy node
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _open_groups: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -234,6 +237,19 @@ class EngineGroup:
         self.procs, self.conns = [], []
 
 
+def _die_with_parent() -> None:
+    """Have the kernel kill this process when its parent dies: a task killed at its time limit or by a
+    requeue must not leave engines holding the GPUs its next life needs (Linux; elsewhere a no-op)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before the request took effect
+        os._exit(1)
+
+
 def _serve(
     conn: Connection,
     model_cfg: ModelConfig,
@@ -244,6 +260,7 @@ def _serve(
     failure_file,
 ) -> None:
     """A child engine: load the model, then answer the parent's render and stream requests until told to close."""
+    _die_with_parent()
     if cores:  # every thread the engine starts inherits this mask
         os.sched_setaffinity(0, cores)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [engine {index}/{count}] %(message)s")
