@@ -202,14 +202,19 @@ def test_two_engines_give_one_engines_records(tmp_path):
 
     from svd_hpc.sampling.engine import Engine
 
-    settings = {**TINY, "seeds": {**TINY["seeds"], "shards": 1}, "generate": {**TINY["generate"], "max_tokens": 24}}
-    runs = {e: prepare_run(tmp_path, f"e{e}", settings, QUESTIONS[:5]) for e in (1, 2)}
+    settings = {
+        **TINY,
+        "seeds": {**TINY["seeds"], "shards": 1},
+        "generate": {**TINY["generate"], "n": 2, "max_tokens": 16},
+        "verify": {**TINY["verify"], "votes": 2, "max_tokens": 16},
+    }
+    runs = {e: prepare_run(tmp_path, f"e{e}", settings, QUESTIONS[:4]) for e in (1, 2)}
     model = runs[1].load_config().model
     for engines, run in runs.items():
         engine = open_engines(model, engines, Engine)
         try:
-            generate.run_shard(run, 0, engine=engine)
-            verify.run_shard(run, 0, engine=engine)
+            run_once(run, "generate", 0, body=lambda r, i, e=engine: generate.run_shard(r, i, engine=e))
+            run_once(run, "verify", 0, body=lambda r, i, e=engine: verify.run_shard(r, i, engine=e))
         finally:
             if engines > 1:
                 engine.close()
