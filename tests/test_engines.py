@@ -23,7 +23,7 @@ from svd_hpc.rundir.contract import EXIT_ENGINE_FAILED
 from svd_hpc.rundir.layout import RunDir
 from svd_hpc.runner.task import run_once
 from svd_hpc.sampling.engine import Completion, Sampling
-from svd_hpc.sampling.engines import EngineGroup, deal, engine_cores, engine_devices, open_engines
+from svd_hpc.sampling.engines import EngineGroup, deal, engine_cores, engine_devices, open_engines, placements
 from svd_hpc.stages import generate, verify
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,6 +45,16 @@ def test_cpu_engines_share_the_cores_out():
     assert engine_cores(2, [3, 0, 1, 2]) == [[0, 1], [2, 3]]
     assert engine_cores(3, range(8)) == [[0, 1], [2, 3, 4], [5, 6, 7]]
     assert engine_cores(2, [0]) is None  # fewer cores than engines: they share them
+
+
+def test_each_engine_is_placed_on_its_own_share():
+    gpu = placements(2, 2, True, {"CUDA_VISIBLE_DEVICES": "4,5,6,7"}, [0, 1])
+    assert [p.env for p in gpu] == [{"CUDA_VISIBLE_DEVICES": "4,5"}, {"CUDA_VISIBLE_DEVICES": "6,7"}]
+    cpu = placements(2, 1, False, {}, [0, 1, 2, 3])
+    assert [p.cores for p in cpu] == [[0, 1], [2, 3]] and cpu[1].env["OMP_NUM_THREADS"] == "2"
+    # the task runner chose nobind (Slurm gave 8 of the node's cores, unpinned): the engines halve its threads
+    unpinned = placements(2, 1, False, {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "8"}, range(64))
+    assert [(p.env, p.cores) for p in unpinned] == [({"OMP_NUM_THREADS": "4"}, None)] * 2
 
 
 def test_requests_are_dealt_round_robin():

@@ -26,8 +26,9 @@ import os
 import signal
 import traceback
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import NoReturn
 
@@ -93,6 +94,37 @@ def engine_cores(count: int, cores: Sequence[int]) -> list[list[int]] | None:
     return [cores[bounds[e] : bounds[e + 1]] for e in range(count)]
 
 
+@dataclass
+class Placement:
+    """Where one child engine runs: its environment, its CPU cores (None: the task's), in words."""
+
+    env: dict[str, str]
+    cores: list[int] | None
+    where: str
+
+
+def placements(
+    count: int, tensor_parallel: int, on_gpu: bool, environ: Mapping[str, str], affinity: Iterable[int]
+) -> list[Placement]:
+    """Each engine's place: on GPUs its own CUDA_VISIBLE_DEVICES slice; on CPU its own share of the
+    cores, unless a thread binding was already chosen (the task runner's nobind on a node whose cores
+    Slurm does not pin, or the user's): that stands, and the engines split its OMP_NUM_THREADS."""
+    if on_gpu:
+        devices = engine_devices(count, tensor_parallel, environ.get("CUDA_VISIBLE_DEVICES"))
+        return [Placement({"CUDA_VISIBLE_DEVICES": d}, None, f"GPUs {d}") for d in devices]
+    threads = environ.get("OMP_NUM_THREADS", "")
+    if environ.get("VLLM_CPU_OMP_THREADS_BIND"):
+        env = {"OMP_NUM_THREADS": str(max(1, int(threads) // count))} if threads.isdigit() else {}
+        return [Placement(dict(env), None, f"the task's cores ({env or 'threads unset'})") for _ in range(count)]
+    shares = engine_cores(count, list(affinity))
+    if shares is None:
+        return [Placement({}, None, "the task's cores, shared") for _ in range(count)]
+    return [
+        Placement({"OMP_NUM_THREADS": str(len(c)), "VLLM_CPU_OMP_THREADS_BIND": "nobind"}, c, f"cores {c}")
+        for c in shares
+    ]
+
+
 @contextmanager
 def _environ(values: dict[str, str]) -> Iterator[None]:
     """os.environ with `values` set, for starting one child (which copies it), then restored."""
@@ -119,28 +151,22 @@ class EngineGroup:
         self.procs: list = []
         self.conns: list[Connection] = []
         on_gpu = (device or vllm_device()) == "cuda"  # NVML only: this process never initialises CUDA
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        devices = engine_devices(count, model_cfg.tensor_parallel_size, visible) if on_gpu else None
-        cores = None if on_gpu else engine_cores(count, os.sched_getaffinity(0))
+        places = placements(count, model_cfg.tensor_parallel_size, on_gpu, os.environ, os.sched_getaffinity(0))
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no vLLM or CUDA state inherited
         _open_groups.add(self)
-        for e in range(count):
-            env = {"CUDA_VISIBLE_DEVICES": devices[e]} if on_gpu else {}
-            if cores:
-                env.update(OMP_NUM_THREADS=str(len(cores[e])), VLLM_CPU_OMP_THREADS_BIND="nobind")
+        for e, place in enumerate(places):
             ours, theirs = context.Pipe()
             proc = context.Process(
                 target=_serve,
-                args=(theirs, model_cfg, make_engine, e, count, cores[e] if cores else None, failures.failure_file()),
+                args=(theirs, model_cfg, make_engine, e, count, place.cores, failures.failure_file()),
                 name=f"svd_hpc-engine-{e}",
             )
-            with _environ(env):  # in the child's environment from its first instruction
+            with _environ(place.env):  # in the child's environment from its first instruction
                 proc.start()
             theirs.close()
             self.procs.append(proc)
             self.conns.append(ours)
-            where = f"GPUs {devices[e]}" if on_gpu else (f"cores {cores[e]}" if cores else "all cores")
-            log.info(f"engine {e} of {count} starting on {where} (pid {proc.pid})")
+            log.info(f"engine {e} of {count} starting on {place.where} (pid {proc.pid})")
         ready = [self._receive(e, timeout=STARTUP_TIMEOUT_S) for e in range(count)]
         self.thinking, self.template_knows_thinking = ready[0][1], ready[0][2]
         log.info(f"{count} engines ready: model={model_cfg.path}")
