@@ -24,6 +24,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import time
 import traceback
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -39,6 +40,7 @@ from .engine import Completion, Engine, Refused, Sampling, vllm_device
 log = logging.getLogger("svd_hpc")
 
 STARTUP_TIMEOUT_S = 3600  # a large model from a network filesystem on a busy node
+CLOSE_GRACE_S = 10  # for the engines to end on their own when closed
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _open_groups: weakref.WeakSet = weakref.WeakSet()
 
@@ -251,10 +253,13 @@ class EngineGroup:
                 conn.send(("close",))
             except (OSError, ValueError):
                 pass
+        # one grace period for all: an engine mid-batch reads no message, and a failed task should
+        # not wait a grace period per engine before it ends
+        deadline = time.monotonic() + CLOSE_GRACE_S
         for proc in self.procs:
             if proc.pid is None:
                 continue
-            proc.join(timeout=30)
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
             if proc.exitcode is None:
                 proc.kill()
                 proc.join(timeout=30)
