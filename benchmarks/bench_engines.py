@@ -9,9 +9,10 @@ processes, each on its own half of the cores (on a GPU node: its own GPUs). The 
 over the repeats, each on a fresh run directory, so neither profits from the other's warm-up or a
 drift in background load. It prints output tokens/s of each side and their ratio, 2 engines ÷ 1.
 
-On a GPU node each engine has its own GPUs and the ratio approaches 2. On a CPU machine the two
-engines split the same cores the one engine had, so expect no gain (about 1, less on a shared or
-loaded machine): the CPU run shows that the engines run, split the work and agree, not a speed-up.
+On a GPU node each engine has its own GPUs, so the ratio can approach 2 (not measured: the machine
+this was written on has no GPU). On a CPU machine the two engines split the cores the one engine
+had, so expect no gain (about 1; a shared machine's load swings it either way: 1.23 at load
+average 10, see README): there the run shows that the engines run, split the work and agree.
 --quick (CI): 6 questions, n=2, 32 tokens, 2 repeats; fails unless both sides write the same
 records and the ratio stays above QUICK_RATIO.
 """
