@@ -24,7 +24,7 @@ from svd_hpc.rundir.layout import RunDir
 from svd_hpc.runner.task import run_once
 from svd_hpc.sampling.engine import Completion, Sampling
 from svd_hpc.sampling.engines import EngineGroup, deal, engine_cores, engine_devices, open_engines, placements
-from svd_hpc.stages import generate, verify
+from svd_hpc.stages import evaluate, generate, verify
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -266,3 +266,21 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+def test_eval_with_two_engines_writes_one_engines_records(tmp_path, monkeypatch):
+    """The eval body reads engines_per_task too (resources.eval_base) and keeps question order."""
+    from test_evaluate import MATH
+    from test_evaluate import prepare_run as prepare_eval_run
+
+    monkeypatch.setattr(evaluate, "Engine", echo_engine)
+    monkeypatch.setattr("svd_hpc.sampling.engines.vllm_device", lambda: "cpu")
+    tables = {}
+    for engines in (1, 2):
+        resources = {"eval_base": {"engines_per_task": engines}}
+        run = prepare_eval_run(tmp_path, {"benchmarks": [MATH], "seeds": [0]}, name=f"ev{engines}", resources=resources)
+        run_once(run, "eval_base", 0)
+        table = pq.read_table(next(run.root.glob("eval/base/*/seed-0.parquet")))
+        assert len({r.split("pid=")[1] for r in table.column("response").to_pylist()}) == engines
+        tables[engines] = table.drop(["response"])
+    assert tables[2].equals(tables[1]) and tables[1].num_rows > 2
