@@ -19,12 +19,15 @@ import yaml
 from svd_hpc import config, launch
 from svd_hpc.config import ModelConfig
 from svd_hpc.inputs import seeds
+from svd_hpc.rundir import failures
 from svd_hpc.rundir.contract import EXIT_ENGINE_FAILED
 from svd_hpc.rundir.layout import RunDir
 from svd_hpc.runner.task import run_once
 from svd_hpc.sampling.engine import Completion, Sampling
 from svd_hpc.sampling.engines import EngineGroup, deal, engine_cores, engine_devices, open_engines, placements
+from svd_hpc.sampling.watchdog import Watchdog
 from svd_hpc.stages import evaluate, generate, verify
+from tests.helpers import run_launch, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -284,3 +287,46 @@ def test_eval_with_two_engines_writes_one_engines_records(tmp_path, monkeypatch)
         assert len({r.split("pid=")[1] for r in table.column("response").to_pylist()}) == engines
         tables[engines] = table.drop(["response"])
     assert tables[2].equals(tables[1]) and tables[1].num_rows > 2
+
+
+class HungEngine(EchoEngine):
+    """An engine whose step never returns, watched by the real stall watchdog (1 s)."""
+
+    def __init__(self, model_cfg: ModelConfig):
+        super().__init__(model_cfg)
+        self.watchdog = Watchdog(self.background_died, timeout_s=1.0)
+
+    def background_died(self) -> bool:
+        return False
+
+    def stream(self, prompts, sampling, seeds=None):
+        with self.watchdog.step():
+            time.sleep(120)  # the watchdog ends the process long before this
+        yield from ()
+
+
+def hung_engine(model_cfg: ModelConfig) -> HungEngine:
+    return HungEngine(model_cfg)
+
+
+def _generate_on_hung_engines(run, index):
+    group = open_engines(ModelConfig(), 2, hung_engine, device="cpu")
+    group.generate_tokens([[1], [2]], Sampling(), seeds=[1, 2])
+
+
+HUNG_ENGINES = {"generate": _generate_on_hung_engines}  # SVD_HPC_TEST_BODIES=tests.test_engines:HUNG_ENGINES
+
+
+def test_a_hung_engine_ends_its_task_as_the_batch_script_retries_it(tmp_path):
+    """Exit 70 and the cause "engine" in the task's failure file: what retry_by_cause reads."""
+    assert run_launch(["prepare", "--config", str(write_config(tmp_path, 1))]).returncode == 0
+    run = RunDir(tmp_path / "runs" / "toy")
+    done = subprocess.run(
+        [sys.executable, "-m", "svd_hpc.task", "generate", "--run-dir", str(run.root), "--index", "0"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "SVD_HPC_TEST_BODIES": "tests.test_engines:HUNG_ENGINES"},
+    )  # fmt: skip
+    assert done.returncode == EXIT_ENGINE_FAILED, done.stderr[-2000:]
+    cause = failures.failure_path(run.stage_dir("generate"), 0).read_text().splitlines()
+    assert cause[0] == failures.ENGINE and "no step for" in cause[2]
+    assert "ending the task with it" in done.stderr and not run.is_done("generate", 0)
