@@ -8,7 +8,8 @@ its own share of the cores), and returns an EngineGroup. The group renders throu
 engine loads the same tokenizer) and deals the requests of each `stream` call round-robin (request i
 to engine i mod E). Results come back as each finishes, so the stage saves them through its chunk
 checkpoint as with one engine; every request carries its own seed, so a shard's records equal one
-engine's.
+engine's. One process per engine is what vLLM asks for: its offline LLM refuses data_parallel_size > 1
+in one process (vllm/entrypoints/llm.py) and points to a process per data-parallel rank.
 
 A child that fails ends the task with its cause: its exception is raised again here (the task runner
 maps it to an exit code), its exit code (EXIT_ENGINE_FAILED from its watchdog, which has written the
