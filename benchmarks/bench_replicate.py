@@ -9,18 +9,25 @@ the SVD-trained model and UQ-TTC (mean over eval seeds Â± standard error), SVD â
 paired bootstrap interval and two-sided p-value (eval/summary.json: the report computes both from
 the same resampled question means); the SFT size and the merge funnel (merge/stats.json); the wall
 time (measured around the launch; with --from-run, the local scheduler's per-stage times summed).
+
+--write also writes that printout, verbatim, to docs/replicate/<run name>.md with report.md's "How
+good was self-verification" table (the judges' precision and recall against the seeds' answers),
+the commit and the machine's load: the figures README quotes come from there, never typed by hand.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+FIGURES_DIR = REPO / "docs" / "replicate"
+JUDGES_HEADING = "## How good was self-verification"
 VARIANTS = ("base", "SVD", "UQ-TTC")
 
 
@@ -96,6 +103,40 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s ({hours} h {rest // 60:02d} min)"
 
 
+def judges_section(run_dir: Path) -> str:
+    """report.md's judge precision/recall section, verbatim; a sentence when the run has none."""
+    report = run_dir / "report.md"
+    text = report.read_text() if report.is_file() else ""
+    if JUDGES_HEADING not in text:
+        return f'{report} has no "{JUDGES_HEADING[3:]}" section (the seeds carry no answers, or no report yet).'
+    section = text.split(JUDGES_HEADING, 1)[1]
+    following = section.find("\n## ")  # the section ends where the next one starts
+    return (JUDGES_HEADING + (section if following < 0 else section[:following])).strip()
+
+
+def figures_page(run_dir: Path, printout: str, launched_here: bool) -> str:
+    """docs/replicate/<run>.md: the printout verbatim, the judges' table, where and when it was measured."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    how = "launched and measured" if launched_here else "read from the finished run directory"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return "\n".join(
+        [
+            f"# Replication run `{run_dir.name}`",
+            "",
+            f"Written by `benchmarks/bench_replicate.py --write` on {time.strftime('%Y-%m-%d')} at commit "
+            f"`{commit.stdout.strip() or 'unknown'}` ({how}); do not edit by hand. Load average when written "
+            f"(1, 5, 15 min): {load} on {os.cpu_count()} cores: wall times on a shared machine are upper bounds.",
+            "",
+            "```",
+            printout,
+            "```",
+            "",
+            judges_section(run_dir),
+            "",
+        ]
+    )
+
+
 def launch(config: str, overrides: list[str]) -> tuple[Path, float]:
     """Run the config to the end here; its run directory and the wall seconds it took."""
     sys.path.insert(0, str(REPO))
@@ -115,14 +156,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "configs" / "replicate-cpu.yaml"))
     parser.add_argument("--from-run", metavar="RUN_DIR", type=Path, help="only read this finished run directory")
+    parser.add_argument("--write", action="store_true", help="also write the printout to docs/replicate/RUN_NAME.md")
     parser.add_argument("overrides", nargs="*", help="config overrides, key.sub=value")
     args = parser.parse_args(argv)
     if args.from_run:
         run_dir, wall = args.from_run, None
     else:
         run_dir, wall = launch(args.config, args.overrides)
+    printout = render(read_run(run_dir), wall)
     print(f"run directory: {run_dir}")
-    print(render(read_run(run_dir), wall))
+    print(printout)
+    if args.write:
+        FIGURES_DIR.mkdir(parents=True, exist_ok=True)
+        page = FIGURES_DIR / f"{run_dir.name}.md"
+        page.write_text(figures_page(run_dir, printout, launched_here=not args.from_run))
+        print(f"written: {page}")
     return 0
 
 

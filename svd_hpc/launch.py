@@ -3,12 +3,14 @@
 Run as:
     python -m svd_hpc.launch --config configs/demo.yaml [key.sub=value ...] [--dry-run] [--wait]
     python -m svd_hpc.launch --config configs/X.yaml --pilot [N]   # N random questions: projected cost and yield
+    python -m svd_hpc.launch --config configs/X.yaml --pilot --deadline 07:00 --gpu-hours 40   # settings that meet them
     python -m svd_hpc.launch prepare --config configs/X.yaml   # run dir + RUN_DIR/sbatch/<stage>.sh for plain sbatch
     python -m svd_hpc.launch smoke --config configs/X.yaml   # the same cluster settings, a tiny model, minutes: checks
     python -m svd_hpc.launch status RUN_DIR
     python -m svd_hpc.launch resume RUN_DIR [--dry-run] [--wait]
     python -m svd_hpc.launch cancel RUN_DIR
     python -m svd_hpc.launch report RUN_DIR
+    python -m svd_hpc.launch regrade RUN_DIR --grader authors_aime   # recorded answers re-read: pass@1 both ways
     python -m svd_hpc.launch config-help [SECTION]   # every config key: type, default, meaning (docs/CONFIG.md)
 
 Every user error (config, seeds, cluster refusal) is one sentence on stderr and exit code 2,
@@ -18,6 +20,7 @@ with nothing submitted. On SLURM the launcher returns as soon as the chain is qu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -37,19 +40,21 @@ from . import config as config_mod
 from .config import ConfigError, RunConfig, reference
 from .forecast import memory_check, pilot
 from .inputs import staging
+from .inputs.decontam import Index
 from .publish import hub
+from .rundir import targets
 from .rundir.atomic import atomic_write_json
 from .rundir.contract import EXIT_USER_ERROR
 from .rundir.layout import RunDir
 from .rundir.planfile import Stage, downstream, plan_to_json
-from .runner import catalog, local, smoke, status
+from .runner import catalog, local, smoke, status, status_json
 from .runner.plan import build_plan
 from .slurm import commands as slurm
 
 log = logging.getLogger("svd_hpc")
 # Piped or redirected (a batch log, `| tee`), rich would wrap every table at 80 columns.
 console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
-COMMANDS = ("run", "prepare", "smoke", "status", "resume", "cancel", "report", "config-help")
+COMMANDS = ("run", "prepare", "smoke", "status", "resume", "cancel", "report", "regrade", "config-help")
 
 
 def _git_commit() -> str | None:
@@ -126,7 +131,7 @@ def _record_submissions(run: RunDir, plan: list[Stage], subs: list[slurm.Submiss
     atomic_write_json(run.jobs_path, data)
 
 
-def _prepare_seeds(cfg: RunConfig, run: RunDir, dry_run: bool) -> None:
+def _prepare_seeds(cfg: RunConfig, run: RunDir, dry_run: bool, index: Index | None) -> None:
     from .inputs import seeds
 
     if dry_run and seeds.reads_hub(cfg.seeds):
@@ -137,7 +142,7 @@ def _prepare_seeds(cfg: RunConfig, run: RunDir, dry_run: bool) -> None:
         where = seeds.describe(cfg.seeds)
         console.print(f"seeds: {table.num_rows} questions from {where} -> {cfg.seeds.shards} shards of ≤{per_shard}")
         return
-    console.print(seeds_table(seeds.prepare(cfg, run)))
+    console.print(seeds_table(seeds.prepare(cfg, run, index)))
 
 
 def seeds_table(stats: dict) -> Table:
@@ -149,9 +154,12 @@ def seeds_table(stats: dict) -> Table:
     rows = [
         ("source", f"{stats.get('path', '')} ({stats.get('format', '?')})"),
         ("rows read", f"{stats.get('rows_read', 0):,}"),
+        *([("filtered out", f"{stats['filtered_out']:,}")] if "filtered_out" in stats else []),
         ("questions", f"{stats.get('seeds', 0):,}"),
         ("duplicates dropped", f"{stats.get('duplicates_dropped', 0):,}"),
     ]
+    if "contaminated_dropped" in stats:  # decontaminate.enabled with a benchmark to test against
+        rows.append(("contaminated dropped", f"{stats['contaminated_dropped']:,} (seeds/contaminated.jsonl)"))
     if stats.get("questions_stripped"):  # only worth a line when some question had surrounding whitespace
         rows.append(("whitespace stripped", f"{stats['questions_stripped']:,} questions"))
     if stats.get("per_domain"):
@@ -189,22 +197,33 @@ def prepare(cfg: RunConfig, run: RunDir, dry_run: bool = False) -> list[Stage]:
         console.print(f"seeds: {seeds.describe(cfg.seeds)}: read from the hub and sharded at launch.")
     else:
         seeds.load(cfg.seeds)  # bad seeds stop us before anything is written or submitted
+    index = None
+    if not dry_run and not all(run.shard_path("seeds", i).exists() for i in range(cfg.seeds.shards)):
+        # the benchmarks were staged above; a seed that overlaps one of their questions never reaches generate
+        index = benchmarks.contamination_index(cfg)
     run.root.mkdir(parents=True, exist_ok=True)
     staged.save(run)
     run.write_config(cfg, {"version": __version__, "git_commit": _git_commit()})
     atomic_write_json(run.plan_path, plan_to_json(plan))
-    _prepare_seeds(cfg, run, dry_run)
+    _prepare_seeds(cfg, run, dry_run, index)
     return plan
 
 
-def launch(cfg: RunConfig, run: RunDir, dry_run: bool = False, wait: bool = False) -> int:
-    """Write the run directory and submit (SLURM) or run (local) every incomplete task."""
+def launch(
+    cfg: RunConfig, run: RunDir, dry_run: bool = False, wait: bool = False, goals: targets.Targets | None = None
+) -> int:
+    """Write the run directory and submit (SLURM) or run (local) every incomplete task.
+
+    goals: a deadline and GPU-hour budget to record (RUN_DIR/targets.json) for `status` to check.
+    """
     if not cfg.is_local and not slurm.available() and not dry_run:
         raise ConfigError(
             f"cluster profile '{cfg.cluster}' needs SLURM, but sbatch "
             "is not on PATH; use cluster=local or a login node."
         )
     plan = prepare(cfg, run, dry_run)
+    if goals:
+        targets.write(run, goals)
     if warning := hub.jobs_token_warning(cfg):
         console.print(f"[yellow]warning:[/yellow] {warning}")
     if not dry_run:
@@ -318,6 +337,18 @@ def _parser() -> argparse.ArgumentParser:
     for p in (p_run, sub.add_parser("resume", help="re-submit what is missing")):
         p.add_argument("--dry-run", action="store_true", help="write and print the sbatch scripts; submit nothing")
         p.add_argument("--wait", action="store_true", help="block until the submitted jobs end")
+        p.add_argument(
+            "--deadline",
+            metavar="HH:MM",
+            help="when the run should end: HH:MM (the next such time) or an ISO date and time; recorded in "
+            "RUN_DIR/targets.json for `status`; with --pilot, the pilot proposes settings that meet it",
+        )
+        p.add_argument(
+            "--gpu-hours",
+            type=float,
+            metavar="N",
+            help="the run's GPU-hour budget; recorded like --deadline, and proposed for by --pilot",
+        )
     sub.choices["resume"].add_argument("run_dir")
     for name in ("status", "cancel", "report"):
         sub.add_parser(name).add_argument("run_dir")
@@ -327,6 +358,20 @@ def _parser() -> argparse.ArgumentParser:
             action="store_true",
             help=f"print one JSON object (docs/schema/{schema}) and nothing else on stdout",
         )
+    p_regrade = sub.add_parser(
+        "regrade",
+        help="re-read a finished run's eval answers with another grader; print pass@1 beside the recorded one "
+        "(calls no model, writes nothing)",
+    )
+    p_regrade.add_argument("run_dir")
+    p_regrade.add_argument(
+        "--grader",
+        required=True,
+        help="math, math_last_number, authors_aime, authors_gpqa or "
+        "authors_hle (the authors' readers: docs/PROTOCOL.md)",
+    )
+    p_regrade.add_argument("--benchmark", help="only this benchmark (its name in eval.benchmarks)")
+    p_regrade.add_argument("--json", action="store_true", help="print a JSON list, one object per line of the table")
     p_help = sub.add_parser("config-help", help="every config key with its type, default and meaning")
     p_help.add_argument("section", nargs="?", help=f"one of {', '.join(reference.SECTIONS)}; default: all")
     p_help.add_argument("--markdown", action="store_true", help="all sections as docs/CONFIG.md")
@@ -364,13 +409,14 @@ def _config_help_command(args: argparse.Namespace) -> int:
 
 def _run_command(args: argparse.Namespace) -> int:
     """Validate a config and launch its run."""
+    goals = targets.from_args(args.deadline, args.gpu_hours)  # a bad one stops us before anything is read
     cfg = config_mod.load(args.config, args.overrides)
     _resolve_paths(cfg)
     if args.pilot is not None:
         run_dir = RunDir(Path(cfg.run_root) / cfg.name)
-        pilot.run(cfg, run_dir, args.pilot, args.pilot_seed, console, train_steps=args.pilot_train_steps)
+        pilot.run(cfg, run_dir, args.pilot, args.pilot_seed, console, args.pilot_train_steps, goals)
         return 0
-    return launch(cfg, RunDir(Path(cfg.run_root) / cfg.name), dry_run=args.dry_run, wait=args.wait)
+    return launch(cfg, RunDir(Path(cfg.run_root) / cfg.name), dry_run=args.dry_run, wait=args.wait, goals=goals)
 
 
 def _prepare_command(args: argparse.Namespace) -> int:
@@ -398,8 +444,9 @@ def _smoke_command(args: argparse.Namespace) -> int:
 
 def _resume_command(args: argparse.Namespace) -> int:
     """Re-submit what is missing."""
+    goals = targets.from_args(args.deadline, args.gpu_hours)
     cfg, run = _open_run(args.run_dir)
-    return launch(cfg, run, dry_run=args.dry_run, wait=args.wait)
+    return launch(cfg, run, dry_run=args.dry_run, wait=args.wait, goals=goals)
 
 
 def _status_command(args: argparse.Namespace) -> int:
@@ -408,7 +455,7 @@ def _status_command(args: argparse.Namespace) -> int:
     if args.json:
         if args.watch is not None:
             raise ConfigError("--json prints the status once; it does not take --watch")
-        _print_json(status.status_json(run, status.collect(run)))
+        _print_json(status_json.status_json(run, status.collect(run)))
         return 0
     if args.watch is not None:
         return status.watch(run, console, args.watch)
@@ -445,6 +492,20 @@ def _report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _regrade_command(args: argparse.Namespace) -> int:
+    """pass@1 of a finished run's answers as recorded and as another grader reads them."""
+    from .eval import regrade
+
+    _, run = _open_run(args.run_dir)
+    results = regrade.regrade(run, args.grader, args.benchmark)
+    if args.json:
+        json.dump([dataclasses.asdict(r) for r in results], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(regrade.table_text(results))
+    return 0
+
+
 COMMAND_HANDLERS = {
     "config-help": _config_help_command,
     "run": _run_command,
@@ -454,6 +515,7 @@ COMMAND_HANDLERS = {
     "status": _status_command,
     "cancel": _cancel_command,
     "report": _report_command,
+    "regrade": _regrade_command,
 }
 
 

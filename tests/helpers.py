@@ -111,6 +111,8 @@ def write_config(tmp_path: Path, shards: int, cluster: str = "local", name: str 
         "train": {"global_batch": 4, "procs_per_node": 2},
         "eval": {"benchmarks": [{"name": "b1", "path": str(seeds)}], "seeds": [0, 1]},
         "resources": {"train": {"nodes": 1}},
+        # the toy benchmark is the seed file itself: decontamination would drop every seed
+        "decontaminate": {"enabled": False},
     }
     for key, value in extra.items():
         node = cfg

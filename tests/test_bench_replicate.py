@@ -86,3 +86,24 @@ def test_a_summary_without_p_value_says_how_to_get_it(tmp_path, capsys):
     bench.main(["--from-run", str(run)])
     out = capsys.readouterr().out
     assert "p not recorded (rebuild" in out and "wall time: not recorded" in out
+
+
+def test_write_puts_the_printout_verbatim_and_the_judges_table_in_docs(tmp_path, capsys, monkeypatch):
+    run = synthetic_run(tmp_path / "replicate-x")
+    judges = "## How good was self-verification\n\n| gate | entering |\n| --- | ---: |\n| cycle | 2400 |"
+    (run / "report.md").write_text(f"# Report\n\n## Scores\n\nx\n\n{judges}\n\n## Cost\n\ny\n")
+    monkeypatch.setattr(bench, "FIGURES_DIR", tmp_path / "docs")
+    assert bench.main(["--from-run", str(run), "--write"]) == 0
+    out = capsys.readouterr().out
+    page = (tmp_path / "docs" / "replicate-x.md").read_text()
+    printout = out.split(f"run directory: {run}\n", 1)[1].split("\nwritten: ", 1)[0]
+    assert f"```\n{printout}\n```" in page  # the printout, verbatim
+    assert judges in page and "## Cost" not in page and "## Scores" not in page  # only the judges' section
+    assert "read from the finished run directory" in page
+
+
+def test_write_says_when_the_run_has_no_judges_table(tmp_path, monkeypatch):
+    run = synthetic_run(tmp_path / "replicate-y")
+    monkeypatch.setattr(bench, "FIGURES_DIR", tmp_path / "docs")
+    bench.main(["--from-run", str(run), "--write"])
+    assert 'has no "How good was self-verification" section' in (tmp_path / "docs" / "replicate-y.md").read_text()

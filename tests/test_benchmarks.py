@@ -8,6 +8,7 @@ imports, and a benchmark CI would not run.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,20 @@ def test_the_demo_figures_page_is_written_from_the_run_never_by_hand(tmp_path):
     row = next(line for line in page.splitlines() if line.startswith("| replicate_arithmetic |"))
     assert row.startswith("| replicate_arithmetic | 50.0 ± 0.0 | 75.0 ± 0.0 | 62.5 ± 0.0 | +25.0 (")
     assert "do not edit by hand" in page
+
+
+def test_readme_quotes_the_demo_figures_that_bench_demo_wrote():
+    """README's demo figures are docs/DEMO_FIGURES.md's (written by bench_demo --write), never typed apart."""
+    figures = (REPO / "docs" / "DEMO_FIGURES.md").read_text()
+    funnel = dict(re.findall(r"^\| (\w+) \| (\d+) \|$", figures.split("## Funnel", 1)[1], flags=re.M))
+    scores = re.search(
+        r"^\| demo_arithmetic \| ([\d.]+ ± [\d.]+) \| ([\d.]+ ± [\d.]+) \| ([\d.]+ ± [\d.]+) \|", figures, re.M
+    )
+    readme = " ".join((REPO / "README.md").read_text().split())  # README wraps its lines anywhere
+    quoted = (
+        f"of {funnel['candidates']} candidates {funnel['cycle']} passed cycle consistency, "
+        f"{funnel['factuality']} factuality and {funnel['correctness']} correctness; "
+        f"{funnel['kept']} made the SFT set; "
+        f"pass@1 went from {scores[1]} (base) to {scores[2]} (trained), UQ-TTC {scores[3]}"
+    )
+    assert quoted in readme

@@ -19,7 +19,7 @@ from svd_hpc import config
 from svd_hpc.records import EVAL
 from svd_hpc.rundir.atomic import atomic_write_json
 from svd_hpc.rundir.layout import RunDir
-from svd_hpc.runner import local, status
+from svd_hpc.runner import local, status, status_json
 from tests.helpers import REPO, run_launch, wait_jobs, write_config
 
 
@@ -117,7 +117,7 @@ def test_local_status_before_anything_is_measured(tmp_path, toy_bodies):
     assert "(in 0s)" not in text
     assert "projected end: not known yet (no task of generate has reported progress or ended)" in text
 
-    data = status.status_json(run, statuses)
+    data = status_json.status_json(run, statuses)
     validate("status", data)
     assert data["projected_end"]["known"] is False and data["projected_end"]["in_s"] is None
     generate = data["stages"][0]

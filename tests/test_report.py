@@ -505,3 +505,45 @@ def test_uq_ttc_on_one_seed_pairs_with_base_on_that_seed():
     saved = scoring.scores_json(scores)["h"]
     assert saved["UQ-TTC"]["seeds"] == 1 and saved["delta"]["UQ-TTC"]["mean"] == 0.25
     assert saved["delta"]["UQ-TTC"]["paired_samples"] == 4
+
+
+def test_clean_subset_is_scored_beside_the_full_benchmark(tmp_path):
+    """The merge names the eval questions a kept training row overlaps; the report scores each benchmark again
+    without them ("<bench>.clean"), in report.md, eval/summary.json and report --json."""
+    from svd_hpc.report.as_json import report_json
+    from tests.test_machine_json import validate
+
+    run = prepare_run(tmp_path, train={"enabled": False})
+    write_eval(run)
+    overlapped = {"m1": ["m1-q1", "m1-q3"], "other": ["x"]}
+    funnel = {"rules": {}, "overall": {"kept": 0}, "per_domain": {}}
+    decontamination = {"ngram": 13, "solutions_dropped": False, "eval_questions": 9, "contaminated_seeds": 0}
+    atomic_write_json(
+        run.root / "merge" / "stats.json",
+        {**funnel, "decontamination": {**decontamination, "overlapped": overlapped, "list": "contaminated.jsonl"}},
+    )
+    report.build(run, console=Console(file=io.StringIO()))
+    summary = json.loads((run.root / "eval" / "summary.json").read_text())
+    clean = summary["m1.clean"]
+    assert clean["questions"] == 2 and summary["m1"]["questions"] == 4
+    # m1's questions 0 and 2 only: base seeds [1,0], [1,0], [1,1]; SVD right on both every seed
+    assert clean["base"]["pass_at_1"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)
+    assert clean["SVD"]["pass_at_1"] == 1.0 and clean["delta"]["SVD"]["mean"] == pytest.approx(1 - 2 / 3)
+    for key in ("pass_at_1", "stderr", "seeds"):  # nothing of m2 overlaps
+        assert summary["m2.clean"]["SVD"][key] == summary["m2"]["SVD"][key]
+    # domain rows pool the full benchmarks, not the clean copies
+    assert summary["domain:math"]["questions"] == 6
+    text = (run.root / "report.md").read_text()
+    assert (
+        f"| m1, clean subset | math | 2 | 3 | {100 * (2 / 3):.1f} ± " in text and "clean subset: its questions" in text
+    )
+    data = report_json(run)
+    validate("report", data)
+    assert data["scores"]["m1.clean"]["SVD"]["pass_at_1"] == 1.0
+
+
+def test_no_clean_subset_without_a_decontamination_record(tmp_path):
+    run = prepare_run(tmp_path, train={"enabled": False})
+    write_eval(run)
+    report.build(run, console=Console(file=io.StringIO()))
+    assert not [k for k in json.loads((run.root / "eval" / "summary.json").read_text()) if k.endswith(".clean")]

@@ -19,7 +19,7 @@ from svd_hpc.inputs import seeds
 from svd_hpc.rundir import progress
 from svd_hpc.rundir.layout import RunDir
 from svd_hpc.rundir.planfile import Dependency, Stage
-from svd_hpc.runner import local, status
+from svd_hpc.runner import eta, local, stage_status, status
 from svd_hpc.sampling.engine import Completion
 from svd_hpc.stages import generate
 from tests.helpers import REPO, run_launch, write_config
@@ -29,15 +29,15 @@ from tests.helpers import REPO, run_launch, write_config
 
 def test_stage_eta_from_done_durations_and_running_progress():
     now = 1_000_000.0
-    st = status.StageStatus("generate", 10, done=[0, 1], running=[3, 4], durations=[100.0, 120.0])
+    st = stage_status.StageStatus("generate", 10, done=[0, 1], running=[3, 4], durations=[100.0, 120.0])
     # task 3: 30 of 60 questions in the 60 s since it started, written 0 s ago: 60 s to go
     st.progress[3] = dict(done=30, total=60, resumed=0, tokens=0, started=now - 60, updated=now)
     st.running_s = {3: 75.0, 4: 40.0}  # task 4 has no chunk yet: the mean done task (110 s) less 40 s = 70 s
-    est = status.stage_estimate(st, now)
+    est = eta.stage_estimate(st, now)
     # 6 waiting tasks of 110 s on 2 slots free after 60 and 70 s: 170, 180, 280, 290, 390, 400
     assert est.typical == 110.0 and est.left == 400.0
-    assert status.schedule([60.0, 70.0], 6, 110.0, 2) == 400.0
-    assert status.schedule([], 3, 10.0, 1) == 30.0 and status.schedule([5.0], 0, 10.0, 4) == 5.0
+    assert eta.schedule([60.0, 70.0], 6, 110.0, 2) == 400.0
+    assert eta.schedule([], 3, 10.0, 1) == 30.0 and eta.schedule([5.0], 0, 10.0, 4) == 5.0
 
 
 def test_stage_eta_discounts_resumed_units_and_time_since_the_last_write():
@@ -48,15 +48,15 @@ def test_stage_eta_discounts_resumed_units_and_time_since_the_last_write():
     assert progress.remaining_s(record, now) == pytest.approx(250.0)
     assert progress.tokens_per_s(record) == pytest.approx(9.0)
     # before any done task, the running task's projected duration (its 150 s + 250 s) stands for the rest
-    st = status.StageStatus("verify", 3, running=[0], progress={0: record}, running_s={0: 150.0}, parallelism=4)
-    est = status.stage_estimate(st, now)
+    st = stage_status.StageStatus("verify", 3, running=[0], progress={0: record}, running_s={0: 150.0}, parallelism=4)
+    est = eta.stage_estimate(st, now)
     assert est.typical == pytest.approx(400.0) and est.left == pytest.approx(250.0 + 400.0 + 400.0)
 
 
 def test_nothing_to_go_by_gives_no_eta():
-    assert status.stage_estimate(status.StageStatus("train", 1), 0.0).left is None
-    failed = status.StageStatus("merge", 1, failed=[object()])  # a failed task waits for resume
-    assert status.stage_estimate(failed, 0.0).left == 0.0
+    assert eta.stage_estimate(stage_status.StageStatus("train", 1), 0.0).left is None
+    failed = stage_status.StageStatus("merge", 1, failed=[object()])  # a failed task waits for resume
+    assert eta.stage_estimate(failed, 0.0).left == 0.0
 
 
 def test_projected_end_chains_the_stages():
@@ -67,12 +67,12 @@ def test_projected_end_chains_the_stages():
         Stage("merge", 1, "single", [Dependency("verify", "afterok")]),
         Stage("train", 1, "distributed", [Dependency("merge", "afterok")]),
     ]
-    gen = status.StageStatus("generate", 4, done=[0, 1], running=[2, 3], durations=[100.0, 100.0])
+    gen = stage_status.StageStatus("generate", 4, done=[0, 1], running=[2, 3], durations=[100.0, 100.0])
     gen.running_s = {2: 30.0, 3: 50.0}  # no chunk yet: 70 and 50 s to go
-    ver = status.StageStatus("verify", 4, done=[0], running=[1], durations=[40.0], running_s={1: 10.0})
-    merge = status.StageStatus("merge", 1)
-    train = status.StageStatus("train", 1)
-    end, unmeasured = status.projected_end(plan, [gen, ver, merge, train], now)
+    ver = stage_status.StageStatus("verify", 4, done=[0], running=[1], durations=[40.0], running_s={1: 10.0})
+    merge = stage_status.StageStatus("merge", 1)
+    train = stage_status.StageStatus("train", 1)
+    end, unmeasured = eta.projected_end(plan, [gen, ver, merge, train], now)
     # generate ends in 70 s; verify's own schedule: 30 s, then 2 tasks of 40 s on 1 slot = 110 s,
     # and at least one verify task (40 s) after generate's last: max(110, 70 + 40) = 110
     assert unmeasured == ["merge", "train"] and end == now + 110.0
@@ -81,7 +81,7 @@ def test_projected_end_chains_the_stages():
         st.done, st.running, st.durations = list(range(st.size)), [], [5.0] * st.size
     train.running, train.running_s = [0], {0: 10.0}
     train.progress[0] = dict(done=2, total=10, resumed=0, tokens=0, started=now - 10, updated=now)
-    end, unmeasured = status.projected_end(plan, [gen, ver, merge, train], now)
+    end, unmeasured = eta.projected_end(plan, [gen, ver, merge, train], now)
     assert unmeasured == [] and end == now + 40.0
 
 

@@ -9,6 +9,7 @@ names the file and the key, as a ConfigError (exit code 2 at the CLI).
 
 from .checks import STAGE_NAMES, VERIFY_STAGES, ConfigError, check_vote_rule
 from .cluster import ClusterProfile, StageResources
+from .decontamination import DecontaminateConfig
 from .evaluation import BenchmarkSpec, EvalConfig
 from .hub import HubConfig
 from .iteration import IterationConfig
@@ -34,6 +35,7 @@ __all__ = [
     "BenchmarkSpec",
     "ClusterProfile",
     "ConfigError",
+    "DecontaminateConfig",
     "EvalConfig",
     "GenerateConfig",
     "IterationConfig",

@@ -6,7 +6,14 @@ from dataclasses import dataclass, field
 
 from .checks import ConfigError, check_time
 
-TRAIN_SIGNAL_SECONDS = 600  # one optimiser step plus a full sharded save of 8B on a network filesystem
+TRAIN_SIGNAL_SECONDS = 600
+ENGINE_STAGES = (
+    "generate",
+    "verify",
+    "eval_base",
+    "eval_trained",
+    "select_eval",
+)  # the stages that run vLLM engines  # one optimiser step plus a full sharded save of 8B on a network filesystem
 
 
 @dataclass
@@ -103,11 +110,25 @@ class StageResources:
     """Submit with --requeue and the warning signal, for preemptible partitions."""
     signal_seconds: int | None = None
     """Seconds of warning before the time limit; null: the profile's (for train at least 600)."""
+    engines_per_task: int = 1
+    """vLLM stages only (generate, verify, eval_base, eval_trained): data-parallel engines per task.
+
+    The task asks for engines_per_task × model.tensor_parallel_size GPUs and runs that many engines, each
+    on its own GPUs (on CPU, its own share of the cores), dealing the shard's requests among them; the
+    records equal one engine's. For sites that allocate whole nodes: 4 engines of TP 2 fill an 8-GPU node.
+    """
 
     def check(self, stage: str, source: str) -> None:
         if self.time:
             check_time(self.time, f"resources.{stage}.time", source)
         if self.nodes < 1 or (self.nodes > 1 and stage != "train"):
             raise ConfigError(f"{source}: resources.{stage}.nodes must be 1 (only train runs on several nodes).")
+        if self.engines_per_task < 1:
+            raise ConfigError(f"{source}: resources.{stage}.engines_per_task must be at least 1.")
+        if self.engines_per_task > 1 and stage not in ENGINE_STAGES:
+            raise ConfigError(
+                f"{source}: resources.{stage}.engines_per_task applies to the vLLM stages only "
+                f"({', '.join(ENGINE_STAGES)}); remove it from resources.{stage}."
+            )
         if self.array_parallelism is not None and self.array_parallelism < 1:
             raise ConfigError(f"{source}: resources.{stage}.array_parallelism must be at least 1.")

@@ -8,6 +8,18 @@ from typing import Literal
 
 from .checks import ConfigError
 
+Grader = Literal["math", "math_last_number", "authors_aime", "choice", "authors_gpqa", "authors_hle", "code"]
+# what each grader reads: a problem's reference and the prompt's options follow from it
+GRADER_KINDS = {
+    "math": "math",
+    "math_last_number": "math",
+    "authors_aime": "math",
+    "choice": "choice",
+    "authors_gpqa": "choice",
+    "authors_hle": "choice",
+    "code": "code",
+}
+
 
 @dataclass
 class BenchmarkSpec:
@@ -37,8 +49,13 @@ class BenchmarkSpec:
     """Field holding a question id."""
     domain: Literal["math", "science", "code"] = "math"
     """Domain of the questions (picks the generation prompt's format)."""
-    grader: Literal["math", "math_last_number", "choice", "code"] = "math"
-    """How answers are graded; math_last_number: math, but an answer without \\boxed{} is read as its last number."""
+    grader: Grader = "math"
+    """How answers are graded (docs/PROTOCOL.md); with a preset, math (the default) is the preset's.
+
+    math_last_number: math, but an answer without \\boxed{} is read as its last number.
+    authors_aime, authors_gpqa, authors_hle: the authors' evalchemy readers (thinking included);
+    `svd-hpc regrade` re-reads a finished run's records with another.
+    """
     limit: int | None = None
     """Keep the first `limit` problems; null: all."""
     prompt: Literal["sft", "aime", "hmmt", "gpqa", "hle", "lcb"] | None = None
@@ -127,6 +144,30 @@ class EvalConfig:
 
     per_test: code_timeout_s for each test.
     """
+    code_imports: Literal["ours", "none"] = "ours"
+    """Functional (LeetCode-style) code runs after an import header (typing, collections, heapq, math, ...).
+
+    none: bare, as the authors' harness runs it (an answer using List[int] without importing it fails).
+    """
+    code_call: Literal["lenient", "authors"] = "lenient"
+    """Which callable a functional test calls: lenient = Solution().<func_name>, else <func_name>, else the
+    function named before the code's first "(".
+
+    authors: only that last one, at module level (a method of class Solution is not found).
+    """
+    code_compare: Literal["numbers", "exact"] = "numbers"
+    """stdout compared line by line, each stripped, numbers as decimals ("1.0" = "1"), a set returned by
+    a function as its sorted list.
+
+    exact: the authors' check: the whole stripped output equals the expected one; a function's tuple or
+    set never equals the expected list.
+    """
+    code_memory_mb: int | None = 1024
+    """Address space of each process of model-written code, in MiB; the program's cgroup (where one is
+    delegated) gets twice it for all its processes.
+
+    null: no memory limit (the authors set none): a program may take the node's memory.
+    """
     allow_unisolated_code: bool = False
     """Run model-written code even where nothing isolates it (no namespaces, bubblewrap or apptainer).
 
@@ -140,6 +181,11 @@ class EvalConfig:
         if self.seeds is not None and not self.seeds:
             raise ConfigError(
                 f"{source}: eval.seeds must list at least one seed, or be left out (each preset's repeats)."
+            )
+        if self.code_memory_mb is not None and self.code_memory_mb < 64:
+            raise ConfigError(
+                f"{source}: eval.code_memory_mb is {self.code_memory_mb}; Python itself needs about 64 MiB: "
+                "set at least 64, or null for no limit."
             )
         for bench in self.benchmarks:
             bench.check(source)

@@ -60,6 +60,8 @@ def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
         and where.endswith(("time", "mem"))
     ):
         return str(value)
+    if tp is str and where.endswith("filter_value") and isinstance(value, (int, float, bool)):
+        return str(value).lower() if isinstance(value, bool) else str(value)  # compared as text (seeds.filter_value)
     if tp in (int, float, str, bool):
         if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
             raise ConfigError(f"{source}: {where} must be {_type_name(tp)}, got {value!r} ({type(value).__name__}).")

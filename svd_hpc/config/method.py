@@ -83,7 +83,21 @@ class SeedSource:
     split: str = "train"
     """HF dataset split."""
     question_field: str = "question"
-    """Field holding the question text."""
+    """Field holding the question text; a dotted path reads into nested rows.
+
+    `conversations.0.value`: the `value` of the first entry of the `conversations` list (OpenThoughts3's
+    user turn). Each step is a list position or a key; a name that is itself a column is that column.
+    The other field keys (answer_field, id_field, domain_field, filter_field) read paths alike.
+    """
+    filter_field: str | None = None
+    """Field a row must match to be read as a seed (a dotted path as question_field); null: every row.
+
+    With filter_value: keep the rows whose field equals it (OpenThoughts3-1.2M mixes domains:
+    `filter_field: domain`, `filter_value: math`). The rows dropped are counted in the seed stats
+    (`filtered_out`), before duplicates and limits.
+    """
+    filter_value: str | None = None
+    """The value filter_field must equal, compared as text (a number as written, a flag as true/false)."""
     answer_field: str | None = None
     """Field holding the question's known answer; null: the seeds carry none (the method needs none).
 
@@ -152,6 +166,13 @@ class SeedsConfig(SeedSource):
 
     def check(self, source: str) -> None:
         check_at_least_one(source, "seeds", self, "shards")
+        for i, entry in enumerate(self.source_list()):
+            key = f"seeds.sources[{i}]" if self.sources else "seeds"
+            if (entry.filter_field is None) != (entry.filter_value is None):
+                raise ConfigError(
+                    f"{source}: {key}.filter_field and {key}.filter_value go together; set both "
+                    "(keep the rows whose field equals the value) or neither."
+                )
         if not self.sources:
             return
         defaults = SeedSource()

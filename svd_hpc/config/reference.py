@@ -20,6 +20,7 @@ import yaml
 
 from .checks import ConfigError
 from .cluster import ClusterProfile, StageResources
+from .decontamination import DecontaminateConfig
 from .evaluation import BenchmarkSpec, EvalConfig, SelectConfig
 from .hub import HubConfig
 from .iteration import IterationConfig
@@ -49,6 +50,7 @@ SECTIONS: dict[str, tuple[type, str]] = {
     "train.select": (SelectConfig, "train.select."),
     "eval": (EvalConfig, "eval."),
     "eval.benchmarks": (BenchmarkSpec, "eval.benchmarks[]."),
+    "decontaminate": (DecontaminateConfig, "decontaminate."),
     "iteration": (IterationConfig, "iteration."),
     "resources": (StageResources, "resources.STAGE."),
     "hub": (HubConfig, "hub."),

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .checks import STAGE_NAMES, ConfigError
-from .cluster import ClusterProfile, StageResources
+from .cluster import ENGINE_STAGES, ClusterProfile, StageResources
+from .decontamination import DecontaminateConfig
 from .evaluation import EvalConfig
 from .hub import HubConfig
 from .iteration import IterationConfig
 from .method import GenerateConfig, MergeConfig, ModelConfig, PromptsConfig, SeedsConfig, TrainConfig, VerifyConfig
 
-VLLM_STAGES = ("generate", "verify", "eval_base", "eval_trained", "select_eval")
+VLLM_STAGES = ENGINE_STAGES
 
 
 @dataclass
@@ -40,6 +41,8 @@ class RunConfig:
     """Stage 4 (see train)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation of base and trained model (see eval)."""
+    decontaminate: DecontaminateConfig = field(default_factory=DecontaminateConfig)
+    """Seeds and solutions that overlap an eval benchmark's questions, dropped (see decontaminate)."""
     rounds: int = 1
     """Rounds of the method chained in one launch: round r+1 generates, judges and trains with round r's
     model; each round in RUN_DIR/round-R/ when more than 1 (1: today's single-round layout)."""
@@ -69,6 +72,7 @@ class RunConfig:
         self.merge.check(self.verify.votes, source)
         self.eval.check(source)
         self._check_select(source)
+        self.decontaminate.check(source)
         self.hub.check(source)
         self.iteration.check(self.rounds, self.train.enabled, bool(self.eval.benchmarks), source)
         for stage, res in self.resources.items():
@@ -89,18 +93,29 @@ class RunConfig:
             )
 
     def _check_gpus(self, stage: str, source: str) -> None:
-        """A vLLM stage gets at least tensor_parallel_size GPUs, and no more than a node has."""
-        gpus = self.stage_resources(stage).gpus
-        gpus = self.profile.gpus_per_node if gpus is None else gpus
-        tp = self.model.tensor_parallel_size
-        if gpus and tp > gpus:
+        """A vLLM task gets at least engines × tensor_parallel_size GPUs, and no more than a node has."""
+        res = self.stage_resources(stage)
+        tp, engines = self.model.tensor_parallel_size, res.engines_per_task
+        gpus = res.gpus if res.gpus is not None else (tp * engines if self.profile.gpus_per_node else 0)
+        if gpus and tp * engines > gpus:
+            needs = (
+                f"resources.{stage}.engines_per_task={engines} engines of model.tensor_parallel_size={tp} "
+                f"need {tp * engines} GPUs"
+                if engines > 1
+                else f"model.tensor_parallel_size={tp} needs that many GPUs"
+            )
             raise ConfigError(
-                f"{source}: model.tensor_parallel_size={tp} needs that many GPUs, but resources.{stage} gets {gpus}; "
-                f"raise resources.{stage}.gpus or lower the tensor parallel size."
+                f"{source}: {needs}, but resources.{stage} gets {gpus}; raise resources.{stage}.gpus or lower "
+                f"the tensor parallel size{' or the engines per task' if engines > 1 else ''}."
             )
         if self.profile.gpus_per_node and gpus and gpus > self.profile.gpus_per_node:
+            asked = (
+                f"resources.{stage}.gpus={gpus}"
+                if res.gpus is not None
+                else f"resources.{stage}.engines_per_task={engines} × model.tensor_parallel_size={tp} GPUs"
+            )
             raise ConfigError(
-                f"{source}: resources.{stage}.gpus={gpus} exceeds the {self.profile.gpus_per_node} GPUs per node "
+                f"{source}: {asked} exceeds the {self.profile.gpus_per_node} GPUs per node "
                 f"of cluster profile '{self.profile.name}'."
             )
 

@@ -35,8 +35,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from ..config import BenchmarkSpec, ConfigError
+from ..config import BenchmarkSpec, ConfigError, RunConfig
 from ..inputs import staging
+from ..inputs.decontam import EvalQuestion, Index
 from ..inputs.sources import JSONL_SUFFIXES, MissingSplit, read_dataset_split, read_jsonl
 from .presets import PRESETS, Preset, Source, resolve, seeds_of
 from .problems import Problem, _problems, in_contest_window
@@ -62,6 +63,24 @@ def from_rows(spec: BenchmarkSpec, rows: list[dict]) -> list[Problem]:
     return _problems(resolve(spec), rows, "the given rows", Counter())
 
 
+def contamination_index(cfg: RunConfig) -> Index | None:
+    """Every eval benchmark's questions (as evaluated: `limit` applied), to test training data against;
+    None when decontaminate.enabled is false or there is no benchmark."""
+    if not cfg.decontaminate.enabled or not cfg.eval.benchmarks:
+        return None
+    questions = []
+    for spec in cfg.eval.benchmarks:
+        try:
+            problems = load(spec)
+        except ValueError as err:  # the eval would fail on it later; here it stops the launch, so say how to go on
+            raise ValueError(
+                f"{str(err).rstrip('.')}. Decontamination (decontaminate.enabled) reads every benchmark at launch; "
+                "fix the benchmark, or set decontaminate.enabled: false."
+            ) from None
+        questions += [EvalQuestion(spec.name, p.question_id, p.question) for p in problems]
+    return Index(questions, cfg.decontaminate.ngram)
+
+
 def load(spec: BenchmarkSpec) -> list[Problem]:
     """The problems of a benchmark, in dataset order, `limit` applied; ValueError names what failed."""
     return load_counted(spec)[0]
@@ -78,7 +97,7 @@ def load_counted(spec: BenchmarkSpec) -> tuple[list[Problem], dict[str, int]]:
         problems = problems[: src.limit]
     if not problems:
         raise ValueError(f"benchmark '{src.name}': {label} holds no usable problems; check its fields and filters.")
-    unparsed = sum(p.grader == "choice" and p.options is None for p in problems)
+    unparsed = sum(p.kind == "choice" and p.options is None for p in problems)
     if unparsed:
         log.info(f"benchmark {src.name}: {unparsed} questions whose options could not be split off are shown verbatim")
     return problems, {**dict(sorted(left_out.items())), "options_unparsed": unparsed}

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import BenchmarkSpec, ConfigError, EvalConfig
+from ..config.evaluation import GRADER_KINDS
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,12 @@ def resolve(spec: BenchmarkSpec) -> Source:
             if values[f] == getattr(_DEFAULTS, f):
                 values[f] = getattr(preset, f)
         hub_id = preset.hub_id
+        if GRADER_KINDS[values["grader"]] != GRADER_KINDS[preset.grader]:
+            readers = ", ".join(g for g, kind in GRADER_KINDS.items() if kind == GRADER_KINDS[preset.grader])
+            raise ConfigError(
+                f"eval.benchmarks '{spec.name}': grader '{values['grader']}' cannot read {spec.preset}'s "
+                f"answers; choose one of {readers}."
+            )
     elif not spec.path:
         raise ConfigError(f"eval.benchmarks '{spec.name}' needs a preset ({', '.join(PRESETS)}) or a path.")
     elif _looks_like_hub_id(spec.path):

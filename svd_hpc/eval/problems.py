@@ -15,6 +15,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass
 
+from ..config.evaluation import GRADER_KINDS
 from ..records import question_id
 from .grading.choice import LETTERS, format_choice_question, order_options
 from .presets import Source
@@ -29,7 +30,7 @@ class Problem:
     question_id: str
     question: str  # as the dataset has it (HLE: with its answer choices; code: the statement alone)
     domain: str
-    grader: str  # math | choice | code
+    grader: str  # config.evaluation.Grader: math, choice, code, or a reader of the same kind
     answer: str | None = None  # math: the reference
     prompt: str = "sft"  # the eval prompt it is asked with (eval/prompts.py)
     stem: str | None = None  # choice: the question without its options
@@ -42,6 +43,11 @@ class Problem:
     mode: str = "stdin"  # code: stdin | functional
     fn_name: str | None = None
     starter_code: str = ""
+
+    @property
+    def kind(self) -> str:
+        """What the grader reads: math (a reference answer), choice (options and a letter) or code (tests)."""
+        return GRADER_KINDS[self.grader]
 
     def choices(self, seed: int) -> tuple[list[str] | None, str]:
         """The options in the order shown under eval seed `seed` (None: the question text shows them
@@ -58,10 +64,10 @@ class Problem:
         Seeded options are shuffled per (seed, question): base and trained models see the same
         order for a seed, and the seeds average out any position bias.
         """
-        if self.grader == "choice":
+        if self.kind == "choice":
             shown, letter = self.choices(seed)
             return (self.question if shown is None else format_choice_question(self.stem, shown)), letter
-        if self.grader == "code":
+        if self.kind == "code":
             fn = f" calling {self.fn_name}" if self.fn_name else ""
             reference = f"{len(self.tests)} {self.mode} tests{fn}"
             if self.prompt == "lcb":  # the authors' prompt: the statement alone, no starter code
@@ -123,9 +129,9 @@ def _problems(src: Source, rows: list[dict], label: str, left_out: Counter) -> l
         else:
             qid = question_id(question)
         problem = Problem(qid, question, src.domain, src.grader, prompt=src.prompt, option_order=src.option_order)
-        if src.grader in ("math", "math_last_number"):
+        if problem.kind == "math":
             problem.answer = _required(row, src.answer_field, where)
-        elif src.grader == "choice":
+        elif problem.kind == "choice":
             reason = _fill_choice(problem, row, src, where)
             if reason:
                 left_out[reason] += 1

@@ -29,6 +29,7 @@ from . import benchmarks
 # (model, mode) of each column, in report order
 VARIANTS = {"base": ("base", "direct"), "SVD": ("trained", "direct"), "UQ-TTC": ("base", "uq_ttc")}
 Score = tuple[float, "float | None"]  # mean, standard error (None with a single seed)
+CLEAN = ".clean"  # a benchmark's clean subset is the group "<benchmark>.clean" (decontaminate)
 # the two domain deltas, named alike wherever they are shown so that neither is read as the other
 SUMMED = "Σ Δ over benchmarks (the paper's domain figure)"
 POOLED = "pooled Δ (every question of the domain weighs once)"
@@ -155,6 +156,16 @@ def read_eval(run: RunDir) -> pa.Table | None:
     return pa.concat_tables(tables) if tables else None
 
 
+def overlapped(run: RunDir) -> dict[str, set[str]] | None:
+    """Benchmark -> the eval questions a kept training row overlaps (merge/stats.json); None when the merge
+    did not test for contamination (decontaminate.enabled false, or no merge yet)."""
+    stats = run.load_json(run.stage_dir("merge") / "stats.json")
+    block = stats.get("decontamination") if isinstance(stats, dict) else None
+    if not isinstance(block, dict):
+        return None
+    return {bench: set(qids) for bench, qids in (block.get("overlapped") or {}).items()}
+
+
 def domains_of(cfg: RunConfig, run: RunDir) -> dict[str, str]:
     """Benchmark -> domain, from the config (presets resolved) and the eval summaries."""
     out = {}
@@ -236,7 +247,7 @@ def paired_deltas(records: dict[tuple[str, str, str, int], bool], groups_of) -> 
         per_group: dict[str, list[tuple[float, int]]] = defaultdict(list)
         for bench in sorted(per_bench):
             for qid, mean in sorted(per_bench[bench].items()):
-                for group in groups_of(bench):
+                for group in groups_of(bench, qid):
                     per_group[group].append((mean, pairs[(bench, qid)]))
         for group, values in per_group.items():
             means = [m for m, _ in values]
@@ -269,8 +280,11 @@ def summed_deltas(
     return out
 
 
-def score(table: pa.Table, domain_of: dict[str, str]) -> EvalScores:
+def score(table: pa.Table, domain_of: dict[str, str], overlapped: dict[str, set[str]] | None = None) -> EvalScores:
     """pass@1 per seed, then mean ± stderr over seeds; domains pool their benchmarks' questions.
+
+    overlapped (decontamination, from `overlapped`): each benchmark also scores as "<benchmark>.clean" over
+    its questions outside overlapped[benchmark]; None: no clean subsets.
 
     A domain whose benchmarks repeat a different number of times (AIME26 once, HMMT ten times)
     weighs every question once: the mean over questions of each question's mean over its seeds,
@@ -281,13 +295,19 @@ def score(table: pa.Table, domain_of: dict[str, str]) -> EvalScores:
     questions: dict[str, set] = defaultdict(set)
     records: dict[tuple[str, str, str, int], bool] = {}
     names = {v: k for k, v in VARIANTS.items()}
-    groups_of = lambda bench: (bench, f"domain:{domain_of.get(bench, 'unknown')}")  # noqa: E731
+
+    def groups_of(bench: str, qid: str) -> tuple[str, ...]:
+        groups = (bench, f"domain:{domain_of.get(bench, 'unknown')}")
+        if overlapped is not None and qid not in overlapped.get(bench, ()):
+            groups += (bench + CLEAN,)
+        return groups
+
     for row in table.select(["benchmark", "model", "mode", "seed", "question_id", "correct"]).to_pylist():
         variant = names.get((row["model"], row["mode"]))
         if variant is None:
             continue
         bench = row["benchmark"]
-        for group in groups_of(bench):
+        for group in groups_of(bench, row["question_id"]):
             correct[(variant, group, row["seed"])].append(bool(row["correct"]))
             questions[group].add((bench, row["question_id"]))
         per_question[(variant, bench, row["question_id"])].append(bool(row["correct"]))
@@ -299,7 +319,7 @@ def score(table: pa.Table, domain_of: dict[str, str]) -> EvalScores:
     seeds = {key: len(values) for key, values in by_group.items()}
     seed_sets: dict[tuple[str, str], set] = defaultdict(set)  # (variant, domain) -> each benchmark's seeds
     for variant, group, seed in correct:
-        if not group.startswith("domain:"):
+        if not group.startswith("domain:") and not group.endswith(CLEAN):
             seed_sets[(variant, f"domain:{domain_of.get(group, 'unknown')}", group)].add(seed)
     for variant, domain in list(pass1):
         if not domain.startswith("domain:"):

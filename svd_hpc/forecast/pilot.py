@@ -42,11 +42,14 @@ from ..rundir.atomic import atomic_path, atomic_write_json
 from ..rundir.chunks import Checkpoint
 from ..rundir.layout import RunDir
 from ..rundir.planfile import Dependency, Stage, plan_to_json
+from ..rundir.targets import Targets
 from ..runner import catalog, local
 from ..runner.plan import build_plan, resolve_resources
 from ..slurm import commands as slurm
+from ..slurm import queue_wait
+from ..slurm.queue_wait import QueueWait
 from ..stages import generate
-from . import memory_check, projection
+from . import memory_check, projection, proposal
 
 log = logging.getLogger("svd_hpc")
 
@@ -220,6 +223,30 @@ def cluster_slots(cfg: RunConfig) -> int | None:
     )
 
 
+def queue_waits(cfg: RunConfig) -> proposal.WaitFor:
+    """The estimated queue wait of a job of each stage's partition and size, from sacct (one read per partition)."""
+    if cfg.is_local:
+        return lambda stage, nodes: QueueWait(None, "no queue wait: the local scheduler starts each task itself")
+    histories: dict[str | None, queue_wait.History] = {}
+
+    def wait_for(stage: str, nodes: int) -> QueueWait:
+        res = resolve_resources(cfg, stage)
+        if res["partition"] not in histories:
+            histories[res["partition"]] = queue_wait.History(res["partition"])
+        return histories[res["partition"]].wait(nodes, res["gpus_per_node"] or 0)
+
+    return wait_for
+
+
+def train_nodes_available(cfg: RunConfig) -> int | None:
+    """How many train nodes the partition holds at once (sinfo); None here or when unknown."""
+    if cfg.is_local or not slurm.available():
+        return None
+    res = resolve_resources(cfg, "train")
+    cpus = (res["cpus_per_task"] or 1) * res["ntasks_per_node"]  # a node's share: all its processes
+    return slurm.partition_nodes(res["partition"], cpus, res["mem"], res["gpus_per_node"] or 0) or None
+
+
 def engine_seconds(prun: RunDir, stage: str) -> float:
     """The engine's load time in the stage's task log (0 when the task loaded none)."""
     times = []
@@ -281,8 +308,12 @@ def run(
     seed: int = 0,
     console: Console | None = None,
     train_steps: int = DEFAULT_TRAIN_STEPS,
+    targets: Targets | None = None,
 ) -> dict:
-    """Prepare, run and measure the pilot; write RUN_DIR/pilot.json and print its tables."""
+    """Prepare, run and measure the pilot; write RUN_DIR/pilot.json and print its tables.
+
+    With targets (a deadline, a GPU-hour budget) it also proposes the settings that meet them (proposal.py).
+    """
     console = console or Console()
     started = time.time()
     pcfg, prun, available = prepare(cfg, run, questions, seed, train_steps)
@@ -290,8 +321,19 @@ def run(
     measured = measure(prun, execute(pcfg, prun, console))
     result = projection.project(cfg, available, measured, started, cluster_slots(cfg))
     result["pilot"] = {"questions": questions, "seed": seed, "run_dir": str(prun.root), "measured": measured["stages"]}
+    wait_for = queue_waits(cfg)
+    if targets:
+        result["proposal"] = proposal.propose(
+            cfg, available, measured, targets, result["cluster_slots"], wait_for, train_nodes_available(cfg), started
+        )
+    else:
+        result["queue_wait"] = {"generate": wait_for("generate", 1).to_json()}
     atomic_write_json(run.pilot_result_path, result)
     projection.render(result, console)
+    if targets:
+        proposal.render(result["proposal"], console)
+    elif not cfg.is_local:  # the local scheduler does not queue
+        console.print(f"not in the finish times above: {result['queue_wait']['generate']['how']}.", highlight=False)
     console.print(f"pilot.json: {run.pilot_result_path}")
     return result
 

@@ -14,19 +14,23 @@ and every prefix holds each domain in its share (`interleave`); shards are slice
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..config import DOMAINS, RunConfig, SeedsConfig, SeedSource
 from ..records import SEED, question_id
-from ..rundir.atomic import atomic_path, atomic_write_json
+from ..rundir.atomic import atomic_path, atomic_write_json, atomic_write_text
 from ..rundir.layout import RunDir
 from . import staging
+from .decontam import Index
+from .fields import column_at, equals, filter_mask, value_at
 from .sources import JSONL_SUFFIXES, MissingSplit, read_dataset_split, read_jsonl
 
 log = logging.getLogger("svd_hpc")
@@ -63,7 +67,12 @@ def is_hub_dataset(seeds: SeedSource) -> bool:
     return detect_format(seeds) == "hf" and not Path(seeds.path).expanduser().exists()
 
 
-def _read_table(seeds: SeedSource, fmt: str, key: str) -> tuple[list[dict], list[str]]:
+def _fields(seeds: SeedSource) -> list[str]:
+    """The fields a source's rows are read for (the filter field is read apart)."""
+    return [f for f in (seeds.question_field, seeds.id_field, seeds.domain_field, seeds.answer_field) if f]
+
+
+def _read_table(seeds: SeedSource, fmt: str, key: str) -> tuple[list[dict], list[str], int]:
     if fmt == "parquet":
         path = Path(seeds.path).expanduser()
         if not path.is_file():
@@ -72,15 +81,29 @@ def _read_table(seeds: SeedSource, fmt: str, key: str) -> tuple[list[dict], list
         label = str(path)
     else:
         table, label = _read_hf(seeds, key)
-    fields = [f for f in (seeds.question_field, seeds.id_field, seeds.domain_field, seeds.answer_field) if f]
-    for name in fields:
-        if name not in table.column_names:
-            raise ValueError(
-                f"{label} has no field '{name}' (named in {key} config); "
-                f"its fields are: {', '.join(table.column_names)}."
-            )
-    rows = table.select(fields).to_pylist()
-    return rows, [f"{label} row {i}" for i in range(len(rows))]
+    rows_read = table.num_rows
+    # each field resolved before any row is read, so a wrong name fails before a long read
+    columns = {name: column_at(table, name, label, f"{key} config") for name in _fields(seeds)}
+    kept = range(rows_read)
+    if seeds.filter_field:
+        on = column_at(table, seeds.filter_field, label, f"{key}.filter_field")
+        mask = filter_mask(on, seeds.filter_value, label, seeds.filter_field, f"{key}.filter_field")
+        kept = pc.indices_nonzero(mask).to_pylist()
+        _no_row_kept(kept, seeds, key, on.slice(0, 1000).to_pylist())
+        columns = {name: column.filter(mask) for name, column in columns.items()}
+    rows = pa.table(columns).to_pylist() if columns else []
+    return rows, [f"{label} row {i}" for i in kept], rows_read
+
+
+def _no_row_kept(kept, seeds: SeedSource, key: str, sample: list) -> None:
+    """ValueError when the filter keeps no row, with some of the values the field holds."""
+    if len(kept):
+        return
+    seen = sorted({str(v) for v in sample if v is not None})[:8]
+    raise ValueError(
+        f"{key}.path {seeds.path}: no row has {seeds.filter_field} = '{seeds.filter_value}' "
+        f"({key}.filter_field/filter_value); values seen: {', '.join(seen) or 'none'}."
+    )
 
 
 def _read_hf(seeds: SeedSource, key: str) -> tuple[pa.Table, str]:
@@ -104,19 +127,38 @@ def source_key(seeds: SeedsConfig, index: int) -> str:
     return f"seeds.sources[{index}]" if seeds.sources else "seeds"
 
 
-def _read_source(source: SeedSource, key: str) -> tuple[list[dict], list[str], str]:
-    """A source's rows, where each came from, and its format."""
+def _read_source(source: SeedSource, key: str) -> tuple[list[dict], list[str], str, int]:
+    """A source's rows (its filter applied, each row holding its fields by the names the config
+    gives them), where each came from, its format and how many rows it had before the filter."""
     fmt = detect_format(source, key)
     if fmt == "jsonl":
         path = Path(source.path).expanduser()
         if not path.is_file():
             raise ValueError(f"{key}.path {source.path} does not exist; check the path.")
         rows, where = read_jsonl(path)
+        rows_read = len(rows)
+        if source.filter_field:
+            pairs = [
+                (row, place)
+                for row, place in zip(rows, where)
+                if equals(value_at(row, source.filter_field, place, f"{key}.filter_field"), source.filter_value)
+            ]
+            _no_row_kept(pairs, source, key, [value_at(r, source.filter_field, "", "") for r in rows[:1000]])
+            rows, where = [r for r, _ in pairs], [p for _, p in pairs]
+        rows = [
+            {name: value_at(row, name, place, f"{key} config") for name in _fields(source) if _holds(row, name)}
+            for row, place in zip(rows, where)
+        ]
     else:
-        rows, where = _read_table(source, fmt, key)
-    if not rows:
+        rows, where, rows_read = _read_table(source, fmt, key)
+    if not rows_read:
         raise ValueError(f"{key}.path {source.path} holds no questions; point {key}.path at a non-empty set.")
-    return rows, where, fmt
+    return rows, where, fmt, rows_read
+
+
+def _holds(row: dict, name: str) -> bool:
+    """Whether a JSON row has the field's first step (so a row lacking the answer key stays without it)."""
+    return name in row or name.split(".")[0] in row
 
 
 def _reference(row: dict, source: SeedSource, place: str, key: str) -> str | None:
@@ -144,7 +186,7 @@ class _Seen:
 
 def _source_table(source: SeedSource, key: str, seen: _Seen) -> tuple[pa.Table, dict]:
     """One source's checked questions (SEED schema), without those earlier sources kept, its limit applied."""
-    rows, where, fmt = _read_source(source, key)
+    rows, where, fmt, rows_read = _read_source(source, key)
     if source.answer_field and not any(source.answer_field in row for row in rows):
         raise ValueError(
             f"{key}.path {source.path}: no row has the field '{source.answer_field}' ({key}.answer_field); "
@@ -157,7 +199,8 @@ def _source_table(source: SeedSource, key: str, seen: _Seen) -> tuple[pa.Table, 
     for index, (row, place) in enumerate(zip(rows, where)):
         question = row.get(source.question_field)
         if question is None:
-            raise ValueError(f"{place}: field '{source.question_field}' ({key}.question_field) is missing.")
+            nested = " (its path does not resolve in this row)" if "." in source.question_field else ""
+            raise ValueError(f"{place}: field '{source.question_field}' ({key}.question_field) is missing{nested}.")
         if not isinstance(question, str):
             raise ValueError(f"{place}: field '{source.question_field}' must be text, got {type(question).__name__}.")
         if not question.strip():
@@ -206,7 +249,10 @@ def _source_table(source: SeedSource, key: str, seen: _Seen) -> tuple[pa.Table, 
             raise ValueError(f"{place}: id '{qid}' is also the id of a question at {seen.ids[qid]}; ids must differ.")
         seen.ids[qid] = place
         seen.questions.add(duplicate_key(question, seen.exact))
-    return table, {"path": source.path, "format": fmt, "rows_read": len(rows), "seeds": table.num_rows}
+    report = {"path": source.path, "format": fmt, "rows_read": rows_read, "seeds": table.num_rows}
+    if source.filter_field:
+        report["filtered_out"] = rows_read - len(rows)
+    return table, report
 
 
 def load_with_report(seeds: SeedsConfig) -> tuple[pa.Table, dict]:
@@ -231,6 +277,8 @@ def load_with_report(seeds: SeedsConfig) -> tuple[pa.Table, dict]:
         "questions_stripped": seen.stripped,
         "per_domain": {d: domains.count(d) for d in DOMAINS if d in domains},
     }
+    if any("filtered_out" in r for r in reports):
+        stats["filtered_out"] = sum(r.get("filtered_out", 0) for r in reports)
     if seeds.sources:
         stats["sources"] = reports
     return table, {**stats, "rows_read": sum(r["rows_read"] for r in reports), "format": reports[0]["format"]}
@@ -313,11 +361,26 @@ def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
     return [(i * n // shards, (i + 1) * n // shards) for i in range(shards)]
 
 
-def prepare(cfg: RunConfig, run: RunDir) -> dict:
+def drop_contaminated(table: pa.Table, index: Index) -> tuple[pa.Table, list[dict]]:
+    """The seeds that overlap no eval question, and one record per (dropped seed, eval question) it overlaps."""
+    keep, listed = [], []
+    for qid, question, domain in zip(*(table[c].to_pylist() for c in ("question_id", "question", "domain"))):
+        found = index.matches(question)
+        keep.append(not found)
+        listed += [{"seed_id": qid, "domain": domain, **m.as_json(), "question": question} for m in found]
+    return table.filter(pa.array(keep, pa.bool_())), listed
+
+
+def contaminated_path(run: RunDir):
+    return run.stage_dir("seeds") / "contaminated.jsonl"
+
+
+def prepare(cfg: RunConfig, run: RunDir, index: Index | None = None) -> dict:
     """Split the seeds into cfg.seeds.shards shard files in the run directory, once.
 
-    The stats file is written last; once it exists with the same shard count, later calls
-    (resume) return it without reading the seed source again.
+    index: the eval questions (eval.benchmarks.contamination_index); seeds that overlap one are dropped
+    and listed in seeds/contaminated.jsonl. The stats file is written last; once it exists with the same
+    shard count, later calls (resume) return it without reading the seed source again.
     """
     stats_path = run.stage_dir("seeds") / "stats.json"
     previous = run.load_json(stats_path)
@@ -329,6 +392,19 @@ def prepare(cfg: RunConfig, run: RunDir) -> dict:
     ):
         return previous
     table, stats = load_with_report(cfg.seeds)
+    if index is not None:
+        table, listed = drop_contaminated(table, index)
+        dropped = len({r["seed_id"] for r in listed})
+        domains = table["domain"].to_pylist()
+        stats.update(
+            seeds=table.num_rows,
+            contaminated_dropped=dropped,
+            per_domain={d: domains.count(d) for d in DOMAINS if d in domains},
+            decontaminate={"ngram": index.n, "eval_questions": index.questions},
+        )
+        atomic_write_text(contaminated_path(run), "".join(json.dumps(r) + "\n" for r in listed))
+        if dropped:
+            log.warning(f"seeds: dropped {dropped} seed(s) that overlap an eval question; see {contaminated_path(run)}")
     if table.num_rows < shards:
         log.warning(f"seeds: {table.num_rows} questions over {shards} shards; some shards are empty")
     sizes = write_shards(run, table, cfg.seeds)

@@ -1,6 +1,7 @@
 """The merge funnel: counts per domain, stats.json, a rich table and a PNG chart.
 
 Counts, overall and per domain:
+  contaminated_seeds   seeds the launch dropped: they overlap an eval question (decontaminate; seeds/contaminated.jsonl)
   seeds                distinct question_ids in the readable verify shards
   duplicate_questions  seeds merged into an identical earlier question (whitespace and case ignored)
   candidates           verify records
@@ -9,6 +10,8 @@ Counts, overall and per domain:
                        skipped_<kind> splits them by reason (records.SKIP_KINDS); none of them passes
   passed_<stage>       candidates that met the threshold of this and every earlier enabled stage
   valid                candidates that passed every enabled stage
+  contaminated_solutions valid candidates whose question or solution overlaps an eval question
+                       (merge/contaminated.jsonl); dropped before selection with decontaminate.solutions
   selected             valid candidates picked by the selection rule
   duplicate_solutions  selected candidates dropped because an identical solution was kept
   weighted_out         rows merge.domain_weights left out of the SFT set
@@ -99,9 +102,11 @@ def vote_names(cfg: RunConfig) -> list[str]:
     return [f"{kind}_{s}" for s in cfg.verify.stages for kind in ("votes", "no_verdict", "cut_off")]
 
 
-def count_names(stages: list[str]) -> list[str]:
-    """The funnel's counts in funnel order, with passed_<stage> for each of `stages`."""
+def count_names(stages: list[str], decontaminated: bool = False) -> list[str]:
+    """The funnel's counts in funnel order, with passed_<stage> for each of `stages` (and the contamination
+    counts when decontaminate.enabled)."""
     return [
+        *(["contaminated_seeds"] if decontaminated else []),
         "seeds",
         "duplicate_questions",
         "candidates",
@@ -110,6 +115,7 @@ def count_names(stages: list[str]) -> list[str]:
         *(f"skipped_{kind}" for kind in SKIP_KINDS),
         *(f"passed_{s}" for s in stages),
         "valid",
+        *(["contaminated_solutions"] if decontaminated else []),
         "selected",
         "duplicate_solutions",
         "weighted_out",
@@ -120,7 +126,7 @@ def count_names(stages: list[str]) -> list[str]:
 
 
 def metric_names(cfg: RunConfig) -> list[str]:
-    return count_names(enabled_stages(cfg.merge, cfg.verify.stages)) + vote_names(cfg)
+    return count_names(enabled_stages(cfg.merge, cfg.verify.stages), cfg.decontaminate.enabled) + vote_names(cfg)
 
 
 def summary(counts: Counts, cfg: RunConfig, skipped: list[dict], written: dict[str, int]) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 
-from ..eval.scores import domains_of, read_eval, score, scores_json
+from ..eval.scores import domains_of, overlapped, read_eval, score, scores_json
 from ..rundir import planfile
 from ..rundir.failures import read_retries
 from ..rundir.layout import RunDir, stopped_round
@@ -29,7 +29,7 @@ def _marker(path) -> dict:
 
 def _scores(view: RunDir, cfg) -> dict | None:
     table = read_eval(view)
-    return scores_json(score(table, domains_of(cfg, view))) if table is not None else None
+    return scores_json(score(table, domains_of(cfg, view), overlapped(view))) if table is not None else None
 
 
 def _stages(run: RunDir) -> list[dict]:

@@ -4,7 +4,6 @@ tokens generated, samples and judge calls."""
 from __future__ import annotations
 
 import json
-import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -41,7 +40,7 @@ def sacct_seconds(job_ids: list[str]) -> dict[str, tuple[float, float]] | None:
     for parts in rows:
         if len(parts) < 3 or "[" in parts[0] or not parts[1].isdigit():
             continue  # a pending array range has no elapsed time yet
-        gpus = max((int(n) for n in re.findall(r"gres/gpu(?::[^=,]+)?=(\d+)", parts[2])), default=0)
+        gpus = slurm.tres_gpus(parts[2])
         entry = out[parts[0].split("_")[0].split(".")[0]]
         entry[0] += int(parts[1])
         entry[1] += int(parts[1]) * gpus

@@ -52,15 +52,18 @@ def pass1_section(scores: EvalScores, domain_of: dict[str, str]) -> Section:
             "Δ UQ-TTC 95% CI",
         ],
     )
-    groups = sorted({g for _, g in scores.pass1}, key=lambda g: (g.startswith("domain:"), domain_of.get(g, ""), g))
+    bench_of = lambda g: g.removesuffix(scoring.CLEAN)  # noqa: E731  a clean subset sits under its benchmark
+    groups = sorted(
+        {g for _, g in scores.pass1}, key=lambda g: (g.startswith("domain:"), domain_of.get(bench_of(g), ""), g)
+    )
     for group in groups:
         base, svd, ttc = (scores.pass1.get((v, group)) for v in VARIANTS)
         seeds = sorted({scores.seeds[(v, group)] for v in VARIANTS if (v, group) in scores.seeds})
         is_domain = group.startswith("domain:")
         section.rows.append(
             [
-                f"all {group[7:]}" if is_domain else group,
-                group[7:] if is_domain else domain_of.get(group, "unknown"),
+                f"all {group[7:]}" if is_domain else _label(group),
+                group[7:] if is_domain else domain_of.get(bench_of(group), "unknown"),
                 str(scores.questions[group]),
                 "/".join(str(s) if s else "mixed" for s in seeds),
                 _pct(base),
@@ -81,7 +84,17 @@ def pass1_section(scores: EvalScores, domain_of: dict[str, str]) -> Section:
         "paired with base's answers on its own seeds, and its Δ is that paired mean. A domain row's Δ is "
         "the pooled Δ; the paper's domain figure is the Σ Δ in the next table."
     )
+    if any(g.endswith(scoring.CLEAN) for g in groups):
+        section.note += (
+            " A row 'B, clean subset' scores benchmark B on the clean subset: its questions that no kept training "
+            "row overlaps (decontaminate: the same text, or a shared run of decontaminate.ngram words; "
+            "merge/contaminated.jsonl lists the overlaps)."
+        )
     return section
+
+
+def _label(group: str) -> str:
+    return f"{group.removesuffix(scoring.CLEAN)}, clean subset" if group.endswith(scoring.CLEAN) else group
 
 
 def domain_gains_section(scores: EvalScores) -> Section | None:

@@ -51,6 +51,11 @@ def expect_failures_at(path: Path) -> None:
     _failure_file = path
 
 
+def failure_file() -> Path | None:
+    """This task's failure file (None outside a task), for a child process that records in its name."""
+    return _failure_file
+
+
 def record(cause: str, why: str) -> None:
     """Write this task's failure cause for its batch shell; a no-op outside a task."""
     if _failure_file is None:

@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable
 
 from ..config import RunConfig, train_procs_per_node
-from ..config.cluster import TRAIN_SIGNAL_SECONDS
+from ..config.cluster import ENGINE_STAGES, TRAIN_SIGNAL_SECONDS
 from ..eval.tasks import eval_tasks
 from ..rundir.layout import split_stage, stage_name
 from ..rundir.planfile import Dependency, Stage
@@ -46,7 +46,6 @@ BODIES = {
     "seeds": "svd_hpc.stages.rounds:run_seeds",  # a round's questions (multi-round runs only)
 }
 CPU_STAGES = ("merge", "report", "seeds", "select")
-ENGINE_STAGES = ("generate", "verify", "eval_base", "eval_trained", "select_eval")  # the stages that run a vLLM engine
 PREEMPTIBLE_DEFAULT = ("generate", "verify", "train", "eval_base", "eval_trained", "select_eval")
 
 
@@ -56,7 +55,8 @@ def resolve_resources(cfg: RunConfig, stage: str) -> dict:
     cpu_stage = stage in CPU_STAGES
     gpus = 0 if cpu_stage else (res.gpus if res.gpus is not None else prof.gpus_per_node)
     if stage != "train" and not cpu_stage and res.gpus is None and prof.gpus_per_node:
-        gpus = cfg.model.tensor_parallel_size  # a vLLM task needs exactly its tensor-parallel GPUs
+        # a vLLM task needs exactly its engines' tensor-parallel GPUs
+        gpus = cfg.model.tensor_parallel_size * res.engines_per_task
     partition = res.partition or ((prof.cpu_partition or prof.partition) if cpu_stage else prof.partition)
     tasks_per_node = train_procs_per_node(cfg) if stage == "train" else 1
     return {

@@ -36,7 +36,7 @@ from . import device_guard
 from .plan import uses_engine
 
 if TYPE_CHECKING:
-    from .status import StageStatus
+    from .stage_status import StageStatus
 
 SMOKE_MODEL = "builtin:tiny-qwen3"
 SMOKE_QUESTIONS = 8

@@ -83,12 +83,29 @@ def gres_gpus(gres: str) -> int:
     return sum(int(m) for m in re.findall(r"(?:^|,)gpu(?::[^:,(]+)?:(\d+)", gres))
 
 
+def tres_gpus(tres: str) -> int:
+    """The GPUs in sacct's AllocTRES, e.g. "cpu=8,gres/gpu:a100=4,gres/gpu=4,mem=64G" → 4; none → 0."""
+    return max((int(n) for n in re.findall(r"gres/gpu(?::[^=,]+)?=(\d+)", tres)), default=0)
+
+
 def partition_slots(partition: str | None, cpus: int, mem: str | None, gpus: int) -> int | None:
     """How many tasks of this size the partition's nodes hold at once, all idle (sinfo); None if unknown.
 
     A node holds as many as its CPUs, memory and GPUs each allow; other users' jobs are not counted.
     No partition: the nodes of every partition (the site's default is among them).
     """
+    fits = _node_fits(partition, cpus, mem, gpus)
+    return sum(fits.values()) if fits else None
+
+
+def partition_nodes(partition: str | None, cpus: int, mem: str | None, gpus: int) -> int | None:
+    """How many of the partition's nodes can each hold one node's share of a job of this size (sinfo)."""
+    fits = _node_fits(partition, cpus, mem, gpus)
+    return sum(1 for n in fits.values() if n >= 1) if fits else None
+
+
+def _node_fits(partition: str | None, cpus: int, mem: str | None, gpus: int) -> dict[str, int] | None:
+    """Per node of the partition: how many tasks of this size it holds, all idle; None if sinfo fails."""
     where = ["-p", partition] if partition else []
     proc = _run(["sinfo", "-h", "-N", *where, "-o", "%N|%c|%m|%G"], "sinfo", check=False)
     if proc.returncode != 0:
@@ -105,7 +122,7 @@ def partition_slots(partition: str | None, cpus: int, mem: str | None, gpus: int
         if gpus:
             fits.append(gres_gpus(gres) // gpus)
         nodes[name] = min(fits)
-    return sum(nodes.values()) if nodes else None
+    return nodes
 
 
 def site_max_array_size() -> int:
@@ -346,9 +363,17 @@ class TaskState:
 def sacct(job_ids: list[str], fields: list[str]) -> list[list[str]] | None:
     """The accounting rows of `job_ids` (one per allocation, `fields` in order); None when there is
     no accounting to read: sacct missing, failing, or silent."""
-    if not job_ids or shutil.which("sacct") is None:
+    if not job_ids:
         return None
-    command = ["sacct", "-n", "-P", "-X", f"--format={','.join(fields)}", "-j", ",".join(job_ids)]
+    return sacct_rows(["-j", ",".join(job_ids)], fields)
+
+
+def sacct_rows(selection: list[str], fields: list[str]) -> list[list[str]] | None:
+    """The accounting rows sacct selects with `selection` (e.g. ["-j", "17"] or ["-u", USER, "-r", PART]),
+    one per allocation; None when sacct is missing, fails or prints nothing."""
+    if shutil.which("sacct") is None:
+        return None
+    command = ["sacct", "-n", "-P", "-X", f"--format={','.join(fields)}", *selection]
     try:
         proc = _run(command, "sacct", check=False)
     except (OSError, subprocess.TimeoutExpired, ClusterError):

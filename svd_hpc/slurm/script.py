@@ -41,9 +41,12 @@ NOTES = {
     "exclude": "site: nodes never to use (cluster profile: exclude)",
     "time": "site: wall-time limit (resources.<stage>.time, cluster profile: time)",
     "nodes": "nodes (resources.train.nodes for train, else 1)",
-    "ntasks-per-node": "processes per node: train runs one per GPU, a vLLM task one engine",
+    "ntasks-per-node": "processes per node: train runs one per GPU, a vLLM task one (its engines are its children)",
     "cpus-per-task": "site: CPU cores per process (resources.<stage>.cpus, cluster profile: cpus_per_task)",
-    "gpus-per-node": "GPUs per node: model.tensor_parallel_size for vLLM stages; a site may need --gres=gpu:N",
+    "gpus-per-node": (
+        "GPUs per node: model.tensor_parallel_size * resources.<stage>.engines_per_task for vLLM stages; "
+        "a site may need --gres=gpu:N"
+    ),
     "mem": "site: memory per node (resources.<stage>.mem, cluster profile: mem)",
     "array": "task indices, %N runs at most N at once (resources.<stage>.array_parallelism)",
     "output": "this script's log; `launch status` reads these names",

@@ -40,11 +40,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import ConfigError, ModelConfig, RunConfig
-from ..eval import benchmarks
+from ..eval import authors_copies, benchmarks
 from ..eval import prompts as eval_prompts
 from ..eval.benchmarks import Problem
 from ..eval.grade import grade_all
 from ..eval.grading import GradeResult
+from ..eval.grading.code import CodeRules
 from ..eval.sandbox import isolation_record, require_isolation
 from ..eval.tasks import EvalTask, eval_tasks
 from ..records import EVAL
@@ -55,6 +56,7 @@ from ..rundir.layout import RunDir, choice_path, trained_model_dir
 from ..sampling import prompts
 from ..sampling.cascade import CascadeItem, CascadeResult, run_cascade
 from ..sampling.engine import Completion, Engine, Sampling, request_seed, skip_stats, stage_sampling
+from ..sampling.engines import open_engines
 from ..sampling.prompts import require_think
 
 log = logging.getLogger("svd_hpc")
@@ -156,6 +158,12 @@ def evaluate_chunk(
     return chunk_table(cfg, model, task, chunk, outputs, chosen, judged)
 
 
+def code_rules(cfg: RunConfig) -> CodeRules:
+    """eval.code_imports, code_call, code_compare and code_memory_mb."""
+    e = cfg.eval
+    return CodeRules(e.code_imports, e.code_call, e.code_compare, e.code_memory_mb)
+
+
 def chunk_table(
     cfg: RunConfig,
     model: str,
@@ -182,6 +190,7 @@ def chunk_table(
         cfg.eval.code_timeout_s,
         cfg.eval.code_tests,
         cfg.eval.code_time_limit,
+        code_rules(cfg),
     )
     grades = [GradeResult(False, None, "skipped")] * len(chunk)
     for q, result in zip(ran, graded):
@@ -326,6 +335,7 @@ def evaluate(
     """
     stage, index = where
     problems, left_out = benchmarks.load_counted(spec)
+    copy = authors_copies.check(spec.name, spec.preset, [(p.question, p.answer or "") for p in problems])
     if any(p.grader == "code" for p in problems):  # refuse before loading a model, where the code would run
         require_isolation(cfg.eval.allow_unisolated_code, f"code benchmark '{spec.name}'")
     progress = progress_dir(out)
@@ -337,7 +347,7 @@ def evaluate(
     resumed = len(chunks) - len(todo)
     tracker = None
     if todo:
-        engine = engine or Engine(model_cfg)
+        engine = engine or open_engines(model_cfg, cfg.stage_resources(stage).engines_per_task, Engine)
         saved = sum(len(chunk) for c, chunk in enumerate(chunks) if c not in todo)
         tracker = task_progress.start(run, stage, index, len(problems), "questions", saved)
     if todo and task.mode == "direct":
@@ -352,8 +362,13 @@ def evaluate(
     table = pa.Table.from_pylist([checkpoint[p.question_id] for p in problems], schema=EVAL)
     summary = summarize(table, task, model, spec.name, problems[0], model_cfg.path)
     summary.update(seconds=round(time.perf_counter() - started, 2), chunks_resumed=resumed, rows_left_out=left_out)
+    if copy:  # a preset with a stored fingerprint of the authors' copy: whether this one is the same
+        summary["authors_copy"] = copy
     if problems[0].grader == "code":
-        summary.update(code_tests=cfg.eval.code_tests, code_time_limit=cfg.eval.code_time_limit)
+        keys = ("code_tests", "code_time_limit", "code_imports", "code_call", "code_compare", "code_memory_mb")
+        summary.update({key: getattr(cfg.eval, key) for key in keys})
+        # stated with the results: the isolation used, and what bounded the programs' memory
+        summary["sandbox"] = isolation_record(code_rules(cfg).limits())
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp)
     atomic_write_json(summary_path(out), summary)
@@ -396,11 +411,8 @@ def summarize(table: pa.Table, task: EvalTask, model: str, benchmark: str, examp
     }
     if task.mode == "uq_ttc":
         summary["chosen_not_first"] = sum(r["chosen_candidate"] != 0 for r in rows)
-    if example.grader == "choice":
+    if example.kind == "choice":
         summary["option_order"] = example.option_order
-    if example.grader == "code":
-        # stated with the results: the isolation used, and what bounded the programs' memory
-        summary["sandbox"] = isolation_record()
     return summary
 
 

@@ -30,6 +30,7 @@ from ..rundir.layout import RunDir
 from ..rundir.progress import TaskProgress
 from ..sampling import prompts
 from ..sampling.engine import Completion, Engine, Sampling, request_seed, skip_stats, stage_sampling
+from ..sampling.engines import open_engines
 
 log = logging.getLogger("svd_hpc")
 STAGE = "generate"
@@ -142,7 +143,7 @@ def run_shard(run: RunDir, index: int, engine: Engine | None = None) -> dict:
     todo = [r for r in rows if r["question_id"] not in checkpoint]
     tokens = 0
     if todo:
-        engine = engine or Engine(cfg.model)
+        engine = engine or open_engines(cfg.model, cfg.stage_resources(STAGE).engines_per_task, Engine)
         resumed = len(rows) - len(todo)
         tracker = progress.start(run, STAGE, index, len(rows), "questions", resumed, cfg.generate.chunk_size)
         tokens = generate_questions(engine, cfg, todo, checkpoint, tracker)

@@ -37,7 +37,9 @@ import pyarrow.parquet as pq
 
 from .. import records
 from ..config import VERIFY_STAGES, RunConfig
-from ..merge import funnel, selection
+from ..eval.benchmarks import contamination_index
+from ..inputs.decontam import Index
+from ..merge import contamination, funnel, selection
 from ..merge.writers import ROW_GROUP_ROWS, RowGroupWriter, Spill
 from ..publish import hub
 from ..rundir.atomic import atomic_path, atomic_write_json
@@ -184,6 +186,8 @@ class ShardPass:
     limit: int | None  # candidates kept per question (None: all)
     spill: Spill
     counts: funnel.Counts = field(default_factory=funnel.Counts)
+    index: Index | None = None  # the eval questions (decontaminate.enabled), else no test
+    contaminated: list[dict] = field(default_factory=list)  # one record per (candidate, eval question) overlap
     question_parts: list[pa.Table] = field(default_factory=list)
     candidate_parts: list[pa.Table] = field(default_factory=list)
     rows: int = 0  # candidates picked so far: the next pick's row number in the spill
@@ -220,6 +224,11 @@ def _scan_shard(table: pa.Table, index: int, state: ShardPass) -> pa.Table:
     """Thresholds and local selection for one shard; spills the picks, returns their metadata."""
     votes = selection.stage_votes(table)
     valid = _count_shard(table, state.cfg, state.counts, votes)
+    if state.index is not None:
+        flagged = contamination.flag_candidates(table, valid, index, state.index, state.cfg, state.contaminated)
+        state.counts.add_rows(pc.fill_null(table["domain"], "unknown"), {"contaminated_solutions": flagged})
+        if state.cfg.decontaminate.solutions:
+            valid = valid & ~flagged  # dropped before selection: another candidate of the question may be kept
     qids = table["question_id"].chunk(0)
     codes = qids.indices.to_numpy()
     cidx = table["candidate_index"].to_numpy()
@@ -292,9 +301,17 @@ def _resolve(state: ShardPass) -> Picks:
     return Picks(questions, candidates, result, bucket_ids=state.spill.close())
 
 
-def merge_shards(paths: Sequence[str | Path], cfg: RunConfig, out_dir: str | Path) -> dict:
+def merge_shards(
+    paths: Sequence[str | Path],
+    cfg: RunConfig,
+    out_dir: str | Path,
+    index: Index | None = None,
+    seeds_dropped: dict[str, int] | None = None,
+) -> dict:
     """Merge verify shards (shard i = paths[i]) into out_dir/sft/{train,validation}.parquet and stats.json.
 
+    index: the eval questions valid candidates are tested against (decontaminate); overlaps go to
+    out_dir/contaminated.jsonl. seeds_dropped: per domain, the seeds the launch dropped as contaminated.
     Returns the stats. The SFT rows are written as they are produced, never held all at once.
     """
     out_dir, paths = Path(out_dir), [Path(p) for p in paths]
@@ -302,13 +319,20 @@ def merge_shards(paths: Sequence[str | Path], cfg: RunConfig, out_dir: str | Pat
     readable = _readable_shards(paths, skipped)
     input_bytes = sum(paths[i].stat().st_size for i in readable)
     buckets = min(MAX_BUCKETS, max(1, -(-input_bytes // BUCKET_TARGET_BYTES)))
-    state = ShardPass(cfg, selection.selection_limit(cfg.merge), Spill(out_dir / ".spill", buckets))
+    state = ShardPass(cfg, selection.selection_limit(cfg.merge), Spill(out_dir / ".spill", buckets), index=index)
+    for domain, count in (seeds_dropped or {}).items():
+        state.counts.by_domain[domain]["contaminated_seeds"] += count
     try:
         _scan_shards(paths, readable, state, skipped)
-        written = _write_sft(out_dir / "sft", state, _resolve(state))
+        picks = _resolve(state)
+        written = _write_sft(out_dir / "sft", state, picks)
     finally:
         shutil.rmtree(state.spill.folder, ignore_errors=True)
     stats = funnel.summary(state.counts, cfg, skipped.shards, written)
+    if index is not None:
+        kept = picks.candidates.filter(pa.array(picks.result.kept))
+        stats["decontamination"] = contamination.summary(state.contaminated, kept, index, cfg, stats["overall"])
+        contamination.write_list(out_dir / "contaminated.jsonl", state.contaminated)
     atomic_write_json(out_dir / "stats.json", stats)
     overall = stats["overall"]
     log.info(
@@ -403,8 +427,9 @@ def run_task(run: RunDir, index: int) -> dict:
     """The merge stage body: one task (index 0) over all verify shards of the run."""
     cfg = run.load_config()
     paths = [run.shard_path("verify", i) for i in range(cfg.seeds.shards)]
+    index = contamination_index(cfg)
     with atomic_path(run.stage_dir("merge")) as tmp:
-        stats = merge_shards(paths, cfg, tmp)
+        stats = merge_shards(paths, cfg, tmp, index, contamination.seeds_dropped(run) if index is not None else None)
         funnel.chart(stats, tmp / "funnel.png")
     funnel.print_table(stats)
     hub.publish_dataset(run, cfg)  # once, here, not per task; a failed push is recorded, the run goes on

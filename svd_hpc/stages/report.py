@@ -25,7 +25,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..eval.scores import VARIANTS, EvalScores, domains_of, read_eval, score, scores_json
+from ..eval.scores import CLEAN, VARIANTS, EvalScores, domains_of, overlapped, read_eval, score, scores_json
 from ..publish import cards as hub_cards
 from ..publish import hub, tracking
 from ..report.cost import cost_section
@@ -47,7 +47,9 @@ def chart(scores: EvalScores | None, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    benches = sorted({g for _, g in scores.pass1 if not g.startswith("domain:")}) if scores else []
+    benches = (
+        sorted({g for _, g in scores.pass1 if not g.startswith("domain:") and not g.endswith(CLEAN)}) if scores else []
+    )
     fig = Figure(figsize=(max(6, 1.6 * len(benches) + 2), 4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -87,7 +89,7 @@ def build(run: RunDir, console: Console | None = None) -> Path:
         return build_rounds(run, cfg, console)
     table = read_eval(run)
     domain_of = domains_of(cfg, run)
-    scores = score(table, domain_of) if table is not None else None
+    scores = score(table, domain_of, overlapped(run)) if table is not None else None
     sections = []
     if scores is not None:
         sections.append(pass1_section(scores, domain_of))

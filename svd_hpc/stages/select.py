@@ -29,6 +29,7 @@ from ..publish import hub
 from ..rundir.atomic import atomic_write_json
 from ..rundir.layout import RunDir, choice_path, selection_checkpoint
 from ..sampling.engine import Engine
+from ..sampling.engines import open_engines
 from ..slurm import commands
 from .evaluate import evaluate, progress_dir, remove_progress, summary_path
 
@@ -98,7 +99,8 @@ def run_eval(run: RunDir, index: int) -> dict:
         if summary_path(out).is_file() and out.is_file():
             summary = json.loads(summary_path(out).read_text())
         else:
-            engine = engine or Engine(model_cfg)  # loaded once, for the first task left to answer
+            # loaded once, for the first task left to answer (resources.select_eval.engines_per_task of them)
+            engine = engine or open_engines(model_cfg, cfg.stage_resources("select_eval").engines_per_task, Engine)
             model = f"step-{step:06d}"
             summary = evaluate(run, cfg, ("select_eval", index), model, model_cfg, spec, task, out, engine)
         scores.setdefault(spec.name, []).append(summary["pass_at_1"])

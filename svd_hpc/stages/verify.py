@@ -21,6 +21,7 @@ from ..rundir.chunks import Checkpoint
 from ..rundir.layout import RunDir
 from ..sampling.cascade import STAGE, CascadeItem, CascadeResult, fingerprint, judge, verdict_table
 from ..sampling.engine import Engine, skip_stats
+from ..sampling.engines import open_engines
 
 log = logging.getLogger("svd_hpc")
 
@@ -53,7 +54,7 @@ def run_shard(run: RunDir, index: int, engine: Engine | None = None) -> dict:
     results: list[CascadeResult] = []
     resumed = 0
     if items:  # a shard where nothing passed the filter needs no engine
-        engine = engine or Engine(cfg.model)
+        engine = engine or open_engines(cfg.model, cfg.stage_resources(STAGE).engines_per_task, Engine)
         saved = Checkpoint(
             progress_path(run, index),
             cfg.verify.chunk_size,

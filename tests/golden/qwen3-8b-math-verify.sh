@@ -13,19 +13,19 @@
 # site: node features, e.g. a GPU model (cluster profile: constraint)
 #SBATCH --constraint=a100_80gb
 # site: wall-time limit (resources.<stage>.time, cluster profile: time)
-#SBATCH --time=16:00:00
+#SBATCH --time=32:00:00
 # nodes (resources.train.nodes for train, else 1)
 #SBATCH --nodes=1
-# processes per node: train runs one per GPU, a vLLM task one engine
+# processes per node: train runs one per GPU, a vLLM task one (its engines are its children)
 #SBATCH --ntasks-per-node=1
 # site: CPU cores per process (resources.<stage>.cpus, cluster profile: cpus_per_task)
 #SBATCH --cpus-per-task=8
-# GPUs per node: model.tensor_parallel_size for vLLM stages; a site may need --gres=gpu:N
+# GPUs per node: model.tensor_parallel_size * resources.<stage>.engines_per_task for vLLM stages; a site may need --gres=gpu:N
 #SBATCH --gpus-per-node=2
 # site: memory per node (resources.<stage>.mem, cluster profile: mem)
 #SBATCH --mem=120G
 # task indices, %N runs at most N at once (resources.<stage>.array_parallelism)
-#SBATCH --array=0-255%32
+#SBATCH --array=0-999%32
 # this script's log; `launch status` reads these names
 #SBATCH --output=RUNS/qwen3-8b-math/logs/verify/%A_%a_0_log.out
 # this script's errors; task 0 appends its own here

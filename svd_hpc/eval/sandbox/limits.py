@@ -21,14 +21,16 @@ log = logging.getLogger("svd_hpc")
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    memory_bytes: int = 1 << 30  # RLIMIT_AS per process: a balloon gets MemoryError, not the OOM killer
+    # RLIMIT_AS per process: a balloon gets MemoryError, not the OOM killer; None sets none (the
+    # authors' LiveCodeBench harness), and then no memory.max either
+    memory_bytes: int | None = 1 << 30
     max_processes: int = 64  # RLIMIT_NPROC and the cgroup's pids.max (threads count too)
     max_file_bytes: int = 64 << 20  # RLIMIT_FSIZE: any one file the program writes, stdout included
     max_open_files: int = 128
     workdir_bytes: int = 64 << 20  # size of the private tmpfs cwd (namespace modes): bounds disk use
     stderr_bytes: int = 64 << 10  # stderr kept in the result: head and tail, the middle elided
     cpu_grace_s: float = 1.0  # RLIMIT_CPU = timeout + this; the wall clock normally fires first
-    total_memory_bytes: int = 2 << 30  # memory.max of the program's cgroup, all its processes together
+    total_memory_bytes: int | None = 2 << 30  # memory.max of the program's cgroup, all its processes together
 
 
 def rlimit_table(
@@ -36,9 +38,10 @@ def rlimit_table(
 ) -> tuple[tuple[int, tuple[int, int]], ...]:
     cpu = math.ceil(timeout_s + limits.cpu_grace_s)
     nproc = limits.max_processes + nproc_offset
+    memory = () if limits.memory_bytes is None else ((resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes)),)
     return (
         (resource.RLIMIT_CPU, (cpu, cpu + 1)),
-        (resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes)),
+        *memory,
         (resource.RLIMIT_NPROC, (nproc, nproc)),
         (resource.RLIMIT_FSIZE, (limits.max_file_bytes, limits.max_file_bytes)),
         (resource.RLIMIT_NOFILE, (limits.max_open_files, limits.max_open_files)),
@@ -90,6 +93,8 @@ _LEAF = "svd-grader"  # where our own processes move, so our cgroup may enable c
 def memory_bound(limits: SandboxLimits) -> str:
     """One sentence: what bounds the memory of all of a program's processes together."""
     d = _delegation()
+    if limits.memory_bytes is None:
+        return "no memory limit per process or per program (eval.code_memory_mb: null)"
     if d.parent:
         return (
             f"cgroup v2 {d.parent}: memory.max {limits.total_memory_bytes >> 20} MiB and pids.max "
@@ -165,7 +170,8 @@ class _ProgramCgroup:
     def __enter__(self) -> _ProgramCgroup:
         if self.path:
             self.path.mkdir()
-            (self.path / "memory.max").write_text(str(self.limits.total_memory_bytes))
+            if self.limits.total_memory_bytes is not None:
+                (self.path / "memory.max").write_text(str(self.limits.total_memory_bytes))
             (self.path / "pids.max").write_text(str(self.limits.max_processes))
             if (self.path / "memory.swap.max").exists():
                 (self.path / "memory.swap.max").write_text("0")  # else swap would stretch memory.max
