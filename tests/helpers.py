@@ -125,15 +125,15 @@ def write_config(tmp_path: Path, shards: int, cluster: str = "local", name: str 
     return path
 
 
-def run_launch(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m svd_hpc.launch ARGS` from the repository root."""
+def run_launch(args: list[str], env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m svd_hpc.launch ARGS` from the repository root; a run past `timeout` seconds fails the test."""
     return subprocess.run(
         [sys.executable, "-m", "svd_hpc.launch", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
-        timeout=600,
+        timeout=timeout,
     )
 
 

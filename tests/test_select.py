@@ -201,7 +201,8 @@ def test_tiny_run_selects_a_checkpoint_and_evaluates_it(tmp_path):
     config_path = REPO / "configs" / "tiny.yaml"
     # one shard and no UQ-TTC: the fewest engine starts that still run every stage
     overrides = [f"run_root={tmp_path}", "seeds.shards=1", "eval.uq_ttc=false", select_keys]
-    proc = run_launch(["--config", str(config_path), *overrides])
+    # a whole run through the local scheduler: room for a loaded machine (585 s at load 9)
+    proc = run_launch(["--config", str(config_path), *overrides], timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = RunDir(tmp_path / "tiny")
     choice = json.loads(choice_path(run).read_text())
