@@ -20,7 +20,6 @@ records and the ratio stays above QUICK_RATIO.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -35,10 +34,8 @@ sys.path.insert(0, str(REPO))
 
 import pyarrow.parquet as pq
 import quick
+from seeded_runs import prepare, write_questions
 
-from svd_hpc import config
-from svd_hpc.inputs import seeds
-from svd_hpc.rundir.layout import RunDir
 from svd_hpc.sampling.engine import Engine
 from svd_hpc.sampling.engines import open_engines
 from svd_hpc.stages import generate
@@ -53,26 +50,6 @@ def machine() -> str:
         f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs "
         f"({len(os.sched_getaffinity(0))} usable), load average {os.getloadavg()[0]:.1f}"
     )
-
-
-def prepare(root: Path, settings: dict) -> RunDir:
-    root.mkdir(parents=True, exist_ok=True)
-    cfg_path = root / "bench.yaml"
-    cfg_path.write_text(json.dumps(settings))
-    cfg = config.load(cfg_path)
-    run = RunDir(root / "run")
-    run.write_config(cfg, meta={})
-    seeds.prepare(cfg, run)
-    return run
-
-
-def write_questions(path: Path, count: int) -> None:
-    """`count` distinct questions from the demo seeds (numbered rounds once they run out)."""
-    demo = [json.loads(line)["question"] for line in (REPO / "data/demo_seeds.jsonl").read_text().splitlines()]
-    questions = [
-        demo[i % len(demo)] + (f" (Round {i // len(demo) + 1}.)" if i >= len(demo) else "") for i in range(count)
-    ]
-    path.write_text("".join(json.dumps({"question": q}) + "\n" for q in questions))
 
 
 def main() -> None:

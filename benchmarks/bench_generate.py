@@ -15,7 +15,6 @@ unless both sides produce the same tokens and the pooled CPU-time ratio stays ab
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -29,10 +28,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import quick
+from seeded_runs import prepare, write_questions
 
 from svd_hpc import config
-from svd_hpc.inputs import seeds
-from svd_hpc.rundir.layout import RunDir
 from svd_hpc.sampling import prompts
 from svd_hpc.sampling.engine import Engine, request_seed
 from svd_hpc.stages import generate
@@ -51,26 +49,6 @@ def machine() -> str:
         f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"cuda={torch.cuda.is_available()}, load average {os.getloadavg()[0]:.1f}"
     )
-
-
-def prepare(root: Path, settings: dict) -> RunDir:
-    root.mkdir(parents=True, exist_ok=True)
-    cfg_path = root / "bench.yaml"
-    cfg_path.write_text(json.dumps(settings))
-    cfg = config.load(cfg_path)
-    run = RunDir(root / "run")
-    run.write_config(cfg, meta={})
-    seeds.prepare(cfg, run)
-    return run
-
-
-def write_questions(path: Path, count: int) -> None:
-    """`count` distinct questions from the demo seeds (numbered rounds once they run out)."""
-    demo = [json.loads(line)["question"] for line in (REPO / "data/demo_seeds.jsonl").read_text().splitlines()]
-    questions = [
-        demo[i % len(demo)] + (f" (Round {i // len(demo) + 1}.)" if i >= len(demo) else "") for i in range(count)
-    ]
-    path.write_text("".join(json.dumps({"question": q}) + "\n" for q in questions))
 
 
 def bare_generate(engine: Engine, cfg: config.RunConfig, rows: list[dict]) -> tuple[int, float, float]:
