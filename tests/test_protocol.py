@@ -17,6 +17,12 @@ SEEDS = {  # marin experiments/self_instill/ (instruction_seed = the user turn, 
     "science": "marin-community/open-thoughts-4-30k-science-qwen3-32b-annotated-32768-tokens",
     "code": "marin-community/open-thoughts-4-30k-code-qwen3-32b-annotated",
 }
+# the authors' seed scale per size (docs/PROTOCOL.md "seeds"): 0.6B math from OpenThoughts3's math rows,
+# 8B math from the full OpenThoughts4 math set; the rest read the 30k sets
+SEED_SCALE = {
+    "qwen3-0.6b-math": ("open-thoughts/OpenThoughts3-1.2M", "conversations.0.value"),
+    "qwen3-8b-math": ("marin-community/open-thoughts-4-math-qwen3-32b-annotated", "instruction_seed"),
+}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -35,7 +41,7 @@ def test_qwen3_configs_run_the_authors_protocol(path):
     domain = path.stem.split("-")[-1]
     sources = s.sources or [s]  # the mixed config reads one source per domain
     assert [(src.path, src.question_field) for src in sources] == [
-        (SEEDS[src.domain], "instruction_seed") for src in sources
+        SEED_SCALE.get(path.stem, (SEEDS[src.domain], "instruction_seed")) for src in sources
     ]
     assert [src.domain for src in sources] == (["math", "science", "code"] if domain == "mixed" else [domain])
 

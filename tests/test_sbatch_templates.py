@@ -98,7 +98,7 @@ def test_prepare_writes_scripts_that_match_the_config_and_the_site(tmp_path, mon
     for stage in ("generate", "verify", "eval_base", "eval_trained"):  # vLLM tasks: tensor_parallel_size GPUs
         assert header(scripts[stage])["gpus-per-node"] == "2", stage
         assert header(scripts[stage])["mem"] == "120G"
-    assert header(scripts["generate"])["array"] == "0-255%32"
+    assert header(scripts["generate"])["array"] == "0-999%32"  # seeds.shards 1000, 32 at a time
     train_h = header(scripts["train"])
     assert (train_h["nodes"], train_h["ntasks-per-node"], train_h["gpus-per-node"]) == ("4", "4", "4")
     # train's warning leaves time for a step and a full sharded save; the vLLM stages keep the site's 300 s
