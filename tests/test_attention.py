@@ -95,6 +95,8 @@ def test_flash_attention_gets_a_micro_batch_as_one_row_with_position_restarts(st
     assert loss == pytest.approx(unpacked_loss(stream, [0, 1]), rel=1e-5)
 
 
+@pytest.mark.slow  # flex_attention compiled on CPU (~100 s)
+@pytest.mark.readme_claim  # README "What would have stopped a CUDA run": flex_attention with a block mask
 def test_flex_attention_gets_a_block_mask_and_keeps_packed_samples_apart(stream, monkeypatch):
     """Forward only: flex_attention has no backward on CPU (torch nn/attention/flex_attention.py,
     _validate_device), which is why CPU training takes sdpa; GPUs train through this path."""

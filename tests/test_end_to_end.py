@@ -102,6 +102,8 @@ def test_tiny_run_through_the_local_scheduler(tmp_path):
 
 
 @pytest.mark.slurm
+@pytest.mark.slow  # the whole tiny run through sbatch (150-300 s)
+@pytest.mark.readme_claim  # README "Trying it on a real SLURM cluster on this machine"
 def test_tiny_run_on_the_local_cluster(tmp_path, slurm_cluster):
     proc = run_launch(
         [

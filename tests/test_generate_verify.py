@@ -425,6 +425,8 @@ def test_generate_and_verify_shards_end_to_end(tmp_path):
     assert run.shard_path("verify", 0).stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow  # a real engine killed and resumed twice (~100 s)
+@pytest.mark.readme_claim  # README "The run directory": a task killed at any moment redoes at most one chunk
 def test_killed_generate_task_resumes_to_the_same_records(tmp_path):
     settings = {**TINY, "seeds": {**TINY["seeds"], "shards": 1}}
     settings["generate"] = {**TINY["generate"], "max_tokens": 40}
