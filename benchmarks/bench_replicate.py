@@ -10,9 +10,11 @@ paired bootstrap interval and two-sided p-value (eval/summary.json: the report c
 the same resampled question means); the SFT size and the merge funnel (merge/stats.json); the wall
 time (measured around the launch; with --from-run, the local scheduler's per-stage times summed).
 
---write also writes that printout, verbatim, to docs/replicate/<run name>.md with report.md's "How
-good was self-verification" table (the judges' precision and recall against the seeds' answers),
-the commit and the machine's load: the figures README quotes come from there, never typed by hand.
+It also prints report.md's "How good was self-verification" table (the judges' precision and recall
+against the seeds' answers), computed from the seed and verify shards, so a run still in eval
+already shows whether its judges beat chance. --write also writes all of it, verbatim, to
+docs/replicate/<run name>.md with the commit and the machine's load: the figures README quotes come
+from there, never typed by hand.
 """
 
 from __future__ import annotations
@@ -27,19 +29,21 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 FIGURES_DIR = REPO / "docs" / "replicate"
-JUDGES_HEADING = "## How good was self-verification"
 VARIANTS = ("base", "SVD", "UQ-TTC")
 
 
 def read_run(run_dir: Path) -> dict:
-    """What the printout needs from a finished run directory; SystemExit naming a missing file."""
+    """What the printout needs from a run directory past its merge; SystemExit naming a missing file.
+    Before the eval stages end there is no eval/summary.json: the printout says pass@1 is not yet measured."""
     summary_path, stats_path = run_dir / "eval" / "summary.json", run_dir / "merge" / "stats.json"
-    for path in (summary_path, stats_path):
-        if not path.is_file():
-            sys.exit(f"{path} is missing: the run has not finished (python -m svd_hpc.launch status {run_dir}).")
+    if not stats_path.is_file():
+        sys.exit(
+            f"{stats_path} is missing: the run has not reached its merge (python -m svd_hpc.launch status {run_dir})."
+        )
     timings_path = run_dir / "logs" / "local_timings.json"
     return {
-        "summary": json.loads(summary_path.read_text()),
+        "summary": json.loads(summary_path.read_text()) if summary_path.is_file() else None,
+        "summary_path": summary_path,
         "stats": json.loads(stats_path.read_text()),
         "timings": json.loads(timings_path.read_text()) if timings_path.is_file() else {},
     }
@@ -59,6 +63,9 @@ def _p(value: float | None) -> str:
 
 
 def render(result: dict, wall_s: float | None) -> str:
+    if result["summary"] is None:
+        missing = f"pass@1: not measured yet ({result['summary_path']} is missing: eval has not finished)"
+        return "\n".join([missing, *_sft_lines(result, wall_s)])
     lines = ["pass@1 (%), mean over eval seeds ± standard error"]
     groups = sorted(g for g in result["summary"] if not g.startswith("domain:"))
     lines.append(f"{'benchmark':<24}{'questions':>10}" + "".join(f"{v:>16}" for v in VARIANTS))
@@ -78,6 +85,12 @@ def render(result: dict, wall_s: float | None) -> str:
             f"[{100 * low:+.1f}, {100 * high:+.1f}] over {delta.get('paired_questions', '?')} questions, "
             f"two-sided p {_p(delta.get('p_value'))}"
         )
+    return "\n".join(lines + _sft_lines(result, wall_s))
+
+
+def _sft_lines(result: dict, wall_s: float | None) -> list[str]:
+    """The SFT size, the merge funnel and the wall time."""
+    lines = []
     overall = result["stats"].get("overall") or {}
     lines.append(f"SFT size: {overall.get('kept', '—')} examples (train {overall.get('train', '—')})")
     funnel = [
@@ -94,8 +107,9 @@ def render(result: dict, wall_s: float | None) -> str:
         lines.append("stage wall s: " + ", ".join(f"{stage} {seconds:.0f}" for stage, seconds in timings.items()))
     if wall_s is None and timings:
         wall_s = sum(timings.values())
-    lines.append(f"wall time: {_duration(wall_s)}" if wall_s is not None else "wall time: not recorded")
-    return "\n".join(lines)
+    so_far = " of the stages finished so far" if result["summary"] is None else ""
+    lines.append(f"wall time{so_far}: {_duration(wall_s)}" if wall_s is not None else "wall time: not recorded")
+    return lines
 
 
 def _duration(seconds: float) -> str:
@@ -104,20 +118,21 @@ def _duration(seconds: float) -> str:
 
 
 def judges_section(run_dir: Path) -> str:
-    """report.md's judge precision/recall section, verbatim; a sentence when the run has none."""
-    report = run_dir / "report.md"
-    text = report.read_text() if report.is_file() else ""
-    if JUDGES_HEADING not in text:
-        return f'{report} has no "{JUDGES_HEADING[3:]}" section (the seeds carry no answers, or no report yet).'
-    section = text.split(JUDGES_HEADING, 1)[1]
-    following = section.find("\n## ")  # the section ends where the next one starts
-    return (JUDGES_HEADING + (section if following < 0 else section[:following])).strip()
+    """The judges' precision and recall against the seeds' answers, as report.md gives it (computed
+    here from the seed and verify shards, so a run still in eval has it too); a sentence when none."""
+    sys.path.insert(0, str(REPO))
+    from svd_hpc.report.judges import judges_section as section
+    from svd_hpc.rundir.layout import RunDir
+
+    run = RunDir(run_dir)
+    table = section(run, run.load_config().seeds.answer_grader)
+    return table.markdown().strip() if table else f"{run_dir}: no judge table (its seeds carry no answers)."
 
 
-def figures_page(run_dir: Path, printout: str, launched_here: bool) -> str:
+def figures_page(run_dir: Path, printout: str, judges: str, launched_here: bool) -> str:
     """docs/replicate/<run>.md: the printout verbatim, the judges' table, where and when it was measured."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    how = "launched and measured" if launched_here else "read from the finished run directory"
+    how = "launched and measured" if launched_here else "read from the run directory"
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return "\n".join(
         [
@@ -131,7 +146,7 @@ def figures_page(run_dir: Path, printout: str, launched_here: bool) -> str:
             printout,
             "```",
             "",
-            judges_section(run_dir),
+            judges,
             "",
         ]
     )
@@ -155,7 +170,9 @@ def launch(config: str, overrides: list[str]) -> tuple[Path, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "configs" / "replicate-cpu.yaml"))
-    parser.add_argument("--from-run", metavar="RUN_DIR", type=Path, help="only read this finished run directory")
+    parser.add_argument(
+        "--from-run", metavar="RUN_DIR", type=Path, help="only read this run directory (past its merge)"
+    )
     parser.add_argument("--write", action="store_true", help="also write the printout to docs/replicate/RUN_NAME.md")
     parser.add_argument("overrides", nargs="*", help="config overrides, key.sub=value")
     args = parser.parse_args(argv)
@@ -163,13 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         run_dir, wall = args.from_run, None
     else:
         run_dir, wall = launch(args.config, args.overrides)
-    printout = render(read_run(run_dir), wall)
+    printout, judges = render(read_run(run_dir), wall), judges_section(run_dir)
     print(f"run directory: {run_dir}")
     print(printout)
+    print(judges)
     if args.write:
         FIGURES_DIR.mkdir(parents=True, exist_ok=True)
         page = FIGURES_DIR / f"{run_dir.name}.md"
-        page.write_text(figures_page(run_dir, printout, launched_here=not args.from_run))
+        page.write_text(figures_page(run_dir, printout, judges, launched_here=not args.from_run))
         print(f"written: {page}")
     return 0
 

@@ -7,8 +7,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from svd_hpc import config
 from svd_hpc.eval.scores import paired_bootstrap, score, scores_json
 from svd_hpc.records import EVAL
+from svd_hpc.rundir.layout import RunDir
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = importlib.util.spec_from_file_location("bench_replicate", REPO / "benchmarks" / "bench_replicate.py")
@@ -33,10 +35,12 @@ def eval_table() -> pa.Table:
     return pa.Table.from_pylist(rows, schema=EVAL)
 
 
-def synthetic_run(root: Path, timings: bool = True) -> Path:
-    summary = scores_json(score(eval_table(), {"replicate_arithmetic": "math"}))
+def synthetic_run(root: Path, timings: bool = True, evaluated: bool = True) -> Path:
     (root / "eval").mkdir(parents=True)
-    (root / "eval" / "summary.json").write_text(json.dumps(summary))
+    RunDir(root).write_config(config.load(REPO / "configs" / "replicate-cpu.yaml"), meta={})
+    if evaluated:
+        summary = scores_json(score(eval_table(), {"replicate_arithmetic": "math"}))
+        (root / "eval" / "summary.json").write_text(json.dumps(summary))
     overall = {"seeds": 600, "candidates": 2400, "filtered": 0, "passed_cycle": 1800, "passed_factuality": 1000,
                "passed_correctness": 700, "valid": 700, "selected": 330, "kept": 330, "train": 327, "validation": 3,
                "votes_cycle": 7200, "skipped_prompt_too_long": 0}  # fmt: skip
@@ -72,10 +76,20 @@ def test_from_run_prints_pass1_delta_interval_p_value_sft_size_funnel_and_wall(t
     assert "wall time: 6600 s (1 h 50 min)" in out  # the stage times summed
 
 
-def test_from_run_of_an_unfinished_run_says_what_is_missing(tmp_path):
+def test_from_run_before_the_merge_says_what_is_missing(tmp_path):
     (tmp_path / "run").mkdir()
-    with pytest.raises(SystemExit, match="summary.json is missing"):
+    with pytest.raises(SystemExit, match="stats.json is missing: the run has not reached its merge"):
         bench.main(["--from-run", str(tmp_path / "run")])
+
+
+def test_from_run_still_in_eval_prints_the_funnel_and_says_pass1_is_not_measured(tmp_path, capsys):
+    run = synthetic_run(tmp_path / "run", evaluated=False)
+    assert bench.main(["--from-run", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "pass@1: not measured yet" in out and "eval has not finished" in out
+    assert "SFT size: 330 examples (train 327)" in out and "funnel: seeds 600, candidates 2,400" in out
+    assert "wall time of the stages finished so far: 6600 s" in out
+    assert "no judge table (its seeds carry no answers)" in out  # no seed or verify shards here
 
 
 def test_a_summary_without_p_value_says_how_to_get_it(tmp_path, capsys):
@@ -88,22 +102,15 @@ def test_a_summary_without_p_value_says_how_to_get_it(tmp_path, capsys):
     assert "p not recorded (rebuild" in out and "wall time: not recorded" in out
 
 
-def test_write_puts_the_printout_verbatim_and_the_judges_table_in_docs(tmp_path, capsys, monkeypatch):
+def test_write_puts_the_printout_and_the_judges_table_verbatim_in_docs(tmp_path, capsys, monkeypatch):
     run = synthetic_run(tmp_path / "replicate-x")
     judges = "## How good was self-verification\n\n| gate | entering |\n| --- | ---: |\n| cycle | 2400 |"
-    (run / "report.md").write_text(f"# Report\n\n## Scores\n\nx\n\n{judges}\n\n## Cost\n\ny\n")
+    monkeypatch.setattr(bench, "judges_section", lambda run_dir: judges if run_dir == run else "wrong run")
     monkeypatch.setattr(bench, "FIGURES_DIR", tmp_path / "docs")
     assert bench.main(["--from-run", str(run), "--write"]) == 0
     out = capsys.readouterr().out
     page = (tmp_path / "docs" / "replicate-x.md").read_text()
-    printout = out.split(f"run directory: {run}\n", 1)[1].split("\nwritten: ", 1)[0]
-    assert f"```\n{printout}\n```" in page  # the printout, verbatim
-    assert judges in page and "## Cost" not in page and "## Scores" not in page  # only the judges' section
-    assert "read from the finished run directory" in page
-
-
-def test_write_says_when_the_run_has_no_judges_table(tmp_path, monkeypatch):
-    run = synthetic_run(tmp_path / "replicate-y")
-    monkeypatch.setattr(bench, "FIGURES_DIR", tmp_path / "docs")
-    bench.main(["--from-run", str(run), "--write"])
-    assert 'has no "How good was self-verification" section' in (tmp_path / "docs" / "replicate-y.md").read_text()
+    printout = out.split(f"run directory: {run}\n", 1)[1].split(f"\n{judges}", 1)[0]
+    assert "SVD − base on replicate_arithmetic" in printout
+    assert f"```\n{printout}\n```\n\n{judges}\n" in page  # the printout and the table, verbatim
+    assert "read from the run directory" in page
