@@ -114,3 +114,15 @@ def test_write_puts_the_printout_and_the_judges_table_verbatim_in_docs(tmp_path,
     assert "SVD − base on replicate_arithmetic" in printout
     assert f"```\n{printout}\n```\n\n{judges}\n" in page  # the printout and the table, verbatim
     assert "read from the run directory" in page
+
+
+def test_readme_quotes_each_replication_page_verbatim():
+    """README's replication figures are docs/replicate/<run>.md's (bench_replicate --write), never typed apart."""
+    readme = (REPO / "README.md").read_text()
+    pages = sorted((REPO / "docs" / "replicate").glob("*.md"))
+    assert pages, "README's 'Does it work at 135M?' quotes docs/replicate/: it must hold the pages it quotes"
+    for page in pages:
+        text = page.read_text()
+        printout = text.split("```\n", 1)[1].split("\n```", 1)[0]
+        table = "\n".join(line for line in text.splitlines() if line.startswith("|"))
+        assert f"```\n{printout}\n```" in readme and table in readme, page.name
